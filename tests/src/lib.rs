@@ -1,0 +1,377 @@
+//! Harness for the real-kernel tests: network namespaces joined by veth that clean up
+//! on drop (and so on panic), peer processes ended by pid, and an `rstrace watch
+//! --json` whose records the tests wait for.
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the tests can run; otherwise prints why they are skipped.
+pub fn require_root() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: real-kernel tests need root (run `cargo xtask test`)");
+        return false;
+    }
+    true
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+    /// Inode of the namespace, as rstrace reports it.
+    pub inode: u64,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        sh(&["ip", "netns", "add", name]);
+        let ns = Netns {
+            name: name.to_string(),
+            inode: std::fs::metadata(format!("/run/netns/{name}"))
+                .expect("netns file")
+                .ino(),
+        };
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace, asserting it succeeds.
+    pub fn exec(&self, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A client and a server namespace joined by a veth pair, on a /24 of their own.
+pub struct Topology {
+    pub client: Netns,
+    pub server: Netns,
+    pub client_ip: String,
+    pub server_ip: String,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        let id = (std::process::id() % 100) * 2 + NEXT.fetch_add(1, Ordering::Relaxed) % 2 + 20;
+        let tag = format!("rst{}-{}", std::process::id(), id);
+        let client = Netns::new(&format!("{tag}-c"));
+        let server = Netns::new(&format!("{tag}-s"));
+        sh(&[
+            "ip",
+            "-n",
+            &client.name,
+            "link",
+            "add",
+            "veth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
+            &server.name,
+        ]);
+        let (client_ip, server_ip) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
+        sh(&[
+            "ip",
+            "-n",
+            &client.name,
+            "addr",
+            "add",
+            &format!("{client_ip}/24"),
+            "dev",
+            "veth0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &server.name,
+            "addr",
+            "add",
+            &format!("{server_ip}/24"),
+            "dev",
+            "veth1",
+        ]);
+        sh(&["ip", "-n", &client.name, "link", "set", "veth0", "up"]);
+        sh(&["ip", "-n", &server.name, "link", "set", "veth1", "up"]);
+        Topology {
+            client,
+            server,
+            client_ip,
+            server_ip,
+        }
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology::new()
+    }
+}
+
+/// Reads a child's stdout lines on a thread.
+fn line_reader(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A peer process (the `peer` binary) in a namespace, killed by pid on drop.
+pub struct Peer {
+    child: Child,
+    pub pid: u32,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Peer {
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Peer {
+        let mut child = Command::new(peer_bin())
+            .arg("--netns")
+            .arg(&ns.name)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning peer");
+        let lines = line_reader(child.stdout.take().unwrap());
+        Peer {
+            pid: child.id(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line satisfying `pred`.
+    pub fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "peer {} printed no expected line in {timeout:?}; saw {:?}",
+                    self.pid, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the peer to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait().expect("wait").is_some() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return std::mem::take(&mut self.seen);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("peer {} did not exit within {timeout:?}", self.pid);
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The `peer` binary, built beside the test executables (target/<profile>/peer).
+fn peer_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join("peer")
+}
+
+pub fn rstrace_bin() -> PathBuf {
+    std::env::var_os("RSTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/rstrace")
+        })
+}
+
+/// A running `rstrace watch --json`, stopped with SIGINT on drop.
+pub struct Agent {
+    child: Child,
+    pub pid: u32,
+    records: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        let mut child = Command::new(rstrace_bin())
+            .args(["watch", "--json"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", rstrace_bin().display()));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = line_reader(child.stdout.take().unwrap());
+        {
+            let records = records.clone();
+            thread::spawn(move || {
+                for line in out {
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("rstrace printed invalid JSON ({e}): {line}"));
+                    records.lock().unwrap().push(v);
+                }
+            });
+        }
+        let err = line_reader(child.stderr.take().unwrap());
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let stderr = stderr.clone();
+            thread::spawn(move || {
+                for line in err {
+                    if line.contains("watching") {
+                        let _ = ready_tx.send(());
+                    }
+                    stderr.lock().unwrap().push(line);
+                }
+            });
+        }
+        let pid = child.id();
+        let agent = Agent {
+            child,
+            pid,
+            records,
+            stderr,
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!(
+                "rstrace did not start; stderr: {:?}",
+                agent.stderr.lock().unwrap()
+            );
+        }
+        agent
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a record satisfying `pred`; panics with everything seen on timeout.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.records.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self.records().iter().map(|v| v.to_string()).collect();
+                panic!(
+                    "expected {what} within {timeout:?}; rstrace printed:\n{}\nstderr: {:?}",
+                    seen.join("\n"),
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// SIGINT, then the exit status (SIGKILL after 10 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.signal(libc::SIGKILL);
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// Accessors for record fields.
+pub fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+pub fn owner_pid(v: &Value) -> Option<u64> {
+    v.get("owner")?.get("pid")?.as_u64()
+}
+
+pub fn port(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn ip(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(a, _)| a)
+}

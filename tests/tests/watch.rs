@@ -1,0 +1,331 @@
+//! `rstrace watch` against real failures between network namespaces over veth.
+//!
+//! Over veth the receiving side's softirq runs in the sender's syscall, so the task
+//! that ran a hook is often the *other* end's process: every owner assertion below
+//! would fail if rstrace reported the running task instead of the socket's owner.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{ip, owner_pid, port, require_root, s, Agent, Peer, Topology};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn netns(v: &Value) -> u64 {
+    v.get("netns").and_then(Value::as_u64).unwrap_or(0)
+}
+
+#[test]
+fn closed_port_is_refused_with_reset_evidence_on_both_ends() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = Agent::start(&["--addr", &t.server_ip]);
+    let client = Peer::spawn(&t.client, &["connect", &format!("{}:8080", t.server_ip)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+
+    let sent = agent.wait_for("server RST for NO_SOCKET", 5 * SEC, |v| {
+        s(v, "kind") == "rst_sent" && port(s(v, "src")) == 8080 && s(v, "reason") == "NO_SOCKET"
+    });
+    assert_eq!(
+        netns(&sent),
+        t.server.inode,
+        "RST sent in the server namespace: {sent}"
+    );
+    assert_eq!(ip(s(&sent, "dst")), t.client_ip);
+    // No socket owns this RST; the task that ran it is the client (softirq in its
+    // syscall), and must not be reported as owner.
+    assert_eq!(owner_pid(&sent), None, "{sent}");
+
+    let dropped = agent.wait_for("NO_SOCKET drop of the SYN", 5 * SEC, |v| {
+        s(v, "kind") == "drop" && s(v, "reason") == "NO_SOCKET" && port(s(v, "dst")) == 8080
+    });
+    assert_eq!(netns(&dropped), t.server.inode, "{dropped}");
+    assert_eq!(s(&dropped, "tcp_flags"), "S", "{dropped}");
+
+    let recv = agent.wait_for("client RST received", 5 * SEC, |v| {
+        s(v, "kind") == "rst_received" && port(s(v, "dst")) == 8080
+    });
+    assert_eq!(owner_pid(&recv), Some(cpid), "{recv}");
+    assert_eq!(netns(&recv), t.client.inode, "{recv}");
+
+    let err = agent.wait_for("ECONNREFUSED", 5 * SEC, |v| {
+        s(v, "kind") == "error" && v["errno"] == 111 && port(s(v, "dst")) == 8080
+    });
+    assert_eq!(owner_pid(&err), Some(cpid), "{err}");
+    assert_eq!(s(&err, "errno_name"), "ECONNREFUSED");
+    assert_eq!(s(&err, "owner_source"), "socket");
+}
+
+#[test]
+fn firewall_drop_times_out_with_syn_retransmits() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    t.server
+        .exec(&["nft", "add", "table", "inet", "rstrace_test"]);
+    t.server.exec(&[
+        "nft",
+        "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }",
+    ]);
+    t.server.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "rstrace_test",
+        "input",
+        "tcp",
+        "dport",
+        "8081",
+        "drop",
+    ]);
+    let agent = Agent::start(&["--addr", &t.server_ip]);
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &format!("{}:8081", t.server_ip), "--syncnt", "1"],
+    );
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
+
+    let dropped = agent.wait_for("NETFILTER_DROP of the SYN", 5 * SEC, |v| {
+        s(v, "kind") == "drop" && s(v, "reason") == "NETFILTER_DROP" && port(s(v, "dst")) == 8081
+    });
+    assert_eq!(netns(&dropped), t.server.inode, "{dropped}");
+    assert!(
+        s(&dropped, "location").contains("nf_hook_slow") || s(&dropped, "location").contains("nft"),
+        "drop location {dropped}"
+    );
+
+    let retrans = agent.wait_for("SYN retransmit", 5 * SEC, |v| {
+        s(v, "kind") == "syn_retransmit" && port(s(v, "dst")) == 8081
+    });
+    assert_eq!(
+        owner_pid(&retrans),
+        Some(cpid),
+        "retransmit fires in a timer: {retrans}"
+    );
+    assert_eq!(netns(&retrans), t.client.inode);
+
+    let err = agent.wait_for("ETIMEDOUT", 5 * SEC, |v| {
+        s(v, "kind") == "error" && v["errno"] == 110 && port(s(v, "dst")) == 8081
+    });
+    assert_eq!(owner_pid(&err), Some(cpid), "{err}");
+    assert!(
+        !agent
+            .records()
+            .iter()
+            .any(|v| s(v, "kind") == "rst_sent" && port(s(v, "src")) == 8081),
+        "a dropped SYN must not show an RST"
+    );
+}
+
+#[test]
+fn accept_queue_overflow_names_the_listener_and_its_owner() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = Agent::start(&["--addr", &t.server_ip]);
+    let mut server = Peer::spawn(
+        &t.server,
+        &["listen", &format!("{}:8082", t.server_ip), "--backlog", "1"],
+    );
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let _client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &format!("{}:8082", t.server_ip),
+            "--count",
+            "8",
+            "--hold",
+            "5000",
+        ],
+    );
+    let over = agent.wait_for("accept queue overflow", 5 * SEC, |v| {
+        s(v, "kind") == "overflow" && port(s(v, "src")) == 8082
+    });
+    assert_eq!(owner_pid(&over), Some(server.pid as u64), "{over}");
+    assert_eq!(netns(&over), t.server.inode, "{over}");
+    assert_eq!(s(&over, "queue_kind"), "accept");
+    assert_eq!(over["queue"]["backlog"], 1, "{over}");
+    assert!(over["queue"]["depth"].as_u64().unwrap() >= 1, "{over}");
+    assert!(over["drops"].as_u64().unwrap() > 0, "{over}");
+    // The listener itself was seen opening, owned by the server.
+    let open = agent.wait_for("listener opened", SEC, |v| {
+        s(v, "kind") == "state" && s(v, "new_state") == "LISTEN" && port(s(v, "src")) == 8082
+    });
+    assert_eq!(owner_pid(&open), Some(server.pid as u64));
+}
+
+#[test]
+fn linger_zero_close_is_a_reset_by_the_closing_process() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = Agent::start(&["--addr", &t.server_ip]);
+    let mut server = Peer::spawn(
+        &t.server,
+        &["listen", &format!("{}:8083", t.server_ip), "--linger0"],
+    );
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &format!("{}:8083", t.server_ip),
+            "--hold",
+            "1500",
+        ],
+    );
+    server.wait_line(5 * SEC, |l| l == "closed");
+    let sent = agent.wait_for("RST from SO_LINGER 0", 5 * SEC, |v| {
+        s(v, "kind") == "rst_sent" && port(s(v, "src")) == 8083
+    });
+    assert_eq!(s(&sent, "reason"), "TCP_STATE", "{sent}");
+    assert_eq!(owner_pid(&sent), Some(server.pid as u64), "{sent}");
+    assert_eq!(netns(&sent), t.server.inode);
+    let recv = agent.wait_for("client receives the RST", 5 * SEC, |v| {
+        s(v, "kind") == "rst_received" && port(s(v, "dst")) == 8083
+    });
+    // The client's socket receives it in softirq run by the server's close().
+    assert_eq!(owner_pid(&recv), Some(client.pid as u64), "{recv}");
+}
+
+#[test]
+fn full_ring_buffer_is_reported_as_loss_records() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let mut agent = Agent::start(&["--addr", &t.server_ip, "--ring-size", "4096"]);
+    // Stop the reader so that a burst must overflow the 4 KiB ring.
+    agent.signal(libc::SIGSTOP);
+    let client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &format!("{}:8084", t.server_ip),
+            "--count",
+            "100",
+        ],
+    );
+    let results = client.wait(20 * SEC);
+    agent.signal(libc::SIGCONT);
+    assert_eq!(results.len(), 100);
+    assert!(results.iter().all(|r| r == "errno=111"));
+    let loss = agent.wait_for("a loss record", 5 * SEC, |v| s(v, "kind") == "loss");
+    assert!(loss["lost"].as_u64().unwrap() > 0, "{loss}");
+    let total: u64 = agent
+        .records()
+        .iter()
+        .filter(|v| s(v, "kind") == "loss")
+        .map(|v| v["lost"].as_u64().unwrap())
+        .sum();
+    // 100 refusals make ~500 events; the ring holds about 20.
+    assert!(total > 100, "only {total} events reported lost");
+    assert!(agent.stop().success());
+}
+
+fn our_programs_loaded() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("tcp_send_reset"))
+        .count()
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_detaches_everything() {
+    if !require_root() {
+        return;
+    }
+    let before = our_programs_loaded();
+    let mut agent = Agent::start(&[]);
+    assert_eq!(our_programs_loaded(), before + 1);
+    agent.signal(libc::SIGTERM);
+    let st = agent.stop();
+    assert!(st.success(), "exit status {st}");
+    assert_eq!(
+        our_programs_loaded(),
+        before,
+        "programs left loaded after exit"
+    );
+}
+
+#[test]
+fn text_output_names_the_owning_process() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let mut child = Command::new(tests::rstrace_bin())
+        .args(["watch", "--port", "8085"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("watching"), "{line}");
+    let client = Peer::spawn(&t.client, &["connect", &format!("{}:8085", t.server_ip)]);
+    let cpid = client.pid;
+    client.wait(10 * SEC);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(5 * SEC) {
+            Ok(l) if l.contains("ECONNREFUSED") => break l,
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                panic!("no ECONNREFUSED line; saw {seen:?}");
+            }
+        }
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    assert!(found.contains(&format!("peer[{cpid}]")), "{found}");
+    assert!(
+        found.contains(&format!("-> {}:8085", t.server_ip)),
+        "{found}"
+    );
+}
+
+#[test]
+fn without_privileges_it_says_what_it_needs() {
+    if !require_root() {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(tests::rstrace_bin())
+        .arg("watch")
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

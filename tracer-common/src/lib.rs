@@ -1,0 +1,313 @@
+//! Wire types shared by the eBPF programs and the agent: the one source of truth for
+//! what crosses the ring buffer and the configuration maps.
+//!
+//! The programs copy each tracepoint's raw record into the event after a fixed
+//! header; the agent decodes the record with the field layout it read from the running
+//! kernel's format files. That keeps the kernel side independent of layouts that move
+//! between kernel versions.
+#![no_std]
+
+/// Names of the maps, shared so that neither side spells them twice.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOSSES: &str = "LOSSES";
+    pub const CONFIG: &str = "CONFIG";
+    pub const SOCKS: &str = "SOCKS";
+    pub const LISTENERS: &str = "LISTENERS";
+}
+
+/// Bytes of a tracepoint record copied into an event (the largest record read today,
+/// tcp_send_reset on 6.10+, is 88 bytes).
+pub const RAW_MAX: usize = 96;
+
+/// Default ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+/// Kernel hooks, as carried in [`EventHeader::hook`] and as index of the loss counters.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    SendReset = 0,
+    ReceiveReset = 1,
+    RetransmitSkb = 2,
+    RetransmitSynack = 3,
+    KfreeSkb = 4,
+    SetState = 5,
+    ErrorReport = 6,
+    DestroySock = 7,
+}
+
+impl Hook {
+    pub const COUNT: usize = 8;
+    pub const ALL: [Hook; Hook::COUNT] = [
+        Hook::SendReset,
+        Hook::ReceiveReset,
+        Hook::RetransmitSkb,
+        Hook::RetransmitSynack,
+        Hook::KfreeSkb,
+        Hook::SetState,
+        Hook::ErrorReport,
+        Hook::DestroySock,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Hook> {
+        Hook::ALL.get(v as usize).copied()
+    }
+
+    /// Program name in the eBPF object.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Hook::SendReset => "tcp_send_reset",
+            Hook::ReceiveReset => "tcp_receive_reset",
+            Hook::RetransmitSkb => "tcp_retransmit_skb",
+            Hook::RetransmitSynack => "tcp_retransmit_synack",
+            Hook::KfreeSkb => "kfree_skb",
+            Hook::SetState => "inet_sock_set_state",
+            Hook::ErrorReport => "inet_sk_error_report",
+            Hook::DestroySock => "tcp_destroy_sock",
+        }
+    }
+
+    /// Tracepoint `(category, name)`.
+    pub const fn tracepoint(self) -> (&'static str, &'static str) {
+        match self {
+            Hook::SendReset => ("tcp", "tcp_send_reset"),
+            Hook::ReceiveReset => ("tcp", "tcp_receive_reset"),
+            Hook::RetransmitSkb => ("tcp", "tcp_retransmit_skb"),
+            Hook::RetransmitSynack => ("tcp", "tcp_retransmit_synack"),
+            Hook::KfreeSkb => ("skb", "kfree_skb"),
+            Hook::SetState => ("sock", "inet_sock_set_state"),
+            Hook::ErrorReport => ("sock", "inet_sk_error_report"),
+            Hook::DestroySock => ("tcp", "tcp_destroy_sock"),
+        }
+    }
+}
+
+/// TCP states (include/net/tcp_states.h); the same on every kernel.
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
+    pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
+    pub const NEW_SYN_RECV: i32 = 12;
+}
+
+/// `EventHeader::flags` bits.
+pub mod flags {
+    /// The owner fields come from the socket ownership map.
+    pub const OWNER_KNOWN: u8 = 1;
+    /// The event carries a [`super::DropInfo`] instead of a raw record.
+    pub const DROP_INFO: u8 = 2;
+    /// `ack_backlog`/`max_ack_backlog` hold the listener's accept queue.
+    pub const QUEUE_KNOWN: u8 = 4;
+}
+
+/// Fixed part of every ring-buffer event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+    /// Kernel address of the socket, 0 when the event has none.
+    pub skaddr: u64,
+    /// pid_tgid of the task that ran the hook; meaningful only in process context.
+    pub cur_pid_tgid: u64,
+    /// When the ownership entry was made (connect/listen), CLOCK_MONOTONIC ns.
+    pub owner_since_ns: u64,
+    /// Process (tgid) that owns the socket, 0 when unknown.
+    pub owner_tgid: u32,
+    /// Network namespace inode of the socket or packet, 0 when unknown.
+    pub netns: u32,
+    /// Listener accept queue depth, when `flags::QUEUE_KNOWN`.
+    pub ack_backlog: u32,
+    /// Listener accept queue limit, when `flags::QUEUE_KNOWN`.
+    pub max_ack_backlog: u32,
+    /// Retransmits the kernel counted on this socket before this event.
+    pub retrans: u32,
+    pub hook: u8,
+    pub flags: u8,
+    /// Bytes of `Event::raw` that hold the record.
+    pub raw_len: u16,
+    pub cur_comm: [u8; 16],
+    pub owner_comm: [u8; 16],
+}
+
+/// What a kept skb drop carries instead of a tracepoint record (kfree_skb is read
+/// through its raw tracepoint arguments, so there is no record to copy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DropInfo {
+    /// Kernel code address that dropped the packet.
+    pub location: u64,
+    /// Socket that received it (6.11+), 0 otherwise.
+    pub rx_sk: u64,
+    /// Raw `enum skb_drop_reason` value of the running kernel.
+    pub reason: u32,
+    /// IPv4 (2) or IPv6 (10); 0 when the headers could not be read.
+    pub family: u16,
+    /// TCP flags byte of the dropped segment.
+    pub tcp_flags: u8,
+    /// 1 when addresses and ports below are valid.
+    pub parsed: u8,
+    /// Network byte order addresses; IPv4 in the first four bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order ports.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+
+/// One ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub hdr: EventHeader,
+    /// The tracepoint record (from its offset 0), or a [`DropInfo`].
+    pub raw: [u8; RAW_MAX],
+}
+
+/// Per-socket ownership, filled in process context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockOwner {
+    pub since_ns: u64,
+    pub tgid: u32,
+    pub netns: u32,
+    pub retrans: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// Key of the listener map: a listening port in a namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Field offset not available on this kernel.
+pub const NO_FIELD: u16 = u16::MAX;
+
+/// Where the programs find what they filter on, per tracepoint record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordLayout {
+    /// Bytes to copy from the record (from offset 0), at most RAW_MAX.
+    pub len: u16,
+    pub skaddr: u16,
+    pub skbaddr: u16,
+    pub state: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub protocol: u16,
+}
+
+impl RecordLayout {
+    pub const MISSING: RecordLayout = RecordLayout {
+        len: 0,
+        skaddr: NO_FIELD,
+        skbaddr: NO_FIELD,
+        state: NO_FIELD,
+        oldstate: NO_FIELD,
+        newstate: NO_FIELD,
+        sport: NO_FIELD,
+        protocol: NO_FIELD,
+    };
+}
+
+/// Kernel struct member offsets (from BTF), 0xffff_ffff when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOffsets {
+    /// sock -> __sk_common.skc_net.net (struct net *).
+    pub sk_net: u32,
+    /// net -> ns.inum.
+    pub net_inum: u32,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    /// sk_buff -> dev, head, network_header (u16), protocol (be16).
+    pub skb_dev: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_protocol: u32,
+    /// net_device -> nd_net.net.
+    pub dev_net: u32,
+    pub _pad: u32,
+}
+
+pub const NO_OFFSET: u32 = u32::MAX;
+
+impl KernelOffsets {
+    pub const UNKNOWN: KernelOffsets = KernelOffsets {
+        sk_net: NO_OFFSET,
+        net_inum: NO_OFFSET,
+        sk_ack_backlog: NO_OFFSET,
+        sk_max_ack_backlog: NO_OFFSET,
+        skb_dev: NO_OFFSET,
+        skb_head: NO_OFFSET,
+        skb_network_header: NO_OFFSET,
+        skb_protocol: NO_OFFSET,
+        dev_net: NO_OFFSET,
+        _pad: 0,
+    };
+}
+
+/// Drop reasons below this value can be selected; larger ones (subsystem reasons) are
+/// never TCP/IP-relevant and are filtered out.
+pub const DROP_REASON_BITS: usize = 512;
+
+/// Everything the programs are told at load time; index 0 of the CONFIG array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub layouts: [RecordLayout; Hook::COUNT],
+    pub offsets: KernelOffsets,
+    /// Bitmap of `enum skb_drop_reason` values worth reporting.
+    pub keep_drop: [u64; DROP_REASON_BITS / 64],
+    /// Value of SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, u32::MAX when absent.
+    pub listen_overflow_reason: u32,
+    /// 1 when the configuration was written (programs do nothing before).
+    pub ready: u32,
+}
+
+impl Config {
+    pub const EMPTY: Config = Config {
+        layouts: [RecordLayout::MISSING; Hook::COUNT],
+        offsets: KernelOffsets::UNKNOWN,
+        keep_drop: [0; DROP_REASON_BITS / 64],
+        listen_overflow_reason: u32::MAX,
+        ready: 0,
+    };
+
+    pub fn keeps_drop(&self, reason: u32) -> bool {
+        let r = reason as usize;
+        r < DROP_REASON_BITS && self.keep_drop[r / 64] & (1u64 << (r % 64)) != 0
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 88);
+const _: () = assert!(core::mem::size_of::<Event>() == 88 + RAW_MAX);
+const _: () = assert!(core::mem::size_of::<DropInfo>() <= RAW_MAX);
+const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for SockOwner {}
+    unsafe impl aya::Pod for ListenKey {}
+}

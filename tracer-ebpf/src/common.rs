@@ -1,0 +1,207 @@
+//! Maps and helpers shared by every hook.
+//!
+//! Each tracepoint program copies the first `RAW_MAX` bytes of its record into a
+//! per-CPU scratch event with one helper call, filters on fields read from that copy
+//! (at offsets the agent read from the running kernel's format files), and only then
+//! writes the event to the ring buffer. The scratch copy lets the programs read fields
+//! at run-time offsets, which the verifier refuses on the tracepoint context itself.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf,
+    },
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    EbpfContext,
+};
+use tracer_common::{
+    flags, Config, Event, Hook, ListenKey, RecordLayout, SockOwner, DEFAULT_RING_BYTES, NO_FIELD,
+    NO_OFFSET, RAW_MAX,
+};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Failed ring-buffer writes, per hook.
+#[map]
+pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Hook::COUNT as u32, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Socket ownership, keyed by the kernel socket address. LRU so that sockets whose
+/// destruction we missed (created before rstrace started) cannot fill it.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Owner of each listening port, so that accepted sockets (created in softirq)
+/// inherit the listener's process rather than whatever task ran.
+#[map]
+pub static LISTENERS: HashMap<ListenKey, SockOwner> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let c = CONFIG.get(0)?;
+    if c.ready == 0 {
+        return None;
+    }
+    Some(c)
+}
+
+/// A per-CPU event being built.
+pub struct Pending {
+    pub ev: &'static mut Event,
+    pub cfg: &'static Config,
+    pub layout: RecordLayout,
+}
+
+/// Copies the record of `hook` into the scratch event, or None when the hook is not
+/// configured on this kernel.
+#[inline(always)]
+pub fn load_record(ctx: &TracePointContext, hook: Hook) -> Option<Pending> {
+    let cfg = config()?;
+    let layout = *cfg.layouts.get(hook as usize)?;
+    if layout.len == 0 {
+        return None;
+    }
+    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    // The record lives in a per-CPU trace buffer far larger than RAW_MAX, so a
+    // fixed-size copy is always in bounds even for shorter records.
+    unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut ev.raw).ok()? };
+    ev.hdr.hook = hook as u8;
+    ev.hdr.flags = 0;
+    ev.hdr.raw_len = if (layout.len as usize) < RAW_MAX {
+        layout.len
+    } else {
+        RAW_MAX as u16
+    };
+    ev.hdr.skaddr = 0;
+    ev.hdr.netns = 0;
+    ev.hdr.retrans = 0;
+    ev.hdr.ack_backlog = 0;
+    ev.hdr.max_ack_backlog = 0;
+    ev.hdr.owner_tgid = 0;
+    ev.hdr.owner_since_ns = 0;
+    ev.hdr.owner_comm = [0; 16];
+    Some(Pending { ev, cfg, layout })
+}
+
+#[inline(always)]
+pub fn raw_u64(raw: &[u8; RAW_MAX], off: u16) -> Option<u64> {
+    let o = off as usize;
+    if off == NO_FIELD || o > RAW_MAX - 8 {
+        return None;
+    }
+    Some(unsafe { core::ptr::read_unaligned(raw.as_ptr().add(o) as *const u64) })
+}
+
+#[inline(always)]
+pub fn raw_i32(raw: &[u8; RAW_MAX], off: u16) -> Option<i32> {
+    let o = off as usize;
+    if off == NO_FIELD || o > RAW_MAX - 4 {
+        return None;
+    }
+    Some(unsafe { core::ptr::read_unaligned(raw.as_ptr().add(o) as *const i32) })
+}
+
+#[inline(always)]
+pub fn raw_u16(raw: &[u8; RAW_MAX], off: u16) -> Option<u16> {
+    let o = off as usize;
+    if off == NO_FIELD || o > RAW_MAX - 2 {
+        return None;
+    }
+    Some(unsafe { core::ptr::read_unaligned(raw.as_ptr().add(o) as *const u16) })
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub fn kread<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == NO_OFFSET {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Network namespace inode of a socket.
+#[inline(always)]
+pub fn sock_netns(cfg: &Config, sk: u64) -> u32 {
+    let net: u64 = kread(sk, cfg.offsets.sk_net).unwrap_or(0);
+    kread(net, cfg.offsets.net_inum).unwrap_or(0)
+}
+
+/// Network namespace inode of a packet, through its device.
+#[inline(always)]
+pub fn skb_netns(cfg: &Config, skb: u64) -> u32 {
+    let dev: u64 = kread(skb, cfg.offsets.skb_dev).unwrap_or(0);
+    let net: u64 = kread(dev, cfg.offsets.dev_net).unwrap_or(0);
+    kread(net, cfg.offsets.net_inum).unwrap_or(0)
+}
+
+/// Copies a listener's accept queue depth and limit into the event.
+#[inline(always)]
+pub fn fill_queue(cfg: &Config, ev: &mut Event, sk: u64) {
+    if let (Some(depth), Some(max)) = (
+        kread::<u32>(sk, cfg.offsets.sk_ack_backlog),
+        kread::<u32>(sk, cfg.offsets.sk_max_ack_backlog),
+    ) {
+        ev.hdr.ack_backlog = depth;
+        ev.hdr.max_ack_backlog = max;
+        ev.hdr.flags |= flags::QUEUE_KNOWN;
+    }
+}
+
+/// The current task as a socket owner. Only meaningful in process context.
+#[inline(always)]
+pub fn current_owner(netns: u32) -> SockOwner {
+    SockOwner {
+        since_ns: unsafe { bpf_ktime_get_ns() },
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        netns,
+        retrans: 0,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Fills the socket, owner and namespace of the event from the ownership map, and
+/// the namespace from the socket itself when the map does not know it.
+#[inline(always)]
+pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
+    ev.hdr.skaddr = sk;
+    if sk == 0 {
+        return;
+    }
+    if let Some(o) = unsafe { SOCKS.get(sk) } {
+        ev.hdr.owner_tgid = o.tgid;
+        ev.hdr.owner_comm = o.comm;
+        ev.hdr.owner_since_ns = o.since_ns;
+        ev.hdr.retrans = o.retrans;
+        ev.hdr.netns = o.netns;
+        ev.hdr.flags |= flags::OWNER_KNOWN;
+    }
+    if ev.hdr.netns == 0 {
+        ev.hdr.netns = sock_netns(cfg, sk);
+    }
+}
+
+/// Stamps and writes the event; a full ring buffer is counted as a loss of `hook`.
+#[inline(always)]
+pub fn submit(ev: &mut Event, hook: Hook) {
+    ev.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.hdr.cur_pid_tgid = bpf_get_current_pid_tgid();
+    ev.hdr.cur_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if EVENTS.output::<Event>(&*ev, 0).is_err() {
+        if let Some(n) = LOSSES.get_ptr_mut(hook as u32) {
+            unsafe { *n += 1 };
+        }
+    }
+}
+
+/// Scratch for kfree_skb, apart from SCRATCH: a drop can fire inside another hook's
+/// softirq on the same CPU while that hook is building its event.
+#[map]
+pub static SCRATCH_DROP: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,27 @@
+//! sock:inet_sk_error_report: the errno handed to the application (5.13+; absent on
+//! 5.10). The record has no socket address; the agent joins it to its socket by the
+//! 4-tuple of the socket's other events.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::Hook;
+
+use crate::common::{load_record, raw_u16, submit};
+
+const IPPROTO_TCP: u16 = 6;
+
+#[tracepoint]
+pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    try_inet_sk_error_report(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_inet_sk_error_report(ctx: &TracePointContext) -> Option<()> {
+    let p = load_record(ctx, Hook::ErrorReport)?;
+    if let Some(proto) = raw_u16(&p.ev.raw, p.layout.protocol) {
+        if proto != IPPROTO_TCP {
+            return None;
+        }
+    }
+    submit(p.ev, Hook::ErrorReport);
+    Some(())
+}

@@ -1,0 +1,21 @@
+//! tcp:tcp_receive_reset: an RST was processed on a socket of this host (4.17+;
+//! same layout on 6.1 to 6.18, no `family` on 5.10).
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::Hook;
+
+use crate::common::{attribute, load_record, raw_u64, submit};
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    try_tcp_receive_reset(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
+    let p = load_record(ctx, Hook::ReceiveReset)?;
+    let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
+    attribute(p.cfg, p.ev, sk);
+    submit(p.ev, Hook::ReceiveReset);
+    Some(())
+}

@@ -1,0 +1,31 @@
+//! tcp:tcp_retransmit_skb: a segment is retransmitted.
+//!
+//! SYN retransmits (state SYN_SENT) are failure evidence and are reported. Retransmits
+//! on other states are normal on lossy paths and would flood the ring on a busy
+//! server, so they are only counted on the socket's ownership entry; the count rides on
+//! the socket's later failure events (a flow that dies after retransmitting).
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{tcp_state, Hook};
+
+use crate::common::{attribute, load_record, raw_i32, raw_u64, submit, SOCKS};
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    try_tcp_retransmit_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Option<()> {
+    let p = load_record(ctx, Hook::RetransmitSkb)?;
+    let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
+    if let Some(o) = SOCKS.get_ptr_mut(sk) {
+        unsafe { (*o).retrans += 1 };
+    }
+    if raw_i32(&p.ev.raw, p.layout.state) != Some(tcp_state::SYN_SENT) {
+        return None;
+    }
+    attribute(p.cfg, p.ev, sk);
+    submit(p.ev, Hook::RetransmitSkb);
+    Some(())
+}

@@ -1,0 +1,179 @@
+//! Fills in what one event alone cannot say: the owner of sockets whose events carry
+//! no socket address (errno reports), and of listeners created before rstrace started.
+//! Owners only ever come from socket ownership, never from the task a softirq ran in.
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::record::{Kind, Proc, Record};
+
+/// How long a socket's 4-tuple is remembered after its last event.
+const SOCKET_MEMORY_NS: u64 = 120 * 1_000_000_000;
+
+#[derive(Clone, Debug)]
+struct Seen {
+    owner: Option<Proc>,
+    netns: Option<u32>,
+    at_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Enricher {
+    sockets: HashMap<(SocketAddr, SocketAddr), Seen>,
+    /// Listeners by (netns, port), learnt from LISTEN transitions.
+    listeners: HashMap<(u32, u16), Proc>,
+    last_prune_ns: u64,
+}
+
+impl Enricher {
+    /// Completes `r`; false when the record is noise to be dropped (the spurious
+    /// second errno report of a failed blocking connect, with error 0 and port 0).
+    pub fn process(&mut self, r: &mut Record) -> bool {
+        if r.kind == Kind::Error && r.errno == Some(0) && r.dst.is_none_or(|d| d.port() == 0) {
+            return false;
+        }
+        // Drops are oriented by packet, not by socket; loss and overflow have no tuple.
+        let socket_tuple = !matches!(r.kind, Kind::Drop | Kind::Loss | Kind::Overflow);
+        if socket_tuple {
+            if let (Some(s), Some(d)) = (r.src, r.dst) {
+                if r.owner.is_some() {
+                    self.sockets.insert(
+                        (s, d),
+                        Seen {
+                            owner: r.owner.clone(),
+                            netns: r.netns,
+                            at_ns: r.mono_ns,
+                        },
+                    );
+                } else if let Some(seen) = self.sockets.get(&(s, d)) {
+                    if seen.owner.is_some() {
+                        r.owner = seen.owner.clone();
+                        r.owner_source = Some("socket");
+                    }
+                    if r.netns.is_none() {
+                        r.netns = seen.netns;
+                    }
+                }
+            }
+        }
+        if r.kind == Kind::State {
+            if let (Some(ns), Some(src)) = (r.netns, r.src) {
+                match (r.old_state, r.new_state) {
+                    (Some("CLOSE"), Some("LISTEN")) => {
+                        if let Some(o) = &r.owner {
+                            self.listeners.insert((ns, src.port()), o.clone());
+                        }
+                    }
+                    (Some("LISTEN"), Some("CLOSE")) => {
+                        self.listeners.remove(&(ns, src.port()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if r.owner.is_none() && self.is_about_listener(r) {
+            if let (Some(ns), Some(port)) = (r.netns, self.listener_port(r)) {
+                if let Some(o) = self.listeners.get(&(ns, port)) {
+                    r.owner = Some(o.clone());
+                    r.owner_source = Some("listener");
+                }
+            }
+        }
+        if r.mono_ns > self.last_prune_ns + 10_000_000_000 {
+            let horizon = r.mono_ns.saturating_sub(SOCKET_MEMORY_NS);
+            self.sockets.retain(|_, s| s.at_ns >= horizon);
+            self.last_prune_ns = r.mono_ns;
+        }
+        true
+    }
+
+    fn is_about_listener(&self, r: &Record) -> bool {
+        matches!(r.kind, Kind::SynackRetransmit | Kind::Overflow)
+            || r.state == Some("LISTEN")
+            || r.reason.as_deref() == Some("TCP_LISTEN_OVERFLOW")
+    }
+
+    fn listener_port(&self, r: &Record) -> Option<u16> {
+        match r.kind {
+            // A drop's destination is the listener's port.
+            Kind::Drop => r.dst.map(|d| d.port()),
+            _ => r.src.map(|s| s.port()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: Kind, src: &str, dst: &str) -> Record {
+        let mut r = Record::new(kind, 1, String::new());
+        r.src = Some(src.parse().unwrap());
+        r.dst = Some(dst.parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn errno_report_inherits_owner_of_its_socket() {
+        let mut e = Enricher::default();
+        let mut rst = rec(Kind::RstReceived, "10.0.0.1:4000", "10.0.0.2:80");
+        rst.owner = Some(Proc {
+            pid: 7,
+            comm: "curl".into(),
+        });
+        rst.netns = Some(99);
+        assert!(e.process(&mut rst));
+        let mut err = rec(Kind::Error, "10.0.0.1:4000", "10.0.0.2:80");
+        err.errno = Some(111);
+        assert!(e.process(&mut err));
+        assert_eq!(err.owner, rst.owner);
+        assert_eq!(err.owner_source, Some("socket"));
+        assert_eq!(err.netns, Some(99));
+        // Another socket is not joined.
+        let mut other = rec(Kind::Error, "10.0.0.1:4001", "10.0.0.2:80");
+        assert!(e.process(&mut other));
+        assert_eq!(other.owner, None);
+    }
+
+    #[test]
+    fn drops_the_spurious_second_errno_report() {
+        let mut e = Enricher::default();
+        let mut err = rec(Kind::Error, "10.0.0.1:4000", "10.0.0.2:0");
+        err.errno = Some(0);
+        assert!(!e.process(&mut err));
+        let mut soft = rec(Kind::Error, "10.0.0.1:4000", "10.0.0.2:80");
+        soft.errno = Some(0);
+        assert!(e.process(&mut soft));
+    }
+
+    #[test]
+    fn listener_events_fall_back_to_the_listener_owner() {
+        let mut e = Enricher::default();
+        let mut open = rec(Kind::State, "0.0.0.0:8080", "0.0.0.0:0");
+        open.old_state = Some("CLOSE");
+        open.new_state = Some("LISTEN");
+        open.netns = Some(5);
+        open.owner = Some(Proc {
+            pid: 880,
+            comm: "python3".into(),
+        });
+        assert!(e.process(&mut open));
+        let mut synack = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");
+        synack.netns = Some(5);
+        assert!(e.process(&mut synack));
+        assert_eq!(synack.owner.as_ref().map(|p| p.pid), Some(880));
+        assert_eq!(synack.owner_source, Some("listener"));
+        // Another namespace's port 8080 is not this listener.
+        let mut elsewhere = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");
+        elsewhere.netns = Some(6);
+        assert!(e.process(&mut elsewhere));
+        assert_eq!(elsewhere.owner, None);
+        let mut close = rec(Kind::State, "0.0.0.0:8080", "0.0.0.0:0");
+        close.old_state = Some("LISTEN");
+        close.new_state = Some("CLOSE");
+        close.netns = Some(5);
+        assert!(e.process(&mut close));
+        let mut late = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");
+        late.netns = Some(5);
+        assert!(e.process(&mut late));
+        assert_eq!(late.owner, None);
+    }
+}

@@ -1,0 +1,103 @@
+//! Record filters of `watch` (--port, --addr, --pid, --comm). Each given criterion
+//! must match; within one, any value may. Loss records always pass: a filter must
+//! never hide that evidence is missing.
+use std::net::IpAddr;
+
+use crate::record::{Kind, Record};
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub ports: Vec<u16>,
+    pub addrs: Vec<IpAddr>,
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, r: &Record) -> bool {
+        if r.kind == Kind::Loss {
+            return true;
+        }
+        if !self.ports.is_empty() && !r.ports().any(|p| self.ports.contains(&p)) {
+            return false;
+        }
+        if !self.addrs.is_empty() && !r.addrs().any(|a| self.addrs.contains(&a)) {
+            return false;
+        }
+        if !self.pids.is_empty() && !r.owner.as_ref().is_some_and(|o| self.pids.contains(&o.pid)) {
+            return false;
+        }
+        if !self.comms.is_empty()
+            && !r
+                .owner
+                .as_ref()
+                .is_some_and(|o| self.comms.iter().any(|c| *c == o.comm))
+        {
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Proc;
+
+    fn rec() -> Record {
+        let mut r = Record::new(Kind::RstReceived, 0, String::new());
+        r.src = Some("10.0.0.1:4000".parse().unwrap());
+        r.dst = Some("10.0.0.2:8080".parse().unwrap());
+        r.owner = Some(Proc {
+            pid: 42,
+            comm: "curl".into(),
+        });
+        r
+    }
+
+    #[test]
+    fn every_criterion_must_match() {
+        let r = rec();
+        assert!(Filter::default().matches(&r));
+        let f = Filter {
+            ports: vec![8080],
+            ..Default::default()
+        };
+        assert!(f.matches(&r));
+        let f = Filter {
+            ports: vec![9],
+            ..Default::default()
+        };
+        assert!(!f.matches(&r));
+        let f = Filter {
+            ports: vec![8080],
+            pids: vec![41],
+            ..Default::default()
+        };
+        assert!(!f.matches(&r));
+        let f = Filter {
+            addrs: vec!["10.0.0.2".parse().unwrap()],
+            comms: vec!["curl".into()],
+            ..Default::default()
+        };
+        assert!(f.matches(&r));
+        let mut unowned = rec();
+        unowned.owner = None;
+        assert!(!Filter {
+            pids: vec![42],
+            ..Default::default()
+        }
+        .matches(&unowned));
+    }
+
+    #[test]
+    fn losses_always_pass() {
+        let r = Record::new(Kind::Loss, 0, String::new());
+        assert!(Filter {
+            ports: vec![1],
+            pids: vec![2],
+            ..Default::default()
+        }
+        .matches(&r));
+    }
+}

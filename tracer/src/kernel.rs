@@ -1,0 +1,151 @@
+//! What the running kernel offers: tracepoint layouts, enum names and struct offsets,
+//! gathered once at start and turned into the programs' configuration.
+use std::{collections::HashMap, path::Path};
+
+use tracer_common::{Config, Hook, RecordLayout, DROP_REASON_BITS, NO_FIELD};
+
+use crate::{btf::KernelBtf, tracefs::Format};
+
+/// Drop reasons worth reporting: TCP/IP failure evidence. Everything else (normal
+/// teardown such as NOT_SPECIFIED or QUEUE_PURGE, congestion, other protocols) is
+/// filtered out in the kernel. Names absent from the running kernel are ignored.
+pub const KEPT_DROP_REASONS: &[&str] = &[
+    "NO_SOCKET",
+    "NETFILTER_DROP",
+    "SOCKET_FILTER",
+    "SOCKET_CLOSE",
+    "SOCKET_RCVBUFF",
+    "SOCKET_BACKLOG",
+    "PROTO_MEM",
+    "TCP_LISTEN_OVERFLOW",
+    "TCP_RESET",
+    "TCP_INVALID_SYN",
+    "TCP_CLOSE",
+    "TCP_FLAGS",
+    "TCP_CSUM",
+    "TCP_ZEROWINDOW",
+    "TCP_OFO_QUEUE_PRUNE",
+    "TCP_RFC7323_PAWS",
+    "TCP_MINTTL",
+    "TCP_MD5NOTFOUND",
+    "TCP_MD5UNEXPECTED",
+    "TCP_MD5FAILURE",
+    "TCP_AONOTFOUND",
+    "TCP_AOUNEXPECTED",
+    "TCP_AOKEYNOTFOUND",
+    "TCP_AOFAILURE",
+    "TCP_ABORT_ON_DATA",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "IP_INADDRERRORS",
+    "IP_INNOROUTES",
+    "IP_OUTNOROUTES",
+    "IP_RPFILTER",
+    "IP_LOCAL_SOURCE",
+    "IP_INVALID_SOURCE",
+    "IPV6DISABLED",
+    "NEIGH_FAILED",
+    "NEIGH_QUEUEFULL",
+    "NEIGH_DEAD",
+    "NEIGH_CREATEFAIL",
+    "BPF_CGROUP_EGRESS",
+    "XFRM_POLICY",
+    "SECURITY_HOOK",
+];
+
+/// Kernel metadata the decoder and the programs need.
+#[derive(Clone, Debug, Default)]
+pub struct KernelInfo {
+    pub release: String,
+    /// Format of each hook's tracepoint, None when the tracepoint is absent.
+    pub formats: HashMap<Hook, Format>,
+    pub drop_reasons: HashMap<u64, String>,
+    pub rst_reasons: HashMap<u64, String>,
+    /// What could not be found, one line each, for the degradation warnings.
+    pub missing: Vec<String>,
+}
+
+impl KernelInfo {
+    pub fn gather(tracefs: &Path, btf: Option<&KernelBtf>) -> KernelInfo {
+        let mut info = KernelInfo {
+            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        for hook in Hook::ALL {
+            let (cat, name) = hook.tracepoint();
+            match Format::read(tracefs, cat, name) {
+                Ok(f) => {
+                    info.formats.insert(hook, f);
+                }
+                Err(e) => info.missing.push(format!("tracepoint {cat}:{name}: {e:#}")),
+            }
+        }
+        let from_btf = |name: &str, prefix: &str| {
+            btf.and_then(|b| b.enum_values(name, prefix).ok())
+                .unwrap_or_default()
+        };
+        info.drop_reasons = from_btf("skb_drop_reason", "SKB_DROP_REASON_");
+        if info.drop_reasons.is_empty() {
+            if let Some(f) = info.formats.get(&Hook::KfreeSkb) {
+                info.drop_reasons = f.symbolic("reason");
+            }
+        }
+        info.rst_reasons = from_btf("sk_rst_reason", "SK_RST_REASON_");
+        if info.rst_reasons.is_empty() {
+            if let Some(f) = info.formats.get(&Hook::SendReset) {
+                info.rst_reasons = f.symbolic("reason");
+            }
+        }
+        info
+    }
+
+    pub fn drop_reason_value(&self, name: &str) -> Option<u64> {
+        self.drop_reasons
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(v, _)| *v)
+    }
+
+    /// Program configuration for this kernel.
+    pub fn program_config(&self, offsets: tracer_common::KernelOffsets) -> Config {
+        let mut cfg = Config::EMPTY;
+        for hook in Hook::ALL {
+            if let Some(f) = self.formats.get(&hook) {
+                cfg.layouts[hook as usize] = record_layout(f);
+            }
+        }
+        cfg.offsets = offsets;
+        for name in KEPT_DROP_REASONS {
+            if let Some(v) = self.drop_reason_value(name) {
+                let v = v as usize;
+                if v < DROP_REASON_BITS {
+                    cfg.keep_drop[v / 64] |= 1 << (v % 64);
+                }
+            }
+        }
+        cfg.listen_overflow_reason = self
+            .drop_reason_value("TCP_LISTEN_OVERFLOW")
+            .map_or(u32::MAX, |v| v as u32);
+        cfg.ready = 1;
+        cfg
+    }
+}
+
+pub fn record_layout(f: &Format) -> RecordLayout {
+    let off = |name: &str| {
+        f.field(name)
+            .filter(|fl| fl.offset < tracer_common::RAW_MAX)
+            .map_or(NO_FIELD, |fl| fl.offset as u16)
+    };
+    RecordLayout {
+        len: f.record_len().min(tracer_common::RAW_MAX) as u16,
+        skaddr: off("skaddr"),
+        skbaddr: off("skbaddr"),
+        state: off("state"),
+        oldstate: off("oldstate"),
+        newstate: off("newstate"),
+        sport: off("sport"),
+        protocol: off("protocol"),
+    }
+}

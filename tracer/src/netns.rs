@@ -1,0 +1,364 @@
+//! Network namespaces, their TCP counters and their listeners.
+//!
+//! A SYN dropped because a listener's accept queue (or SYN queue) is full fires no
+//! tracepoint, and fentry/kprobes on the listen path are not available everywhere
+//! (not on the kernels this project's machines run). So backlog overflows are caught
+//! from the kernel's own per-namespace counters (TcpExt ListenOverflows, ListenDrops,
+//! TCPReqQFullDrop) polled at a short interval: when one grows, the namespace's
+//! listeners are read through sock_diag and the full ones reported with their queue
+//! depth, limit and owner. Limits: an overflow is seen up to one interval late; a
+//! queue that drained within the interval is reported as the fullest listener of the
+//! namespace; the SYN-queue counter does not say which listener, so that report names
+//! the namespace only. The in-kernel hooks add what does fire: the final-ACK drop
+//! (TCP_LISTEN_OVERFLOW, with the listener), SYN-ACK retransmits and LISTEN resets.
+use std::{
+    collections::HashMap,
+    fs,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
+
+use crate::record::Proc;
+
+/// Namespace inode to one process living in it, from /proc/*/ns/net.
+pub fn scan_namespaces() -> HashMap<u32, u32> {
+    let mut out = HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(link) = fs::read_link(format!("/proc/{pid}/ns/net")) {
+            if let Some(ino) = parse_ns_link(&link.to_string_lossy()) {
+                out.entry(ino).or_insert(pid);
+            }
+        }
+    }
+    out
+}
+
+fn parse_ns_link(s: &str) -> Option<u32> {
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    pub reqq_full_drop: u64,
+}
+
+/// TcpExt counters of the namespace `pid` lives in.
+pub fn read_counters(pid: u32) -> Result<TcpCounters> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/netstat"))?;
+    parse_netstat(&text)
+}
+
+pub fn parse_netstat(text: &str) -> Result<TcpCounters> {
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let Some(values) = lines.next() else { break };
+        let Some(names) = names.strip_prefix("TcpExt:") else {
+            continue;
+        };
+        let values = values
+            .strip_prefix("TcpExt:")
+            .ok_or_else(|| anyhow!("bad TcpExt"))?;
+        let map: HashMap<&str, u64> = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .filter_map(|(n, v)| Some((n, v.parse().ok()?)))
+            .collect();
+        let g = |n: &str| map.get(n).copied().unwrap_or(0);
+        return Ok(TcpCounters {
+            listen_overflows: g("ListenOverflows"),
+            listen_drops: g("ListenDrops"),
+            reqq_full_drop: g("TCPReqQFullDrop"),
+        });
+    }
+    bail!("no TcpExt counters")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// Accept queue depth (sk_ack_backlog).
+    pub depth: u32,
+    /// Accept queue limit (sk_max_ack_backlog).
+    pub backlog: u32,
+    pub inode: u32,
+}
+
+/// Runs `f` in a thread that joined the network namespace of `pid`.
+pub fn in_netns<T: Send + 'static>(
+    pid: u32,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+        .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
+    thread::spawn(move || {
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("namespace thread panicked"))?
+}
+
+/// Listening TCP sockets of the current namespace, through sock_diag.
+pub fn dump_listeners() -> Result<Vec<Listener>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
+    socket.bind_auto()?;
+    socket.connect(&NlAddr::new(0, 0))?;
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut packet = NetlinkMessage::new(
+            hdr,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::LISTEN,
+                socket_id: if family == AF_INET {
+                    SocketId::new_v4()
+                } else {
+                    SocketId::new_v6()
+                },
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        socket.send(&buf, 0)?;
+        let mut rx = vec![0u8; 64 * 1024];
+        'recv: loop {
+            let n = socket.recv(&mut &mut rx[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[off..n])
+                    .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
+                let len = msg.header.length as usize;
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        let h = &r.header;
+                        out.push(Listener {
+                            addr: SocketAddr::new(
+                                h.socket_id.source_address,
+                                h.socket_id.source_port,
+                            ),
+                            depth: h.recv_queue,
+                            backlog: h.send_queue,
+                            inode: h.inode,
+                        });
+                    }
+                    NetlinkPayload::Done(_) => break 'recv,
+                    NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The process holding the socket with this inode, from /proc/*/fd.
+pub fn owner_of_inode(inode: u32) -> Option<Proc> {
+    let procs = procfs::process::all_processes().ok()?;
+    for p in procs.flatten() {
+        let Ok(fds) = p.fd() else { continue };
+        for fd in fds.flatten() {
+            if let procfs::process::FDTarget::Socket(ino) = fd.target {
+                if ino == inode as u64 {
+                    let comm = p.stat().map(|s| s.comm).unwrap_or_default();
+                    return Some(Proc {
+                        pid: p.pid as u32,
+                        comm,
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A backlog overflow seen from the counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overflow {
+    pub netns: u32,
+    /// "accept" or "syn".
+    pub queue_kind: &'static str,
+    pub listener: Option<Listener>,
+    pub owner: Option<Proc>,
+    pub drops: u64,
+}
+
+/// Among the namespace's listeners, those the overflow is about: the full ones, or
+/// else the fullest non-empty one (its queue may have drained since).
+pub fn overflowing(listeners: &[Listener]) -> Vec<Listener> {
+    let full: Vec<Listener> = listeners
+        .iter()
+        .filter(|l| l.depth > l.backlog)
+        .cloned()
+        .collect();
+    if !full.is_empty() {
+        return full;
+    }
+    listeners
+        .iter()
+        .filter(|l| l.depth > 0)
+        .max_by(|a, b| {
+            (a.depth as u64 * b.backlog.max(1) as u64)
+                .cmp(&(b.depth as u64 * a.backlog.max(1) as u64))
+        })
+        .cloned()
+        .into_iter()
+        .collect()
+}
+
+/// Polls every namespace's counters until `stop`, calling `report` for overflows.
+pub fn run_monitor(
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+    mut report: impl FnMut(Overflow) -> bool,
+) {
+    let mut namespaces = HashMap::new();
+    let mut last_scan: Option<Instant> = None;
+    let mut prev: HashMap<u32, TcpCounters> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            namespaces = scan_namespaces();
+            prev.retain(|ns, _| namespaces.contains_key(ns));
+            last_scan = Some(Instant::now());
+        }
+        for (&netns, &pid) in &namespaces {
+            let Ok(now) = read_counters(pid) else {
+                continue;
+            };
+            let Some(before) = prev.insert(netns, now) else {
+                continue;
+            };
+            let accept = now.listen_overflows.saturating_sub(before.listen_overflows);
+            let syn = now.reqq_full_drop.saturating_sub(before.reqq_full_drop);
+            if accept == 0 && syn == 0 {
+                continue;
+            }
+            let listeners = in_netns(pid, dump_listeners).unwrap_or_else(|e| {
+                log::debug!("listing listeners of netns {netns}: {e:#}");
+                Vec::new()
+            });
+            let mut out = Vec::new();
+            if accept > 0 {
+                let chosen = overflowing(&listeners);
+                if chosen.is_empty() {
+                    out.push(Overflow {
+                        netns,
+                        queue_kind: "accept",
+                        listener: None,
+                        owner: None,
+                        drops: accept,
+                    });
+                }
+                for l in chosen {
+                    let owner = owner_of_inode(l.inode);
+                    out.push(Overflow {
+                        netns,
+                        queue_kind: "accept",
+                        listener: Some(l),
+                        owner,
+                        drops: accept,
+                    });
+                }
+            }
+            if syn > 0 {
+                out.push(Overflow {
+                    netns,
+                    queue_kind: "syn",
+                    listener: None,
+                    owner: None,
+                    drops: syn,
+                });
+            }
+            for o in out {
+                if !report(o) {
+                    return;
+                }
+            }
+        }
+        thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcpext_counters() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPReqQFullDrop\n\
+                    TcpExt: 0 7 9 3\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        let c = parse_netstat(text).unwrap();
+        assert_eq!(
+            c,
+            TcpCounters {
+                listen_overflows: 7,
+                listen_drops: 9,
+                reqq_full_drop: 3
+            }
+        );
+        assert!(parse_netstat("IpExt: A\nIpExt: 1\n").is_err());
+    }
+
+    #[test]
+    fn namespace_links() {
+        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link("mnt:[1]"), None);
+    }
+
+    fn l(port: u16, depth: u32, backlog: u32) -> Listener {
+        Listener {
+            addr: SocketAddr::from(([0, 0, 0, 0], port)),
+            depth,
+            backlog,
+            inode: port as u32,
+        }
+    }
+
+    #[test]
+    fn picks_full_listeners_then_the_fullest() {
+        let ls = [l(1, 2, 1), l(2, 0, 128), l(3, 5, 4)];
+        let got: Vec<u16> = overflowing(&ls).iter().map(|l| l.addr.port()).collect();
+        assert_eq!(got, vec![1, 3]);
+        let ls = [l(1, 1, 10), l(2, 3, 4), l(3, 0, 1)];
+        let got: Vec<u16> = overflowing(&ls).iter().map(|l| l.addr.port()).collect();
+        assert_eq!(got, vec![2]);
+        assert!(overflowing(&[l(1, 0, 1)]).is_empty());
+    }
+}

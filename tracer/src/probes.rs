@@ -1,0 +1,152 @@
+//! Loading and attaching the eBPF programs, degrading hook by hook.
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{maps, Config, Hook};
+
+use crate::kernel::KernelInfo;
+
+/// What a missing hook costs, for the one warning printed about it.
+pub fn hook_loss(hook: Hook) -> &'static str {
+    match hook {
+        Hook::SendReset => "RSTs sent by this host",
+        Hook::ReceiveReset => "RSTs received by this host",
+        Hook::RetransmitSkb => "SYN retransmits (unanswered connects)",
+        Hook::RetransmitSynack => "SYN-ACK retransmits",
+        Hook::KfreeSkb => "packet drops (firewall, no socket, routing)",
+        Hook::SetState => "listener and connection state changes, and socket ownership",
+        Hook::ErrorReport => "errnos handed to applications",
+        Hook::DestroySock => "socket lifetimes (ownership entries then age out instead)",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookStatus {
+    Attached { program: &'static str },
+    Missing { why: String },
+}
+
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub status: BTreeMap<Hook, HookStatus>,
+}
+
+pub struct Maps {
+    pub ring: RingBuf<MapData>,
+    pub losses: PerCpuArray<MapData, u64>,
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+impl Probes {
+    /// Loads the programs with `cfg` and attaches every hook this kernel has.
+    pub fn load(info: &KernelInfo, cfg: &Config, ring_bytes: u32) -> Result<Probes> {
+        if OBJECT.is_empty() {
+            return Err(anyhow!("this rstrace was built without its eBPF programs"));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, ring_bytes)
+            .load(OBJECT)
+            .context("loading the eBPF object (BPF_PROG_LOAD/BPF_MAP_CREATE)")?;
+        {
+            let mut config: Array<_, Config> = Array::try_from(
+                ebpf.map_mut(maps::CONFIG)
+                    .ok_or_else(|| anyhow!("no CONFIG map"))?,
+            )?;
+            config
+                .set(0, cfg, 0)
+                .context("writing the program configuration")?;
+        }
+        let mut status = BTreeMap::new();
+        for hook in Hook::ALL {
+            let st = match attach(&mut ebpf, info, hook) {
+                Ok(program) => HookStatus::Attached { program },
+                Err(e) => HookStatus::Missing {
+                    why: format!("{e:#}"),
+                },
+            };
+            status.insert(hook, st);
+        }
+        Ok(Probes { ebpf, status })
+    }
+
+    pub fn take_maps(&mut self) -> Result<Maps> {
+        let ring = RingBuf::try_from(
+            self.ebpf
+                .take_map(maps::EVENTS)
+                .ok_or_else(|| anyhow!("no EVENTS map"))?,
+        )?;
+        let losses = PerCpuArray::try_from(
+            self.ebpf
+                .take_map(maps::LOSSES)
+                .ok_or_else(|| anyhow!("no LOSSES map"))?,
+        )?;
+        Ok(Maps { ring, losses })
+    }
+
+    /// One warning per hook that could not be attached, naming what is lost.
+    pub fn warn_degraded(&self) {
+        for (hook, st) in &self.status {
+            if let HookStatus::Missing { why } = st {
+                let (cat, name) = hook.tracepoint();
+                log::warn!(
+                    "{cat}:{name} unavailable on this kernel ({why}); not visible: {}",
+                    hook_loss(*hook)
+                );
+            }
+        }
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook) -> Result<&'static str> {
+    let (cat, name) = hook.tracepoint();
+    let format = info
+        .formats
+        .get(&hook)
+        .ok_or_else(|| anyhow!("no tracepoint {cat}:{name}"))?;
+    if hook == Hook::KfreeSkb {
+        if format.field("reason").is_none() {
+            return Err(anyhow!(
+                "kfree_skb has no drop reason (kernel < 5.17); drops cannot be filtered"
+            ));
+        }
+        let program = if format.field("rx_sk").is_some() {
+            "kfree_skb_rx"
+        } else {
+            "kfree_skb"
+        };
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {program}"))?;
+        p.attach(name)
+            .with_context(|| format!("attaching {program} to raw_tp {name}"))?;
+        return Ok(program);
+    }
+    let program = hook.program();
+    let p: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+        .try_into()?;
+    p.load().with_context(|| format!("loading {program}"))?;
+    p.attach(cat, name)
+        .with_context(|| format!("attaching {program} to {cat}:{name}"))?;
+    Ok(program)
+}
+
+/// Total of each hook's lost-event counters over all CPUs.
+pub fn read_losses(losses: &PerCpuArray<MapData, u64>) -> [u64; Hook::COUNT] {
+    let mut out = [0; Hook::COUNT];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Ok(values) = losses.get(&(i as u32), 0) {
+            *slot = values.iter().sum();
+        }
+    }
+    out
+}

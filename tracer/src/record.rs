@@ -1,0 +1,228 @@
+//! Decoded evidence: the domain types every sink prints. The JSON form is the
+//! documented, stable schema (docs/events.md); fields that do not apply are omitted.
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+/// Version of the JSON Lines schema, carried by every record.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An RST left this host.
+    RstSent,
+    /// An RST arrived on a socket of this host.
+    RstReceived,
+    /// A SYN was retransmitted (connect not answered yet).
+    SynRetransmit,
+    /// A SYN-ACK was retransmitted by a listener.
+    SynackRetransmit,
+    /// A TCP/IP-relevant packet drop.
+    Drop,
+    /// A listener opened or closed, or a socket died without the FIN handshake.
+    State,
+    /// The kernel handed an errno to the application.
+    Error,
+    /// A listener's accept queue or SYN queue overflowed.
+    Overflow,
+    /// Events were lost (ring buffer full).
+    Loss,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::RstSent => "RST-SENT",
+            Kind::RstReceived => "RST-RECV",
+            Kind::SynRetransmit => "SYN-RETRANS",
+            Kind::SynackRetransmit => "SYNACK-RETRANS",
+            Kind::Drop => "DROP",
+            Kind::State => "STATE",
+            Kind::Error => "ERROR",
+            Kind::Overflow => "OVERFLOW",
+            Kind::Loss => "LOSS",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Proc {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Queue {
+    /// Connections waiting in the accept queue.
+    pub depth: u32,
+    /// The listener's accept queue limit (listen() backlog capped by somaxconn).
+    pub backlog: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Record {
+    /// Schema version.
+    pub v: u32,
+    /// Wall-clock time, RFC 3339 with microseconds, UTC.
+    pub time: String,
+    /// CLOCK_MONOTONIC nanoseconds (the kernel's timestamp).
+    pub mono_ns: u64,
+    pub kind: Kind,
+    /// Network namespace inode (as in /proc/PID/ns/net), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// Local end (for drops: the packet's source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    /// Remote end (for drops: the packet's destination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<SocketAddr>,
+    /// TCP state of the socket (RST and retransmit events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<&'static str>,
+    /// Kernel reason name: sk_rst_reason for RSTs, skb_drop_reason for drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// errno number handed to the application (error records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// errno name, e.g. ECONNREFUSED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno_name: Option<&'static str>,
+    /// Process owning the socket (from socket ownership, never the softirq's task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Proc>,
+    /// How the owner was found: "kernel" (ownership map), "socket" (joined on the
+    /// 4-tuple of another event of the same socket), "listener", or "proc".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_source: Option<&'static str>,
+    /// Task that happened to run the hook; only meaningful in process context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<Proc>,
+    /// Kernel socket address, hex; identifies a socket until it is destroyed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock: Option<String>,
+    /// Retransmits counted on the socket before this event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u32>,
+    /// Listener accept queue at the time of the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Queue>,
+    /// Overflow records: which queue ("accept" or "syn").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_kind: Option<&'static str>,
+    /// Overflow records: connections dropped since the previous record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops: Option<u64>,
+    /// Drop records: kernel function that dropped the packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Drop records: TCP flags of the dropped segment, e.g. "S" or "A".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<String>,
+    /// Loss records: the hook whose events were lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<&'static str>,
+    /// Loss records: events lost since the previous loss record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+}
+
+impl Record {
+    pub fn new(kind: Kind, mono_ns: u64, time: String) -> Record {
+        Record {
+            v: SCHEMA_VERSION,
+            time,
+            mono_ns,
+            kind,
+            netns: None,
+            src: None,
+            dst: None,
+            state: None,
+            old_state: None,
+            new_state: None,
+            reason: None,
+            errno: None,
+            errno_name: None,
+            owner: None,
+            owner_source: None,
+            task: None,
+            sock: None,
+            retransmits: None,
+            queue: None,
+            queue_kind: None,
+            drops: None,
+            location: None,
+            tcp_flags: None,
+            hook: None,
+            lost: None,
+        }
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.src.iter().chain(self.dst.iter()).map(|a| a.port())
+    }
+
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.src.iter().chain(self.dst.iter()).map(|a| a.ip())
+    }
+}
+
+pub fn tcp_state_name(s: i32) -> &'static str {
+    match s {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+pub fn errno_name(e: i32) -> Option<&'static str> {
+    Some(match e {
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EPIPE => "EPIPE",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EPROTO => "EPROTO",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::ENOPROTOOPT => "ENOPROTOOPT",
+        _ => return None,
+    })
+}
+
+pub fn tcp_flags_string(f: u8) -> String {
+    const NAMES: [(u8, char); 6] = [
+        (0x02, 'S'),
+        (0x10, 'A'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+    ];
+    NAMES
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}

@@ -1,0 +1,143 @@
+//! One readable line per record.
+use std::{fmt::Write as _, io::Write as _};
+
+use crate::record::{Kind, Proc, Record};
+
+fn who(p: &Option<Proc>) -> String {
+    match p {
+        Some(p) => format!("{}[{}]", p.comm, p.pid),
+        None => "?".to_string(),
+    }
+}
+
+fn addr(a: &Option<std::net::SocketAddr>) -> String {
+    a.map_or_else(|| "?".to_string(), |a| a.to_string())
+}
+
+/// Time of day from the RFC 3339 stamp, to the microsecond.
+fn clock(r: &Record) -> &str {
+    r.time.get(11..26).unwrap_or(&r.time)
+}
+
+pub fn format(r: &Record, out: &mut Vec<u8>) {
+    let mut s = String::with_capacity(160);
+    let (src, dst) = (addr(&r.src), addr(&r.dst));
+    let owner = who(&r.owner);
+    let _ = write!(s, "{} {:<14} ", clock(r), r.kind.label());
+    match r.kind {
+        Kind::RstSent => {
+            let _ = write!(
+                s,
+                "{owner} {src} -> {dst} reason {}",
+                r.reason.as_deref().unwrap_or("-")
+            );
+            if let Some(st) = r.state {
+                let _ = write!(s, " state {st}");
+            }
+        }
+        Kind::RstReceived => {
+            let _ = write!(s, "{owner} {src} <- {dst}");
+        }
+        Kind::SynRetransmit => {
+            let _ = write!(s, "{owner} {src} -> {dst} SYN unanswered, retransmitted");
+        }
+        Kind::SynackRetransmit => {
+            let _ = write!(s, "{owner} listener {src} -> {dst} SYN-ACK retransmitted");
+        }
+        Kind::Drop => {
+            let _ = write!(
+                s,
+                "{src} -> {dst} [{}] dropped {} at {}",
+                r.tcp_flags.as_deref().unwrap_or("?"),
+                r.reason.as_deref().unwrap_or("-"),
+                r.location.as_deref().unwrap_or("?")
+            );
+            if r.owner.is_some() {
+                let _ = write!(s, " socket of {owner}");
+            }
+        }
+        Kind::State => match (r.old_state, r.new_state) {
+            (Some("CLOSE"), Some("LISTEN")) => {
+                let _ = write!(s, "{owner} listens on {src}");
+            }
+            (Some("LISTEN"), Some("CLOSE")) => {
+                let _ = write!(s, "{owner} stopped listening on {src}");
+            }
+            (old, new) => {
+                let _ = write!(
+                    s,
+                    "{owner} {src} -> {dst} {} -> {} (closed without FIN handshake)",
+                    old.unwrap_or("?"),
+                    new.unwrap_or("?")
+                );
+            }
+        },
+        Kind::Error => {
+            let e = r.errno.unwrap_or(0);
+            match r.errno_name {
+                Some(n) => {
+                    let _ = write!(s, "{owner} {src} -> {dst} {n} ({e})");
+                }
+                None if e == 0 => {
+                    let _ = write!(s, "{owner} {src} -> {dst} soft error (ICMP)");
+                }
+                None => {
+                    let _ = write!(s, "{owner} {src} -> {dst} errno {e}");
+                }
+            }
+        }
+        Kind::Overflow => {
+            let q = r.queue_kind.unwrap_or("accept");
+            let _ = write!(s, "{owner} listener {src} {q} queue overflow");
+            if let Some(qu) = &r.queue {
+                let _ = write!(s, " (depth {} / backlog {})", qu.depth, qu.backlog);
+            }
+            if let Some(d) = r.drops {
+                let _ = write!(s, ": {d} connection attempts dropped");
+            }
+        }
+        Kind::Loss => {
+            let _ = write!(
+                s,
+                "{} events lost from {} (ring buffer full; raise --ring-size)",
+                r.lost.unwrap_or(0),
+                r.hook.unwrap_or("?")
+            );
+        }
+    }
+    if let Some(n) = r.retransmits {
+        let _ = write!(s, " after {n} retransmits");
+    }
+    if let (Some(q), Kind::RstSent | Kind::SynackRetransmit | Kind::Drop) = (&r.queue, r.kind) {
+        let _ = write!(s, " accept queue {}/{}", q.depth, q.backlog);
+    }
+    if let Some(ns) = r.netns {
+        let _ = write!(s, " netns {ns}");
+    }
+    let _ = out.write_all(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_line_names_process_and_errno() {
+        let mut r = Record::new(Kind::Error, 0, "2026-11-22T00:40:23.123456Z".into());
+        r.src = Some("10.0.0.1:4000".parse().unwrap());
+        r.dst = Some("10.0.0.2:8080".parse().unwrap());
+        r.owner = Some(Proc {
+            pid: 4121,
+            comm: "curl".into(),
+        });
+        r.errno = Some(111);
+        r.errno_name = Some("ECONNREFUSED");
+        r.netns = Some(7);
+        let mut out = Vec::new();
+        format(&r, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "00:40:23.123456 ERROR          curl[4121] 10.0.0.1:4000 -> 10.0.0.2:8080 ECONNREFUSED (111) netns 7"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! Project tasks: `cargo xtask setup | build | watch | test | lint`.
+//!
+//! Every task first runs `setup`, which installs what a fresh machine lacks
+//! (Debian packages, rust-src for nightly, bpf-linker built against nightly's LLVM)
+//! idempotently, caching the linker under ~/.cache/rstrace.
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and the tests need (idempotent, cached).
+    Setup,
+    /// Build rstrace (release with --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build rstrace in release mode and run `rstrace watch` with these arguments.
+    Watch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test: unit tests, then the real-kernel integration tests (root).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// cargo fmt --check and clippy with warnings denied.
+    Lint,
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// A command run from the workspace root with bpf-linker on PATH.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c.env("PATH", setup::path_with_tools());
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs the program as root: directly when we are root, else through sudo.
+fn as_root(program: &Path, args: &[OsString], envs: &[(&str, OsString)]) -> Command {
+    if is_root() {
+        let mut c = Command::new(program);
+        c.args(args);
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("env");
+        for (k, v) in envs {
+            let mut kv = OsString::from(format!("{k}="));
+            kv.push(v);
+            c.arg(kv);
+        }
+        c.arg(program).args(args);
+        c
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    setup::setup()?;
+    match cli.task {
+        Task::Setup => Ok(()),
+        Task::Build { release } => {
+            let mut c = cargo();
+            c.args(["build", "--package", "tracer"]);
+            if release {
+                c.arg("--release");
+            }
+            run(&mut c)
+        }
+        Task::Watch { args } => {
+            run(cargo().args(["build", "--release", "--package", "tracer"]))?;
+            let bin = root.join("target/release/rstrace");
+            let mut full = vec![OsString::from("watch")];
+            full.extend(args);
+            run(&mut as_root(&bin, &full, &[]))
+        }
+        Task::Lint => {
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            // The eBPF object is not needed to lint the agent.
+            run(cargo().env("AYA_BUILD_SKIP", "1").args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+        Task::Test { filter } => {
+            // Unit tests (no root needed).
+            let mut unit = cargo();
+            unit.args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+                "--exclude",
+                "tests",
+            ]);
+            if let Some(f) = &filter {
+                unit.arg(f);
+            }
+            run(&mut unit)?;
+            // Real-kernel tests: build them, then run the binaries as root, serially.
+            run(cargo().args(["build", "--package", "tracer"]))?;
+            let out = cargo()
+                .args([
+                    "test",
+                    "--package",
+                    "tests",
+                    "--no-run",
+                    "--message-format=json",
+                ])
+                .output()
+                .context("building the integration tests")?;
+            if !out.status.success() {
+                std::io::Write::write_all(&mut std::io::stderr(), &out.stderr)?;
+                bail!("building the integration tests failed");
+            }
+            let bins = test_binaries(&String::from_utf8_lossy(&out.stdout));
+            if bins.is_empty() {
+                bail!("no integration test binaries were built");
+            }
+            let envs = [
+                (
+                    "RSTRACE_BIN",
+                    root.join("target/debug/rstrace").into_os_string(),
+                ),
+                ("RUST_BACKTRACE", OsString::from("1")),
+            ];
+            for bin in bins {
+                let mut args = vec![OsString::from("--test-threads=1")];
+                if let Some(f) = &filter {
+                    args.push(f.into());
+                }
+                println!("running {} (as root)", bin.display());
+                run(&mut as_root(&bin, &args, &envs))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Test executables from cargo's JSON messages (`"executable":"..."` of test targets).
+fn test_binaries(json: &str) -> Vec<PathBuf> {
+    json.lines()
+        .filter(|l| {
+            l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"kind\":[\"test\"]")
+        })
+        .filter_map(|l| {
+            let start = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+            let end = l[start..].find('"')? + start;
+            Some(PathBuf::from(&l[start..end]))
+        })
+        .collect()
+}
