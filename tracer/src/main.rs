@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod btf;
 mod decode;
+mod doctor;
 mod enrich;
 mod filter;
 mod kallsyms;
@@ -33,6 +34,12 @@ struct Cli {
 enum Command {
     /// Stream TCP failure evidence live, one line per event.
     Watch(WatchArgs),
+    /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
+    Doctor {
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +102,7 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Watch(a) => watch::run(a.try_into()?),
+        Command::Doctor { json } => doctor::run(json),
     }
 }
 
