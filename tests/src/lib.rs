@@ -242,7 +242,8 @@ pub fn rstrace_bin() -> PathBuf {
         })
 }
 
-/// A running `rstrace watch --json`, stopped with SIGINT on drop.
+/// A running `rstrace watch --json --events` (explanations and evidence records),
+/// stopped with SIGINT on drop.
 pub struct Agent {
     child: Child,
     pub pid: u32,
@@ -253,7 +254,7 @@ pub struct Agent {
 impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
         let mut child = Command::new(rstrace_bin())
-            .args(["watch", "--json"])
+            .args(["watch", "--json", "--events"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -362,7 +363,12 @@ pub fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 pub fn owner_pid(v: &Value) -> Option<u64> {
-    v.get("owner")?.get("pid")?.as_u64()
+    pid_of(v, "owner")
+}
+
+/// `pid` of a process field (`owner`, `process`, `culprit`).
+pub fn pid_of(v: &Value, field: &str) -> Option<u64> {
+    v.get(field)?.get("pid")?.as_u64()
 }
 
 pub fn port(addr: &str) -> u16 {

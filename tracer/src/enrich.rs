@@ -3,7 +3,10 @@
 //! Owners only ever come from socket ownership, never from the task a softirq ran in.
 use std::{collections::HashMap, net::SocketAddr};
 
-use crate::record::{Kind, Proc, Record};
+use crate::{
+    explain::host::Host,
+    record::{Kind, Proc, Record},
+};
 
 /// How long a socket's 4-tuple is remembered after its last event.
 const SOCKET_MEMORY_NS: u64 = 120 * 1_000_000_000;
@@ -18,15 +21,13 @@ struct Seen {
 #[derive(Default)]
 pub struct Enricher {
     sockets: HashMap<(SocketAddr, SocketAddr), Seen>,
-    /// Listeners by (netns, port), learnt from LISTEN transitions.
-    listeners: HashMap<(u32, u16), Proc>,
     last_prune_ns: u64,
 }
 
 impl Enricher {
     /// Completes `r`; false when the record is noise to be dropped (the spurious
     /// second errno report of a failed blocking connect, with error 0 and port 0).
-    pub fn process(&mut self, r: &mut Record) -> bool {
+    pub fn process(&mut self, r: &mut Record, host: &Host) -> bool {
         if r.kind == Kind::Error && r.errno == Some(0) && r.dst.is_none_or(|d| d.port() == 0) {
             return false;
         }
@@ -54,25 +55,15 @@ impl Enricher {
                 }
             }
         }
-        if r.kind == Kind::State {
-            if let (Some(ns), Some(src)) = (r.netns, r.src) {
-                match (r.old_state, r.new_state) {
-                    (Some("CLOSE"), Some("LISTEN")) => {
-                        if let Some(o) = &r.owner {
-                            self.listeners.insert((ns, src.port()), o.clone());
-                        }
-                    }
-                    (Some("LISTEN"), Some("CLOSE")) => {
-                        self.listeners.remove(&(ns, src.port()));
-                    }
-                    _ => {}
-                }
-            }
-        }
         if r.owner.is_none() && self.is_about_listener(r) {
             if let (Some(ns), Some(port)) = (r.netns, self.listener_port(r)) {
-                if let Some(o) = self.listeners.get(&(ns, port)) {
-                    r.owner = Some(o.clone());
+                if let Some(o) = host
+                    .listeners(ns)
+                    .iter()
+                    .find(|l| l.addr.port() == port)
+                    .and_then(|l| l.owner.clone())
+                {
+                    r.owner = Some(o);
                     r.owner_source = Some("listener");
                 }
             }
@@ -114,39 +105,42 @@ mod tests {
     #[test]
     fn errno_report_inherits_owner_of_its_socket() {
         let mut e = Enricher::default();
+        let h = Host::default();
         let mut rst = rec(Kind::RstReceived, "10.0.0.1:4000", "10.0.0.2:80");
         rst.owner = Some(Proc {
             pid: 7,
             comm: "curl".into(),
         });
         rst.netns = Some(99);
-        assert!(e.process(&mut rst));
+        assert!(e.process(&mut rst, &h));
         let mut err = rec(Kind::Error, "10.0.0.1:4000", "10.0.0.2:80");
         err.errno = Some(111);
-        assert!(e.process(&mut err));
+        assert!(e.process(&mut err, &h));
         assert_eq!(err.owner, rst.owner);
         assert_eq!(err.owner_source, Some("socket"));
         assert_eq!(err.netns, Some(99));
         // Another socket is not joined.
         let mut other = rec(Kind::Error, "10.0.0.1:4001", "10.0.0.2:80");
-        assert!(e.process(&mut other));
+        assert!(e.process(&mut other, &h));
         assert_eq!(other.owner, None);
     }
 
     #[test]
     fn drops_the_spurious_second_errno_report() {
         let mut e = Enricher::default();
+        let h = Host::default();
         let mut err = rec(Kind::Error, "10.0.0.1:4000", "10.0.0.2:0");
         err.errno = Some(0);
-        assert!(!e.process(&mut err));
+        assert!(!e.process(&mut err, &h));
         let mut soft = rec(Kind::Error, "10.0.0.1:4000", "10.0.0.2:80");
         soft.errno = Some(0);
-        assert!(e.process(&mut soft));
+        assert!(e.process(&mut soft, &h));
     }
 
     #[test]
     fn listener_events_fall_back_to_the_listener_owner() {
         let mut e = Enricher::default();
+        let mut h = Host::default();
         let mut open = rec(Kind::State, "0.0.0.0:8080", "0.0.0.0:0");
         open.old_state = Some("CLOSE");
         open.new_state = Some("LISTEN");
@@ -155,25 +149,16 @@ mod tests {
             pid: 880,
             comm: "python3".into(),
         });
-        assert!(e.process(&mut open));
+        h.on_record(&open);
         let mut synack = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");
         synack.netns = Some(5);
-        assert!(e.process(&mut synack));
+        assert!(e.process(&mut synack, &h));
         assert_eq!(synack.owner.as_ref().map(|p| p.pid), Some(880));
         assert_eq!(synack.owner_source, Some("listener"));
         // Another namespace's port 8080 is not this listener.
         let mut elsewhere = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");
         elsewhere.netns = Some(6);
-        assert!(e.process(&mut elsewhere));
+        assert!(e.process(&mut elsewhere, &h));
         assert_eq!(elsewhere.owner, None);
-        let mut close = rec(Kind::State, "0.0.0.0:8080", "0.0.0.0:0");
-        close.old_state = Some("LISTEN");
-        close.new_state = Some("CLOSE");
-        close.netns = Some(5);
-        assert!(e.process(&mut close));
-        let mut late = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");
-        late.netns = Some(5);
-        assert!(e.process(&mut late));
-        assert_eq!(late.owner, None);
     }
 }

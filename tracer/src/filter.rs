@@ -1,9 +1,12 @@
 //! Record filters of `watch` (--port, --addr, --pid, --comm). Each given criterion
 //! must match; within one, any value may. Loss records always pass: a filter must
 //! never hide that evidence is missing.
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::record::{Kind, Record};
+use crate::{
+    explain::Explanation,
+    record::{Kind, Proc, Record},
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -18,21 +21,32 @@ impl Filter {
         if r.kind == Kind::Loss {
             return true;
         }
-        if !self.ports.is_empty() && !r.ports().any(|p| self.ports.contains(&p)) {
+        self.check(r.src.iter().chain(r.dst.iter()), r.owner.iter())
+    }
+
+    /// An explanation matches on its endpoints and on its process or culprit.
+    pub fn matches_explanation(&self, e: &Explanation) -> bool {
+        self.check(
+            e.src.iter().chain(e.dst.iter()),
+            e.process.iter().chain(e.culprit.iter()),
+        )
+    }
+
+    fn check<'a>(
+        &self,
+        ends: impl Iterator<Item = &'a SocketAddr> + Clone,
+        procs: impl Iterator<Item = &'a Proc> + Clone,
+    ) -> bool {
+        if !self.ports.is_empty() && !ends.clone().any(|a| self.ports.contains(&a.port())) {
             return false;
         }
-        if !self.addrs.is_empty() && !r.addrs().any(|a| self.addrs.contains(&a)) {
+        if !self.addrs.is_empty() && !ends.clone().any(|a| self.addrs.contains(&a.ip())) {
             return false;
         }
-        if !self.pids.is_empty() && !r.owner.as_ref().is_some_and(|o| self.pids.contains(&o.pid)) {
+        if !self.pids.is_empty() && !procs.clone().any(|p| self.pids.contains(&p.pid)) {
             return false;
         }
-        if !self.comms.is_empty()
-            && !r
-                .owner
-                .as_ref()
-                .is_some_and(|o| self.comms.iter().any(|c| *c == o.comm))
-        {
+        if !self.comms.is_empty() && !procs.clone().any(|p| self.comms.contains(&p.comm)) {
             return false;
         }
         true
@@ -42,7 +56,6 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Proc;
 
     fn rec() -> Record {
         let mut r = Record::new(Kind::RstReceived, 0, String::new());

@@ -8,6 +8,7 @@ mod btf;
 mod decode;
 mod doctor;
 mod enrich;
+mod explain;
 mod filter;
 mod kallsyms;
 mod kernel;
@@ -32,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Stream TCP failure evidence live, one line per event.
+    /// Explain TCP failures live, one line each (with --events, the raw evidence too).
     Watch(WatchArgs),
     /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
     Doctor {
@@ -47,6 +48,9 @@ struct WatchArgs {
     /// JSON Lines output (schema: docs/events.md).
     #[arg(long)]
     json: bool,
+    /// Also print every evidence record, not only the explained failures.
+    #[arg(long)]
+    events: bool,
     /// Only events whose local or remote port is PORT (repeatable).
     #[arg(long, value_name = "PORT")]
     port: Vec<u16>,
@@ -87,6 +91,8 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
         }
         Ok(watch::WatchConfig {
             json: a.json,
+            events: a.events,
+            verbose: false,
             filter: filter::Filter {
                 ports: a.port,
                 addrs: a.addr,
@@ -101,7 +107,11 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Watch(a) => watch::run(a.try_into()?),
+        Command::Watch(a) => {
+            let mut cfg: watch::WatchConfig = a.try_into()?;
+            cfg.verbose = cli.verbose > 0;
+            watch::run(cfg)
+        }
         Command::Doctor { json } => doctor::run(json),
     }
 }

@@ -14,8 +14,9 @@
 use std::{
     collections::HashMap,
     fs,
-    net::SocketAddr,
-    os::fd::AsRawFd,
+    net::{IpAddr, SocketAddr},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -37,19 +38,44 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
 use crate::record::Proc;
 
-/// Namespace inode to one process living in it, from /proc/*/ns/net.
-pub fn scan_namespaces() -> HashMap<u32, u32> {
-    let mut out = HashMap::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+/// How to enter a network namespace: a /proc/PID/ns/net link or a bind mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsRef {
+    pub path: PathBuf,
+    /// A process living in it, when one was found (its /proc/PID/net is that netns).
+    pub pid: Option<u32>,
+}
+
+/// Every network namespace in use, by inode: those of processes, and those kept by
+/// bind mounts (`ip netns add`, container runtimes) even with no process inside.
+pub fn scan_namespaces() -> HashMap<u32, NetnsRef> {
+    let mut out: HashMap<u32, NetnsRef> = HashMap::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            if let Ok(link) = fs::read_link(&path) {
+                if let Some(ino) = parse_ns_link(&link.to_string_lossy()) {
+                    out.entry(ino).or_insert(NetnsRef {
+                        path,
+                        pid: Some(pid),
+                    });
+                }
+            }
+        }
+    }
+    for dir in ["/run/netns", "/var/run/docker/netns"] {
+        let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
-        if let Ok(link) = fs::read_link(format!("/proc/{pid}/ns/net")) {
-            if let Some(ino) = parse_ns_link(&link.to_string_lossy()) {
-                out.entry(ino).or_insert(pid);
+        for e in entries.flatten() {
+            if let Ok(meta) = fs::metadata(e.path()) {
+                out.entry(meta.ino() as u32).or_insert(NetnsRef {
+                    path: e.path(),
+                    pid: None,
+                });
             }
         }
     }
@@ -67,9 +93,15 @@ pub struct TcpCounters {
     pub reqq_full_drop: u64,
 }
 
-/// TcpExt counters of the namespace `pid` lives in.
-pub fn read_counters(pid: u32) -> Result<TcpCounters> {
-    let text = fs::read_to_string(format!("/proc/{pid}/net/netstat"))?;
+/// TcpExt counters of a namespace.
+pub fn read_counters(ns: &NetnsRef) -> Result<TcpCounters> {
+    let text = match ns.pid {
+        Some(pid) => fs::read_to_string(format!("/proc/{pid}/net/netstat"))?,
+        // /proc/thread-self/net follows the calling thread's namespace.
+        None => in_netns(&ns.path, || {
+            Ok(fs::read_to_string("/proc/thread-self/net/netstat")?)
+        })?,
+    };
     parse_netstat(&text)
 }
 
@@ -108,13 +140,12 @@ pub struct Listener {
     pub inode: u32,
 }
 
-/// Runs `f` in a thread that joined the network namespace of `pid`.
+/// Runs `f` in a thread that joined the network namespace at `path`.
 pub fn in_netns<T: Send + 'static>(
-    pid: u32,
+    path: &Path,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
-        .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
+    let ns = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     thread::spawn(move || {
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
@@ -188,30 +219,78 @@ pub fn dump_listeners() -> Result<Vec<Listener>> {
     Ok(out)
 }
 
-/// The process holding the socket with this inode, from /proc/*/fd.
-pub fn owner_of_inode(inode: u32) -> Option<Proc> {
-    let procs = procfs::process::all_processes().ok()?;
+/// Socket inode to the process holding it, from /proc/*/fd, for the inodes wanted.
+pub fn socket_owners(wanted: &[u32]) -> HashMap<u32, Proc> {
+    let mut out = HashMap::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    let Ok(procs) = procfs::process::all_processes() else {
+        return out;
+    };
     for p in procs.flatten() {
         let Ok(fds) = p.fd() else { continue };
         for fd in fds.flatten() {
             if let procfs::process::FDTarget::Socket(ino) = fd.target {
-                if ino == inode as u64 {
+                let ino = ino as u32;
+                if wanted.contains(&ino) && !out.contains_key(&ino) {
                     let comm = p.stat().map(|s| s.comm).unwrap_or_default();
-                    return Some(Proc {
-                        pid: p.pid as u32,
-                        comm,
-                    });
+                    out.insert(
+                        ino,
+                        Proc {
+                            pid: p.pid as u32,
+                            comm,
+                        },
+                    );
                 }
             }
         }
+        if out.len() == wanted.len() {
+            break;
+        }
     }
-    None
+    out
+}
+
+pub fn owner_of_inode(inode: u32) -> Option<Proc> {
+    socket_owners(&[inode]).remove(&inode)
+}
+
+/// Addresses configured in the current namespace.
+pub fn local_addresses() -> Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        bail!("getifaddrs: {}", std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: getifaddrs returned a valid list, freed below.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if family == libc::AF_INET {
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+            } else if family == libc::AF_INET6 {
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// A backlog overflow seen from the counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Overflow {
     pub netns: u32,
+    /// net.core.somaxconn of the namespace, which caps every listen() backlog.
+    pub somaxconn: Option<u32>,
     /// "accept" or "syn".
     pub queue_kind: &'static str,
     pub listener: Option<Listener>,
@@ -242,25 +321,91 @@ pub fn overflowing(listeners: &[Listener]) -> Vec<Listener> {
         .collect()
 }
 
-/// Polls every namespace's counters until `stop`, calling `report` for overflows.
+/// Listeners of a namespace with the processes holding them.
+pub type OwnedListeners = Vec<(Listener, Option<Proc>)>;
+
+/// What the monitor thread reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    Overflow(Overflow),
+    /// A namespace's addresses and listeners (with owners), when first seen and
+    /// whenever its addresses change.
+    Namespace {
+        netns: u32,
+        addrs: Vec<IpAddr>,
+        listeners: OwnedListeners,
+    },
+}
+
+/// Addresses and owned listeners of one namespace.
+fn describe(ns: &NetnsRef) -> Result<(Vec<IpAddr>, OwnedListeners)> {
+    let (addrs, listeners) = in_netns(&ns.path, || Ok((local_addresses()?, dump_listeners()?)))?;
+    let inodes: Vec<u32> = listeners
+        .iter()
+        .map(|l| l.inode)
+        .filter(|&i| i != 0)
+        .collect();
+    let mut owners = socket_owners(&inodes);
+    let listeners = listeners
+        .into_iter()
+        .map(|l| {
+            let o = owners.remove(&l.inode);
+            (l, o)
+        })
+        .collect();
+    Ok((addrs, listeners))
+}
+
+/// Watches the namespaces until `stop`: describes each new one (and re-describes
+/// all every 10 s, or at once when `rescan` is set), and polls their backlog counters
+/// every `interval`. Stops when `report` returns false.
 pub fn run_monitor(
     interval: Duration,
     stop: Arc<AtomicBool>,
-    mut report: impl FnMut(Overflow) -> bool,
+    rescan: Arc<AtomicBool>,
+    mut report: impl FnMut(Observation) -> bool,
 ) {
-    let mut namespaces = HashMap::new();
+    let mut namespaces: HashMap<u32, NetnsRef> = HashMap::new();
+    let mut described: HashMap<u32, Vec<IpAddr>> = HashMap::new();
     let mut last_scan: Option<Instant> = None;
+    let mut last_full: Option<Instant> = None;
     let mut prev: HashMap<u32, TcpCounters> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
-        if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+        let forced = rescan.swap(false, Ordering::Relaxed);
+        if forced || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
             namespaces = scan_namespaces();
             prev.retain(|ns, _| namespaces.contains_key(ns));
+            described.retain(|ns, _| namespaces.contains_key(ns));
             last_scan = Some(Instant::now());
+            let full = last_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+            if full {
+                last_full = Some(Instant::now());
+            }
+            for (&netns, ns) in &namespaces {
+                if !full && !forced && described.contains_key(&netns) {
+                    continue;
+                }
+                match describe(ns) {
+                    Ok((addrs, listeners)) => {
+                        let changed = described.get(&netns) != Some(&addrs);
+                        let new = !described.contains_key(&netns);
+                        described.insert(netns, addrs.clone());
+                        if (new || changed)
+                            && !report(Observation::Namespace {
+                                netns,
+                                addrs,
+                                listeners,
+                            })
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => log::debug!("describing netns {netns}: {e:#}"),
+                }
+            }
         }
-        for (&netns, &pid) in &namespaces {
-            let Ok(now) = read_counters(pid) else {
-                continue;
-            };
+        for (&netns, ns) in &namespaces {
+            let Ok(now) = read_counters(ns) else { continue };
             let Some(before) = prev.insert(netns, now) else {
                 continue;
             };
@@ -269,9 +414,15 @@ pub fn run_monitor(
             if accept == 0 && syn == 0 {
                 continue;
             }
-            let listeners = in_netns(pid, dump_listeners).unwrap_or_else(|e| {
+            let (listeners, somaxconn) = in_netns(&ns.path, || {
+                let somaxconn = fs::read_to_string("/proc/sys/net/core/somaxconn")
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                Ok((dump_listeners()?, somaxconn))
+            })
+            .unwrap_or_else(|e| {
                 log::debug!("listing listeners of netns {netns}: {e:#}");
-                Vec::new()
+                (Vec::new(), None)
             });
             let mut out = Vec::new();
             if accept > 0 {
@@ -279,6 +430,7 @@ pub fn run_monitor(
                 if chosen.is_empty() {
                     out.push(Overflow {
                         netns,
+                        somaxconn,
                         queue_kind: "accept",
                         listener: None,
                         owner: None,
@@ -289,6 +441,7 @@ pub fn run_monitor(
                     let owner = owner_of_inode(l.inode);
                     out.push(Overflow {
                         netns,
+                        somaxconn,
                         queue_kind: "accept",
                         listener: Some(l),
                         owner,
@@ -299,6 +452,7 @@ pub fn run_monitor(
             if syn > 0 {
                 out.push(Overflow {
                     netns,
+                    somaxconn,
                     queue_kind: "syn",
                     listener: None,
                     owner: None,
@@ -306,12 +460,19 @@ pub fn run_monitor(
                 });
             }
             for o in out {
-                if !report(o) {
+                if !report(Observation::Overflow(o)) {
                     return;
                 }
             }
         }
-        thread::sleep(interval);
+        // Sleep in short steps so that a rescan request is served promptly.
+        let until = Instant::now() + interval;
+        while Instant::now() < until
+            && !stop.load(Ordering::Relaxed)
+            && !rescan.load(Ordering::Relaxed)
+        {
+            thread::sleep(Duration::from_millis(10).min(interval));
+        }
     }
 }
 

@@ -28,6 +28,12 @@ pub enum Kind {
     Overflow,
     /// Events were lost (ring buffer full).
     Loss,
+    /// Context: a listener that existed when rstrace started or a namespace was found.
+    Listener,
+    /// Context: the addresses of a network namespace.
+    Addresses,
+    /// Context: a process that owned a listener has exited.
+    ProcessExit,
 }
 
 impl Kind {
@@ -42,6 +48,9 @@ impl Kind {
             Kind::Error => "ERROR",
             Kind::Overflow => "OVERFLOW",
             Kind::Loss => "LOSS",
+            Kind::Listener => "LISTENER",
+            Kind::Addresses => "ADDRESSES",
+            Kind::ProcessExit => "EXIT",
         }
     }
 }
@@ -131,6 +140,12 @@ pub struct Record {
     /// Loss records: events lost since the previous loss record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// Addresses records: the namespace's addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addrs: Option<Vec<IpAddr>>,
+    /// Overflow records: net.core.somaxconn of the listener's namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub somaxconn: Option<u32>,
 }
 
 impl Record {
@@ -161,15 +176,9 @@ impl Record {
             tcp_flags: None,
             hook: None,
             lost: None,
+            addrs: None,
+            somaxconn: None,
         }
-    }
-
-    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
-        self.src.iter().chain(self.dst.iter()).map(|a| a.port())
-    }
-
-    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.src.iter().chain(self.dst.iter()).map(|a| a.ip())
     }
 }
 

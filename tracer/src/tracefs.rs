@@ -98,7 +98,7 @@ impl Format {
             };
             // "const void * skaddr", "__u8 saddr[28]", "__data_loc char[] name".
             let decl = decl.split('[').next().unwrap_or(decl).trim();
-            let (ctype, name) = match decl.rfind(|c: char| c == ' ' || c == '*') {
+            let (ctype, name) = match decl.rfind([' ', '*']) {
                 Some(i) => (
                     decl[..=i].trim().to_string(),
                     decl[i + 1..].trim().to_string(),

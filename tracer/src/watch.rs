@@ -1,10 +1,14 @@
 //! `rstrace watch`: the live pipeline. Stages: load/attach -> read ring -> decode ->
-//! enrich -> filter -> sink, plus two side sources merged into the stream: loss
-//! counters (read every 250 ms) and backlog overflows (netns counters, see netns.rs).
+//! enrich -> explain -> filter -> sink. Side sources merged into the stream as
+//! records: loss counters (every 250 ms), the monitor thread's namespace context and
+//! backlog overflows (netns.rs), and exits of processes that owned listeners.
 use std::{
-    io,
-    os::fd::AsRawFd,
-    sync::{atomic::AtomicBool, Arc},
+    io::{self, Write},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -20,19 +24,23 @@ use crate::{
     btf::KernelBtf,
     decode::{Clock, Decoder},
     enrich::Enricher,
+    explain::{Engine, Explanation},
     filter::Filter,
     kernel::KernelInfo,
-    netns::{self, Overflow},
+    netns::{self, Observation, Overflow},
     privileges,
     probes::{read_losses, HookStatus, Probes},
-    record::{Kind, Queue, Record},
-    sink::{json, text, LineSink, Sink},
+    record::{Kind, Proc, Queue, Record},
+    sink::Output,
     tracefs,
 };
 
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
     pub json: bool,
+    /// Also print the raw evidence records.
+    pub events: bool,
+    pub verbose: bool,
     pub filter: Filter,
     pub ring_bytes: u32,
     pub overflow_interval: Duration,
@@ -82,12 +90,17 @@ pub fn start(ring_bytes: u32) -> Result<Session> {
     Ok(Session { info, probes })
 }
 
-fn overflow_record(o: Overflow, clock: &Clock) -> Record {
-    let now = Clock::now().mono_ns;
+fn now_ns() -> u64 {
+    Clock::now().mono_ns
+}
+
+pub fn overflow_record(o: Overflow, clock: &Clock) -> Record {
+    let now = now_ns();
     let mut r = Record::new(Kind::Overflow, now, clock.format(now));
     r.netns = Some(o.netns);
     r.queue_kind = Some(o.queue_kind);
     r.drops = Some(o.drops);
+    r.somaxconn = o.somaxconn;
     if let Some(l) = o.listener {
         r.src = Some(l.addr);
         r.queue = Some(Queue {
@@ -102,8 +115,35 @@ fn overflow_record(o: Overflow, clock: &Clock) -> Record {
     r
 }
 
+/// Context records for a namespace: its addresses, then its listeners.
+pub fn namespace_records(
+    netns: u32,
+    addrs: Vec<std::net::IpAddr>,
+    listeners: netns::OwnedListeners,
+    clock: &Clock,
+) -> Vec<Record> {
+    let now = now_ns();
+    let mut a = Record::new(Kind::Addresses, now, clock.format(now));
+    a.netns = Some(netns);
+    a.addrs = Some(addrs);
+    let mut out = vec![a];
+    for (l, owner) in listeners {
+        let mut r = Record::new(Kind::Listener, now, clock.format(now));
+        r.netns = Some(netns);
+        r.src = Some(l.addr);
+        r.queue = Some(Queue {
+            depth: l.depth,
+            backlog: l.backlog,
+        });
+        r.owner_source = owner.as_ref().map(|_| "proc");
+        r.owner = owner;
+        out.push(r);
+    }
+    out
+}
+
 fn loss_record(hook: Hook, lost: u64, clock: &Clock) -> Record {
-    let now = Clock::now().mono_ns;
+    let now = now_ns();
     let mut r = Record::new(Kind::Loss, now, clock.format(now));
     r.hook = Some(hook.program());
     r.lost = Some(lost);
@@ -119,17 +159,82 @@ pub fn run(cfg: WatchConfig) -> Result<()> {
     rt.block_on(run_loop(&mut session, cfg))
 }
 
+/// The stages after decoding, shared by every source of records.
+pub struct Pipeline<W: Write> {
+    pub enricher: Enricher,
+    pub engine: Engine,
+    pub filter: Filter,
+    pub out: Output<W>,
+    pub events: bool,
+    explained: Vec<Explanation>,
+    /// Listener owners to check for exit: (pid, comm, when to look).
+    exits: Vec<(Proc, u64)>,
+}
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(engine: Engine, filter: Filter, out: Output<W>, events: bool) -> Self {
+        Pipeline {
+            enricher: Enricher::default(),
+            engine,
+            filter,
+            out,
+            events,
+            explained: Vec::new(),
+            exits: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, mut r: Record) -> io::Result<()> {
+        if !self.enricher.process(&mut r, &self.engine.host) {
+            return Ok(());
+        }
+        if r.kind == Kind::State && r.old_state == Some("LISTEN") && r.new_state == Some("CLOSE") {
+            if let Some(p) = &r.owner {
+                self.exits.push((p.clone(), r.mono_ns + 200_000_000));
+            }
+        }
+        if (self.events || r.kind == Kind::Loss) && self.filter.matches(&r) {
+            self.out.record(&r)?;
+        }
+        self.engine.push(&r, &mut self.explained);
+        self.drain()
+    }
+
+    pub fn advance(&mut self, now: u64, clock: &Clock) -> io::Result<()> {
+        let due: Vec<Proc> = self
+            .exits
+            .iter()
+            .filter(|(_, t)| *t <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.exits.retain(|(_, t)| *t > now);
+        for p in due {
+            if !Path::new(&format!("/proc/{}", p.pid)).exists() {
+                let mut r = Record::new(Kind::ProcessExit, now, clock.format(now));
+                r.owner = Some(p);
+                self.push(r)?;
+            }
+        }
+        self.engine.advance(now, &mut self.explained);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        for e in std::mem::take(&mut self.explained) {
+            if self.filter.matches_explanation(&e) {
+                self.out.explanation(&e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let maps = session.probes.take_maps()?;
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info, clock);
-    let mut enricher = Enricher::default();
-    let stdout = io::stdout().lock();
-    let mut sink: Box<dyn Sink> = if cfg.json {
-        Box::new(LineSink::new(stdout, json::format))
-    } else {
-        Box::new(LineSink::new(stdout, text::format))
-    };
+    let out = Output::new(io::stdout().lock(), cfg.json, cfg.verbose);
+    let mut pipe = Pipeline::new(Engine::new(clock), cfg.filter.clone(), out, cfg.events);
 
     // SAFETY: the ring buffer's fd is owned by `maps.ring`, which the AsyncFd owns and
     // which outlives the registration.
@@ -138,15 +243,17 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut loss_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut lost_before = read_losses(&maps.losses);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (otx, mut orx) = mpsc::channel::<Overflow>(256);
+    let rescan = Arc::new(AtomicBool::new(false));
+    let (otx, mut orx) = mpsc::channel::<Observation>(1024);
     let monitor = {
-        let stop = stop.clone();
+        let (stop, rescan) = (stop.clone(), rescan.clone());
         let interval = cfg.overflow_interval;
         std::thread::spawn(move || {
-            netns::run_monitor(interval, stop, |o| otx.blocking_send(o).is_ok())
+            netns::run_monitor(interval, stop, rescan, |o| otx.blocking_send(o).is_ok())
         })
     };
     let attached = session
@@ -161,55 +268,59 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         session.info.release
     );
 
-    let mut emit = |r: &mut Record, sink: &mut Box<dyn Sink>| -> io::Result<()> {
-        if enricher.process(r) && cfg.filter.matches(r) {
-            sink.write(r)?;
-        }
-        Ok(())
-    };
-
     let result: Result<()> = loop {
-        tokio::select! {
+        let step: io::Result<()> = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
-                let mut out = Ok(());
+                let mut res = Ok(());
                 while let Some(item) = rb.next() {
                     match decoder.decode(&item) {
-                        Ok(mut r) => {
-                            if let Err(e) = emit(&mut r, &mut sink) { out = Err(e); break; }
+                        Ok(r) => {
+                            res = pipe.push(r);
+                            if res.is_err() { break; }
                         }
                         Err(e) => log::warn!("undecodable event: {e}"),
                     }
                 }
                 guard.clear_ready();
-                if let Err(e) = out.and_then(|_| sink.flush()) { break Err(e.into()); }
+                res
             }
-            Some(o) = orx.recv() => {
-                let mut r = overflow_record(o, &clock);
-                if let Err(e) = emit(&mut r, &mut sink).and_then(|_| sink.flush()) { break Err(e.into()); }
+            Some(o) = orx.recv() => match o {
+                Observation::Overflow(o) => pipe.push(overflow_record(o, &clock)),
+                Observation::Namespace { netns, addrs, listeners } => {
+                    namespace_records(netns, addrs, listeners, &clock).into_iter().try_for_each(|r| pipe.push(r))
+                }
+            },
+            _ = tick.tick() => {
+                let r = pipe.advance(now_ns(), &clock);
+                if pipe.engine.take_context_request() {
+                    rescan.store(true, Ordering::Relaxed);
+                }
+                r
             }
             _ = loss_tick.tick() => {
                 let now = read_losses(&maps.losses);
                 let mut res = Ok(());
                 for hook in Hook::ALL {
                     let d = now[hook as usize].saturating_sub(lost_before[hook as usize]);
-                    if d > 0 {
-                        let mut r = loss_record(hook, d, &clock);
-                        res = res.and_then(|_| emit(&mut r, &mut sink));
+                    if d > 0 && res.is_ok() {
+                        res = pipe.push(loss_record(hook, d, &clock));
                     }
                 }
                 lost_before = now;
-                if let Err(e) = res.and_then(|_| sink.flush()) { break Err(e.into()); }
+                res
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
+        };
+        if let Err(e) = step.and_then(|_| pipe.out.flush()) {
+            break Err(e.into());
         }
     };
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     drop(orx);
     let _ = monitor.join();
-    let _ = sink.flush();
-    let _ = ring.as_raw_fd();
+    let _ = pipe.out.flush();
     result
 }

@@ -1,7 +1,11 @@
-//! JSON Lines: one [`Record`] per line, schema in docs/events.md.
-use crate::record::Record;
+//! JSON Lines: one record or explanation per line, schema in docs/events.md.
+use crate::{explain::Explanation, record::Record};
 
-pub fn format(r: &Record, out: &mut Vec<u8>) {
-    // Serializing plain structs of strings and numbers cannot fail.
+// Serializing plain structs of strings and numbers cannot fail.
+pub fn record(r: &Record, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, r).expect("record serializes");
+}
+
+pub fn explanation(e: &Explanation, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, e).expect("explanation serializes");
 }

@@ -1,42 +1,52 @@
-//! Output sinks: peers that each print a record in their own form.
+//! Output sinks: text for people, JSON Lines for machines. Both print explanations
+//! and, when asked, the raw evidence records.
 pub mod json;
 pub mod text;
 
 use std::io::{self, Write};
 
-use crate::record::Record;
+use crate::{explain::Explanation, record::Record};
 
-pub trait Sink {
-    fn write(&mut self, r: &Record) -> io::Result<()>;
-    fn flush(&mut self) -> io::Result<()>;
-}
-
-/// Writes records through `format` to a buffered writer.
-pub struct LineSink<W: Write> {
+pub struct Output<W: Write> {
     out: io::BufWriter<W>,
-    format: fn(&Record, &mut Vec<u8>),
+    json: bool,
+    verbose: bool,
     buf: Vec<u8>,
 }
 
-impl<W: Write> LineSink<W> {
-    pub fn new(out: W, format: fn(&Record, &mut Vec<u8>)) -> Self {
-        LineSink {
+impl<W: Write> Output<W> {
+    pub fn new(out: W, json: bool, verbose: bool) -> Self {
+        Output {
             out: io::BufWriter::with_capacity(64 * 1024, out),
-            format,
+            json,
+            verbose,
             buf: Vec::new(),
         }
     }
-}
 
-impl<W: Write> Sink for LineSink<W> {
-    fn write(&mut self, r: &Record) -> io::Result<()> {
+    pub fn record(&mut self, r: &Record) -> io::Result<()> {
         self.buf.clear();
-        (self.format)(r, &mut self.buf);
+        if self.json {
+            json::record(r, &mut self.buf);
+        } else {
+            text::record(r, &mut self.buf);
+        }
         self.buf.push(b'\n');
         self.out.write_all(&self.buf)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    pub fn explanation(&mut self, e: &Explanation) -> io::Result<()> {
+        self.buf.clear();
+        if self.json {
+            json::explanation(e, &mut self.buf);
+        } else {
+            text::explanation(e, self.verbose, &mut self.buf);
+        }
+        self.buf.push(b'\n');
+        self.out.write_all(&self.buf)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }

@@ -1,7 +1,10 @@
 //! One readable line per record.
 use std::{fmt::Write as _, io::Write as _};
 
-use crate::record::{Kind, Proc, Record};
+use crate::{
+    explain::Explanation,
+    record::{Kind, Proc, Record},
+};
 
 fn who(p: &Option<Proc>) -> String {
     match p {
@@ -15,15 +18,34 @@ fn addr(a: &Option<std::net::SocketAddr>) -> String {
 }
 
 /// Time of day from the RFC 3339 stamp, to the microsecond.
-fn clock(r: &Record) -> &str {
-    r.time.get(11..26).unwrap_or(&r.time)
+fn clock(time: &str) -> &str {
+    time.get(11..26).unwrap_or(time)
 }
 
-pub fn format(r: &Record, out: &mut Vec<u8>) {
+/// `[cause] sentence -- fix: ...`, the evidence below it when verbose.
+pub fn explanation(e: &Explanation, verbose: bool, out: &mut Vec<u8>) {
+    let mut s = String::with_capacity(256);
+    let _ = write!(s, "{} [{}] ", clock(&e.time), e.cause);
+    if let Some(w) = e.window_ms {
+        let _ = write!(s, "+{} more in {:.1} s: ", e.count, w as f64 / 1000.0);
+    }
+    let _ = write!(s, "{} -- fix: {}", e.explanation, e.fix);
+    if verbose {
+        let _ = write!(s, "\n    confidence {:.2}", e.confidence);
+        for r in &e.evidence {
+            let mut line = Vec::new();
+            record(r, &mut line);
+            let _ = write!(s, "\n    {}", String::from_utf8_lossy(&line));
+        }
+    }
+    let _ = out.write_all(s.as_bytes());
+}
+
+pub fn record(r: &Record, out: &mut Vec<u8>) {
     let mut s = String::with_capacity(160);
     let (src, dst) = (addr(&r.src), addr(&r.dst));
     let owner = who(&r.owner);
-    let _ = write!(s, "{} {:<14} ", clock(r), r.kind.label());
+    let _ = write!(s, "{} {:<14} ", clock(&r.time), r.kind.label());
     match r.kind {
         Kind::RstSent => {
             let _ = write!(
@@ -104,6 +126,16 @@ pub fn format(r: &Record, out: &mut Vec<u8>) {
                 r.hook.unwrap_or("?")
             );
         }
+        Kind::Listener => {
+            let _ = write!(s, "{owner} listens on {src}");
+        }
+        Kind::Addresses => {
+            let list: Vec<String> = r.addrs.iter().flatten().map(|a| a.to_string()).collect();
+            let _ = write!(s, "addresses {}", list.join(" "));
+        }
+        Kind::ProcessExit => {
+            let _ = write!(s, "{owner} exited");
+        }
     }
     if let Some(n) = r.retransmits {
         let _ = write!(s, " after {n} retransmits");
@@ -134,7 +166,7 @@ mod tests {
         r.errno_name = Some("ECONNREFUSED");
         r.netns = Some(7);
         let mut out = Vec::new();
-        format(&r, &mut out);
+        record(&r, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "00:40:23.123456 ERROR          curl[4121] 10.0.0.1:4000 -> 10.0.0.2:8080 ECONNREFUSED (111) netns 7"

@@ -1,0 +1,302 @@
+//! What the explanations need to know about the host: listeners per network
+//! namespace (live and recently closed, with owners), namespace addresses, processes
+//! that exited, recent backlog overflows. Fed only from records, so that a capture
+//! file replays exactly the context watch had.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
+
+use crate::record::{Kind, Proc, Record};
+
+/// How many closed listeners and overflows are remembered.
+const HISTORY: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listening {
+    pub netns: u32,
+    pub addr: SocketAddr,
+    pub owner: Option<Proc>,
+    pub since_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closed {
+    pub listener: Listening,
+    pub closed_ns: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct OverflowSeen {
+    pub at_ns: u64,
+    pub record: Record,
+}
+
+#[derive(Default)]
+pub struct Host {
+    listeners: HashMap<u32, Vec<Listening>>,
+    closed: VecDeque<Closed>,
+    addrs: HashMap<u32, Vec<IpAddr>>,
+    exited: HashMap<u32, u64>,
+    overflows: VecDeque<OverflowSeen>,
+}
+
+/// Whether a listener bound to `bound` accepts connections to `dst` (same port).
+pub fn accepts(bound: SocketAddr, dst: SocketAddr) -> bool {
+    if bound.port() != dst.port() {
+        return false;
+    }
+    let b = bound.ip();
+    if b.is_unspecified() {
+        // 0.0.0.0 takes IPv4; [::] takes both unless IPV6_V6ONLY (not visible here).
+        return b.is_ipv6() || dst.is_ipv4();
+    }
+    b == dst.ip()
+}
+
+impl Host {
+    pub fn on_record(&mut self, r: &Record) {
+        match r.kind {
+            Kind::Listener => {
+                if let (Some(ns), Some(addr)) = (r.netns, r.src) {
+                    let v = self.listeners.entry(ns).or_default();
+                    if !v.iter().any(|l| l.addr == addr) {
+                        v.push(Listening {
+                            netns: ns,
+                            addr,
+                            owner: r.owner.clone(),
+                            since_ns: r.mono_ns,
+                        });
+                    } else if let Some(l) =
+                        v.iter_mut().find(|l| l.addr == addr && l.owner.is_none())
+                    {
+                        l.owner = r.owner.clone();
+                    }
+                }
+            }
+            Kind::State => {
+                let (Some(ns), Some(addr)) = (r.netns, r.src) else {
+                    return;
+                };
+                match (r.old_state, r.new_state) {
+                    (Some("CLOSE"), Some("LISTEN")) => {
+                        let v = self.listeners.entry(ns).or_default();
+                        v.retain(|l| l.addr != addr);
+                        v.push(Listening {
+                            netns: ns,
+                            addr,
+                            owner: r.owner.clone(),
+                            since_ns: r.mono_ns,
+                        });
+                    }
+                    (Some("LISTEN"), Some("CLOSE")) => {
+                        let v = self.listeners.entry(ns).or_default();
+                        let mut gone: Vec<Listening> = Vec::new();
+                        v.retain(|l| {
+                            if l.addr == addr {
+                                gone.push(l.clone());
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                        if gone.is_empty() {
+                            gone.push(Listening {
+                                netns: ns,
+                                addr,
+                                owner: r.owner.clone(),
+                                since_ns: 0,
+                            });
+                        }
+                        for mut l in gone {
+                            if l.owner.is_none() {
+                                l.owner = r.owner.clone();
+                            }
+                            self.closed.push_back(Closed {
+                                listener: l,
+                                closed_ns: r.mono_ns,
+                            });
+                        }
+                        while self.closed.len() > HISTORY {
+                            self.closed.pop_front();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Kind::Addresses => {
+                if let (Some(ns), Some(a)) = (r.netns, &r.addrs) {
+                    self.addrs.insert(ns, a.clone());
+                }
+            }
+            Kind::ProcessExit => {
+                if let Some(p) = &r.owner {
+                    self.exited.insert(p.pid, r.mono_ns);
+                }
+            }
+            Kind::Overflow => {
+                self.overflows.push_back(OverflowSeen {
+                    at_ns: r.mono_ns,
+                    record: r.clone(),
+                });
+                while self.overflows.len() > HISTORY {
+                    self.overflows.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The namespace holding `ip`. Loopback and addresses present in several
+    /// namespaces resolve to `hint` (the other end's namespace) when it has them.
+    pub fn netns_of(&self, ip: IpAddr, hint: Option<u32>) -> Option<u32> {
+        if let Some(h) = hint {
+            if ip.is_loopback() || self.addrs.get(&h).is_some_and(|a| a.contains(&ip)) {
+                return Some(h);
+            }
+        }
+        let mut found = self
+            .addrs
+            .iter()
+            .filter(|(_, a)| a.contains(&ip))
+            .map(|(ns, _)| *ns);
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
+    }
+
+    pub fn listeners(&self, netns: u32) -> &[Listening] {
+        self.listeners.get(&netns).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The listener that would take a connection to `dst` in `netns`.
+    pub fn listener_for(&self, netns: u32, dst: SocketAddr) -> Option<&Listening> {
+        self.listeners(netns).iter().find(|l| accepts(l.addr, dst))
+    }
+
+    /// Listeners on the port of `dst` in another namespace.
+    pub fn elsewhere(&self, netns: u32, port: u16) -> Vec<&Listening> {
+        let mut v: Vec<&Listening> = self
+            .listeners
+            .iter()
+            .filter(|(ns, _)| **ns != netns)
+            .flat_map(|(_, v)| v.iter())
+            .filter(|l| l.addr.port() == port)
+            .collect();
+        v.sort_by_key(|l| (l.netns, l.addr));
+        v
+    }
+
+    /// The last listener on `port` in `netns` closed within `window_ns` before `at_ns`.
+    pub fn recently_closed(
+        &self,
+        netns: u32,
+        port: u16,
+        at_ns: u64,
+        window_ns: u64,
+    ) -> Option<&Closed> {
+        self.closed.iter().rev().find(|c| {
+            c.listener.netns == netns
+                && c.listener.addr.port() == port
+                && c.closed_ns <= at_ns + 1_000_000
+                && at_ns.saturating_sub(c.closed_ns) <= window_ns
+        })
+    }
+
+    /// When the process exited, if it did.
+    pub fn exited(&self, pid: u32) -> Option<u64> {
+        self.exited.get(&pid).copied()
+    }
+
+    /// The most recent overflow of the listener on `port` in `netns` within the window.
+    pub fn overflow_near(
+        &self,
+        netns: u32,
+        port: u16,
+        at_ns: u64,
+        window_ns: u64,
+    ) -> Option<&OverflowSeen> {
+        self.overflows.iter().rev().find(|o| {
+            o.record.netns == Some(netns)
+                && o.record.src.is_none_or(|s| s.port() == port)
+                && o.at_ns.abs_diff(at_ns) <= window_ns
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(
+        ns: u32,
+        addr: &str,
+        old: &'static str,
+        new: &'static str,
+        at: u64,
+        pid: u32,
+    ) -> Record {
+        let mut r = Record::new(Kind::State, at, String::new());
+        r.netns = Some(ns);
+        r.src = Some(addr.parse().unwrap());
+        r.old_state = Some(old);
+        r.new_state = Some(new);
+        r.owner = Some(Proc {
+            pid,
+            comm: "srv".into(),
+        });
+        r
+    }
+
+    #[test]
+    fn bind_address_matching() {
+        let d: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        assert!(accepts("0.0.0.0:80".parse().unwrap(), d));
+        assert!(accepts("[::]:80".parse().unwrap(), d));
+        assert!(accepts("10.0.0.2:80".parse().unwrap(), d));
+        assert!(!accepts("127.0.0.1:80".parse().unwrap(), d));
+        assert!(!accepts("0.0.0.0:81".parse().unwrap(), d));
+        assert!(!accepts(
+            "0.0.0.0:80".parse().unwrap(),
+            "[2001:db8::1]:80".parse().unwrap()
+        ));
+    }
+
+    #[test]
+    fn tracks_listeners_and_their_closing() {
+        let mut h = Host::default();
+        h.on_record(&state(1, "0.0.0.0:8080", "CLOSE", "LISTEN", 10, 7));
+        let d: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        assert_eq!(h.listener_for(1, d).unwrap().owner.as_ref().unwrap().pid, 7);
+        assert!(h.listener_for(2, d).is_none());
+        assert_eq!(h.elsewhere(2, 8080).len(), 1);
+        h.on_record(&state(1, "0.0.0.0:8080", "LISTEN", "CLOSE", 20, 7));
+        assert!(h.listener_for(1, d).is_none());
+        let c = h
+            .recently_closed(1, 8080, 1_000_000_020, 5_000_000_000)
+            .unwrap();
+        assert_eq!(c.closed_ns, 20);
+        assert!(h
+            .recently_closed(1, 8080, 10_000_000_000, 5_000_000_000)
+            .is_none());
+        assert!(h.recently_closed(1, 9090, 30, 5_000_000_000).is_none());
+    }
+
+    #[test]
+    fn resolves_namespaces_by_address() {
+        let mut h = Host::default();
+        for (ns, a) in [(1, "10.0.0.1"), (2, "10.0.0.2")] {
+            let mut r = Record::new(Kind::Addresses, 0, String::new());
+            r.netns = Some(ns);
+            r.addrs = Some(vec![a.parse().unwrap(), "127.0.0.1".parse().unwrap()]);
+            h.on_record(&r);
+        }
+        assert_eq!(h.netns_of("10.0.0.2".parse().unwrap(), Some(1)), Some(2));
+        assert_eq!(h.netns_of("127.0.0.1".parse().unwrap(), Some(1)), Some(1));
+        assert_eq!(
+            h.netns_of("127.0.0.1".parse().unwrap(), None),
+            None,
+            "ambiguous"
+        );
+        assert_eq!(h.netns_of("192.0.2.1".parse().unwrap(), None), None);
+    }
+}

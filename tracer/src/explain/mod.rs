@@ -1,0 +1,427 @@
+//! From evidence to explanations: records are joined into one story per connection
+//! (both ends when both are on this host), and when a story's failure is complete the
+//! rules say why, who and what to do. Bursts of one cause collapse into a count.
+//!
+//! Time is the records' own (CLOCK_MONOTONIC): the engine is advanced by the live loop
+//! with the clock, and by a capture replay with the records' timestamps, so both give
+//! the same answers.
+pub mod host;
+pub mod rules;
+pub mod story;
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use serde::Serialize;
+
+use self::{
+    host::Host,
+    rules::{Ctx, Finding, RULES},
+    story::{FlowKey, Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
+};
+use crate::record::{errno_name, Kind, Proc, Record, SCHEMA_VERSION};
+
+const MS: u64 = 1_000_000;
+/// Wait after the errno for evidence from the other CPUs.
+const AFTER_ERRNO: u64 = 50 * MS;
+/// Server-side refusal with no client on this host.
+const SERVER_ONLY_RST: u64 = 200 * MS;
+/// Server-side SYN drop: a local client would retransmit within 1 s.
+const SERVER_ONLY_DROP: u64 = 1_200 * MS;
+/// Reset of an established connection: wait for the receiving side.
+const AFTER_RESET: u64 = 100 * MS;
+/// Extra wait once, for the namespaces' addresses, when the server is not placed.
+const CONTEXT_WAIT: u64 = 300 * MS;
+/// Explained flows absorb their late evidence this long.
+const DONE_FOR: u64 = 3_000 * MS;
+/// Stories with nothing to explain are forgotten after this.
+const IDLE_FOR: u64 = 600_000 * MS;
+/// Bursts of a cause for one port and process within this collapse into a count.
+pub const COLLAPSE_WINDOW: u64 = 2_000 * MS;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub v: u32,
+    /// Always "failure" (distinguishes explanations from event records).
+    pub kind: &'static str,
+    pub time: String,
+    pub mono_ns: u64,
+    /// Stable cause id, e.g. `nothing_listening`.
+    pub cause: &'static str,
+    pub confidence: f32,
+    /// The process that failed (the connecting side, or the side that got the error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Proc>,
+    /// The process responsible, when another (the listener's owner, the resetting app).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Proc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno_name: Option<&'static str>,
+    /// "refused", "timed out", "reset", ...
+    pub outcome: &'static str,
+    /// One sentence: who, where, what happened and why.
+    pub explanation: String,
+    /// What to check or change.
+    pub fix: String,
+    /// Failures this line stands for: 1, or the size of a collapsed burst.
+    pub count: u64,
+    /// For collapsed bursts: the window they were counted in, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    /// The evidence the explanation rests on.
+    pub evidence: Vec<Record>,
+}
+
+impl Explanation {
+    fn collapse_key(&self) -> (&'static str, u16, u32) {
+        let port = self.dst.map_or(0, |d| d.port());
+        let pid = self
+            .process
+            .as_ref()
+            .or(self.culprit.as_ref())
+            .map_or(0, |p| p.pid);
+        (self.cause, port, pid)
+    }
+}
+
+fn outcome(errno: Option<i32>, s: &Story) -> &'static str {
+    match errno {
+        Some(ECONNREFUSED) => "refused",
+        Some(ETIMEDOUT) => "timed out",
+        Some(EHOSTUNREACH) => "failed: host unreachable",
+        Some(ENETUNREACH) => "failed: network unreachable",
+        Some(libc::ECONNRESET) => "reset",
+        Some(libc::EPIPE) => "broken (EPIPE)",
+        Some(_) => "failed",
+        None if s.was_established() => "reset",
+        None if s
+            .rsts_sent()
+            .any(|r| r.reason.as_deref() == Some("NO_SOCKET")) =>
+        {
+            "refused"
+        }
+        None if s.drops("NETFILTER_DROP").next().is_some() => "blocked",
+        None => "failed",
+    }
+}
+
+struct Burst {
+    first: Explanation,
+    until: u64,
+    more: u64,
+}
+
+#[derive(Default)]
+pub struct Engine {
+    pub host: Host,
+    stories: HashMap<FlowKey, Story>,
+    done: HashMap<FlowKey, u64>,
+    bursts: HashMap<(&'static str, u16, u32), Burst>,
+    wants_context: bool,
+    clock: Option<crate::decode::Clock>,
+}
+
+impl Engine {
+    pub fn new(clock: crate::decode::Clock) -> Engine {
+        Engine {
+            clock: Some(clock),
+            ..Default::default()
+        }
+    }
+
+    fn time(&self, ns: u64) -> String {
+        self.clock.map_or_else(String::new, |c| c.format(ns))
+    }
+
+    /// True once after a story needed namespace addresses the engine does not have.
+    pub fn take_context_request(&mut self) -> bool {
+        std::mem::take(&mut self.wants_context)
+    }
+
+    /// Feeds one record; explanations that became due are appended to `out`.
+    pub fn push(&mut self, r: &Record, out: &mut Vec<Explanation>) {
+        self.host.on_record(r);
+        if r.kind == Kind::Overflow {
+            if let Some(e) = self.overflow(r) {
+                self.emit(e, out);
+            }
+            return;
+        }
+        let Some(key) = FlowKey::of(r) else { return };
+        if self.done.get(&key).is_some_and(|&until| r.mono_ns <= until) {
+            return;
+        }
+        let story = self
+            .stories
+            .entry(key)
+            .or_insert_with(|| Story::new(key, r));
+        story.add(r);
+        let now = r.mono_ns;
+        let errno = story.errno();
+        if errno.is_some() {
+            story.deadline = Some(
+                story
+                    .deadline
+                    .map_or(now + AFTER_ERRNO, |d| d.min(now + AFTER_ERRNO)),
+            );
+        } else if story.client_is_local() && !story.was_established() {
+            // The client's errno will come; wait for it.
+            story.deadline = None;
+        } else if story.was_established() && matches!(r.kind, Kind::RstSent | Kind::RstReceived) {
+            story.deadline.get_or_insert(now + AFTER_RESET);
+        } else if r.kind == Kind::RstSent {
+            story
+                .deadline
+                .get_or_insert(story.first_ns + SERVER_ONLY_RST);
+        } else if r.kind == Kind::Drop
+            && matches!(
+                r.reason.as_deref(),
+                Some("NETFILTER_DROP" | "NO_SOCKET" | "TCP_LISTEN_OVERFLOW")
+            )
+        {
+            story
+                .deadline
+                .get_or_insert(story.first_ns + SERVER_ONLY_DROP);
+        }
+        self.advance(now, out);
+    }
+
+    /// Explains the stories due by `now` and closes finished bursts.
+    pub fn advance(&mut self, now: u64, out: &mut Vec<Explanation>) {
+        let mut due: Vec<FlowKey> = self
+            .stories
+            .iter()
+            .filter(|(_, s)| s.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        due.sort_by_key(|k| self.stories[k].deadline);
+        for key in due {
+            let Some(mut story) = self.stories.remove(&key) else {
+                continue;
+            };
+            if self.needs_context(&story) && !story.waited_for_context {
+                story.waited_for_context = true;
+                story.deadline = Some(now + CONTEXT_WAIT);
+                self.wants_context = true;
+                self.stories.insert(key, story);
+                continue;
+            }
+            let e = self.explain(&story);
+            self.done.insert(key, story.last_ns.max(now) + DONE_FOR);
+            self.emit(e, out);
+        }
+        self.stories
+            .retain(|_, s| s.deadline.is_some() || now.saturating_sub(s.last_ns) < IDLE_FOR);
+        self.done.retain(|_, until| *until >= now);
+        let closed: Vec<_> = self
+            .bursts
+            .iter()
+            .filter(|(_, b)| b.until <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in closed {
+            let b = self.bursts.remove(&k).expect("present");
+            if b.more > 0 {
+                out.push(self.summary(b));
+            }
+        }
+    }
+
+    /// Explains everything still pending (end of a capture).
+    #[expect(dead_code, reason = "used by capture replay")]
+    pub fn finish(&mut self, out: &mut Vec<Explanation>) {
+        let last = self.stories.values().map(|s| s.last_ns).max().unwrap_or(0);
+        for s in self.stories.values_mut() {
+            s.waited_for_context = true;
+            if s.deadline.is_none() && s.errno().is_none() && !s.client_is_local() {
+                s.deadline = Some(s.last_ns);
+            }
+        }
+        self.advance(u64::MAX / 2, out);
+        let _ = last;
+    }
+
+    fn summary(&self, b: Burst) -> Explanation {
+        let mut e = b.first;
+        e.count = b.more;
+        e.window_ms = Some(COLLAPSE_WINDOW / MS);
+        e.mono_ns = b.until;
+        e.time = self.time(b.until);
+        e.evidence.clear();
+        e
+    }
+
+    fn emit(&mut self, e: Explanation, out: &mut Vec<Explanation>) {
+        let key = e.collapse_key();
+        if let Some(b) = self.bursts.get_mut(&key) {
+            if e.mono_ns <= b.until {
+                b.more += e.count;
+                return;
+            }
+        }
+        self.bursts.insert(
+            key,
+            Burst {
+                first: e.clone(),
+                until: e.mono_ns + COLLAPSE_WINDOW,
+                more: 0,
+            },
+        );
+        out.push(e);
+    }
+
+    fn server_netns(&self, s: &Story) -> Option<u32> {
+        s.server_netns_seen()
+            .or_else(|| self.host.netns_of(s.server()?.ip(), s.client_netns()))
+    }
+
+    /// The server's namespace is unknown although its address might be on this host.
+    fn needs_context(&self, s: &Story) -> bool {
+        s.server().is_some() && self.server_netns(s).is_none()
+    }
+
+    fn explain(&self, s: &Story) -> Explanation {
+        let errno = s.errno();
+        let ctx = Ctx {
+            host: &self.host,
+            story: s,
+            client: s.client(),
+            server: s.server(),
+            server_netns: self.server_netns(s),
+            errno,
+            at_ns: s.failure_ns(),
+        };
+        let finding = RULES
+            .iter()
+            .find_map(|r| r.check(&ctx))
+            .unwrap_or_else(|| unexplained(&ctx));
+        let (src, dst) = match (ctx.client, ctx.server) {
+            (Some(c), Some(sv)) => (Some(c), Some(sv)),
+            _ => (
+                s.errno_record().and_then(|r| r.src).or(Some(s.key.0)),
+                s.errno_record().and_then(|r| r.dst).or(Some(s.key.1)),
+            ),
+        };
+        let victim = s
+            .errno_record()
+            .and_then(|r| r.owner.clone())
+            .or_else(|| s.client_process().cloned())
+            .or_else(|| s.rst_received().and_then(|r| r.owner.clone()));
+        let who = match &victim {
+            Some(p) => format!("{}[{}]", p.comm, p.pid),
+            None => src.map_or("?".into(), |a| a.to_string()),
+        };
+        let out = outcome(errno, s);
+        let explanation = format!(
+            "{who} -> {} {out}: {}",
+            dst.map_or("?".into(), |d| d.to_string()),
+            finding.reason
+        );
+        Explanation {
+            v: SCHEMA_VERSION,
+            kind: "failure",
+            time: self.time(ctx.at_ns),
+            mono_ns: ctx.at_ns,
+            cause: finding.cause,
+            confidence: finding.confidence,
+            process: victim,
+            culprit: finding.culprit,
+            netns: s.client_netns(),
+            server_netns: ctx.server_netns,
+            src,
+            dst,
+            errno_name: errno.and_then(errno_name),
+            outcome: out,
+            explanation,
+            fix: finding.fix,
+            count: 1,
+            window_ms: None,
+            evidence: s.evidence.clone(),
+        }
+    }
+
+    fn overflow(&self, r: &Record) -> Option<Explanation> {
+        let listener = r.src;
+        let port = listener.map_or(0, |l| l.port());
+        let (cause, reason, fix) = match r.queue_kind {
+            Some("syn") => (
+                "syn_queue_overflow",
+                format!(
+                    "the SYN queue in netns {} overflowed: {} SYNs dropped (SYN flood, or syncookies off)",
+                    r.netns.unwrap_or(0),
+                    r.drops.unwrap_or(0)
+                ),
+                "sysctl net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog; check: nstat -az TcpExtTCPReqQFullDrop".to_string(),
+            ),
+            _ => (
+                "accept_queue_overflow",
+                format!(
+                    "{} connection attempts to {} were dropped: the accept queue of {} is full{}, it does not accept() fast enough",
+                    r.drops.unwrap_or(0),
+                    listener.map_or("a listener".into(), |l| l.to_string()),
+                    rules::who(&r.owner),
+                    r.queue.as_ref().map_or(String::new(), |q| format!(" ({} waiting, backlog {})", q.depth, q.backlog))
+                ),
+                format!(
+                    "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check: ss -tlnp 'sport = :{port}' (Recv-Q above Send-Q means full)",
+                    r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
+                ),
+            ),
+        };
+        Some(Explanation {
+            v: SCHEMA_VERSION,
+            kind: "failure",
+            time: r.time.clone(),
+            mono_ns: r.mono_ns,
+            cause,
+            confidence: 0.9,
+            process: None,
+            culprit: r.owner.clone(),
+            netns: None,
+            server_netns: r.netns,
+            src: None,
+            dst: listener,
+            errno_name: None,
+            outcome: "overflow",
+            explanation: format!(
+                "{} {reason}",
+                listener.map_or("listen queue".to_string(), |l| format!("listener {l}:"))
+            ),
+            fix,
+            count: 1,
+            window_ms: None,
+            evidence: vec![r.clone()],
+        })
+    }
+}
+
+fn unexplained(c: &Ctx) -> Finding {
+    let kinds: Vec<String> = c
+        .story
+        .evidence
+        .iter()
+        .map(|r| match (&r.reason, r.errno.and_then(errno_name)) {
+            (Some(reason), _) => format!("{} {reason}", r.kind.label()),
+            (None, Some(e)) => format!("{} {e}", r.kind.label()),
+            _ => r.kind.label().to_string(),
+        })
+        .collect();
+    Finding {
+        cause: "unexplained",
+        confidence: 0.0,
+        reason: format!("no rule explains this; evidence: {}", kinds.join(", ")),
+        fix: "run with -v (or --json) for the evidence and check the server and the path by hand"
+            .into(),
+        culprit: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

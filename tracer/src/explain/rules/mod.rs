@@ -1,0 +1,100 @@
+//! Explanation rules, one per cause, tried in order; the first that matches explains
+//! the story. Each has a stable id (the `cause` of the output), a confidence, the
+//! sentence's reason and the runbook's fix.
+mod backlog;
+mod firewall;
+mod refusal;
+mod reset;
+mod unreachable;
+
+use std::net::SocketAddr;
+
+use super::{host::Host, story::Story};
+use crate::record::Proc;
+
+pub struct Ctx<'a> {
+    pub host: &'a Host,
+    pub story: &'a Story,
+    pub client: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
+    /// The server's namespace, from its own evidence or its address.
+    pub server_netns: Option<u32>,
+    pub errno: Option<i32>,
+    pub at_ns: u64,
+}
+
+impl Ctx<'_> {
+    pub fn server_port(&self) -> u16 {
+        self.server.map_or(0, |s| s.port())
+    }
+
+    pub fn refused(&self) -> bool {
+        !self.story.was_established()
+            && (self.errno == Some(libc::ECONNREFUSED)
+                || self
+                    .story
+                    .rsts_sent()
+                    .any(|r| r.reason.as_deref() == Some("NO_SOCKET"))
+                || (self.errno.is_none() && self.story.rst_received().is_some()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub cause: &'static str,
+    /// 0 to 1: how sure the evidence makes the rule.
+    pub confidence: f32,
+    /// Why, in words that follow "<who> -> <where> <outcome>: ".
+    pub reason: String,
+    /// What to check or change, with the command.
+    pub fix: String,
+    /// The process that caused it, when another than the one that failed.
+    pub culprit: Option<Proc>,
+}
+
+pub trait Rule: Sync {
+    fn id(&self) -> &'static str;
+    fn check(&self, c: &Ctx) -> Option<Finding>;
+}
+
+/// In priority order: specific evidence before inference from absence.
+pub static RULES: &[&dyn Rule] = &[
+    &backlog::AcceptQueueOverflow,
+    &backlog::SynQueueOverflow,
+    &firewall::FirewallReject,
+    &firewall::FirewallDrop,
+    &unreachable::NoRoute,
+    &unreachable::NeighbourUnreachable,
+    &firewall::IcmpReject,
+    &refusal::ServiceRestarting,
+    &refusal::ListenerOtherAddress,
+    &refusal::ListenerOtherNetns,
+    &refusal::WrongPort,
+    &refusal::NothingListening,
+    &refusal::RefusedByRemote,
+    &firewall::SynUnanswered,
+    &reset::ApplicationReset,
+    &reset::KeepaliveTimeout,
+    &reset::FlowTimeout,
+    &reset::ResetByPeer,
+];
+
+pub fn who(p: &Option<Proc>) -> String {
+    p.as_ref().map_or_else(
+        || "an unknown process".to_string(),
+        |p| format!("{}[{}]", p.comm, p.pid),
+    )
+}
+
+pub fn ago(ns: u64) -> String {
+    format!("{:.1} s", ns as f64 / 1e9)
+}
+
+/// `ss` filtered on a port, to run in the given namespace.
+pub fn ss_cmd(port: u16, netns: Option<u32>) -> String {
+    let base = format!("ss -tlnp 'sport = :{port}'");
+    match netns {
+        Some(ns) => format!("{base} (in netns {ns}: nsenter --net=<path of net:[{ns}]>)"),
+        None => base,
+    }
+}

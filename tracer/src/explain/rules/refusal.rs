@@ -1,0 +1,264 @@
+//! Refusals by the TCP stack (an RST answering the SYN): which of the classic reasons,
+//! told apart with the listener table of the server's namespace.
+use super::{ago, ss_cmd, who, Ctx, Finding, Rule};
+use crate::explain::host::accepts;
+
+/// How long after a listener closed a refusal is blamed on the restart.
+const RESTART_WINDOW_NS: u64 = 30_000_000_000;
+
+/// The server's namespace, when the server is on this host and the story is a refusal.
+fn local_refusal(c: &Ctx) -> Option<u32> {
+    if !c.refused() {
+        return None;
+    }
+    c.server_netns
+}
+
+pub struct ServiceRestarting;
+
+impl Rule for ServiceRestarting {
+    fn id(&self) -> &'static str {
+        "service_restarting"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        let port = server.port();
+        let fix = format!(
+            "make clients retry with backoff across restarts (or hand the socket over: systemd socket activation, SO_REUSEPORT); check why it stopped: {}",
+            ss_cmd(port, Some(ns))
+        );
+        // Opened only after the refusal: the service was not ready yet.
+        if let Some(l) = c.host.listener_for(ns, server) {
+            if l.since_ns > c.at_ns {
+                return Some(Finding {
+                    cause: self.id(),
+                    confidence: 0.85,
+                    reason: format!(
+                        "nothing listened on port {port} yet; {} started listening on {} {} later (not ready)",
+                        who(&l.owner),
+                        l.addr,
+                        ago(l.since_ns - c.at_ns)
+                    ),
+                    fix,
+                    culprit: l.owner.clone(),
+                });
+            }
+            return None;
+        }
+        let closed = c
+            .host
+            .recently_closed(ns, port, c.at_ns, RESTART_WINDOW_NS)?;
+        if !accepts(closed.listener.addr, server) && closed.listener.addr.ip() != server.ip() {
+            return None;
+        }
+        let owner = &closed.listener.owner;
+        let how = match owner.as_ref().and_then(|p| c.host.exited(p.pid)) {
+            Some(t) if t <= c.at_ns + 1_000_000_000 => "until it exited",
+            _ => "until it closed the socket",
+        };
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.85,
+            reason: format!(
+                "nothing listens on port {port}; {} listened there {how} {} ago (service restarting or down)",
+                who(owner),
+                ago(c.at_ns.saturating_sub(closed.closed_ns))
+            ),
+            fix,
+            culprit: owner.clone(),
+        })
+    }
+}
+
+pub struct ListenerOtherAddress;
+
+impl Rule for ListenerOtherAddress {
+    fn id(&self) -> &'static str {
+        "listener_other_address"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        if c.host.listener_for(ns, server).is_some() {
+            return None;
+        }
+        let l = c
+            .host
+            .listeners(ns)
+            .iter()
+            .find(|l| l.addr.port() == server.port())?;
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.9,
+            reason: format!(
+                "{} listens on port {} only on {}, not on {}",
+                who(&l.owner),
+                server.port(),
+                l.addr.ip(),
+                server.ip()
+            ),
+            fix: format!(
+                "make the service bind {} or 0.0.0.0 (its listen/bind address setting), or connect to {}; check: {}",
+                server.ip(),
+                l.addr,
+                ss_cmd(server.port(), Some(ns))
+            ),
+            culprit: l.owner.clone(),
+        })
+    }
+}
+
+pub struct ListenerOtherNetns;
+
+impl Rule for ListenerOtherNetns {
+    fn id(&self) -> &'static str {
+        "listener_other_netns"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        if c.host.listener_for(ns, server).is_some() {
+            return None;
+        }
+        let others = c.host.elsewhere(ns, server.port());
+        let l = others.first()?;
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.8,
+            reason: format!(
+                "nothing listens on port {} in netns {ns}, but {} listens on {} in netns {} (another container or namespace)",
+                server.port(),
+                who(&l.owner),
+                l.addr,
+                l.netns
+            ),
+            fix: format!(
+                "connect to that namespace's address, or publish/forward port {} into netns {ns}; check: {}",
+                server.port(),
+                ss_cmd(server.port(), Some(l.netns))
+            ),
+            culprit: l.owner.clone(),
+        })
+    }
+}
+
+pub struct WrongPort;
+
+impl Rule for WrongPort {
+    fn id(&self) -> &'static str {
+        "wrong_port"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        if c.host.listener_for(ns, server).is_some() {
+            return None;
+        }
+        let mut ports: Vec<u16> = c
+            .host
+            .listeners(ns)
+            .iter()
+            .filter(|l| {
+                accepts(
+                    l.addr,
+                    std::net::SocketAddr::new(server.ip(), l.addr.port()),
+                )
+            })
+            .map(|l| l.addr.port())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = ports.iter().take(8).map(u16::to_string).collect();
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.7,
+            reason: format!(
+                "nothing listens on port {}; {} listens on port{} {} (wrong port?)",
+                server.port(),
+                server.ip(),
+                if ports.len() > 1 { "s" } else { "" },
+                list.join(", ")
+            ),
+            fix: format!("check the port the client is configured with; listening ports: ss -tlnp (in netns {ns})"),
+            culprit: None,
+        })
+    }
+}
+
+pub struct NothingListening;
+
+impl Rule for NothingListening {
+    fn id(&self) -> &'static str {
+        "nothing_listening"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        if c.host.listener_for(ns, server).is_some() {
+            return None;
+        }
+        let evidence = if c
+            .story
+            .rsts_sent()
+            .any(|r| r.reason.as_deref() == Some("NO_SOCKET"))
+        {
+            " (the server's kernel answered with RST, reason NO_SOCKET)"
+        } else {
+            ""
+        };
+        Some(Finding {
+            cause: self.id(),
+            confidence: if evidence.is_empty() { 0.8 } else { 0.95 },
+            reason: format!(
+                "nothing listens on port {} in netns {ns}{evidence}",
+                server.port()
+            ),
+            fix: format!(
+                "start the service (or fix the port the client uses); check: {}",
+                ss_cmd(server.port(), Some(ns))
+            ),
+            culprit: None,
+        })
+    }
+}
+
+pub struct RefusedByRemote;
+
+impl Rule for RefusedByRemote {
+    fn id(&self) -> &'static str {
+        "refused_by_remote"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        if !c.refused() || c.server_netns.is_some() {
+            return None;
+        }
+        let server = c.server?;
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.6,
+            reason: format!(
+                "{} answered with RST: nothing listens on port {} there, or a firewall on the way rejects it",
+                server.ip(),
+                server.port()
+            ),
+            fix: format!(
+                "on {}: ss -tlnp 'sport = :{}' and its firewall (nft list ruleset); from here: nc -vz {} {}",
+                server.ip(),
+                server.port(),
+                server.ip(),
+                server.port()
+            ),
+            culprit: None,
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! Established connections that died: reset by an application (close with unread
+//! data, SO_LINGER 0, data after shutdown, TIME_WAIT), by the peer, by keepalive, or
+//! timed out retransmitting to a peer that stopped answering.
+use super::{who, Ctx, Finding, Rule};
+use crate::record::Record;
+
+/// The RST this host sent on an established connection.
+fn app_rst<'a>(c: &'a Ctx) -> Option<&'a Record> {
+    c.story.rsts_sent().find(|r| {
+        !matches!(r.reason.as_deref(), Some("NO_SOCKET"))
+            && !matches!(r.state, None | Some("LISTEN" | "SYN_SENT"))
+    })
+}
+
+pub struct ApplicationReset;
+
+impl Rule for ApplicationReset {
+    fn id(&self) -> &'static str {
+        "reset_by_application"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let rst = app_rst(c)?;
+        let owner = rst.owner.clone();
+        let (cause, reason, fix) = match rst.reason.as_deref() {
+            Some("TCP_ABORT_ON_CLOSE") => (
+                "reset_unread_data",
+                format!("{} closed its socket with unread data, which makes the kernel send an RST (reason TCP_ABORT_ON_CLOSE)", who(&owner)),
+                "the application must read (or shutdown(SHUT_WR) and drain) what the peer sent before close()",
+            ),
+            Some("TCP_STATE") => (
+                "reset_linger_zero",
+                format!("{} aborted the connection (close with SO_LINGER 0, or a disconnect), sending an RST (reason TCP_STATE)", who(&owner)),
+                "remove SO_LINGER {on, 0} unless an abortive close is intended, and close gracefully",
+            ),
+            Some("TCP_ABORT_ON_DATA") => (
+                "reset_after_shutdown",
+                format!("data arrived after {} had closed or shut down its socket (reason TCP_ABORT_ON_DATA)", who(&owner)),
+                "the peer keeps sending after this side closed: fix the protocol's close sequence (or read until EOF before closing)",
+            ),
+            Some("TCP_TIMEWAIT_SOCKET") => (
+                "reset_time_wait",
+                "a segment arrived for a connection already in TIME_WAIT (reason TCP_TIMEWAIT_SOCKET)".to_string(),
+                "the peer wrote into a connection this side had already closed: fix the close sequence, avoid reusing it",
+            ),
+            Some("TCP_KEEPALIVE_TIMEOUT") => return None,
+            Some(other) => (
+                "reset_by_application",
+                format!("{} reset the connection (RST reason {other})", who(&owner)),
+                "look at why that process aborts connections",
+            ),
+            // Kernels before 6.10 give no reason.
+            None => (
+                "reset_by_application",
+                format!("{} reset the connection (close with unread data or SO_LINGER 0)", who(&owner)),
+                "read all data before close() and avoid SO_LINGER {on, 0}",
+            ),
+        };
+        Some(Finding {
+            cause,
+            confidence: 0.9,
+            reason,
+            fix: fix.to_string(),
+            culprit: owner,
+        })
+    }
+}
+
+pub struct KeepaliveTimeout;
+
+impl Rule for KeepaliveTimeout {
+    fn id(&self) -> &'static str {
+        "keepalive_timeout"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let rst = c
+            .story
+            .rsts_sent()
+            .find(|r| r.reason.as_deref() == Some("TCP_KEEPALIVE_TIMEOUT"))?;
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.9,
+            reason: format!(
+                "keepalive probes to {} got no answer, so the kernel gave the connection up: the peer is gone or the path black-holes it",
+                rst.dst.map_or("the peer".into(), |d| d.to_string())
+            ),
+            fix: "check the peer host and the path (NAT/firewall idle timeouts); tune net.ipv4.tcp_keepalive_time/intvl/probes".into(),
+            culprit: None,
+        })
+    }
+}
+
+pub struct FlowTimeout;
+
+impl Rule for FlowTimeout {
+    fn id(&self) -> &'static str {
+        "flow_timeout"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        if c.errno != Some(libc::ETIMEDOUT) || !c.story.was_established() {
+            return None;
+        }
+        let retrans = c
+            .story
+            .evidence
+            .iter()
+            .filter_map(|r| r.retransmits)
+            .max()
+            .unwrap_or(0);
+        let peer = c.story.errno_record().and_then(|r| r.dst);
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.8,
+            reason: format!(
+                "the established connection timed out after {retrans} retransmits: {} stopped answering (peer down, or an idle flow black-holed by a NAT or firewall)",
+                peer.map_or("the peer".into(), |p| p.to_string())
+            ),
+            fix: "enable TCP keepalives shorter than the middleboxes' idle timeout; check the peer and the path (tcp_retries2 bounds the wait)".into(),
+            culprit: None,
+        })
+    }
+}
+
+pub struct ResetByPeer;
+
+impl Rule for ResetByPeer {
+    fn id(&self) -> &'static str {
+        "reset_by_peer"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let rst = c.story.rst_received()?;
+        if !c.story.was_established() && c.errno != Some(libc::ECONNRESET) {
+            return None;
+        }
+        let peer = rst.dst?;
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.6,
+            reason: format!("the peer {peer} reset the connection (its application aborted it, or it lost the connection's state)"),
+            fix: format!("look at the application on {} for aborts (SO_LINGER 0, close with unread data) or restarts", peer.ip()),
+            culprit: None,
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! One story per connection: the evidence of both ends of one flow, joined by its
+//! pair of endpoints (both ends' namespaces when both are on this host).
+use std::net::SocketAddr;
+
+use crate::record::{Kind, Proc, Record};
+
+/// Evidence kept per story; a flow that produces more keeps its first ones.
+const MAX_EVIDENCE: usize = 64;
+
+/// Unordered pair of endpoints: both ends of a flow share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey(pub SocketAddr, pub SocketAddr);
+
+impl FlowKey {
+    pub fn new(a: SocketAddr, b: SocketAddr) -> FlowKey {
+        if a <= b {
+            FlowKey(a, b)
+        } else {
+            FlowKey(b, a)
+        }
+    }
+
+    /// The flow a record belongs to, if it is about one.
+    pub fn of(r: &Record) -> Option<FlowKey> {
+        match r.kind {
+            Kind::RstSent
+            | Kind::RstReceived
+            | Kind::SynRetransmit
+            | Kind::SynackRetransmit
+            | Kind::Drop
+            | Kind::Error => {}
+            Kind::State if r.new_state == Some("CLOSE") && r.old_state != Some("LISTEN") => {}
+            _ => return None,
+        }
+        let (s, d) = (r.src?, r.dst?);
+        if d.port() == 0 || s.port() == 0 {
+            return None;
+        }
+        Some(FlowKey::new(s, d))
+    }
+}
+
+pub const ECONNREFUSED: i32 = libc::ECONNREFUSED;
+pub const ETIMEDOUT: i32 = libc::ETIMEDOUT;
+pub const EHOSTUNREACH: i32 = libc::EHOSTUNREACH;
+pub const ENETUNREACH: i32 = libc::ENETUNREACH;
+
+#[derive(Clone, Debug)]
+pub struct Story {
+    pub key: FlowKey,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub evidence: Vec<Record>,
+    /// When to explain, if the story is complete enough to be explained.
+    pub deadline: Option<u64>,
+    /// Asked the host view for fresh namespace addresses once.
+    pub waited_for_context: bool,
+}
+
+impl Story {
+    pub fn new(key: FlowKey, r: &Record) -> Story {
+        Story {
+            key,
+            first_ns: r.mono_ns,
+            last_ns: r.mono_ns,
+            evidence: Vec::new(),
+            deadline: None,
+            waited_for_context: false,
+        }
+    }
+
+    pub fn add(&mut self, r: &Record) {
+        self.last_ns = self.last_ns.max(r.mono_ns);
+        if self.evidence.len() < MAX_EVIDENCE {
+            self.evidence.push(r.clone());
+        }
+    }
+
+    fn of(&self, kind: Kind) -> impl Iterator<Item = &Record> {
+        self.evidence.iter().filter(move |r| r.kind == kind)
+    }
+
+    /// The connecting end, from the first evidence that tells direction.
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.evidence.iter().find_map(|r| match r.kind {
+            Kind::SynRetransmit => r.src,
+            Kind::State if r.old_state == Some("SYN_SENT") => r.src,
+            Kind::RstSent if r.state.is_none() || r.state == Some("LISTEN") => r.dst,
+            Kind::Drop if r.tcp_flags.as_deref() == Some("S") => r.src,
+            Kind::SynackRetransmit => r.dst,
+            Kind::Error
+                if matches!(
+                    r.errno,
+                    Some(ECONNREFUSED | ETIMEDOUT | EHOSTUNREACH | ENETUNREACH)
+                ) && !self.was_established() =>
+            {
+                r.src
+            }
+            _ => None,
+        })
+    }
+
+    pub fn server(&self) -> Option<SocketAddr> {
+        let c = self.client()?;
+        Some(if c == self.key.0 {
+            self.key.1
+        } else {
+            self.key.0
+        })
+    }
+
+    /// The connection was established before it failed.
+    pub fn was_established(&self) -> bool {
+        self.evidence.iter().any(|r| {
+            matches!(r.old_state, Some("ESTABLISHED" | "CLOSE_WAIT"))
+                || matches!(
+                    r.state,
+                    Some("ESTABLISHED" | "CLOSE_WAIT" | "FIN_WAIT1" | "FIN_WAIT2" | "LAST_ACK")
+                )
+        })
+    }
+
+    /// The errno the application got, ignoring soft (0) reports.
+    pub fn errno(&self) -> Option<i32> {
+        self.of(Kind::Error)
+            .filter_map(|r| r.errno)
+            .find(|&e| e != 0)
+    }
+
+    pub fn errno_record(&self) -> Option<&Record> {
+        self.of(Kind::Error)
+            .find(|r| r.errno.is_some_and(|e| e != 0))
+    }
+
+    /// ICMP errors that did not end the connection (error reports with errno 0).
+    pub fn soft_errors(&self) -> usize {
+        self.of(Kind::Error).filter(|r| r.errno == Some(0)).count()
+    }
+
+    pub fn syn_retransmits(&self) -> usize {
+        self.of(Kind::SynRetransmit).count()
+    }
+
+    pub fn drops(&self, reason: &str) -> impl Iterator<Item = &Record> {
+        let reason = reason.to_string();
+        self.of(Kind::Drop)
+            .filter(move |r| r.reason.as_deref() == Some(reason.as_str()))
+    }
+
+    pub fn rsts_sent(&self) -> impl Iterator<Item = &Record> {
+        self.of(Kind::RstSent)
+    }
+
+    pub fn rst_received(&self) -> Option<&Record> {
+        self.of(Kind::RstReceived).next()
+    }
+
+    /// Local evidence of the connecting side (its socket is on this host).
+    fn client_record(&self) -> Option<&Record> {
+        let c = self.client()?;
+        self.evidence.iter().find(|r| {
+            r.src == Some(c)
+                && matches!(
+                    r.kind,
+                    Kind::Error | Kind::RstReceived | Kind::SynRetransmit | Kind::State
+                )
+        })
+    }
+
+    pub fn client_is_local(&self) -> bool {
+        self.client_record().is_some()
+    }
+
+    pub fn client_netns(&self) -> Option<u32> {
+        let c = self.client()?;
+        self.evidence
+            .iter()
+            .filter(|r| r.src == Some(c) && !matches!(r.kind, Kind::Drop))
+            .find_map(|r| r.netns)
+    }
+
+    /// The process on the connecting side.
+    pub fn client_process(&self) -> Option<&Proc> {
+        let c = self.client()?;
+        self.evidence
+            .iter()
+            .filter(|r| r.src == Some(c) && !matches!(r.kind, Kind::Drop | Kind::RstSent))
+            .find_map(|r| r.owner.as_ref())
+    }
+
+    /// The server's namespace as shown by its own evidence.
+    pub fn server_netns_seen(&self) -> Option<u32> {
+        let s = self.server()?;
+        self.evidence.iter().find_map(|r| match r.kind {
+            Kind::RstSent | Kind::SynackRetransmit if r.src == Some(s) => r.netns,
+            Kind::State if r.src == Some(s) => r.netns,
+            Kind::Drop if r.dst == Some(s) && r.tcp_flags.as_deref() == Some("S") => r.netns,
+            _ => None,
+        })
+    }
+
+    /// The errno, or failing that the time the evidence ends.
+    pub fn failure_ns(&self) -> u64 {
+        self.errno_record().map_or(self.last_ns, |r| r.mono_ns)
+    }
+}

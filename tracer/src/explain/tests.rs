@@ -1,0 +1,410 @@
+//! Rule logic on synthetic evidence (the real-kernel scenarios are in tests/).
+use super::*;
+use crate::record::{Proc, Queue};
+
+const C: &str = "10.0.0.1:40000";
+const S: &str = "10.0.0.2:8080";
+const CNS: u32 = 100;
+const SNS: u32 = 200;
+
+fn rec(kind: Kind, at_ms: u64, src: &str, dst: &str, netns: u32) -> Record {
+    let mut r = Record::new(kind, at_ms * MS, String::new());
+    r.src = Some(src.parse().unwrap());
+    r.dst = Some(dst.parse().unwrap());
+    r.netns = Some(netns);
+    r
+}
+
+fn client_owned(mut r: Record) -> Record {
+    r.owner = Some(Proc {
+        pid: 4121,
+        comm: "curl".into(),
+    });
+    r
+}
+
+fn error(at_ms: u64, errno: i32) -> Record {
+    let mut r = client_owned(rec(Kind::Error, at_ms, C, S, CNS));
+    r.errno = Some(errno);
+    r
+}
+
+fn addresses(e: &mut Engine, out: &mut Vec<Explanation>) {
+    for (ns, a) in [(CNS, "10.0.0.1"), (SNS, "10.0.0.2")] {
+        let mut r = Record::new(Kind::Addresses, 0, String::new());
+        r.netns = Some(ns);
+        r.addrs = Some(vec![a.parse().unwrap()]);
+        e.push(&r, out);
+    }
+}
+
+fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut Vec<Explanation>) {
+    let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
+    r.old_state = Some("CLOSE");
+    r.new_state = Some("LISTEN");
+    r.owner = Some(Proc {
+        pid,
+        comm: "python3".into(),
+    });
+    e.push(&r, out);
+}
+
+fn unlisten(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut Vec<Explanation>) {
+    let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
+    r.old_state = Some("LISTEN");
+    r.new_state = Some("CLOSE");
+    r.owner = Some(Proc {
+        pid,
+        comm: "python3".into(),
+    });
+    e.push(&r, out);
+}
+
+/// A refusal as the kernel shows it when both ends are here (6.10+).
+fn refusal(e: &mut Engine, at_ms: u64, out: &mut Vec<Explanation>) {
+    let mut rst = rec(Kind::RstSent, at_ms, S, C, SNS);
+    rst.reason = Some("NO_SOCKET".into());
+    e.push(&rst, out);
+    e.push(&client_owned(rec(Kind::RstReceived, at_ms, C, S, CNS)), out);
+    e.push(&error(at_ms, libc::ECONNREFUSED), out);
+}
+
+fn run(setup: impl FnOnce(&mut Engine, &mut Vec<Explanation>)) -> Vec<Explanation> {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    setup(&mut e, &mut out);
+    // Twice: a story may wait once for namespace addresses.
+    e.advance(1_000_000 * MS, &mut out);
+    e.advance(2_000_000 * MS, &mut out);
+    out
+}
+
+fn causes(out: &[Explanation]) -> Vec<&'static str> {
+    out.iter().map(|e| e.cause).collect()
+}
+
+type Setup = Box<dyn Fn(&mut Engine, &mut Vec<Explanation>)>;
+
+#[test]
+fn refusal_rules_by_listener_table() {
+    let cases: Vec<(&str, Setup)> = vec![
+        ("nothing_listening", Box::new(|e, o| refusal(e, 10, o))),
+        (
+            "listener_other_address",
+            Box::new(|e, o| {
+                listen(e, 1, "127.0.0.1:8080", SNS, 880, o);
+                refusal(e, 10, o)
+            }),
+        ),
+        (
+            "listener_other_netns",
+            Box::new(|e, o| {
+                listen(e, 1, "0.0.0.0:8080", 300, 880, o);
+                refusal(e, 10, o)
+            }),
+        ),
+        (
+            "wrong_port",
+            Box::new(|e, o| {
+                listen(e, 1, "0.0.0.0:8000", SNS, 880, o);
+                refusal(e, 10, o)
+            }),
+        ),
+        (
+            "service_restarting",
+            Box::new(|e, o| {
+                listen(e, 1, "0.0.0.0:8080", SNS, 880, o);
+                unlisten(e, 5, "0.0.0.0:8080", SNS, 880, o);
+                refusal(e, 2_000, o)
+            }),
+        ),
+    ];
+    for (want, setup) in cases {
+        let out = run(setup);
+        assert_eq!(causes(&out), vec![want], "{:#?}", out);
+        let x = &out[0];
+        assert_eq!(x.process.as_ref().map(|p| p.pid), Some(4121), "{want}");
+        assert_eq!(x.dst, Some(S.parse().unwrap()));
+        assert_eq!(x.outcome, "refused");
+        assert!(
+            x.explanation
+                .starts_with("curl[4121] -> 10.0.0.2:8080 refused: "),
+            "{}",
+            x.explanation
+        );
+        assert!(!x.fix.is_empty());
+    }
+}
+
+#[test]
+fn restart_names_the_exited_owner_and_time() {
+    let out = run(|e, o| {
+        listen(e, 1, "0.0.0.0:8080", SNS, 880, o);
+        unlisten(e, 100, "0.0.0.0:8080", SNS, 880, o);
+        let mut exit = Record::new(Kind::ProcessExit, 120 * MS, String::new());
+        exit.owner = Some(Proc {
+            pid: 880,
+            comm: "python3".into(),
+        });
+        e.push(&exit, o);
+        refusal(e, 2_200, o);
+    });
+    assert_eq!(
+        out[0].explanation,
+        "curl[4121] -> 10.0.0.2:8080 refused: nothing listens on port 8080; python3[880] listened there until it exited 2.1 s ago (service restarting or down)"
+    );
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+}
+
+#[test]
+fn refusal_without_server_side_evidence_uses_addresses() {
+    // 6.1: no RST event for a SYN to a closed port; only the client's side.
+    let out = run(|e, o| {
+        e.push(&client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        let mut st = client_owned(rec(Kind::State, 10, C, S, CNS));
+        st.old_state = Some("SYN_SENT");
+        st.new_state = Some("CLOSE");
+        e.push(&st, o);
+        e.push(&error(10, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(causes(&out), vec!["nothing_listening"]);
+    assert_eq!(out[0].server_netns, Some(SNS));
+}
+
+#[test]
+fn remote_refusal_when_the_server_is_not_here() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    e.push(
+        &client_owned(rec(Kind::RstReceived, 10, C, "192.0.2.9:80", CNS)),
+        &mut out,
+    );
+    let mut err = client_owned(rec(Kind::Error, 10, C, "192.0.2.9:80", CNS));
+    err.errno = Some(libc::ECONNREFUSED);
+    e.push(&err, &mut out);
+    e.advance(100 * MS, &mut out);
+    assert!(out.is_empty(), "waits once for namespace addresses");
+    assert!(e.take_context_request());
+    e.advance(1_000 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["refused_by_remote"]);
+}
+
+fn drop_syn(at_ms: u64, reason: &str) -> Record {
+    let mut d = rec(Kind::Drop, at_ms, C, S, SNS);
+    d.reason = Some(reason.into());
+    d.tcp_flags = Some("S".into());
+    d.location = Some("nf_hook_slow+0x4c".into());
+    d
+}
+
+fn syn_retransmit(at_ms: u64) -> Record {
+    let mut r = client_owned(rec(Kind::SynRetransmit, at_ms, C, S, CNS));
+    r.state = Some("SYN_SENT");
+    r
+}
+
+#[test]
+fn firewall_drop_waits_for_the_local_clients_timeout() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    e.push(&drop_syn(0, "NETFILTER_DROP"), &mut out);
+    e.push(&syn_retransmit(1_000), &mut out);
+    e.push(&drop_syn(1_000, "NETFILTER_DROP"), &mut out);
+    e.advance(2_900, &mut out);
+    assert!(out.is_empty(), "explained before the errno: {out:#?}");
+    e.push(&error(3_000, libc::ETIMEDOUT), &mut out);
+    e.advance(3_100 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["firewall_drop"]);
+    assert_eq!(out[0].outcome, "timed out");
+    assert!(
+        out[0]
+            .explanation
+            .contains("drops SYNs to port 8080 (2 dropped at nf_hook_slow"),
+        "{}",
+        out[0].explanation
+    );
+}
+
+#[test]
+fn firewall_drop_with_a_remote_client_is_explained_from_the_server_side() {
+    let out = run(|e, o| e.push(&drop_syn(0, "NETFILTER_DROP"), o));
+    assert_eq!(causes(&out), vec!["firewall_drop"]);
+    assert_eq!(out[0].process, None);
+}
+
+#[test]
+fn reject_with_reset_is_not_a_tcp_refusal() {
+    let out = run(|e, o| {
+        e.push(&drop_syn(0, "NETFILTER_DROP"), o);
+        e.push(&client_owned(rec(Kind::RstReceived, 0, C, S, CNS)), o);
+        e.push(&error(0, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(causes(&out), vec!["firewall_reject"]);
+}
+
+#[test]
+fn unanswered_syns_blame_the_path_when_nothing_here_dropped_them() {
+    let out = run(|e, o| {
+        for t in [1_000, 3_000] {
+            let mut r = syn_retransmit(t);
+            r.dst = Some("192.0.2.9:443".parse().unwrap());
+            e.push(&r, o);
+        }
+        let mut err = error(7_000, libc::ETIMEDOUT);
+        err.dst = Some("192.0.2.9:443".parse().unwrap());
+        e.push(&err, o);
+    });
+    assert_eq!(causes(&out), vec!["syn_unanswered"]);
+    assert!(
+        out[0].explanation.contains("3 SYNs"),
+        "{}",
+        out[0].explanation
+    );
+}
+
+#[test]
+fn neighbour_and_route_failures() {
+    let out = run(|e, o| {
+        e.push(&syn_retransmit(1_000), o);
+        let mut d = drop_syn(2_000, "NEIGH_FAILED");
+        d.netns = Some(CNS);
+        e.push(&d, o);
+        e.push(&error(3_000, libc::EHOSTUNREACH), o);
+    });
+    assert_eq!(causes(&out), vec!["neighbour_unreachable"]);
+    let out = run(|e, o| {
+        e.push(&syn_retransmit(1_000), o);
+        e.push(&error(1_500, libc::ENETUNREACH), o);
+    });
+    assert_eq!(causes(&out), vec!["no_route"]);
+}
+
+#[test]
+fn application_resets_by_reason() {
+    for (reason, want) in [
+        ("TCP_ABORT_ON_CLOSE", "reset_unread_data"),
+        ("TCP_STATE", "reset_linger_zero"),
+        ("TCP_ABORT_ON_DATA", "reset_after_shutdown"),
+        ("TCP_TIMEWAIT_SOCKET", "reset_time_wait"),
+        ("TCP_KEEPALIVE_TIMEOUT", "keepalive_timeout"),
+    ] {
+        let out = run(|e, o| {
+            let mut rst = rec(Kind::RstSent, 10, S, C, SNS);
+            rst.reason = Some(reason.into());
+            rst.state = Some("ESTABLISHED");
+            rst.owner = Some(Proc {
+                pid: 880,
+                comm: "python3".into(),
+            });
+            e.push(&rst, o);
+            e.push(&client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+            e.push(&error(10, libc::ECONNRESET), o);
+        });
+        assert_eq!(causes(&out), vec![want], "{reason}");
+        if want != "keepalive_timeout" {
+            assert_eq!(
+                out[0].culprit.as_ref().map(|p| p.pid),
+                Some(880),
+                "{reason}"
+            );
+        }
+        assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    }
+}
+
+#[test]
+fn established_timeout_after_retransmits() {
+    let out = run(|e, o| {
+        let mut st = client_owned(rec(Kind::State, 10_000, C, S, CNS));
+        st.old_state = Some("ESTABLISHED");
+        st.new_state = Some("CLOSE");
+        st.retransmits = Some(15);
+        e.push(&st, o);
+        e.push(&error(10_000, libc::ETIMEDOUT), o);
+    });
+    assert_eq!(causes(&out), vec!["flow_timeout"]);
+    assert!(out[0].explanation.contains("after 15 retransmits"));
+}
+
+#[test]
+fn accept_overflow_explains_the_record_and_the_timeouts_it_causes() {
+    let out = run(|e, o| {
+        listen(e, 1, "10.0.0.2:8080", SNS, 880, o);
+        let mut ov = Record::new(Kind::Overflow, 500 * MS, String::new());
+        ov.netns = Some(SNS);
+        ov.src = Some(S.parse().unwrap());
+        ov.queue_kind = Some("accept");
+        ov.queue = Some(Queue {
+            depth: 2,
+            backlog: 1,
+        });
+        ov.drops = Some(3);
+        ov.somaxconn = Some(4096);
+        ov.owner = Some(Proc {
+            pid: 880,
+            comm: "python3".into(),
+        });
+        e.push(&ov, o);
+        e.push(&syn_retransmit(1_000), o);
+        e.push(&error(3_000, libc::ETIMEDOUT), o);
+    });
+    assert_eq!(
+        causes(&out),
+        vec!["accept_queue_overflow", "accept_queue_overflow"]
+    );
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+    assert!(out[0].fix.contains("somaxconn = 4096"));
+    assert_eq!(out[1].process.as_ref().map(|p| p.pid), Some(4121));
+    assert!(
+        out[1].explanation.contains("accept queue of python3[880]"),
+        "{}",
+        out[1].explanation
+    );
+}
+
+#[test]
+fn bursts_collapse_into_one_line_with_a_count() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    for i in 0..50u64 {
+        let port = 40000 + i as u16;
+        let c = format!("10.0.0.1:{port}");
+        let mut rst = rec(Kind::RstSent, 10 + i, S, &c, SNS);
+        rst.reason = Some("NO_SOCKET".into());
+        e.push(&rst, &mut out);
+        e.push(
+            &client_owned(rec(Kind::RstReceived, 10 + i, &c, S, CNS)),
+            &mut out,
+        );
+        let mut err = client_owned(rec(Kind::Error, 10 + i, &c, S, CNS));
+        err.errno = Some(libc::ECONNREFUSED);
+        e.push(&err, &mut out);
+    }
+    e.advance(100 * MS, &mut out);
+    assert_eq!(out.len(), 1, "first failure at once");
+    e.advance(5_000 * MS, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].count, 49);
+    assert_eq!(out[1].window_ms, Some(2_000));
+    assert!(out.iter().all(|x| x.cause == "nothing_listening"));
+}
+
+#[test]
+fn unrelated_drops_explain_nothing_and_unknown_failures_are_honest() {
+    let out = run(|e, o| {
+        let mut d = drop_syn(0, "TCP_ZEROWINDOW");
+        d.tcp_flags = Some("A".into());
+        e.push(&d, o);
+    });
+    assert!(out.is_empty(), "{out:#?}");
+    let out = run(|e, o| e.push(&error(5, libc::EPROTO), o));
+    assert_eq!(causes(&out), vec!["unexplained"]);
+    assert!(
+        out[0].explanation.contains("ERROR EPROTO"),
+        "{}",
+        out[0].explanation
+    );
+}
