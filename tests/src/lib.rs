@@ -2,13 +2,14 @@
 //! on drop (and so on panic), peer processes ended by pid, and an `rstrace watch
 //! --json` whose records the tests wait for.
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
+        mpsc, Arc, Mutex, OnceLock,
     },
     thread,
     time::{Duration, Instant},
@@ -82,6 +83,7 @@ pub struct Topology {
     pub server: Netns,
     pub client_ip: String,
     pub server_ip: String,
+    subnet: u32,
 }
 
 impl Topology {
@@ -133,7 +135,13 @@ impl Topology {
             server,
             client_ip,
             server_ip,
+            subnet: id,
         }
+    }
+
+    /// Another address of the topology's /24 (nobody has it unless a test adds it).
+    pub fn host_ip(&self, n: u8) -> String {
+        format!("10.231.{}.{n}", self.subnet)
     }
 }
 
@@ -240,6 +248,39 @@ pub fn rstrace_bin() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/rstrace")
         })
+}
+
+/// Whether the running kernel gives rstrace this evidence, by the name `rstrace doctor
+/// --json` lists under `capabilities` (rst_sent_reason, rst_for_closed_port,
+/// drop_reasons, errno, ...). Tests assert evidence a kernel cannot give only when this
+/// is true, and what the kernel does give always. Asked once per test process.
+pub fn capability(name: &str) -> bool {
+    static CAPS: OnceLock<HashMap<String, bool>> = OnceLock::new();
+    let caps = CAPS.get_or_init(|| {
+        let out = Command::new(rstrace_bin())
+            .args(["doctor", "--json"])
+            .output()
+            .unwrap_or_else(|e| panic!("running {} doctor: {e}", rstrace_bin().display()));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "rstrace doctor --json printed invalid JSON ({e}); stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        v["capabilities"]
+            .as_array()
+            .expect("doctor --json has capabilities")
+            .iter()
+            .filter_map(|c| Some((c["name"].as_str()?.to_string(), c["available"].as_bool()?)))
+            .collect()
+    });
+    let available = *caps
+        .get(name)
+        .unwrap_or_else(|| panic!("rstrace doctor lists no capability {name:?}"));
+    if !available {
+        eprintln!("capability {name} unavailable on this kernel: its assertions are skipped");
+    }
+    available
 }
 
 /// A running `rstrace watch --json --events` (explanations and evidence records),

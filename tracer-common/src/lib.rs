@@ -14,6 +14,7 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const SOCKS: &str = "SOCKS";
     pub const LISTENERS: &str = "LISTENERS";
+    pub const CONNECTS: &str = "CONNECTS";
 }
 
 /// Bytes of a tracepoint record copied into an event (the largest record read today,
@@ -35,10 +36,12 @@ pub enum Hook {
     SetState = 5,
     ErrorReport = 6,
     DestroySock = 7,
+    ConnectEnter = 8,
+    ConnectExit = 9,
 }
 
 impl Hook {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
     pub const ALL: [Hook; Hook::COUNT] = [
         Hook::SendReset,
         Hook::ReceiveReset,
@@ -48,6 +51,8 @@ impl Hook {
         Hook::SetState,
         Hook::ErrorReport,
         Hook::DestroySock,
+        Hook::ConnectEnter,
+        Hook::ConnectExit,
     ];
 
     pub fn from_u8(v: u8) -> Option<Hook> {
@@ -65,6 +70,8 @@ impl Hook {
             Hook::SetState => "inet_sock_set_state",
             Hook::ErrorReport => "inet_sk_error_report",
             Hook::DestroySock => "tcp_destroy_sock",
+            Hook::ConnectEnter => "sys_enter_connect",
+            Hook::ConnectExit => "sys_exit_connect",
         }
     }
 
@@ -79,6 +86,8 @@ impl Hook {
             Hook::SetState => ("sock", "inet_sock_set_state"),
             Hook::ErrorReport => ("sock", "inet_sk_error_report"),
             Hook::DestroySock => ("tcp", "tcp_destroy_sock"),
+            Hook::ConnectEnter => ("syscalls", "sys_enter_connect"),
+            Hook::ConnectExit => ("syscalls", "sys_exit_connect"),
         }
     }
 }
@@ -107,6 +116,24 @@ pub mod flags {
     pub const DROP_INFO: u8 = 2;
     /// `ack_backlog`/`max_ack_backlog` hold the listener's accept queue.
     pub const QUEUE_KNOWN: u8 = 4;
+    /// The event carries a [`super::ConnectInfo`] instead of a raw record.
+    pub const CONNECT_INFO: u8 = 8;
+}
+
+/// A connect() that failed before any packet was sent (routing, policy): there is no
+/// TCP tracepoint for it, only the syscall's return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectInfo {
+    /// The syscall's return: a negative errno.
+    pub ret: i64,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    /// Network byte order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
 }
 
 /// Fixed part of every ring-buffer event.
@@ -212,6 +239,9 @@ pub struct RecordLayout {
     pub newstate: u16,
     pub sport: u16,
     pub protocol: u16,
+    /// sys_enter_connect's sockaddr pointer, sys_exit_connect's return value.
+    pub uservaddr: u16,
+    pub ret: u16,
 }
 
 impl RecordLayout {
@@ -224,6 +254,8 @@ impl RecordLayout {
         newstate: NO_FIELD,
         sport: NO_FIELD,
         protocol: NO_FIELD,
+        uservaddr: NO_FIELD,
+        ret: NO_FIELD,
     };
 }
 
@@ -244,6 +276,9 @@ pub struct KernelOffsets {
     pub skb_protocol: u32,
     /// net_device -> nd_net.net.
     pub dev_net: u32,
+    /// task_struct -> nsproxy, nsproxy -> net_ns.
+    pub task_nsproxy: u32,
+    pub nsproxy_net: u32,
     pub _pad: u32,
 }
 
@@ -260,6 +295,8 @@ impl KernelOffsets {
         skb_network_header: NO_OFFSET,
         skb_protocol: NO_OFFSET,
         dev_net: NO_OFFSET,
+        task_nsproxy: NO_OFFSET,
+        nsproxy_net: NO_OFFSET,
         _pad: 0,
     };
 }
@@ -300,6 +337,7 @@ impl Config {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 88);
 const _: () = assert!(core::mem::size_of::<Event>() == 88 + RAW_MAX);
 const _: () = assert!(core::mem::size_of::<DropInfo>() <= RAW_MAX);
+const _: () = assert!(core::mem::size_of::<ConnectInfo>() <= RAW_MAX);
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);

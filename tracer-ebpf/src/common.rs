@@ -40,6 +40,11 @@ pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(6553
 #[map]
 pub static LISTENERS: HashMap<ListenKey, SockOwner> = HashMap::with_max_entries(8192, 0);
 
+/// Thread id to the sockaddr pointer of its connect() in progress; set to 0 once the
+/// socket reaches SYN_SENT (see sys_connect.rs).
+#[map]
+pub static CONNECTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 #[map]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 

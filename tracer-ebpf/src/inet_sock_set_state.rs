@@ -5,11 +5,13 @@
 //! accepted socket (LISTEN->SYN_RECV, in softirq) inherits its listener's owner.
 //! Evidence: only transitions that mean a failure or a listener change are reported,
 //! so that a storm of healthy short connections costs no ring-buffer traffic.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use tracer_common::{tcp_state as st, Hook, ListenKey};
 
 use crate::common::{
-    attribute, current_owner, load_record, raw_i32, raw_u16, raw_u64, sock_netns, submit,
+    attribute, current_owner, load_record, raw_i32, raw_u16, raw_u64, sock_netns, submit, CONNECTS,
     LISTENERS, SOCKS,
 };
 
@@ -37,6 +39,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     match (old, new) {
         (st::CLOSE, st::SYN_SENT) => {
             let _ = SOCKS.insert(sk, current_owner(sock_netns(p.cfg, sk)), 0);
+            let tid = bpf_get_current_pid_tgid() as u32;
+            if let Some(c) = CONNECTS.get_ptr_mut(tid) {
+                unsafe { *c = 0 };
+            }
             None
         }
         (st::CLOSE, st::LISTEN) => {

@@ -7,6 +7,7 @@ mod common;
 mod inet_sk_error_report;
 mod inet_sock_set_state;
 mod kfree_skb;
+mod sys_connect;
 mod tcp_destroy_sock;
 mod tcp_receive_reset;
 mod tcp_retransmit_skb;

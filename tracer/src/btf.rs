@@ -160,6 +160,8 @@ impl KernelBtf {
             skb_network_header: get("sk_buff", "network_header"),
             skb_protocol: get("sk_buff", "protocol"),
             dev_net: get("net_device", "nd_net.net"),
+            task_nsproxy: get("task_struct", "nsproxy"),
+            nsproxy_net: get("nsproxy", "net_ns"),
             _pad: 0,
         }
     }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use thiserror::Error;
-use tracer_common::{flags, DropInfo, Event, EventHeader, Hook, RAW_MAX};
+use tracer_common::{flags, ConnectInfo, DropInfo, Event, EventHeader, Hook, RAW_MAX};
 
 use crate::{
     kallsyms::Kallsyms,
@@ -188,6 +188,24 @@ fn endpoints(raw: &[u8], hf: &HookFields) -> (Option<SocketAddr>, Option<SocketA
     )
 }
 
+fn connect_error(raw: &[u8], r: &mut Record) {
+    let c: ConnectInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const ConnectInfo) };
+    let ip = match c.family as i32 {
+        libc::AF_INET => IpAddr::from(Ipv4Addr::new(c.addr[0], c.addr[1], c.addr[2], c.addr[3])),
+        _ => ip6(c.addr),
+    };
+    let unspecified: IpAddr = if ip.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    r.src = Some(SocketAddr::new(unspecified, 0));
+    r.dst = Some(SocketAddr::new(ip, c.port));
+    let e = (-c.ret) as i32;
+    r.errno = Some(e);
+    r.errno_name = errno_name(e);
+}
+
 pub fn comm(b: &[u8; 16]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -234,13 +252,18 @@ impl Decoder {
             Hook::RetransmitSkb => Kind::SynRetransmit,
             Hook::RetransmitSynack => Kind::SynackRetransmit,
             Hook::KfreeSkb => Kind::Drop,
-            Hook::SetState | Hook::DestroySock => Kind::State,
+            Hook::SetState | Hook::DestroySock | Hook::ConnectEnter => Kind::State,
             Hook::ErrorReport => Kind::Error,
+            Hook::ConnectExit => Kind::ConnectError,
         };
         let mut r = Record::new(kind, h.ts_ns, self.clock.format(h.ts_ns));
         self.header(h, &mut r);
         if hook == Hook::KfreeSkb {
             self.drop(raw, h, &mut r);
+            return Ok(r);
+        }
+        if h.flags & flags::CONNECT_INFO != 0 {
+            connect_error(raw, &mut r);
             return Ok(r);
         }
         let hf = self.fields.get(&hook).ok_or(DecodeError::NoLayout(hook))?;

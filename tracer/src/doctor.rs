@@ -33,6 +33,8 @@ fn wanted_fields(hook: Hook) -> &'static [&'static str] {
         Hook::ErrorReport => &[
             "error", "sport", "dport", "family", "protocol", "saddr", "daddr",
         ],
+        Hook::ConnectEnter => &["uservaddr"],
+        Hook::ConnectExit => &["ret"],
     }
 }
 
@@ -150,6 +152,11 @@ pub fn gather() -> Report {
             detail: "the socket a dropped packet was for (6.11+)",
         },
         Capability { name: "errno", available: attached(Hook::ErrorReport), detail: "the errno handed to the application (5.13+)" },
+        Capability {
+            name: "connect_errors",
+            available: attached(Hook::ConnectEnter) && attached(Hook::ConnectExit),
+            detail: "connect() failing before any packet (no route, prohibit)",
+        },
         Capability { name: "ownership", available: attached(Hook::SetState), detail: "the process owning each socket, listener changes" },
         Capability { name: "netns", available: offsets.sk_net != NO_OFFSET && offsets.net_inum != NO_OFFSET, detail: "network namespace of each event (BTF)" },
         Capability {

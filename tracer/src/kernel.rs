@@ -147,5 +147,7 @@ pub fn record_layout(f: &Format) -> RecordLayout {
         newstate: off("newstate"),
         sport: off("sport"),
         protocol: off("protocol"),
+        uservaddr: off("uservaddr"),
+        ret: off("ret"),
     }
 }

@@ -332,6 +332,8 @@ pub enum Observation {
     /// whenever its addresses change.
     Namespace {
         netns: u32,
+        /// CLOCK_MONOTONIC ns just before the namespace was read: later events win.
+        at_ns: u64,
         addrs: Vec<IpAddr>,
         listeners: OwnedListeners,
     },
@@ -385,6 +387,7 @@ pub fn run_monitor(
                 if !full && !forced && described.contains_key(&netns) {
                     continue;
                 }
+                let at_ns = crate::decode::Clock::now().mono_ns;
                 match describe(ns) {
                     Ok((addrs, listeners)) => {
                         let changed = described.get(&netns) != Some(&addrs);
@@ -393,6 +396,7 @@ pub fn run_monitor(
                         if (new || changed)
                             && !report(Observation::Namespace {
                                 netns,
+                                at_ns,
                                 addrs,
                                 listeners,
                             })

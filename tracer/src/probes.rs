@@ -22,6 +22,9 @@ pub fn hook_loss(hook: Hook) -> &'static str {
         Hook::SetState => "listener and connection state changes, and socket ownership",
         Hook::ErrorReport => "errnos handed to applications",
         Hook::DestroySock => "socket lifetimes (ownership entries then age out instead)",
+        Hook::ConnectEnter | Hook::ConnectExit => {
+            "connect() failures before any packet (no route, prohibit, policy)"
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Kind {
     State,
     /// The kernel handed an errno to the application.
     Error,
+    /// connect() failed before sending anything (routing or policy).
+    ConnectError,
     /// A listener's accept queue or SYN queue overflowed.
     Overflow,
     /// Events were lost (ring buffer full).
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Drop => "DROP",
             Kind::State => "STATE",
             Kind::Error => "ERROR",
+            Kind::ConnectError => "CONNECT-ERROR",
             Kind::Overflow => "OVERFLOW",
             Kind::Loss => "LOSS",
             Kind::Listener => "LISTENER",
@@ -216,6 +219,8 @@ pub fn errno_name(e: i32) -> Option<&'static str> {
         libc::ENETDOWN => "ENETDOWN",
         libc::EMSGSIZE => "EMSGSIZE",
         libc::ENOPROTOOPT => "ENOPROTOOPT",
+        libc::EINVAL => "EINVAL",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
         _ => return None,
     })
 }

@@ -118,11 +118,11 @@ pub fn overflow_record(o: Overflow, clock: &Clock) -> Record {
 /// Context records for a namespace: its addresses, then its listeners.
 pub fn namespace_records(
     netns: u32,
+    now: u64,
     addrs: Vec<std::net::IpAddr>,
     listeners: netns::OwnedListeners,
     clock: &Clock,
 ) -> Vec<Record> {
-    let now = now_ns();
     let mut a = Record::new(Kind::Addresses, now, clock.format(now));
     a.netns = Some(netns);
     a.addrs = Some(addrs);
@@ -288,8 +288,8 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             }
             Some(o) = orx.recv() => match o {
                 Observation::Overflow(o) => pipe.push(overflow_record(o, &clock)),
-                Observation::Namespace { netns, addrs, listeners } => {
-                    namespace_records(netns, addrs, listeners, &clock).into_iter().try_for_each(|r| pipe.push(r))
+                Observation::Namespace { netns, at_ns, addrs, listeners } => {
+                    namespace_records(netns, at_ns, addrs, listeners, &clock).into_iter().try_for_each(|r| pipe.push(r))
                 }
             },
             _ = tick.tick() => {

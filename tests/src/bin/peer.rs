@@ -1,19 +1,25 @@
 //! A test peer: a TCP client or server run inside a test's network namespace, so that
 //! each end of a scenario is its own process with its own pid.
 //!
-//!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0]
+//!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread]
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
+//!                                         [--send N] [--then read|keepalive|write]
 //!
 //! `listen` prints `ready` once listening and then serves until killed; with
-//! `--linger0` it accepts connections and closes each with SO_LINGER 0 (an RST).
+//! `--linger0` it accepts connections and closes each with SO_LINGER 0, with
+//! `--close-unread` it closes each once data has arrived, without reading it (both
+//! send an RST), printing `closed` each time.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
-//! connects are non-blocking and the sockets are kept open for MS milliseconds.
+//! connects are non-blocking and the sockets kept open for MS milliseconds. After a
+//! connection, `--send` writes N bytes and `--then` waits for the connection to fail:
+//! `read` blocks in recv, `keepalive` does the same with fast keepalives, `write`
+//! writes a byte every 100 ms; each prints `failed errno=N` (bounded to 60 s).
 use std::{
     io::Write,
     mem::size_of,
     net::SocketAddrV4,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -75,7 +81,14 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-fn listen(addr: SocketAddrV4, backlog: i32, linger0: bool) -> Result<()> {
+#[derive(Clone, Copy, PartialEq)]
+enum Serve {
+    Idle,
+    Linger0,
+    CloseUnread,
+}
+
+fn listen(addr: SocketAddrV4, backlog: i32, serve: Serve) -> Result<()> {
     let fd = tcp_socket(0)?;
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
     let sa = sockaddr(addr);
@@ -94,7 +107,7 @@ fn listen(addr: SocketAddrV4, backlog: i32, linger0: bool) -> Result<()> {
     }
     say("ready");
     loop {
-        if !linger0 {
+        if serve == Serve::Idle {
             std::thread::sleep(Duration::from_secs(3600));
             continue;
         }
@@ -103,30 +116,94 @@ fn listen(addr: SocketAddrV4, backlog: i32, linger0: bool) -> Result<()> {
             bail!("accept: {}", std::io::Error::last_os_error());
         }
         let c = unsafe { OwnedFd::from_raw_fd(c) };
-        setsockopt(
-            &c,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            },
-        )?;
+        match serve {
+            Serve::Linger0 => setsockopt(
+                &c,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            )?,
+            Serve::CloseUnread => {
+                let mut p = libc::pollfd {
+                    fd: c.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                unsafe { libc::poll(&mut p, 1, 5000) };
+            }
+            Serve::Idle => unreachable!(),
+        }
         drop(c);
         say("closed");
     }
 }
 
-fn connect(addr: SocketAddrV4, syncnt: Option<i32>, count: u32, hold: Option<u64>) -> Result<()> {
+/// Waits for an established connection to fail, the way `then` says.
+fn until_failure(fd: &OwnedFd, then: &str) -> Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    if then == "keepalive" {
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1i32)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1i32)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1i32)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 2i32)?;
+    }
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVTIMEO,
+        libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        },
+    )?;
+    while Instant::now() < deadline {
+        let mut b = [0u8; 4096];
+        let n = if then == "write" {
+            std::thread::sleep(Duration::from_millis(100));
+            unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    b.as_ptr() as *const _,
+                    1,
+                    libc::MSG_NOSIGNAL,
+                )
+            }
+        } else {
+            unsafe { libc::recv(fd.as_raw_fd(), b.as_mut_ptr() as *mut _, b.len(), 0) }
+        };
+        if n < 0 {
+            let e = errno();
+            if e != libc::EAGAIN {
+                return Ok(e);
+            }
+        } else if n == 0 && then != "write" {
+            return Ok(0);
+        }
+    }
+    bail!("the connection did not fail within 60 s")
+}
+
+struct Connect {
+    syncnt: Option<i32>,
+    count: u32,
+    hold: Option<u64>,
+    send: usize,
+    then: Option<String>,
+}
+
+fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
     let sa = sockaddr(addr);
     let mut kept = Vec::new();
-    for _ in 0..count {
-        let fd = tcp_socket(if hold.is_some() {
+    for _ in 0..c.count {
+        let fd = tcp_socket(if c.hold.is_some() {
             libc::SOCK_NONBLOCK
         } else {
             0
         })?;
-        if let Some(n) = syncnt {
+        if let Some(n) = c.syncnt {
             setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n)?;
         }
         let r = unsafe {
@@ -138,11 +215,26 @@ fn connect(addr: SocketAddrV4, syncnt: Option<i32>, count: u32, hold: Option<u64
         };
         let e = if r == 0 { 0 } else { errno() };
         say(&format!("errno={e}"));
-        if hold.is_some() {
+        if e == 0 && c.send > 0 {
+            let data = vec![b'x'; c.send];
+            unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    data.as_ptr() as *const _,
+                    data.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+        }
+        if let (0, Some(then)) = (e, &c.then) {
+            let e = until_failure(&fd, then)?;
+            say(&format!("failed errno={e}"));
+        }
+        if c.hold.is_some() {
             kept.push(fd);
         }
     }
-    if let Some(ms) = hold {
+    if let Some(ms) = c.hold {
         std::thread::sleep(Duration::from_millis(ms));
     }
     Ok(())
@@ -160,14 +252,26 @@ fn main() -> Result<()> {
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or(128);
-    let syncnt = opt("--syncnt").map(|v| v.parse()).transpose()?;
-    let count = opt("--count").map(|v| v.parse()).transpose()?.unwrap_or(1);
-    let hold = opt("--hold").map(|v| v.parse()).transpose()?;
-    let linger0 = if let Some(i) = args.iter().position(|a| a == "--linger0") {
-        args.remove(i);
-        true
+    let c = Connect {
+        syncnt: opt("--syncnt").map(|v| v.parse()).transpose()?,
+        count: opt("--count").map(|v| v.parse()).transpose()?.unwrap_or(1),
+        hold: opt("--hold").map(|v| v.parse()).transpose()?,
+        send: opt("--send").map(|v| v.parse()).transpose()?.unwrap_or(0),
+        then: opt("--then"),
+    };
+    let mut flag = |name: &str| match args.iter().position(|a| a == name) {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
+    let serve = if flag("--linger0") {
+        Serve::Linger0
+    } else if flag("--close-unread") {
+        Serve::CloseUnread
     } else {
-        false
+        Serve::Idle
     };
     if let Some(ns) = &netns {
         join_netns(ns)?;
@@ -177,8 +281,8 @@ fn main() -> Result<()> {
     };
     let addr: SocketAddrV4 = addr.parse().map_err(|e| anyhow!("{addr}: {e}"))?;
     match mode.as_str() {
-        "listen" => listen(addr, backlog, linger0),
-        "connect" => connect(addr, syncnt, count, hold),
+        "listen" => listen(addr, backlog, serve),
+        "connect" => connect(addr, c),
         m => bail!("unknown mode {m}"),
     }
 }

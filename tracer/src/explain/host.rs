@@ -59,6 +59,15 @@ impl Host {
         match r.kind {
             Kind::Listener => {
                 if let (Some(ns), Some(addr)) = (r.netns, r.src) {
+                    // A snapshot older than a close we saw must not resurrect it.
+                    let closed_since = self.closed.iter().any(|c| {
+                        c.listener.netns == ns
+                            && c.listener.addr == addr
+                            && c.closed_ns >= r.mono_ns
+                    });
+                    if closed_since {
+                        return;
+                    }
                     let v = self.listeners.entry(ns).or_default();
                     if !v.iter().any(|l| l.addr == addr) {
                         v.push(Listening {
@@ -279,6 +288,21 @@ mod tests {
             .recently_closed(1, 8080, 10_000_000_000, 5_000_000_000)
             .is_none());
         assert!(h.recently_closed(1, 9090, 30, 5_000_000_000).is_none());
+    }
+
+    #[test]
+    fn a_stale_snapshot_does_not_resurrect_a_closed_listener() {
+        let mut h = Host::default();
+        h.on_record(&state(1, "10.0.0.2:80", "CLOSE", "LISTEN", 10, 7));
+        h.on_record(&state(1, "10.0.0.2:80", "LISTEN", "CLOSE", 30, 7));
+        let mut snap = Record::new(Kind::Listener, 20, String::new());
+        snap.netns = Some(1);
+        snap.src = Some("10.0.0.2:80".parse().unwrap());
+        h.on_record(&snap);
+        assert!(h.listener_for(1, "10.0.0.2:80".parse().unwrap()).is_none());
+        snap.mono_ns = 40;
+        h.on_record(&snap);
+        assert!(h.listener_for(1, "10.0.0.2:80".parse().unwrap()).is_some());
     }
 
     #[test]

@@ -27,6 +27,8 @@ const AFTER_ERRNO: u64 = 50 * MS;
 const SERVER_ONLY_RST: u64 = 200 * MS;
 /// Server-side SYN drop: a local client would retransmit within 1 s.
 const SERVER_ONLY_DROP: u64 = 1_200 * MS;
+/// Segments of an established flow dropped here, with no outcome seen yet.
+const FLOW_DROP: u64 = 30_000 * MS;
 /// Reset of an established connection: wait for the receiving side.
 const AFTER_RESET: u64 = 100 * MS;
 /// Extra wait once, for the namespaces' addresses, when the server is not placed.
@@ -164,6 +166,10 @@ impl Engine {
             .or_insert_with(|| Story::new(key, r));
         story.add(r);
         let now = r.mono_ns;
+        if r.kind == Kind::ConnectError {
+            // Nothing else will come: the connect never left the host.
+            story.deadline = Some(now);
+        }
         let errno = story.errno();
         if errno.is_some() {
             story.deadline = Some(
@@ -186,9 +192,14 @@ impl Engine {
                 Some("NETFILTER_DROP" | "NO_SOCKET" | "TCP_LISTEN_OVERFLOW")
             )
         {
-            story
-                .deadline
-                .get_or_insert(story.first_ns + SERVER_ONLY_DROP);
+            // A dropped SYN from a local client is followed by its retransmit within
+            // 1 s; dropped segments of an established flow by its errno or reset.
+            let wait = if r.tcp_flags.as_deref() == Some("S") {
+                SERVER_ONLY_DROP
+            } else {
+                FLOW_DROP
+            };
+            story.deadline.get_or_insert(story.first_ns + wait);
         }
         self.advance(now, out);
     }
@@ -284,7 +295,7 @@ impl Engine {
 
     /// The server's namespace is unknown although its address might be on this host.
     fn needs_context(&self, s: &Story) -> bool {
-        s.server().is_some() && self.server_netns(s).is_none()
+        s.connect_error().is_none() && s.server().is_some() && self.server_netns(s).is_none()
     }
 
     fn explain(&self, s: &Story) -> Explanation {

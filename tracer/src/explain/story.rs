@@ -29,6 +29,8 @@ impl FlowKey {
             | Kind::SynackRetransmit
             | Kind::Drop
             | Kind::Error => {}
+            // No local port was bound: keyed on the unspecified address and port 0.
+            Kind::ConnectError => return Some(FlowKey::new(r.src?, r.dst?)),
             Kind::State if r.new_state == Some("CLOSE") && r.old_state != Some("LISTEN") => {}
             _ => return None,
         }
@@ -83,7 +85,7 @@ impl Story {
     /// The connecting end, from the first evidence that tells direction.
     pub fn client(&self) -> Option<SocketAddr> {
         self.evidence.iter().find_map(|r| match r.kind {
-            Kind::SynRetransmit => r.src,
+            Kind::SynRetransmit | Kind::ConnectError => r.src,
             Kind::State if r.old_state == Some("SYN_SENT") => r.src,
             Kind::RstSent if r.state.is_none() || r.state == Some("LISTEN") => r.dst,
             Kind::Drop if r.tcp_flags.as_deref() == Some("S") => r.src,
@@ -122,14 +124,18 @@ impl Story {
 
     /// The errno the application got, ignoring soft (0) reports.
     pub fn errno(&self) -> Option<i32> {
-        self.of(Kind::Error)
-            .filter_map(|r| r.errno)
-            .find(|&e| e != 0)
+        self.errno_record().and_then(|r| r.errno)
     }
 
     pub fn errno_record(&self) -> Option<&Record> {
-        self.of(Kind::Error)
-            .find(|r| r.errno.is_some_and(|e| e != 0))
+        self.evidence.iter().find(|r| {
+            matches!(r.kind, Kind::Error | Kind::ConnectError) && r.errno.is_some_and(|e| e != 0)
+        })
+    }
+
+    /// connect() failed before the SYN (routing or policy).
+    pub fn connect_error(&self) -> Option<&Record> {
+        self.of(Kind::ConnectError).next()
     }
 
     /// ICMP errors that did not end the connection (error reports with errno 0).
@@ -162,7 +168,11 @@ impl Story {
             r.src == Some(c)
                 && matches!(
                     r.kind,
-                    Kind::Error | Kind::RstReceived | Kind::SynRetransmit | Kind::State
+                    Kind::Error
+                        | Kind::ConnectError
+                        | Kind::RstReceived
+                        | Kind::SynRetransmit
+                        | Kind::State
                 )
         })
     }

@@ -108,6 +108,14 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
                 }
             }
         }
+        Kind::ConnectError => {
+            let e = r.errno.unwrap_or(0);
+            let _ = write!(
+                s,
+                "{owner} connect to {dst} failed at once: {} ({e})",
+                r.errno_name.unwrap_or("errno")
+            );
+        }
         Kind::Overflow => {
             let q = r.queue_kind.unwrap_or("accept");
             let _ = write!(s, "{owner} listener {src} {q} queue overflow");

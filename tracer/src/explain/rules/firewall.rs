@@ -59,12 +59,35 @@ impl Rule for FirewallReject {
 
 pub struct FirewallDrop;
 
+/// Segments of an established connection dropped by netfilter.
+fn established_drops(c: &Ctx) -> Option<Finding> {
+    let drops: Vec<_> = c.story.drops("NETFILTER_DROP").collect();
+    let first = drops.first()?;
+    let ns = first.netns;
+    let port = first.dst.map_or(0, |d| d.port());
+    Some(Finding {
+        cause: "firewall_drop",
+        confidence: 0.85,
+        reason: format!(
+            "a firewall rule{} drops the packets of this established connection ({} dropped at {})",
+            ns.map_or(String::new(), |n| format!(" in netns {n}")),
+            drops.len(),
+            first.location.as_deref().unwrap_or("netfilter")
+        ),
+        fix: nft_fix(port, ns),
+        culprit: None,
+    })
+}
+
 impl Rule for FirewallDrop {
     fn id(&self) -> &'static str {
         "firewall_drop"
     }
 
     fn check(&self, c: &Ctx) -> Option<Finding> {
+        if netfilter_syn_drops(c).next().is_none() {
+            return established_drops(c);
+        }
         let drops: Vec<_> = netfilter_syn_drops(c).collect();
         let first = drops.first()?;
         if c.errno == Some(libc::ECONNREFUSED) {

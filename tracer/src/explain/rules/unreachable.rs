@@ -3,12 +3,66 @@ use super::{Ctx, Finding, Rule};
 
 pub struct NoRoute;
 
+/// connect() refused at once by the routing table or a policy.
+fn route_refusal(c: &Ctx) -> Option<Finding> {
+    let r = c.story.connect_error()?;
+    let dst = r.dst?;
+    let ns = r.netns.map_or(String::new(), |n| format!(" in netns {n}"));
+    let check = format!(
+        "ip route get {}{}",
+        dst.ip(),
+        if ns.is_empty() {
+            ""
+        } else {
+            " (run in the client's namespace)"
+        }
+    );
+    let (cause, reason, fix) = match r.errno? {
+        libc::ENETUNREACH => (
+            "no_route",
+            format!("there is no route to {}{ns} (connect() failed before sending anything)", dst.ip()),
+            format!("{check}; add a route (or a default route) or fix the address"),
+        ),
+        libc::EHOSTUNREACH => (
+            "no_route",
+            format!("the route to {}{ns} is of type unreachable (connect() failed at once)", dst.ip()),
+            format!("{check}; ip route show table all | grep unreachable"),
+        ),
+        libc::EINVAL => (
+            "no_route",
+            format!("the route to {}{ns} is a blackhole, or the address is invalid (connect() failed with EINVAL)", dst.ip()),
+            format!("{check}; ip route show table all | grep blackhole"),
+        ),
+        libc::EACCES | libc::EPERM => (
+            "connect_prohibited",
+            format!("connecting to {}{ns} is forbidden: a prohibit route, or a policy (cgroup BPF, LSM, firewall owner match) refuses it", dst.ip()),
+            format!("{check}; ip route show table all | grep prohibit; check cgroup BPF programs (bpftool cgroup tree) and LSM policy"),
+        ),
+        libc::EADDRNOTAVAIL | libc::ENETDOWN => (
+            "no_route",
+            format!("no usable local address or interface towards {}{ns} (connect() failed at once)", dst.ip()),
+            "ip -br addr; ip link (is the interface up, is the address configured?)".to_string(),
+        ),
+        _ => return None,
+    };
+    Some(Finding {
+        cause,
+        confidence: 0.9,
+        reason,
+        fix,
+        culprit: None,
+    })
+}
+
 impl Rule for NoRoute {
     fn id(&self) -> &'static str {
         "no_route"
     }
 
     fn check(&self, c: &Ctx) -> Option<Finding> {
+        if let Some(f) = route_refusal(c) {
+            return Some(f);
+        }
         let dropped = c
             .story
             .drops("IP_OUTNOROUTES")

@@ -1,0 +1,450 @@
+//! One real-kernel scenario per explanation rule, between namespaces over veth: the
+//! failure is created for real and the test asserts the cause id rstrace gives, the
+//! process it names, the port, and that no other cause was given for that port.
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{pid_of, port, require_root, s, Agent, Peer, Topology};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Waits for the explanation of the failure on `p` and checks that every explanation
+/// given for that port has the expected cause.
+fn explained(agent: &Agent, p: u16, cause: &str, timeout: Duration) -> Value {
+    let first = agent.wait_for(&format!("{cause} explanation for port {p}"), timeout, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p
+    });
+    // Evidence from other CPUs may still be on its way: give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let all: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+        .collect();
+    let causes: Vec<&str> = all.iter().map(|v| s(v, "cause")).collect();
+    assert!(
+        causes.iter().all(|c| *c == cause),
+        "expected only {cause} for port {p}, got {causes:?}:\n{}",
+        all.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(!s(&first, "fix").is_empty(), "no fix: {first}");
+    first
+}
+
+fn addr(t: &Topology, p: u16) -> String {
+    format!("{}:{p}", t.server_ip)
+}
+
+fn start(p: u16) -> Agent {
+    Agent::start(&["--port", &p.to_string()])
+}
+
+#[test]
+fn nothing_listening_is_explained_within_a_second() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8100);
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8100)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let failed_at = Instant::now();
+    let e = agent.wait_for("explanation", 5 * SEC, |v| s(v, "kind") == "failure");
+    let latency = failed_at.elapsed();
+    assert!(latency < SEC, "explained {latency:?} after the errno");
+    let e2 = explained(&agent, 8100, "nothing_listening", SEC);
+    assert_eq!(e, e2);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(s(&e, "outcome"), "refused");
+    assert_eq!(e["server_netns"], t.server.inode);
+    assert_eq!(e["netns"], t.client.inode);
+    assert!(
+        s(&e, "explanation").starts_with(&format!(
+            "peer[{cpid}] -> {} refused: nothing listens on port 8100",
+            addr(&t, 8100)
+        )),
+        "{e}"
+    );
+    assert!(s(&e, "fix").contains("ss -tlnp 'sport = :8100'"), "{e}");
+}
+
+#[test]
+fn listener_on_another_address() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8101);
+    let mut server = Peer::spawn(&t.server, &["listen", "127.0.0.1:8101"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8101)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&agent, 8101, "listener_other_address", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid));
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert!(s(&e, "explanation").contains("only on 127.0.0.1"), "{e}");
+}
+
+#[test]
+fn listener_in_another_namespace() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8102);
+    // The service runs in the client's namespace, not the server's.
+    let mut other = Peer::spawn(&t.client, &["listen", "0.0.0.0:8102"]);
+    other.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8102)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&agent, 8102, "listener_other_netns", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid));
+    assert_eq!(pid_of(&e, "culprit"), Some(other.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!("in netns {}", t.client.inode)),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_port_lists_the_ports_that_listen() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8103);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8003)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8103)]);
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&agent, 8103, "wrong_port", 5 * SEC);
+    assert!(s(&e, "explanation").contains("listens on port 8003"), "{e}");
+}
+
+#[test]
+fn service_restart_names_the_process_that_exited() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8104);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8104)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let spid = server.pid as u64;
+    drop(server); // SIGKILL: the listener closes as the process exits.
+    std::thread::sleep(Duration::from_millis(600));
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8104)]);
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&agent, 8104, "service_restarting", 5 * SEC);
+    assert_eq!(pid_of(&e, "culprit"), Some(spid), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!("peer[{spid}] listened there until it exited")),
+        "{e}"
+    );
+}
+
+fn nft(t: &Topology, rule: &str) {
+    t.server
+        .exec(&["nft", "add", "table", "inet", "rstrace_test"]);
+    t.server.exec(&[
+        "nft",
+        "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }",
+    ]);
+    t.server
+        .exec(&["nft", &format!("add rule inet rstrace_test input {rule}")]);
+}
+
+#[test]
+fn firewall_drop_times_out() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    nft(&t, "tcp dport 8105 drop");
+    let agent = start(8105);
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8105), "--syncnt", "1"]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
+    let e = explained(&agent, 8105, "firewall_drop", 2 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid));
+    assert_eq!(s(&e, "outcome"), "timed out");
+    assert!(s(&e, "fix").contains("nft list ruleset"), "{e}");
+}
+
+#[test]
+fn firewall_reject_with_reset_is_not_a_tcp_refusal() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8106)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    nft(&t, "tcp dport 8106 reject with tcp reset");
+    let agent = start(8106);
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8106)]);
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&agent, 8106, "firewall_reject", 5 * SEC);
+    assert!(s(&e, "explanation").contains("forged TCP reset"), "{e}");
+}
+
+#[test]
+fn firewall_reject_with_icmp() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    nft(&t, "tcp dport 8107 reject with icmp type host-unreachable");
+    let agent = start(8107);
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8107)]);
+    assert_eq!(client.wait(15 * SEC), vec!["errno=113"]);
+    let e = explained(&agent, 8107, "firewall_reject", 5 * SEC);
+    assert!(s(&e, "explanation").contains("ICMP"), "{e}");
+}
+
+#[test]
+fn unanswered_syns_blame_the_path() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    // An address nobody has, with a neighbour entry so that ARP does not fail:
+    // the SYNs leave and vanish (the server's veth ignores frames not for it).
+    let ghost = t.host_ip(3);
+    t.client.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        &ghost,
+        "lladdr",
+        "02:00:00:00:00:03",
+        "dev",
+        "veth0",
+        "nud",
+        "permanent",
+    ]);
+    let agent = start(8108);
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &format!("{ghost}:8108"), "--syncnt", "1"],
+    );
+    assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
+    let e = explained(&agent, 8108, "syn_unanswered", 2 * SEC);
+    let retransmits = e["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| s(r, "kind") == "syn_retransmit")
+        .count();
+    assert!(retransmits >= 1, "{e}");
+    let want = format!("{} SYNs to {ghost}:8108 got no answer", retransmits + 1);
+    assert!(s(&e, "explanation").contains(&want), "{e}");
+}
+
+#[test]
+fn neighbour_never_answers() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let absent = t.host_ip(9);
+    let agent = start(8109);
+    let client = Peer::spawn(&t.client, &["connect", &format!("{absent}:8109")]);
+    assert_eq!(client.wait(20 * SEC), vec!["errno=113"]);
+    let e = explained(&agent, 8109, "neighbour_unreachable", 2 * SEC);
+    assert!(
+        s(&e, "fix").contains(&format!("ip neigh show {absent}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_route_and_prohibit_route_fail_before_any_packet() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    t.client
+        .exec(&["ip", "route", "add", "prohibit", "203.0.113.0/24"]);
+    let agent = start(8110);
+    let client = Peer::spawn(&t.client, &["connect", "198.51.100.1:8110"]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(5 * SEC), vec!["errno=101"]);
+    let e = explained(&agent, 8110, "no_route", 2 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid));
+    assert_eq!(e["netns"], t.client.inode);
+    let agent = start(8111);
+    let client = Peer::spawn(&t.client, &["connect", "203.0.113.5:8111"]);
+    assert_eq!(client.wait(5 * SEC), vec!["errno=13"]);
+    explained(&agent, 8111, "connect_prohibited", 2 * SEC);
+}
+
+#[test]
+fn accept_queue_overflow_explains_the_clients_timeouts() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8112);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8112), "--backlog", "1"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &addr(&t, 8112),
+            "--count",
+            "6",
+            "--hold",
+            "6000",
+            "--syncnt",
+            "1",
+        ],
+    );
+    let e = explained(&agent, 8112, "accept_queue_overflow", 10 * SEC);
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    let timeout = agent.wait_for("a client timeout explained", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && s(v, "outcome") == "timed out" && port(s(v, "dst")) == 8112
+    });
+    assert_eq!(s(&timeout, "cause"), "accept_queue_overflow", "{timeout}");
+    assert_eq!(pid_of(&timeout, "process"), Some(client.pid as u64));
+    explained(&agent, 8112, "accept_queue_overflow", SEC);
+}
+
+#[test]
+fn close_with_unread_data_resets() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8113);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8113), "--close-unread"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &addr(&t, 8113),
+            "--send",
+            "100",
+            "--then",
+            "read",
+        ],
+    );
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=0", "failed errno=104"]);
+    let e = explained(&agent, 8113, "reset_unread_data", 5 * SEC);
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+}
+
+#[test]
+fn linger_zero_resets() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8114);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8114), "--linger0"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8114), "--then", "read"]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=0", "failed errno=104"]);
+    let e = explained(&agent, 8114, "reset_linger_zero", 5 * SEC);
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+}
+
+/// An established connection whose path then silently dies: the server's link goes
+/// down, so nothing on this host drops the packets for a reason it reports.
+fn black_holed(t: &Topology, p: u16, then: &str) -> (Peer, Peer) {
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(t, p)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    t.client.exec(&["sysctl", "-qw", "net.ipv4.tcp_retries2=2"]);
+    let mut client = Peer::spawn(&t.client, &["connect", &addr(t, p), "--then", then]);
+    client.wait_line(5 * SEC, |l| l == "errno=0");
+    t.server.exec(&["ip", "link", "set", "veth1", "down"]);
+    (server, client)
+}
+
+#[test]
+fn firewall_dropping_an_established_flow() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8118);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8118)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    t.client.exec(&["sysctl", "-qw", "net.ipv4.tcp_retries2=2"]);
+    let mut client = Peer::spawn(&t.client, &["connect", &addr(&t, 8118), "--then", "write"]);
+    client.wait_line(5 * SEC, |l| l == "errno=0");
+    nft(&t, "tcp dport 8118 drop");
+    assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
+    let e = explained(&agent, 8118, "firewall_drop", 5 * SEC);
+    assert!(
+        s(&e, "explanation").contains("established connection"),
+        "{e}"
+    );
+}
+
+#[test]
+fn established_flow_times_out_when_black_holed() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8115);
+    let (_server, client) = black_holed(&t, 8115, "write");
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
+    let e = explained(&agent, 8115, "flow_timeout", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+}
+
+#[test]
+fn keepalive_finds_the_peer_gone() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8116);
+    let (_server, client) = black_holed(&t, 8116, "keepalive");
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
+    let e = explained(&agent, 8116, "keepalive_timeout", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+}
+
+#[test]
+fn a_storm_of_refusals_collapses_into_a_count() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8117);
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8117), "--count", "40"]);
+    let results = client.wait(20 * SEC);
+    assert_eq!(results.len(), 40);
+    let summary = agent.wait_for("a collapsed summary", 5 * SEC, |v| {
+        s(v, "kind") == "failure" && v.get("window_ms").is_some()
+    });
+    let lines: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| s(v, "kind") == "failure")
+        .collect();
+    let total: u64 = lines.iter().map(|v| v["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 40, "every refusal counted once: {lines:#?}");
+    assert!(
+        lines.len() <= 4,
+        "a storm must stay readable, got {} lines",
+        lines.len()
+    );
+    assert_eq!(s(&summary, "cause"), "nothing_listening");
+}

@@ -1,0 +1,81 @@
+//! syscalls:sys_enter_connect / sys_exit_connect: a connect() refused by routing or
+//! policy (no route, unreachable/prohibit/blackhole routes, cgroup or LSM policy)
+//! fails before the socket reaches SYN_SENT, so no TCP tracepoint fires. The entry
+//! remembers the destination pointer per thread; the exit reports only those errors.
+//! Both run in the calling process, so the current task is the owner.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{flags, ConnectInfo, Hook};
+
+use crate::common::{current_owner, kread, load_record, raw_u64, submit, CONNECTS};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Errors that mean the kernel would not even try: routing and policy.
+fn routing_error(ret: i64) -> bool {
+    matches!(-ret, 1 | 13 | 22 | 99 | 100 | 101 | 113)
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    if let Some(p) = load_record(&ctx, Hook::ConnectEnter) {
+        if let Some(uaddr) = raw_u64(&p.ev.raw, p.layout.uservaddr) {
+            let tid = bpf_get_current_pid_tgid() as u32;
+            let _ = CONNECTS.insert(tid, uaddr, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    try_sys_exit_connect(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let uaddr = unsafe { CONNECTS.get(tid) }.copied();
+    let _ = CONNECTS.remove(tid);
+    // 0: the socket reached SYN_SENT, so the TCP hooks tell the rest.
+    let uaddr = uaddr.filter(|&a| a != 0)?;
+    let p = load_record(ctx, Hook::ConnectExit)?;
+    let ret = raw_u64(&p.ev.raw, p.layout.ret)? as i64;
+    if !routing_error(ret) {
+        return None;
+    }
+    let mut sa = [0u8; 24];
+    unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa).ok()? };
+    let family = u16::from_ne_bytes([sa[0], sa[1]]);
+    let mut info = ConnectInfo {
+        ret,
+        family,
+        port: u16::from_be_bytes([sa[2], sa[3]]),
+        _pad: 0,
+        addr: [0; 16],
+    };
+    match family {
+        AF_INET => info.addr[..4].copy_from_slice(&sa[4..8]),
+        AF_INET6 => info.addr.copy_from_slice(&sa[8..24]),
+        _ => return None,
+    }
+    let o = &p.cfg.offsets;
+    let task = unsafe { bpf_get_current_task() };
+    let nsproxy: u64 = kread(task, o.task_nsproxy).unwrap_or(0);
+    let net: u64 = kread(nsproxy, o.nsproxy_net).unwrap_or(0);
+    let owner = current_owner(kread(net, o.net_inum).unwrap_or(0));
+    p.ev.hdr.owner_tgid = owner.tgid;
+    p.ev.hdr.owner_comm = owner.comm;
+    p.ev.hdr.owner_since_ns = owner.since_ns;
+    p.ev.hdr.netns = owner.netns;
+    p.ev.hdr.flags |= flags::OWNER_KNOWN | flags::CONNECT_INFO;
+    p.ev.hdr.raw_len = core::mem::size_of::<ConnectInfo>() as u16;
+    unsafe { core::ptr::write_unaligned(p.ev.raw.as_mut_ptr() as *mut ConnectInfo, info) };
+    submit(p.ev, Hook::ConnectExit);
+    Some(())
+}
