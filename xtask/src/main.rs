@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | watch | test | lint`.
+//! Project tasks: `cargo xtask setup | build | watch | test | vm-test | lint`.
 //!
 //! Every task first runs `setup`, which installs what a fresh machine lacks
 //! (Debian packages, rust-src for nightly, bpf-linker built against nightly's LLVM)
 //! idempotently, caching the linker under ~/.cache/rstrace.
 mod setup;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -37,6 +38,15 @@ enum Task {
     },
     /// Run every test: unit tests, then the real-kernel integration tests (root).
     Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Run the real-kernel tests on Debian's 6.12, 6.1 and 5.10 kernels under QEMU, and
+    /// rewrite README.md's support table (with --kernel all).
+    VmTest {
+        /// 6.12, 6.1, 5.10 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
@@ -78,7 +88,7 @@ unsafe extern "C" {
 }
 
 /// Runs the program as root: directly when we are root, else through sudo.
-fn as_root(program: &Path, args: &[OsString], envs: &[(&str, OsString)]) -> Command {
+pub(crate) fn as_root(program: &Path, args: &[OsString], envs: &[(&str, OsString)]) -> Command {
     if is_root() {
         let mut c = Command::new(program);
         c.args(args);
@@ -120,6 +130,7 @@ fn main() -> Result<()> {
             full.extend(args);
             run(&mut as_root(&bin, &full, &[]))
         }
+        Task::VmTest { kernel, filter } => vm::vm_test(&kernel, filter.as_deref()),
         Task::Lint => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             // The eBPF object is not needed to lint the agent.
@@ -190,7 +201,7 @@ fn main() -> Result<()> {
 }
 
 /// Test executables from cargo's JSON messages (`"executable":"..."` of test targets).
-fn test_binaries(json: &str) -> Vec<PathBuf> {
+pub(crate) fn test_binaries(json: &str) -> Vec<PathBuf> {
     json.lines()
         .filter(|l| {
             l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"kind\":[\"test\"]")

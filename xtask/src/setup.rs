@@ -46,13 +46,14 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 pub fn setup() -> Result<()> {
-    debian_packages()?;
+    debian_packages(PACKAGES)?;
     rust_src()?;
     bpf_linker()
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// Installs the Debian packages that are not installed yet (dpkg-query keeps it cheap).
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
