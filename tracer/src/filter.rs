@@ -14,10 +14,20 @@ pub struct Filter {
     pub addrs: Vec<IpAddr>,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
+    /// CLOCK_MONOTONIC bounds (replay's --since/--until).
+    pub window: Option<(u64, u64)>,
 }
 
 impl Filter {
+    fn in_window(&self, mono_ns: u64) -> bool {
+        self.window
+            .is_none_or(|(from, to)| (from..=to).contains(&mono_ns))
+    }
+
     pub fn matches(&self, r: &Record) -> bool {
+        if !self.in_window(r.mono_ns) {
+            return false;
+        }
         if r.kind == Kind::Loss {
             return true;
         }
@@ -26,10 +36,11 @@ impl Filter {
 
     /// An explanation matches on its endpoints and on its process or culprit.
     pub fn matches_explanation(&self, e: &Explanation) -> bool {
-        self.check(
-            e.src.iter().chain(e.dst.iter()),
-            e.process.iter().chain(e.culprit.iter()),
-        )
+        self.in_window(e.mono_ns)
+            && self.check(
+                e.src.iter().chain(e.dst.iter()),
+                e.process.iter().chain(e.culprit.iter()),
+            )
     }
 
     fn check<'a>(

@@ -1,10 +1,17 @@
 //! rstrace: explains why TCP connections are refused, reset or time out.
-use std::{io, net::IpAddr, process::ExitCode, time::Duration};
+use std::{
+    io,
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod btf;
+mod capture;
 mod decode;
 mod doctor;
 mod enrich;
@@ -13,6 +20,7 @@ mod filter;
 mod kallsyms;
 mod kernel;
 mod netns;
+mod pipeline;
 mod privileges;
 mod probes;
 mod record;
@@ -35,6 +43,14 @@ struct Cli {
 enum Command {
     /// Explain TCP failures live, one line each (with --events, the raw evidence too).
     Watch(WatchArgs),
+    /// Record the evidence and its context to a capture file, to explain later.
+    Record(RecordArgs),
+    /// Explain a capture file: what `watch` printed live for the same events.
+    Explain(ReplayArgs),
+    /// Count a capture file's failures by cause, port and process, with a timeline.
+    Summary(ReplayArgs),
+    /// Print every record of a capture file as JSON Lines (docs/events.md).
+    Export(ReplayArgs),
     /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
     Doctor {
         /// Machine-readable report.
@@ -69,6 +85,111 @@ struct WatchArgs {
     /// How often to poll the namespaces' backlog counters, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 250)]
     overflow_interval: u64,
+    /// Also record everything to this capture file (see `rstrace record`).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    #[command(flatten)]
+    capture: CaptureArgs,
+}
+
+#[derive(Args, Debug)]
+struct CaptureArgs {
+    /// Start a new capture file when it reaches this many MiB (0: never).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    rotate_mib: u64,
+    /// Rotated capture files to keep (FILE.1 is the newest).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    keep: usize,
+    /// Most time recorded events may wait before reaching the disk, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    flush_interval: u64,
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// The capture file (created mode 0600).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Ring buffer size in bytes: a power of two, at least 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES)]
+    ring_size: u32,
+    #[command(flatten)]
+    capture: CaptureArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// Capture files (rotated ones in any order).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// JSON Lines output (schema: docs/events.md).
+    #[arg(long)]
+    json: bool,
+    /// Also print every evidence record.
+    #[arg(long)]
+    events: bool,
+    #[arg(long, value_name = "PORT")]
+    port: Vec<u16>,
+    #[arg(long, value_name = "ADDR")]
+    addr: Vec<IpAddr>,
+    #[arg(long, value_name = "PID")]
+    pid: Vec<u32>,
+    #[arg(long, value_name = "COMM")]
+    comm: Vec<String>,
+    /// Only from this time (RFC 3339, e.g. 2026-11-22T01:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    since: Option<SystemTime>,
+    /// Only until this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    until: Option<SystemTime>,
+}
+
+fn parse_time(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-22T01:00:00Z)"))
+}
+
+impl CaptureArgs {
+    fn to(&self, path: PathBuf) -> Result<watch::RecordTo> {
+        if !(10..=60_000).contains(&self.flush_interval) {
+            bail!("--flush-interval must be between 10 and 60000 ms");
+        }
+        Ok(watch::RecordTo {
+            path,
+            rotate: capture::RotatePolicy {
+                max_bytes: (self.rotate_mib > 0).then_some(self.rotate_mib << 20),
+                keep: self.keep,
+            },
+            flush_every: Duration::from_millis(self.flush_interval),
+        })
+    }
+}
+
+impl ReplayArgs {
+    fn config(self, verbose: bool) -> capture::replay::ReplayConfig {
+        capture::replay::ReplayConfig {
+            files: self.files,
+            json: self.json,
+            events: self.events,
+            verbose,
+            filter: filter::Filter {
+                ports: self.port,
+                addrs: self.addr,
+                pids: self.pid,
+                comms: self.comm,
+                window: None,
+            },
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+fn check_ring(size: u32) -> Result<()> {
+    if size < 4096 || !size.is_power_of_two() {
+        bail!("--ring-size must be a power of two of at least 4096, not {size}");
+    }
+    Ok(())
 }
 
 impl TryFrom<WatchArgs> for watch::WatchConfig {
@@ -98,9 +219,12 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
                 addrs: a.addr,
                 pids: a.pid,
                 comms: a.comm,
+                window: None,
             },
             ring_bytes: a.ring_size,
             overflow_interval: Duration::from_millis(a.overflow_interval),
+            quiet: false,
+            record: a.record.map(|p| a.capture.to(p)).transpose()?,
         })
     }
 }
@@ -112,6 +236,22 @@ fn run(cli: Cli) -> Result<()> {
             cfg.verbose = cli.verbose > 0;
             watch::run(cfg)
         }
+        Command::Record(a) => {
+            check_ring(a.ring_size)?;
+            watch::run(watch::WatchConfig {
+                json: false,
+                events: false,
+                verbose: false,
+                filter: filter::Filter::default(),
+                ring_bytes: a.ring_size,
+                overflow_interval: Duration::from_millis(250),
+                quiet: true,
+                record: Some(a.capture.to(a.output)?),
+            })
+        }
+        Command::Explain(a) => capture::replay::explain(a.config(cli.verbose > 0)),
+        Command::Summary(a) => capture::replay::summary(a.config(cli.verbose > 0)),
+        Command::Export(a) => capture::replay::export(a.config(cli.verbose > 0)),
         Command::Doctor { json } => doctor::run(json),
     }
 }

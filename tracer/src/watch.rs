@@ -3,8 +3,8 @@
 //! records: loss counters (every 250 ms), the monitor thread's namespace context and
 //! backlog overflows (netns.rs), and exits of processes that owned listeners.
 use std::{
-    io::{self, Write},
-    path::Path,
+    io,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -22,15 +22,16 @@ use tracer_common::{Hook, KernelOffsets};
 
 use crate::{
     btf::KernelBtf,
+    capture::{CaptureWriter, Header, RotatePolicy},
     decode::{Clock, Decoder},
-    enrich::Enricher,
-    explain::{Engine, Explanation},
+    explain::Engine,
     filter::Filter,
     kernel::KernelInfo,
     netns::{self, Observation, Overflow},
+    pipeline::Pipeline,
     privileges,
     probes::{read_losses, HookStatus, Probes},
-    record::{Kind, Proc, Queue, Record},
+    record::{Kind, Queue, Record},
     sink::Output,
     tracefs,
 };
@@ -44,6 +45,17 @@ pub struct WatchConfig {
     pub filter: Filter,
     pub ring_bytes: u32,
     pub overflow_interval: Duration,
+    /// Print nothing to stdout (`rstrace record`).
+    pub quiet: bool,
+    /// Also write everything to this capture file.
+    pub record: Option<RecordTo>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordTo {
+    pub path: PathBuf,
+    pub rotate: RotatePolicy,
+    pub flush_every: Duration,
 }
 
 /// Everything learnt about the kernel and loaded into it.
@@ -159,82 +171,33 @@ pub fn run(cfg: WatchConfig) -> Result<()> {
     rt.block_on(run_loop(&mut session, cfg))
 }
 
-/// The stages after decoding, shared by every source of records.
-pub struct Pipeline<W: Write> {
-    pub enricher: Enricher,
-    pub engine: Engine,
-    pub filter: Filter,
-    pub out: Output<W>,
-    pub events: bool,
-    explained: Vec<Explanation>,
-    /// Listener owners to check for exit: (pid, comm, when to look).
-    exits: Vec<(Proc, u64)>,
-}
-
-impl<W: Write> Pipeline<W> {
-    pub fn new(engine: Engine, filter: Filter, out: Output<W>, events: bool) -> Self {
-        Pipeline {
-            enricher: Enricher::default(),
-            engine,
-            filter,
-            out,
-            events,
-            explained: Vec::new(),
-            exits: Vec::new(),
-        }
-    }
-
-    pub fn push(&mut self, mut r: Record) -> io::Result<()> {
-        if !self.enricher.process(&mut r, &self.engine.host) {
-            return Ok(());
-        }
-        if r.kind == Kind::State && r.old_state == Some("LISTEN") && r.new_state == Some("CLOSE") {
-            if let Some(p) = &r.owner {
-                self.exits.push((p.clone(), r.mono_ns + 200_000_000));
-            }
-        }
-        if (self.events || r.kind == Kind::Loss) && self.filter.matches(&r) {
-            self.out.record(&r)?;
-        }
-        self.engine.push(&r, &mut self.explained);
-        self.drain()
-    }
-
-    pub fn advance(&mut self, now: u64, clock: &Clock) -> io::Result<()> {
-        let due: Vec<Proc> = self
-            .exits
-            .iter()
-            .filter(|(_, t)| *t <= now)
-            .map(|(p, _)| p.clone())
-            .collect();
-        self.exits.retain(|(_, t)| *t > now);
-        for p in due {
-            if !Path::new(&format!("/proc/{}", p.pid)).exists() {
-                let mut r = Record::new(Kind::ProcessExit, now, clock.format(now));
-                r.owner = Some(p);
-                self.push(r)?;
-            }
-        }
-        self.engine.advance(now, &mut self.explained);
-        self.drain()
-    }
-
-    fn drain(&mut self) -> io::Result<()> {
-        for e in std::mem::take(&mut self.explained) {
-            if self.filter.matches_explanation(&e) {
-                self.out.explanation(&e)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let maps = session.probes.take_maps()?;
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info, clock);
-    let out = Output::new(io::stdout().lock(), cfg.json, cfg.verbose);
-    let mut pipe = Pipeline::new(Engine::new(clock), cfg.filter.clone(), out, cfg.events);
+    let sink: Box<dyn io::Write> = if cfg.quiet {
+        Box::new(io::sink())
+    } else {
+        Box::new(io::stdout().lock())
+    };
+    let out = Output::new(sink, cfg.json, cfg.verbose);
+    let mut pipe = Pipeline::new(
+        Engine::new(clock),
+        cfg.filter.clone(),
+        out,
+        cfg.events,
+        clock,
+    );
+    pipe.live = true;
+    if let Some(rec) = &cfg.record {
+        let header = Header::new(&session.info, clock);
+        pipe.capture = Some(CaptureWriter::create(
+            &rec.path,
+            header,
+            rec.rotate,
+            rec.flush_every,
+        )?);
+    }
 
     // SAFETY: the ring buffer's fd is owned by `maps.ring`, which the AsyncFd owns and
     // which outlives the registration.
@@ -293,7 +256,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
                 }
             },
             _ = tick.tick() => {
-                let r = pipe.advance(now_ns(), &clock);
+                let r = pipe.advance(now_ns());
                 if pipe.engine.take_context_request() {
                     rescan.store(true, Ordering::Relaxed);
                 }
@@ -322,5 +285,16 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     drop(orx);
     let _ = monitor.join();
     let _ = pipe.out.flush();
+    if let Some(w) = pipe.capture.as_mut() {
+        w.flush().context("writing the capture file")?;
+        if let Some(rec) = &cfg.record {
+            eprintln!(
+                "rstrace: recorded {} records in {} chunks to {}",
+                w.records,
+                w.chunks,
+                rec.path.display()
+            );
+        }
+    }
     result
 }

@@ -211,6 +211,29 @@ impl Host {
         })
     }
 
+    /// The context as records, to open a new capture file with.
+    pub fn snapshot(&self, now: u64, time: &str) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut namespaces: Vec<_> = self.addrs.iter().collect();
+        namespaces.sort_by_key(|(ns, _)| **ns);
+        for (ns, a) in namespaces {
+            let mut r = Record::new(Kind::Addresses, now, time.to_string());
+            r.netns = Some(*ns);
+            r.addrs = Some(a.clone());
+            out.push(r);
+        }
+        let mut listeners: Vec<&Listening> = self.listeners.values().flatten().collect();
+        listeners.sort_by_key(|l| (l.netns, l.addr));
+        for l in listeners {
+            let mut r = Record::new(Kind::Listener, now, time.to_string());
+            r.netns = Some(l.netns);
+            r.src = Some(l.addr);
+            r.owner = l.owner.clone();
+            out.push(r);
+        }
+        out
+    }
+
     /// When the process exited, if it did.
     pub fn exited(&self, pid: u32) -> Option<u64> {
         self.exited.get(&pid).copied()

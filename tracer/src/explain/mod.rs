@@ -201,7 +201,6 @@ impl Engine {
             };
             story.deadline.get_or_insert(story.first_ns + wait);
         }
-        self.advance(now, out);
     }
 
     /// Explains the stories due by `now` and closes finished bursts.
@@ -246,7 +245,6 @@ impl Engine {
     }
 
     /// Explains everything still pending (end of a capture).
-    #[expect(dead_code, reason = "used by capture replay")]
     pub fn finish(&mut self, out: &mut Vec<Explanation>) {
         let last = self.stories.values().map(|s| s.last_ns).max().unwrap_or(0);
         for s in self.stories.values_mut() {

@@ -1,0 +1,481 @@
+//! File framing: a header with what decoding and replay need (versions, kernel,
+//! clock, the kernel's enums and tracepoint layouts), then chunks, each with a length
+//! and a CRC32 so that a cut-off or damaged file still reads up to its last good
+//! chunk, skipping damaged ones.
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context as _, Result};
+use bytes::{Buf, BufMut, BytesMut};
+
+use super::codec::{decode_chunk, get_varint, put_varint, ChunkEncoder};
+use crate::{kernel::KernelInfo, record::Record, tracefs::Field};
+
+pub const MAGIC: &[u8; 8] = b"RSTRACE\0";
+/// Format version written; readers accept every version up to theirs.
+pub const FORMAT_VERSION: u16 = 1;
+const CHUNK_MAGIC: u32 = u32::from_le_bytes(*b"CHNK");
+const CHUNK_HEADER: usize = 12;
+/// Chunks are closed at this size; longer ones are taken as damage.
+const CHUNK_TARGET: usize = 256 * 1024;
+const CHUNK_MAX: usize = 16 * 1024 * 1024;
+
+// Header fields (tag, length, value); readers skip tags they do not know.
+const T_VERSION: u8 = 1;
+const T_KERNEL: u8 = 2;
+const T_HOSTNAME: u8 = 3;
+const T_CLOCK: u8 = 4;
+const T_DROP_REASONS: u8 = 5;
+const T_RST_REASONS: u8 = 6;
+const T_FORMATS: u8 = 7;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Header {
+    pub format: u16,
+    pub rstrace_version: String,
+    pub kernel: String,
+    pub hostname: String,
+    /// CLOCK_MONOTONIC and wall-clock (ns since the epoch) read at the same instant.
+    pub clock_mono_ns: u64,
+    pub clock_wall_ns: u64,
+    pub drop_reasons: Vec<(u64, String)>,
+    pub rst_reasons: Vec<(u64, String)>,
+    /// Tracepoint layouts: (category:name, fields).
+    pub formats: Vec<(String, Vec<Field>)>,
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    put_varint(b, s.len() as u64);
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn get_str(b: &mut &[u8]) -> Result<String> {
+    let n = get_varint(b)? as usize;
+    if b.remaining() < n {
+        bail!("truncated string");
+    }
+    let s = String::from_utf8_lossy(&b[..n]).into_owned();
+    b.advance(n);
+    Ok(s)
+}
+
+fn put_table(b: &mut BytesMut, t: &[(u64, String)]) {
+    put_varint(b, t.len() as u64);
+    for (v, n) in t {
+        put_varint(b, *v);
+        put_str(b, n);
+    }
+}
+
+fn get_table(b: &mut &[u8]) -> Result<Vec<(u64, String)>> {
+    let n = get_varint(b)? as usize;
+    let mut out = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let v = get_varint(b)?;
+        out.push((v, get_str(b)?));
+    }
+    Ok(out)
+}
+
+impl Header {
+    pub fn new(info: &KernelInfo, clock: crate::decode::Clock) -> Header {
+        let sorted = |m: &std::collections::HashMap<u64, String>| {
+            let mut v: Vec<(u64, String)> = m.iter().map(|(k, v)| (*k, v.clone())).collect();
+            v.sort();
+            v
+        };
+        let mut formats: Vec<(String, Vec<Field>)> = info
+            .formats
+            .iter()
+            .map(|(h, f)| {
+                let (c, n) = h.tracepoint();
+                (format!("{c}:{n}"), f.fields.clone())
+            })
+            .collect();
+        formats.sort_by(|a, b| a.0.cmp(&b.0));
+        Header {
+            format: FORMAT_VERSION,
+            rstrace_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: info.release.clone(),
+            hostname: fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            clock_mono_ns: clock.mono_ns,
+            clock_wall_ns: clock
+                .wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            drop_reasons: sorted(&info.drop_reasons),
+            rst_reasons: sorted(&info.rst_reasons),
+            formats,
+        }
+    }
+
+    pub fn clock(&self) -> crate::decode::Clock {
+        crate::decode::Clock {
+            mono_ns: self.clock_mono_ns,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_nanos(self.clock_wall_ns),
+        }
+    }
+
+    pub fn encode(&self) -> BytesMut {
+        let mut body = BytesMut::new();
+        let mut field = |tag: u8, f: &dyn Fn(&mut BytesMut)| {
+            let mut v = BytesMut::new();
+            f(&mut v);
+            body.put_u8(tag);
+            put_varint(&mut body, v.len() as u64);
+            body.extend_from_slice(&v);
+        };
+        field(T_VERSION, &|b| put_str(b, &self.rstrace_version));
+        field(T_KERNEL, &|b| put_str(b, &self.kernel));
+        field(T_HOSTNAME, &|b| put_str(b, &self.hostname));
+        field(T_CLOCK, &|b| {
+            b.put_u64_le(self.clock_mono_ns);
+            b.put_u64_le(self.clock_wall_ns);
+        });
+        field(T_DROP_REASONS, &|b| put_table(b, &self.drop_reasons));
+        field(T_RST_REASONS, &|b| put_table(b, &self.rst_reasons));
+        field(T_FORMATS, &|b| {
+            put_varint(b, self.formats.len() as u64);
+            for (name, fields) in &self.formats {
+                put_str(b, name);
+                put_varint(b, fields.len() as u64);
+                for f in fields {
+                    put_str(b, &f.name);
+                    put_str(b, &f.ctype);
+                    put_varint(b, f.offset as u64);
+                    put_varint(b, f.size as u64);
+                    b.put_u8(f.signed as u8);
+                }
+            }
+        });
+        let mut out = BytesMut::with_capacity(body.len() + 18);
+        out.extend_from_slice(MAGIC);
+        out.put_u16_le(FORMAT_VERSION);
+        out.put_u32_le(body.len() as u32);
+        out.put_u32_le(crc32fast::hash(&body));
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Parses the header; returns it and the bytes it took.
+    pub fn decode(data: &[u8]) -> Result<(Header, usize)> {
+        if data.len() < 18 || &data[..8] != MAGIC {
+            bail!("not an rstrace capture file (bad magic)");
+        }
+        let mut b = &data[8..];
+        let format = b.get_u16_le();
+        if format > FORMAT_VERSION {
+            bail!("capture format {format} is newer than this rstrace reads ({FORMAT_VERSION}): upgrade rstrace");
+        }
+        let len = b.get_u32_le() as usize;
+        let crc = b.get_u32_le();
+        if b.remaining() < len {
+            bail!("header cut off ({} of {len} bytes)", b.remaining());
+        }
+        let body = &b[..len];
+        if crc32fast::hash(body) != crc {
+            bail!("header checksum mismatch: the file's start is damaged");
+        }
+        let mut h = Header {
+            format,
+            ..Default::default()
+        };
+        let mut b = body;
+        while b.has_remaining() {
+            let tag = b.get_u8();
+            let n = get_varint(&mut b)? as usize;
+            if b.remaining() < n {
+                bail!("header field {tag} cut off");
+            }
+            let mut v = &b[..n];
+            b.advance(n);
+            match tag {
+                T_VERSION => h.rstrace_version = get_str(&mut v)?,
+                T_KERNEL => h.kernel = get_str(&mut v)?,
+                T_HOSTNAME => h.hostname = get_str(&mut v)?,
+                T_CLOCK if v.len() >= 16 => {
+                    h.clock_mono_ns = v.get_u64_le();
+                    h.clock_wall_ns = v.get_u64_le();
+                }
+                T_DROP_REASONS => h.drop_reasons = get_table(&mut v)?,
+                T_RST_REASONS => h.rst_reasons = get_table(&mut v)?,
+                T_FORMATS => {
+                    let n = get_varint(&mut v)? as usize;
+                    for _ in 0..n.min(64) {
+                        let name = get_str(&mut v)?;
+                        let nf = get_varint(&mut v)? as usize;
+                        let mut fields = Vec::new();
+                        for _ in 0..nf.min(256) {
+                            let fname = get_str(&mut v)?;
+                            let ctype = get_str(&mut v)?;
+                            let offset = get_varint(&mut v)? as usize;
+                            let size = get_varint(&mut v)? as usize;
+                            let signed = v.has_remaining() && v.get_u8() != 0;
+                            fields.push(Field {
+                                name: fname,
+                                ctype,
+                                offset,
+                                size,
+                                signed,
+                            });
+                        }
+                        h.formats.push((name, fields));
+                    }
+                }
+                _ => {} // A newer writer's field.
+            }
+        }
+        Ok((h, 18 + len))
+    }
+}
+
+fn frame(payload: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(payload.len() + CHUNK_HEADER);
+    out.put_u32_le(CHUNK_MAGIC);
+    out.put_u32_le(payload.len() as u32);
+    out.put_u32_le(crc32fast::hash(payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// When to start a new file and how many old ones to keep.
+#[derive(Clone, Copy, Debug)]
+pub struct RotatePolicy {
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept (FILE.1 is the newest).
+    pub keep: usize,
+}
+
+pub struct CaptureWriter {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    enc: ChunkEncoder,
+    chunk_started: Option<Instant>,
+    flush_every: Duration,
+    rotate: RotatePolicy,
+    written: u64,
+    pub records: u64,
+    pub chunks: u64,
+}
+
+fn create(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+impl CaptureWriter {
+    pub fn create(
+        path: &Path,
+        header: Header,
+        rotate: RotatePolicy,
+        flush_every: Duration,
+    ) -> Result<CaptureWriter> {
+        let mut file = create(path).with_context(|| format!("creating {}", path.display()))?;
+        let h = header.encode();
+        file.write_all(&h)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(CaptureWriter {
+            path: path.to_path_buf(),
+            file,
+            header,
+            enc: ChunkEncoder::default(),
+            chunk_started: None,
+            flush_every,
+            rotate,
+            written: h.len() as u64,
+            records: 0,
+            chunks: 0,
+        })
+    }
+
+    pub fn write(&mut self, r: &Record) -> io::Result<()> {
+        self.enc.push(r);
+        self.records += 1;
+        self.chunk_started.get_or_insert_with(Instant::now);
+        if self.enc.size() >= CHUNK_TARGET {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the open chunk if it is older than the flush interval.
+    pub fn tick(&mut self) -> io::Result<()> {
+        if self
+            .chunk_started
+            .is_some_and(|t| t.elapsed() >= self.flush_every)
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the open chunk and makes it durable.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.chunk_started = None;
+        if self.enc.is_empty() {
+            return Ok(());
+        }
+        let payload = self.enc.finish();
+        let framed = frame(&payload);
+        self.file.write_all(&framed)?;
+        self.file.sync_data()?;
+        self.written += framed.len() as u64;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    pub fn wants_rotation(&self) -> bool {
+        self.rotate.max_bytes.is_some_and(|m| self.written >= m)
+    }
+
+    /// Starts a new file, shifting the old ones (FILE -> FILE.1 -> FILE.2 ...), and
+    /// opens it with `context` so that it explains on its own.
+    pub fn rotate(&mut self, context: &[Record]) -> io::Result<()> {
+        self.flush()?;
+        let name = |i: usize| -> PathBuf {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        if self.rotate.keep == 0 {
+            fs::remove_file(&self.path)?;
+        } else {
+            let _ = fs::remove_file(name(self.rotate.keep));
+            for i in (1..self.rotate.keep).rev() {
+                let _ = fs::rename(name(i), name(i + 1));
+            }
+            fs::rename(&self.path, name(1))?;
+        }
+        let mut file = create(&self.path)?;
+        let mut header = self.header.clone();
+        let now = crate::decode::Clock::now();
+        header.clock_mono_ns = now.mono_ns;
+        header.clock_wall_ns = now
+            .wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let h = header.encode();
+        file.write_all(&h)?;
+        self.file = file;
+        self.written = h.len() as u64;
+        for r in context {
+            self.enc.push(r);
+        }
+        self.flush()
+    }
+}
+
+/// Reads a capture file chunk by chunk, skipping damage with a warning.
+pub struct Reader {
+    pub header: Header,
+    data: Vec<u8>,
+    pos: usize,
+    pub warnings: Vec<String>,
+    pub chunks: u64,
+    name: String,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Reader::from_bytes(data, &path.display().to_string())
+    }
+
+    pub fn from_bytes(data: Vec<u8>, name: &str) -> Result<Reader> {
+        let (header, pos) =
+            Header::decode(&data).with_context(|| format!("{name}: unreadable header"))?;
+        Ok(Reader {
+            header,
+            data,
+            pos,
+            warnings: Vec::new(),
+            chunks: 0,
+            name: name.to_string(),
+        })
+    }
+
+    /// Next chunk's records, None at the end of the file.
+    pub fn next_chunk(&mut self) -> Option<Vec<Record>> {
+        let clock = self.header.clock();
+        loop {
+            let rest = &self.data[self.pos..];
+            if rest.is_empty() {
+                return None;
+            }
+            if rest.len() < CHUNK_HEADER {
+                self.warn(format!(
+                    "cut off after {} complete chunks ({} trailing bytes)",
+                    self.chunks,
+                    rest.len()
+                ));
+                self.pos = self.data.len();
+                return None;
+            }
+            let mut h = rest;
+            let magic = h.get_u32_le();
+            let len = h.get_u32_le() as usize;
+            let crc = h.get_u32_le();
+            if magic != CHUNK_MAGIC || len > CHUNK_MAX {
+                self.resync("damaged chunk header");
+                continue;
+            }
+            if h.len() < len {
+                self.warn(format!(
+                    "cut off after {} complete chunks (last chunk has {} of {len} bytes)",
+                    self.chunks,
+                    h.len()
+                ));
+                self.pos = self.data.len();
+                return None;
+            }
+            let payload = &h[..len];
+            if crc32fast::hash(payload) != crc {
+                self.resync("chunk checksum mismatch");
+                continue;
+            }
+            self.pos += CHUNK_HEADER + len;
+            match decode_chunk(payload, &|ns| clock.format(ns)) {
+                Ok(records) => {
+                    self.chunks += 1;
+                    return Some(records);
+                }
+                Err(e) => self.warn(format!(
+                    "chunk at byte {} skipped: {e}",
+                    self.pos - CHUNK_HEADER - len
+                )),
+            }
+        }
+    }
+
+    /// Skips to the next place that looks like a chunk.
+    fn resync(&mut self, why: &str) {
+        let start = self.pos;
+        let needle = CHUNK_MAGIC.to_le_bytes();
+        let next = self.data[start + 1..]
+            .windows(4)
+            .position(|w| w == needle)
+            .map(|i| start + 1 + i);
+        self.pos = next.unwrap_or(self.data.len());
+        self.warn(format!(
+            "{why} at byte {start}: skipped {} bytes",
+            self.pos - start
+        ));
+    }
+
+    fn warn(&mut self, w: String) {
+        log::warn!("{}: {w}", self.name);
+        self.warnings.push(w);
+    }
+}

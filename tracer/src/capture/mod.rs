@@ -1,0 +1,10 @@
+//! Capture files: `rstrace record` writes the evidence and its context, `rstrace
+//! explain` replays them through the same pipeline as `watch`. The format is in
+//! docs/capture-format.md.
+pub mod codec;
+pub mod file;
+pub mod replay;
+
+pub use file::{CaptureWriter, Header, Reader, RotatePolicy};
+#[cfg(test)]
+mod tests;

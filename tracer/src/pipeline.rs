@@ -1,0 +1,122 @@
+//! The stages after decoding, shared by `watch` (live) and `explain` (replay):
+//! capture -> enrich -> print evidence -> explain -> filter -> print explanations.
+//! Everything the stages use arrives as records, so a replay of the captured records
+//! gives what live gave.
+use std::{io, path::Path};
+
+use crate::{
+    capture::CaptureWriter,
+    decode::Clock,
+    enrich::Enricher,
+    explain::{Engine, Explanation},
+    filter::Filter,
+    record::{Kind, Proc, Record},
+    sink::Output,
+};
+
+pub struct Pipeline<W: io::Write> {
+    pub enricher: Enricher,
+    pub engine: Engine,
+    pub filter: Filter,
+    pub out: Output<W>,
+    pub events: bool,
+    /// Live: check /proc for exited listener owners (replay reads those from the file).
+    pub live: bool,
+    pub capture: Option<CaptureWriter>,
+    /// Keep explanations here instead of printing them (summary).
+    pub collected: Option<Vec<Explanation>>,
+    clock: Clock,
+    explained: Vec<Explanation>,
+    /// Listener owners to check for exit, and when.
+    exits: Vec<(Proc, u64)>,
+}
+
+/// How long after its listener closed a process is checked for having exited.
+const EXIT_CHECK_NS: u64 = 200_000_000;
+
+impl<W: io::Write> Pipeline<W> {
+    pub fn new(engine: Engine, filter: Filter, out: Output<W>, events: bool, clock: Clock) -> Self {
+        Pipeline {
+            enricher: Enricher::default(),
+            engine,
+            filter,
+            out,
+            events,
+            live: false,
+            capture: None,
+            collected: None,
+            clock,
+            explained: Vec::new(),
+            exits: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, mut r: Record) -> io::Result<()> {
+        if let Some(w) = self.capture.as_mut() {
+            w.write(&r)?;
+        }
+        if !self.enricher.process(&mut r, &self.engine.host) {
+            return Ok(());
+        }
+        if self.live
+            && r.kind == Kind::State
+            && r.old_state == Some("LISTEN")
+            && r.new_state == Some("CLOSE")
+        {
+            if let Some(p) = &r.owner {
+                self.exits.push((p.clone(), r.mono_ns + EXIT_CHECK_NS));
+            }
+        }
+        if (self.events || r.kind == Kind::Loss) && self.filter.matches(&r) {
+            self.out.record(&r)?;
+        }
+        self.engine.push(&r, &mut self.explained);
+        self.drain()
+    }
+
+    pub fn advance(&mut self, now: u64) -> io::Result<()> {
+        let due: Vec<Proc> = self
+            .exits
+            .iter()
+            .filter(|(_, t)| *t <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.exits.retain(|(_, t)| *t > now);
+        for p in due {
+            if !Path::new(&format!("/proc/{}", p.pid)).exists() {
+                let mut r = Record::new(Kind::ProcessExit, now, self.clock.format(now));
+                r.owner = Some(p);
+                self.push(r)?;
+            }
+        }
+        self.engine.advance(now, &mut self.explained);
+        if let Some(w) = self.capture.as_mut() {
+            w.tick()?;
+            if w.wants_rotation() {
+                let context = self.engine.host.snapshot(now, &self.clock.format(now));
+                w.rotate(&context)?;
+            }
+        }
+        self.drain()
+    }
+
+    /// Explains what is still pending (end of a replay).
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.engine.finish(&mut self.explained);
+        self.drain()?;
+        self.out.flush()
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        for e in std::mem::take(&mut self.explained) {
+            if !self.filter.matches_explanation(&e) {
+                continue;
+            }
+            match self.collected.as_mut() {
+                Some(c) => c.push(e),
+                None => self.out.explanation(&e)?,
+            }
+        }
+        Ok(())
+    }
+}
