@@ -95,31 +95,33 @@ pub fn load_record(ctx: &TracePointContext, hook: Hook) -> Option<Pending> {
     Some(Pending { ev, cfg, layout })
 }
 
+/// Reads a `T` at `off` in the copied record, None when the field is absent.
+///
+/// Through a helper rather than a direct load: the 6.1 verifier loses the bound check
+/// when the compiler checks one copy of the offset and reloads another from the stack
+/// ("invalid access to map value ... off=65624"), and rejects the whole program.
 #[inline(always)]
-pub fn raw_u64(raw: &[u8; RAW_MAX], off: u16) -> Option<u64> {
+fn raw_read<T>(raw: &[u8; RAW_MAX], off: u16) -> Option<T> {
     let o = off as usize;
-    if off == NO_FIELD || o > RAW_MAX - 8 {
+    if off == NO_FIELD || o > RAW_MAX - core::mem::size_of::<T>() {
         return None;
     }
-    Some(unsafe { core::ptr::read_unaligned(raw.as_ptr().add(o) as *const u64) })
+    unsafe { bpf_probe_read_kernel(raw.as_ptr().add(o) as *const T).ok() }
+}
+
+#[inline(always)]
+pub fn raw_u64(raw: &[u8; RAW_MAX], off: u16) -> Option<u64> {
+    raw_read(raw, off)
 }
 
 #[inline(always)]
 pub fn raw_i32(raw: &[u8; RAW_MAX], off: u16) -> Option<i32> {
-    let o = off as usize;
-    if off == NO_FIELD || o > RAW_MAX - 4 {
-        return None;
-    }
-    Some(unsafe { core::ptr::read_unaligned(raw.as_ptr().add(o) as *const i32) })
+    raw_read(raw, off)
 }
 
 #[inline(always)]
 pub fn raw_u16(raw: &[u8; RAW_MAX], off: u16) -> Option<u16> {
-    let o = off as usize;
-    if off == NO_FIELD || o > RAW_MAX - 2 {
-        return None;
-    }
-    Some(unsafe { core::ptr::read_unaligned(raw.as_ptr().add(o) as *const u16) })
+    raw_read(raw, off)
 }
 
 /// Reads a `T` at `base + off` in kernel memory.
