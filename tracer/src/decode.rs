@@ -45,12 +45,21 @@ impl Clock {
         }
     }
 
+    /// Wall-clock time of a monotonic timestamp, clamped to the representable range
+    /// (a damaged capture header may put it before the epoch or past year 9999).
     pub fn wall_at(&self, mono_ns: u64) -> SystemTime {
-        if mono_ns >= self.mono_ns {
-            self.wall + Duration::from_nanos(mono_ns - self.mono_ns)
+        const MAX_WALL: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31
+        let t = if mono_ns >= self.mono_ns {
+            self.wall
+                .checked_add(Duration::from_nanos(mono_ns - self.mono_ns))
         } else {
-            self.wall - Duration::from_nanos(self.mono_ns - mono_ns)
-        }
+            self.wall
+                .checked_sub(Duration::from_nanos(self.mono_ns - mono_ns))
+        };
+        let t = t
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .max(SystemTime::UNIX_EPOCH);
+        t.min(SystemTime::UNIX_EPOCH + MAX_WALL)
     }
 
     pub fn format(&self, mono_ns: u64) -> String {
@@ -215,12 +224,11 @@ pub struct Decoder {
     fields: HashMap<Hook, HookFields>,
     drop_reasons: HashMap<u64, String>,
     rst_reasons: HashMap<u64, String>,
-    pub clock: Clock,
     syms: Kallsyms,
 }
 
 impl Decoder {
-    pub fn new(info: &KernelInfo, clock: Clock) -> Decoder {
+    pub fn new(info: &KernelInfo) -> Decoder {
         Decoder {
             fields: info
                 .formats
@@ -229,7 +237,6 @@ impl Decoder {
                 .collect(),
             drop_reasons: info.drop_reasons.clone(),
             rst_reasons: info.rst_reasons.clone(),
-            clock,
             syms: Kallsyms::default(),
         }
     }
@@ -256,7 +263,8 @@ impl Decoder {
             Hook::ErrorReport => Kind::Error,
             Hook::ConnectExit => Kind::ConnectError,
         };
-        let mut r = Record::new(kind, h.ts_ns, self.clock.format(h.ts_ns));
+        // The wall-clock text is made only for records that are printed.
+        let mut r = Record::new(kind, h.ts_ns, String::new());
         self.header(h, &mut r);
         if hook == Hook::KfreeSkb {
             self.drop(raw, h, &mut r);
@@ -385,13 +393,7 @@ mod tests {
         let mut info = KernelInfo::default();
         info.formats.insert(hook, Format::parse(fmt).unwrap());
         info.rst_reasons.insert(2, "NO_SOCKET".into());
-        Decoder::new(
-            &info,
-            Clock {
-                mono_ns: 0,
-                wall: SystemTime::UNIX_EPOCH,
-            },
-        )
+        Decoder::new(&info)
     }
 
     fn event(hook: Hook, fill: impl FnOnce(&mut [u8; RAW_MAX])) -> Vec<u8> {
@@ -431,7 +433,8 @@ mod tests {
         );
         assert_eq!(r.netns, Some(4026531840));
         assert_eq!(r.sock.as_deref(), Some("0xffff888012345678"));
-        assert_eq!(r.time, "1970-01-01T00:00:00.001500Z");
+        assert_eq!(r.mono_ns, 1_500_000);
+        assert!(r.time.is_empty(), "formatted only when printed");
     }
 
     #[test]
@@ -474,6 +477,20 @@ mod tests {
         assert_eq!(r.state, Some("CLOSE"));
         assert_eq!(r.src, Some("10.0.0.2:8080".parse().unwrap()));
         assert_eq!(r.dst, Some("10.0.0.1:40000".parse().unwrap()));
+    }
+
+    #[test]
+    fn times_outside_the_calendar_are_clamped_not_panicking() {
+        let c = Clock {
+            mono_ns: 10_000_000_000,
+            wall: SystemTime::UNIX_EPOCH,
+        };
+        assert_eq!(c.format(0), "1970-01-01T00:00:00.000000Z");
+        let c = Clock {
+            mono_ns: 0,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_000),
+        };
+        assert!(c.format(u64::MAX).starts_with("9999-12-31"));
     }
 
     #[test]

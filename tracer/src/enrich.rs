@@ -1,7 +1,9 @@
 //! Fills in what one event alone cannot say: the owner of sockets whose events carry
 //! no socket address (errno reports), and of listeners created before rstrace started.
 //! Owners only ever come from socket ownership, never from the task a softirq ran in.
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use crate::FastMap;
 
 use crate::{
     explain::host::Host,
@@ -20,7 +22,7 @@ struct Seen {
 
 #[derive(Default)]
 pub struct Enricher {
-    sockets: HashMap<(SocketAddr, SocketAddr), Seen>,
+    sockets: FastMap<(SocketAddr, SocketAddr), Seen>,
     last_prune_ns: u64,
 }
 

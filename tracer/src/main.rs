@@ -10,6 +10,7 @@ use std::{
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod btf;
 mod capture;
 mod decode;
@@ -27,6 +28,10 @@ mod record;
 mod sink;
 mod tracefs;
 mod watch;
+
+/// Hash map for the per-event paths: ahash is several times faster than SipHash and
+/// still keyed per process, so remote peers cannot aim collisions at it.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// Explains why TCP connections are refused, reset or time out, from kernel evidence.
 #[derive(Parser, Debug)]
@@ -51,6 +56,20 @@ enum Command {
     Summary(ReplayArgs),
     /// Print every record of a capture file as JSON Lines (docs/events.md).
     Export(ReplayArgs),
+    /// Benchmark helper: empty programs on every hook (the cost floor).
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(long)]
+        stats: PathBuf,
+    },
+    /// Benchmark helper: capture write and explain throughput.
+    #[command(hide = true)]
+    BenchCodec {
+        #[arg(long, default_value_t = 200_000)]
+        connections: u64,
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
     Doctor {
         /// Machine-readable report.
@@ -88,6 +107,9 @@ struct WatchArgs {
     /// Also record everything to this capture file (see `rstrace record`).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// At exit, write event counts and program statistics here (benchmarks).
+    #[arg(long, value_name = "FILE", hide = true)]
+    stats: Option<PathBuf>,
     #[command(flatten)]
     capture: CaptureArgs,
 }
@@ -115,6 +137,9 @@ struct RecordArgs {
     ring_size: u32,
     #[command(flatten)]
     capture: CaptureArgs,
+    /// At exit, write event counts and program statistics here (benchmarks).
+    #[arg(long, value_name = "FILE", hide = true)]
+    stats: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +250,7 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
             overflow_interval: Duration::from_millis(a.overflow_interval),
             quiet: false,
             record: a.record.map(|p| a.capture.to(p)).transpose()?,
+            stats: a.stats,
         })
     }
 }
@@ -247,12 +273,15 @@ fn run(cli: Cli) -> Result<()> {
                 overflow_interval: Duration::from_millis(250),
                 quiet: true,
                 record: Some(a.capture.to(a.output)?),
+                stats: a.stats,
             })
         }
         Command::Explain(a) => capture::replay::explain(a.config(cli.verbose > 0)),
         Command::Summary(a) => capture::replay::summary(a.config(cli.verbose > 0)),
         Command::Export(a) => capture::replay::export(a.config(cli.verbose > 0)),
         Command::Doctor { json } => doctor::run(json),
+        Command::BenchFloor { stats } => bench::floor(stats),
+        Command::BenchCodec { connections, file } => bench::codec(connections, file),
     }
 }
 

@@ -68,9 +68,12 @@ impl<W: io::Write> Pipeline<W> {
             }
         }
         if (self.events || r.kind == Kind::Loss) && self.filter.matches(&r) {
+            if r.time.is_empty() {
+                r.time = self.clock.format(r.mono_ns);
+            }
             self.out.record(&r)?;
         }
-        self.engine.push(&r, &mut self.explained);
+        self.engine.push(r, &mut self.explained);
         self.drain()
     }
 

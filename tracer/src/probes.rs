@@ -39,6 +39,14 @@ pub struct Probes {
     pub status: BTreeMap<Hook, HookStatus>,
 }
 
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramStat {
+    pub hook: &'static str,
+    pub program: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
 pub struct Maps {
     pub ring: RingBuf<MapData>,
     pub losses: PerCpuArray<MapData, u64>,
@@ -49,6 +57,15 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 impl Probes {
     /// Loads the programs with `cfg` and attaches every hook this kernel has.
     pub fn load(info: &KernelInfo, cfg: &Config, ring_bytes: u32) -> Result<Probes> {
+        Probes::load_as(info, cfg, ring_bytes, false)
+    }
+
+    /// The empty programs on the same hooks: the benchmark's floor.
+    pub fn load_floor(info: &KernelInfo) -> Result<Probes> {
+        Probes::load_as(info, &Config::EMPTY, 4096, true)
+    }
+
+    fn load_as(info: &KernelInfo, cfg: &Config, ring_bytes: u32, floor: bool) -> Result<Probes> {
         if OBJECT.is_empty() {
             return Err(anyhow!("this rstrace was built without its eBPF programs"));
         }
@@ -67,7 +84,7 @@ impl Probes {
         }
         let mut status = BTreeMap::new();
         for hook in Hook::ALL {
-            let st = match attach(&mut ebpf, info, hook) {
+            let st = match attach(&mut ebpf, info, hook, floor) {
                 Ok(program) => HookStatus::Attached { program },
                 Err(e) => HookStatus::Missing {
                     why: format!("{e:#}"),
@@ -76,6 +93,25 @@ impl Probes {
             status.insert(hook, st);
         }
         Ok(Probes { ebpf, status })
+    }
+
+    /// The kernel's run statistics of each attached program (kernel.bpf_stats_enabled).
+    pub fn program_stats(&self) -> Vec<ProgramStat> {
+        let mut out = Vec::new();
+        for (hook, st) in &self.status {
+            let HookStatus::Attached { program } = st else {
+                continue;
+            };
+            if let Some(Ok(info)) = self.ebpf.program(program).map(|p| p.info()) {
+                out.push(ProgramStat {
+                    hook: hook.program(),
+                    program,
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                });
+            }
+        }
+        out
     }
 
     pub fn take_maps(&mut self) -> Result<Maps> {
@@ -106,7 +142,8 @@ impl Probes {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook) -> Result<&'static str> {
+/// Attaches the hook's program, or with `floor` its empty counterpart.
+fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook, floor: bool) -> Result<&'static str> {
     let (cat, name) = hook.tracepoint();
     let format = info
         .formats
@@ -118,7 +155,9 @@ fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook) -> Result<&'static str
                 "kfree_skb has no drop reason (kernel < 5.17); drops cannot be filtered"
             ));
         }
-        let program = if format.field("rx_sk").is_some() {
+        let program = if floor {
+            hook.floor_program()
+        } else if format.field("rx_sk").is_some() {
             "kfree_skb_rx"
         } else {
             "kfree_skb"
@@ -132,7 +171,11 @@ fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook) -> Result<&'static str
             .with_context(|| format!("attaching {program} to raw_tp {name}"))?;
         return Ok(program);
     }
-    let program = hook.program();
+    let program = if floor {
+        hook.floor_program()
+    } else {
+        hook.program()
+    };
     let p: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| anyhow!("program {program} missing from the object"))?

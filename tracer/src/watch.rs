@@ -49,6 +49,8 @@ pub struct WatchConfig {
     pub quiet: bool,
     /// Also write everything to this capture file.
     pub record: Option<RecordTo>,
+    /// At exit, write the event counts and the programs' run statistics here (JSON).
+    pub stats: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -174,7 +176,7 @@ pub fn run(cfg: WatchConfig) -> Result<()> {
 async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let maps = session.probes.take_maps()?;
     let clock = Clock::now();
-    let mut decoder = Decoder::new(&session.info, clock);
+    let mut decoder = Decoder::new(&session.info);
     let sink: Box<dyn io::Write> = if cfg.quiet {
         Box::new(io::sink())
     } else {
@@ -208,6 +210,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let mut loss_tick = tokio::time::interval(Duration::from_millis(250));
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut lost_before = read_losses(&maps.losses);
+    let (mut events, mut lost) = (0u64, 0u64);
 
     let stop = Arc::new(AtomicBool::new(false));
     let rescan = Arc::new(AtomicBool::new(false));
@@ -238,6 +241,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
                 let rb = guard.get_inner_mut();
                 let mut res = Ok(());
                 while let Some(item) = rb.next() {
+                    events += 1;
                     match decoder.decode(&item) {
                         Ok(r) => {
                             res = pipe.push(r);
@@ -267,6 +271,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
                 let mut res = Ok(());
                 for hook in Hook::ALL {
                     let d = now[hook as usize].saturating_sub(lost_before[hook as usize]);
+                    lost += d;
                     if d > 0 && res.is_ok() {
                         res = pipe.push(loss_record(hook, d, &clock));
                     }
@@ -285,6 +290,16 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     drop(orx);
     let _ = monitor.join();
     let _ = pipe.out.flush();
+    eprintln!("rstrace: read {events} events, {lost} lost");
+    if let Some(path) = &cfg.stats {
+        let stats = serde_json::json!({
+            "events": events,
+            "lost": lost,
+            "programs": session.probes.program_stats(),
+        });
+        std::fs::write(path, stats.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(w) = pipe.capture.as_mut() {
         w.flush().context("writing the capture file")?;
         if let Some(rec) = &cfg.record {

@@ -2,15 +2,13 @@
 //! and addresses (so that every chunk decodes on its own and a damaged one costs only
 //! itself), and a length prefix per record (so that readers skip kinds and fields they
 //! do not know). See docs/capture-format.md.
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
 use crate::record::{errno_name, tcp_state_name, Kind, Proc, Queue, Record, SCHEMA_VERSION};
+use crate::FastMap;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -143,11 +141,11 @@ const SOMAXCONN: u32 = 1 << 21;
 /// Builds one chunk: records are encoded against a dictionary that is written first.
 #[derive(Default)]
 pub struct ChunkEncoder {
-    strings: HashMap<String, u64>,
+    strings: FastMap<String, u64>,
     string_list: Vec<String>,
-    values: HashMap<u64, u64>,
+    values: FastMap<u64, u64>,
     value_list: Vec<u64>,
-    ips: HashMap<IpAddr, u64>,
+    ips: FastMap<IpAddr, u64>,
     ip_list: Vec<IpAddr>,
     body: BytesMut,
     scratch: BytesMut,
@@ -364,9 +362,9 @@ impl ChunkEncoder {
     }
 }
 
-/// Decodes a chunk payload into records; `time` maps a monotonic timestamp to the
-/// wall-clock string. Records of unknown kinds (from newer writers) are skipped.
-pub fn decode_chunk(mut b: &[u8], time: &dyn Fn(u64) -> String) -> R<Vec<Record>> {
+/// Decodes a chunk payload into records (their wall-clock text is left to whoever
+/// prints them). Records of unknown kinds (from newer writers) are skipped.
+pub fn decode_chunk(mut b: &[u8]) -> R<Vec<Record>> {
     let b = &mut b;
     let mut last = get_varint(b)? as i64;
     let n = get_varint(b)? as usize;
@@ -421,7 +419,7 @@ pub fn decode_chunk(mut b: &[u8], time: &dyn Fn(u64) -> String) -> R<Vec<Record>
         last += unzigzag(get_varint(&mut rec)?);
         let Some(kind) = kind_of(code) else { continue };
         let mono = u64::try_from(last).map_err(|_| CodecError::Bad("timestamp"))?;
-        let mut r = Record::new(kind, mono, time(mono));
+        let mut r = Record::new(kind, mono, String::new());
         r.v = SCHEMA_VERSION;
         decode_fields(&mut rec, bits, &mut r, &strings, &values, &ips)?;
         out.push(r);

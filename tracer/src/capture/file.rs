@@ -408,7 +408,6 @@ impl Reader {
 
     /// Next chunk's records, None at the end of the file.
     pub fn next_chunk(&mut self) -> Option<Vec<Record>> {
-        let clock = self.header.clock();
         loop {
             let rest = &self.data[self.pos..];
             if rest.is_empty() {
@@ -446,7 +445,7 @@ impl Reader {
                 continue;
             }
             self.pos += CHUNK_HEADER + len;
-            match decode_chunk(payload, &|ns| clock.format(ns)) {
+            match decode_chunk(payload) {
                 Ok(records) => {
                     self.chunks += 1;
                     return Some(records);

@@ -3,11 +3,14 @@
 //! that exited, recent backlog overflows. Fed only from records, so that a capture
 //! file replays exactly the context watch had.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, SocketAddr},
 };
 
-use crate::record::{Kind, Proc, Record};
+use crate::{
+    record::{Kind, Proc, Record},
+    FastMap,
+};
 
 /// How many closed listeners and overflows are remembered.
 const HISTORY: usize = 1024;
@@ -34,10 +37,10 @@ pub struct OverflowSeen {
 
 #[derive(Default)]
 pub struct Host {
-    listeners: HashMap<u32, Vec<Listening>>,
+    listeners: FastMap<u32, Vec<Listening>>,
     closed: VecDeque<Closed>,
-    addrs: HashMap<u32, Vec<IpAddr>>,
-    exited: HashMap<u32, u64>,
+    addrs: FastMap<u32, Vec<IpAddr>>,
+    exited: FastMap<u32, u64>,
     overflows: VecDeque<OverflowSeen>,
 }
 

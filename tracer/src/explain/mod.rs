@@ -9,7 +9,9 @@ pub mod host;
 pub mod rules;
 pub mod story;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use crate::FastMap;
 
 use serde::Serialize;
 
@@ -123,9 +125,9 @@ struct Burst {
 #[derive(Default)]
 pub struct Engine {
     pub host: Host,
-    stories: HashMap<FlowKey, Story>,
-    done: HashMap<FlowKey, u64>,
-    bursts: HashMap<(&'static str, u16, u32), Burst>,
+    stories: FastMap<FlowKey, Story>,
+    done: FastMap<FlowKey, u64>,
+    bursts: FastMap<(&'static str, u16, u32), Burst>,
     wants_context: bool,
     clock: Option<crate::decode::Clock>,
 }
@@ -147,26 +149,34 @@ impl Engine {
         std::mem::take(&mut self.wants_context)
     }
 
-    /// Feeds one record; explanations that became due are appended to `out`.
-    pub fn push(&mut self, r: &Record, out: &mut Vec<Explanation>) {
-        self.host.on_record(r);
+    /// Feeds one record (explanations are made by `advance`); overflow explanations,
+    /// which need no story, are appended to `out` at once.
+    pub fn push(&mut self, r: Record, out: &mut Vec<Explanation>) {
+        self.host.on_record(&r);
         if r.kind == Kind::Overflow {
-            if let Some(e) = self.overflow(r) {
+            if let Some(e) = self.overflow(&r) {
                 self.emit(e, out);
             }
             return;
         }
-        let Some(key) = FlowKey::of(r) else { return };
+        let Some(key) = FlowKey::of(&r) else { return };
         if self.done.get(&key).is_some_and(|&until| r.mono_ns <= until) {
             return;
         }
+        let now = r.mono_ns;
+        let kind = r.kind;
+        let kept_drop = kind == Kind::Drop
+            && matches!(
+                r.reason.as_deref(),
+                Some("NETFILTER_DROP" | "NO_SOCKET" | "TCP_LISTEN_OVERFLOW")
+            );
+        let syn = r.tcp_flags.as_deref() == Some("S");
         let story = self
             .stories
             .entry(key)
-            .or_insert_with(|| Story::new(key, r));
+            .or_insert_with(|| Story::new(key, &r));
         story.add(r);
-        let now = r.mono_ns;
-        if r.kind == Kind::ConnectError {
+        if kind == Kind::ConnectError {
             // Nothing else will come: the connect never left the host.
             story.deadline = Some(now);
         }
@@ -180,25 +190,16 @@ impl Engine {
         } else if story.client_is_local() && !story.was_established() {
             // The client's errno will come; wait for it.
             story.deadline = None;
-        } else if story.was_established() && matches!(r.kind, Kind::RstSent | Kind::RstReceived) {
+        } else if story.was_established() && matches!(kind, Kind::RstSent | Kind::RstReceived) {
             story.deadline.get_or_insert(now + AFTER_RESET);
-        } else if r.kind == Kind::RstSent {
+        } else if kind == Kind::RstSent {
             story
                 .deadline
                 .get_or_insert(story.first_ns + SERVER_ONLY_RST);
-        } else if r.kind == Kind::Drop
-            && matches!(
-                r.reason.as_deref(),
-                Some("NETFILTER_DROP" | "NO_SOCKET" | "TCP_LISTEN_OVERFLOW")
-            )
-        {
+        } else if kept_drop {
             // A dropped SYN from a local client is followed by its retransmit within
             // 1 s; dropped segments of an established flow by its errno or reset.
-            let wait = if r.tcp_flags.as_deref() == Some("S") {
-                SERVER_ONLY_DROP
-            } else {
-                FLOW_DROP
-            };
+            let wait = if syn { SERVER_ONLY_DROP } else { FLOW_DROP };
             story.deadline.get_or_insert(story.first_ns + wait);
         }
     }
@@ -352,8 +353,22 @@ impl Engine {
             fix: finding.fix,
             count: 1,
             window_ms: None,
-            evidence: s.evidence.clone(),
+            evidence: self.timed(&s.evidence),
         }
+    }
+
+    /// Evidence with its wall-clock text filled in.
+    fn timed(&self, records: &[Record]) -> Vec<Record> {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if r.time.is_empty() {
+                    r.time = self.time(r.mono_ns);
+                }
+                r
+            })
+            .collect()
     }
 
     fn overflow(&self, r: &Record) -> Option<Explanation> {
@@ -387,7 +402,7 @@ impl Engine {
         Some(Explanation {
             v: SCHEMA_VERSION,
             kind: "failure",
-            time: r.time.clone(),
+            time: self.time(r.mono_ns),
             mono_ns: r.mono_ns,
             cause,
             confidence: 0.9,
@@ -406,7 +421,7 @@ impl Engine {
             fix,
             count: 1,
             window_ms: None,
-            evidence: vec![r.clone()],
+            evidence: self.timed(std::slice::from_ref(r)),
         })
     }
 }

@@ -71,10 +71,10 @@ impl Story {
         }
     }
 
-    pub fn add(&mut self, r: &Record) {
+    pub fn add(&mut self, r: Record) {
         self.last_ns = self.last_ns.max(r.mono_ns);
         if self.evidence.len() < MAX_EVIDENCE {
-            self.evidence.push(r.clone());
+            self.evidence.push(r);
         }
     }
 

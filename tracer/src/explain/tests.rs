@@ -34,7 +34,7 @@ fn addresses(e: &mut Engine, out: &mut Vec<Explanation>) {
         let mut r = Record::new(Kind::Addresses, 0, String::new());
         r.netns = Some(ns);
         r.addrs = Some(vec![a.parse().unwrap()]);
-        e.push(&r, out);
+        e.push(r, out);
     }
 }
 
@@ -46,7 +46,7 @@ fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut V
         pid,
         comm: "python3".into(),
     });
-    e.push(&r, out);
+    e.push(r, out);
 }
 
 fn unlisten(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut Vec<Explanation>) {
@@ -57,16 +57,16 @@ fn unlisten(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut
         pid,
         comm: "python3".into(),
     });
-    e.push(&r, out);
+    e.push(r, out);
 }
 
 /// A refusal as the kernel shows it when both ends are here (6.10+).
 fn refusal(e: &mut Engine, at_ms: u64, out: &mut Vec<Explanation>) {
     let mut rst = rec(Kind::RstSent, at_ms, S, C, SNS);
     rst.reason = Some("NO_SOCKET".into());
-    e.push(&rst, out);
-    e.push(&client_owned(rec(Kind::RstReceived, at_ms, C, S, CNS)), out);
-    e.push(&error(at_ms, libc::ECONNREFUSED), out);
+    e.push(rst, out);
+    e.push(client_owned(rec(Kind::RstReceived, at_ms, C, S, CNS)), out);
+    e.push(error(at_ms, libc::ECONNREFUSED), out);
 }
 
 fn run(setup: impl FnOnce(&mut Engine, &mut Vec<Explanation>)) -> Vec<Explanation> {
@@ -147,7 +147,7 @@ fn restart_names_the_exited_owner_and_time() {
             pid: 880,
             comm: "python3".into(),
         });
-        e.push(&exit, o);
+        e.push(exit, o);
         refusal(e, 2_200, o);
     });
     assert_eq!(
@@ -161,12 +161,12 @@ fn restart_names_the_exited_owner_and_time() {
 fn refusal_without_server_side_evidence_uses_addresses() {
     // 6.1: no RST event for a SYN to a closed port; only the client's side.
     let out = run(|e, o| {
-        e.push(&client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
         let mut st = client_owned(rec(Kind::State, 10, C, S, CNS));
         st.old_state = Some("SYN_SENT");
         st.new_state = Some("CLOSE");
-        e.push(&st, o);
-        e.push(&error(10, libc::ECONNREFUSED), o);
+        e.push(st, o);
+        e.push(error(10, libc::ECONNREFUSED), o);
     });
     assert_eq!(causes(&out), vec!["nothing_listening"]);
     assert_eq!(out[0].server_netns, Some(SNS));
@@ -177,12 +177,12 @@ fn remote_refusal_when_the_server_is_not_here() {
     let mut e = Engine::default();
     let mut out = Vec::new();
     e.push(
-        &client_owned(rec(Kind::RstReceived, 10, C, "192.0.2.9:80", CNS)),
+        client_owned(rec(Kind::RstReceived, 10, C, "192.0.2.9:80", CNS)),
         &mut out,
     );
     let mut err = client_owned(rec(Kind::Error, 10, C, "192.0.2.9:80", CNS));
     err.errno = Some(libc::ECONNREFUSED);
-    e.push(&err, &mut out);
+    e.push(err, &mut out);
     e.advance(100 * MS, &mut out);
     assert!(out.is_empty(), "waits once for namespace addresses");
     assert!(e.take_context_request());
@@ -209,12 +209,12 @@ fn firewall_drop_waits_for_the_local_clients_timeout() {
     let mut e = Engine::default();
     let mut out = Vec::new();
     addresses(&mut e, &mut out);
-    e.push(&drop_syn(0, "NETFILTER_DROP"), &mut out);
-    e.push(&syn_retransmit(1_000), &mut out);
-    e.push(&drop_syn(1_000, "NETFILTER_DROP"), &mut out);
+    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+    e.push(syn_retransmit(1_000), &mut out);
+    e.push(drop_syn(1_000, "NETFILTER_DROP"), &mut out);
     e.advance(2_900, &mut out);
     assert!(out.is_empty(), "explained before the errno: {out:#?}");
-    e.push(&error(3_000, libc::ETIMEDOUT), &mut out);
+    e.push(error(3_000, libc::ETIMEDOUT), &mut out);
     e.advance(3_100 * MS, &mut out);
     assert_eq!(causes(&out), vec!["firewall_drop"]);
     assert_eq!(out[0].outcome, "timed out");
@@ -229,7 +229,7 @@ fn firewall_drop_waits_for_the_local_clients_timeout() {
 
 #[test]
 fn firewall_drop_with_a_remote_client_is_explained_from_the_server_side() {
-    let out = run(|e, o| e.push(&drop_syn(0, "NETFILTER_DROP"), o));
+    let out = run(|e, o| e.push(drop_syn(0, "NETFILTER_DROP"), o));
     assert_eq!(causes(&out), vec!["firewall_drop"]);
     assert_eq!(out[0].process, None);
 }
@@ -237,9 +237,9 @@ fn firewall_drop_with_a_remote_client_is_explained_from_the_server_side() {
 #[test]
 fn reject_with_reset_is_not_a_tcp_refusal() {
     let out = run(|e, o| {
-        e.push(&drop_syn(0, "NETFILTER_DROP"), o);
-        e.push(&client_owned(rec(Kind::RstReceived, 0, C, S, CNS)), o);
-        e.push(&error(0, libc::ECONNREFUSED), o);
+        e.push(drop_syn(0, "NETFILTER_DROP"), o);
+        e.push(client_owned(rec(Kind::RstReceived, 0, C, S, CNS)), o);
+        e.push(error(0, libc::ECONNREFUSED), o);
     });
     assert_eq!(causes(&out), vec!["firewall_reject"]);
 }
@@ -250,11 +250,11 @@ fn unanswered_syns_blame_the_path_when_nothing_here_dropped_them() {
         for t in [1_000, 3_000] {
             let mut r = syn_retransmit(t);
             r.dst = Some("192.0.2.9:443".parse().unwrap());
-            e.push(&r, o);
+            e.push(r, o);
         }
         let mut err = error(7_000, libc::ETIMEDOUT);
         err.dst = Some("192.0.2.9:443".parse().unwrap());
-        e.push(&err, o);
+        e.push(err, o);
     });
     assert_eq!(causes(&out), vec!["syn_unanswered"]);
     assert!(
@@ -267,16 +267,16 @@ fn unanswered_syns_blame_the_path_when_nothing_here_dropped_them() {
 #[test]
 fn neighbour_and_route_failures() {
     let out = run(|e, o| {
-        e.push(&syn_retransmit(1_000), o);
+        e.push(syn_retransmit(1_000), o);
         let mut d = drop_syn(2_000, "NEIGH_FAILED");
         d.netns = Some(CNS);
-        e.push(&d, o);
-        e.push(&error(3_000, libc::EHOSTUNREACH), o);
+        e.push(d, o);
+        e.push(error(3_000, libc::EHOSTUNREACH), o);
     });
     assert_eq!(causes(&out), vec!["neighbour_unreachable"]);
     let out = run(|e, o| {
-        e.push(&syn_retransmit(1_000), o);
-        e.push(&error(1_500, libc::ENETUNREACH), o);
+        e.push(syn_retransmit(1_000), o);
+        e.push(error(1_500, libc::ENETUNREACH), o);
     });
     assert_eq!(causes(&out), vec!["no_route"]);
 }
@@ -298,9 +298,9 @@ fn application_resets_by_reason() {
                 pid: 880,
                 comm: "python3".into(),
             });
-            e.push(&rst, o);
-            e.push(&client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
-            e.push(&error(10, libc::ECONNRESET), o);
+            e.push(rst, o);
+            e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+            e.push(error(10, libc::ECONNRESET), o);
         });
         assert_eq!(causes(&out), vec![want], "{reason}");
         if want != "keepalive_timeout" {
@@ -321,8 +321,8 @@ fn established_timeout_after_retransmits() {
         st.old_state = Some("ESTABLISHED");
         st.new_state = Some("CLOSE");
         st.retransmits = Some(15);
-        e.push(&st, o);
-        e.push(&error(10_000, libc::ETIMEDOUT), o);
+        e.push(st, o);
+        e.push(error(10_000, libc::ETIMEDOUT), o);
     });
     assert_eq!(causes(&out), vec!["flow_timeout"]);
     assert!(out[0].explanation.contains("after 15 retransmits"));
@@ -346,9 +346,9 @@ fn accept_overflow_explains_the_record_and_the_timeouts_it_causes() {
             pid: 880,
             comm: "python3".into(),
         });
-        e.push(&ov, o);
-        e.push(&syn_retransmit(1_000), o);
-        e.push(&error(3_000, libc::ETIMEDOUT), o);
+        e.push(ov, o);
+        e.push(syn_retransmit(1_000), o);
+        e.push(error(3_000, libc::ETIMEDOUT), o);
     });
     assert_eq!(
         causes(&out),
@@ -374,14 +374,14 @@ fn bursts_collapse_into_one_line_with_a_count() {
         let c = format!("10.0.0.1:{port}");
         let mut rst = rec(Kind::RstSent, 10 + i, S, &c, SNS);
         rst.reason = Some("NO_SOCKET".into());
-        e.push(&rst, &mut out);
+        e.push(rst, &mut out);
         e.push(
-            &client_owned(rec(Kind::RstReceived, 10 + i, &c, S, CNS)),
+            client_owned(rec(Kind::RstReceived, 10 + i, &c, S, CNS)),
             &mut out,
         );
         let mut err = client_owned(rec(Kind::Error, 10 + i, &c, S, CNS));
         err.errno = Some(libc::ECONNREFUSED);
-        e.push(&err, &mut out);
+        e.push(err, &mut out);
     }
     e.advance(100 * MS, &mut out);
     assert_eq!(out.len(), 1, "first failure at once");
@@ -397,10 +397,10 @@ fn unrelated_drops_explain_nothing_and_unknown_failures_are_honest() {
     let out = run(|e, o| {
         let mut d = drop_syn(0, "TCP_ZEROWINDOW");
         d.tcp_flags = Some("A".into());
-        e.push(&d, o);
+        e.push(d, o);
     });
     assert!(out.is_empty(), "{out:#?}");
-    let out = run(|e, o| e.push(&error(5, libc::EPROTO), o));
+    let out = run(|e, o| e.push(error(5, libc::EPROTO), o));
     assert_eq!(causes(&out), vec!["unexplained"]);
     assert!(
         out[0].explanation.contains("ERROR EPROTO"),

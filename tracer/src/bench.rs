@@ -1,0 +1,175 @@
+//! Hidden commands behind `cargo xtask bench`: the empty-program floor and the capture
+//! codec's throughput. Not part of the user interface.
+use std::{
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    btf::KernelBtf,
+    capture::{CaptureWriter, Header, Reader, RotatePolicy},
+    decode::Clock,
+    explain::Engine,
+    filter::Filter,
+    kernel::KernelInfo,
+    pipeline::Pipeline,
+    privileges,
+    probes::Probes,
+    record::{errno_name, Kind, Proc, Record},
+    sink::Output,
+    tracefs,
+};
+
+/// Attaches the empty programs to every hook until SIGINT/SIGTERM, then writes their
+/// run statistics to `stats`.
+pub fn floor(stats: PathBuf) -> Result<()> {
+    privileges::check()?;
+    privileges::raise_memlock();
+    let tracefs = tracefs::ensure_tracefs()?;
+    let btf = KernelBtf::load().ok();
+    let info = KernelInfo::gather(&tracefs, btf.as_ref());
+    let probes = Probes::load_floor(&info)?;
+    eprintln!("rstrace: watching with empty programs (benchmark floor)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        io::Result::Ok(())
+    })?;
+    let json = serde_json::json!({ "programs": probes.program_stats() });
+    std::fs::write(&stats, json.to_string()).with_context(|| format!("writing {}", stats.display()))
+}
+
+/// The records of `n` refused connections, as both ends on this host produce them.
+fn refused_storm(n: u64) -> Vec<Record> {
+    let clock = Clock::now();
+    let mut out = Vec::with_capacity(n as usize * 6);
+    let server: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+    let curl = Proc {
+        pid: 4121,
+        comm: "curl".into(),
+    };
+    let task = Proc {
+        pid: 4121,
+        comm: "curl".into(),
+    };
+    for i in 0..n {
+        let t = clock.mono_ns + i * 20_000;
+        let client = SocketAddr::from(([10, 0, 0, 1], 32768 + (i % 28000) as u16));
+        let sock = format!("{:#x}", 0xffff_8880_0000_0000u64 + (i % 512) * 0x800);
+        let mk = |kind: Kind, dt: u64, src, dst, netns: u32| {
+            let mut r = Record::new(kind, t + dt, clock.format(t + dt));
+            r.src = Some(src);
+            r.dst = Some(dst);
+            r.netns = Some(netns);
+            r.task = Some(task.clone());
+            r
+        };
+        let mut rst = mk(Kind::RstSent, 0, server, client, 4026532301);
+        rst.reason = Some("NO_SOCKET".into());
+        let mut drop = mk(Kind::Drop, 1_000, client, server, 4026532301);
+        drop.reason = Some("NO_SOCKET".into());
+        drop.location = Some("tcp_v4_rcv+0x91".into());
+        drop.tcp_flags = Some("S".into());
+        let mut recv = mk(Kind::RstReceived, 2_000, client, server, 4026532230);
+        recv.owner = Some(curl.clone());
+        recv.owner_source = Some("kernel");
+        recv.sock = Some(sock.clone());
+        let mut st = mk(Kind::State, 3_000, client, server, 4026532230);
+        st.old_state = Some("SYN_SENT");
+        st.new_state = Some("CLOSE");
+        st.owner = Some(curl.clone());
+        st.owner_source = Some("kernel");
+        st.sock = Some(sock);
+        let mut err = mk(Kind::Error, 4_000, client, server, 4026532230);
+        err.errno = Some(111);
+        err.errno_name = errno_name(111);
+        let mut again = mk(
+            Kind::Error,
+            5_000,
+            client,
+            SocketAddr::new(server.ip(), 0),
+            0,
+        );
+        again.errno = Some(0);
+        out.extend([rst, drop, recv, st, err, again]);
+    }
+    out
+}
+
+/// Times writing and explaining a synthetic refusal storm; prints JSON.
+pub fn codec(n: u64, path: PathBuf) -> Result<()> {
+    let records = refused_storm(n);
+    let clock = Clock::now();
+    let header = Header {
+        format: crate::capture::file::FORMAT_VERSION,
+        clock_mono_ns: clock.mono_ns,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut w = CaptureWriter::create(
+        &path,
+        header,
+        RotatePolicy {
+            max_bytes: None,
+            keep: 0,
+        },
+        Duration::from_secs(1),
+    )?;
+    for r in &records {
+        w.write(r)?;
+        if w.records % 4096 == 0 {
+            w.tick()?;
+        }
+    }
+    w.flush()?;
+    let write_s = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path)?.len();
+
+    let started = Instant::now();
+    let mut reader = Reader::open(&path)?;
+    let mut pipe = Pipeline::new(
+        Engine::new(reader.header.clock()),
+        Filter::default(),
+        Output::new(io::sink(), true, false),
+        false,
+        reader.header.clock(),
+    );
+    let mut read = 0u64;
+    let mut next = 0u64;
+    while let Some(chunk) = reader.next_chunk() {
+        for r in chunk {
+            if r.mono_ns >= next {
+                pipe.advance(r.mono_ns)?;
+                next = r.mono_ns + 10_000_000;
+            }
+            read += 1;
+            pipe.push(r)?;
+        }
+    }
+    pipe.finish()?;
+    let explain_s = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    let json = serde_json::json!({
+        "records": records.len(),
+        "write_s": write_s,
+        "write_per_s": records.len() as f64 / write_s,
+        "bytes": bytes,
+        "bytes_per_record": bytes as f64 / records.len() as f64,
+        "explain_s": explain_s,
+        "explain_per_s": read as f64 / explain_s,
+    });
+    println!("{json}");
+    Ok(())
+}
