@@ -75,6 +75,22 @@ impl Hook {
         }
     }
 
+    /// The empty program on the same hook (benchmark floor).
+    pub const fn floor_program(self) -> &'static str {
+        match self {
+            Hook::SendReset => "floor_send_reset",
+            Hook::ReceiveReset => "floor_receive_reset",
+            Hook::RetransmitSkb => "floor_retransmit_skb",
+            Hook::RetransmitSynack => "floor_retransmit_synack",
+            Hook::KfreeSkb => "floor_kfree_skb",
+            Hook::SetState => "floor_set_state",
+            Hook::ErrorReport => "floor_error_report",
+            Hook::DestroySock => "floor_destroy_sock",
+            Hook::ConnectEnter => "floor_enter_connect",
+            Hook::ConnectExit => "floor_exit_connect",
+        }
+    }
+
     /// Tracepoint `(category, name)`.
     pub const fn tracepoint(self) -> (&'static str, &'static str) {
         match self {

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod common;
+mod floor;
 mod inet_sk_error_report;
 mod inet_sock_set_state;
 mod kfree_skb;

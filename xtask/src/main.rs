@@ -52,6 +52,17 @@ enum Task {
     },
     /// cargo fmt --check and clippy with warnings denied.
     Lint,
+    /// Measure what rstrace costs a busy server (a few minutes, root); writes
+    /// BENCHMARKS.md.
+    Bench {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Repetitions of each baseline/watch/record triple (at least 5 for figures
+        /// worth reporting).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -131,6 +142,28 @@ fn main() -> Result<()> {
             run(&mut as_root(&bin, &full, &[]))
         }
         Task::VmTest { kernel, filter } => vm::vm_test(&kernel, filter.as_deref()),
+        Task::Bench { seconds, reps } => {
+            run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "tracer",
+                "--package",
+                "tests",
+                "--bins",
+            ]))?;
+            let args: Vec<OsString> = vec![
+                "--rstrace".into(),
+                root.join("target/release/rstrace").into_os_string(),
+                "--out".into(),
+                root.join("BENCHMARKS.md").into_os_string(),
+                "--seconds".into(),
+                seconds.to_string().into(),
+                "--reps".into(),
+                reps.to_string().into(),
+            ];
+            run(&mut as_root(&root.join("target/release/bench"), &args, &[]))
+        }
         Task::Lint => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             // The eBPF object is not needed to lint the agent.

@@ -1,0 +1,34 @@
+//! Empty programs, one per hook: the floor `cargo xtask bench` compares each
+//! program's cost with (loaded only by `rstrace bench-floor`).
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+
+macro_rules! floor {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tracepoint]
+            pub fn $name(_ctx: TracePointContext) -> u32 {
+                0
+            }
+        )*
+    };
+}
+
+floor!(
+    floor_send_reset,
+    floor_receive_reset,
+    floor_retransmit_skb,
+    floor_retransmit_synack,
+    floor_set_state,
+    floor_error_report,
+    floor_destroy_sock,
+    floor_enter_connect,
+    floor_exit_connect,
+);
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn floor_kfree_skb(_ctx: RawTracePointContext) -> u32 {
+    0
+}
