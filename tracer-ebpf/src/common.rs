@@ -6,6 +6,7 @@
 //! writes the event to the ring buffer. The scratch copy lets the programs read fields
 //! at run-time offsets, which the verifier refuses on the tracepoint context itself.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf,
@@ -124,6 +125,14 @@ pub fn raw_u16(raw: &[u8; RAW_MAX], off: u16) -> Option<u16> {
     raw_read(raw, off)
 }
 
+/// Reads a field at a constant offset straight from the tracepoint record (see
+/// `tracer_common::fixed`); the verifier checks the offset against the record size
+/// when the program is attached.
+#[inline(always)]
+pub fn ctx_field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    unsafe { core::ptr::read_unaligned((ctx.as_ptr() as *const u8).add(off) as *const T) }
+}
+
 /// Reads a `T` at `base + off` in kernel memory.
 #[inline(always)]
 pub fn kread<T>(base: u64, off: u32) -> Option<T> {
@@ -196,12 +205,18 @@ pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
 }
 
 /// Stamps and writes the event; a full ring buffer is counted as a loss of `hook`.
+/// The reader polls the ring, so it is woken only when a backlog builds up.
 #[inline(always)]
-pub fn submit(ev: &mut Event, hook: Hook) {
+pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
     ev.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.hdr.cur_pid_tgid = bpf_get_current_pid_tgid();
     ev.hdr.cur_comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    if EVENTS.output::<Event>(&*ev, 0).is_err() {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wake_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<Event>(&*ev, flags as u64).is_err() {
         if let Some(n) = LOSSES.get_ptr_mut(hook as u32) {
             unsafe { *n += 1 };
         }

@@ -22,6 +22,6 @@ fn try_inet_sk_error_report(ctx: &TracePointContext) -> Option<()> {
             return None;
         }
     }
-    submit(p.ev, Hook::ErrorReport);
+    submit(p.cfg, p.ev, Hook::ErrorReport);
     Some(())
 }

@@ -74,7 +74,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext, reason: u32, rx_sk: u64) -> Option<
     }
     const _: () = assert!(core::mem::size_of::<DropInfo>() <= RAW_MAX);
     unsafe { core::ptr::write_unaligned(ev.raw.as_mut_ptr() as *mut DropInfo, info) };
-    submit(ev, Hook::KfreeSkb);
+    submit(cfg, ev, Hook::KfreeSkb);
     Some(())
 }
 

@@ -8,9 +8,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{flags, ConnectInfo, Hook};
+use tracer_common::{fixed, flags, ConnectInfo, Hook};
 
-use crate::common::{current_owner, kread, load_record, raw_u64, submit, CONNECTS};
+use crate::common::{
+    config, ctx_field, current_owner, kread, load_record, raw_u64, submit, CONNECTS,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -22,11 +24,15 @@ fn routing_error(ret: i64) -> bool {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if let Some(p) = load_record(&ctx, Hook::ConnectEnter) {
-        if let Some(uaddr) = raw_u64(&p.ev.raw, p.layout.uservaddr) {
-            let tid = bpf_get_current_pid_tgid() as u32;
-            let _ = CONNECTS.insert(tid, uaddr, 0);
-        }
+    let Some(cfg) = config() else { return 0 };
+    let uaddr = if cfg.layouts[Hook::ConnectEnter as usize].fixed != 0 {
+        Some(ctx_field::<u64>(&ctx, fixed::CONNECT_USERVADDR))
+    } else {
+        load_record(&ctx, Hook::ConnectEnter).and_then(|p| raw_u64(&p.ev.raw, p.layout.uservaddr))
+    };
+    if let Some(uaddr) = uaddr {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = CONNECTS.insert(tid, uaddr, 0);
     }
     0
 }
@@ -44,11 +50,17 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     let _ = CONNECTS.remove(tid);
     // 0: the socket reached SYN_SENT, so the TCP hooks tell the rest.
     let uaddr = uaddr.filter(|&a| a != 0)?;
-    let p = load_record(ctx, Hook::ConnectExit)?;
-    let ret = raw_u64(&p.ev.raw, p.layout.ret)? as i64;
+    let cfg = config()?;
+    let ret = if cfg.layouts[Hook::ConnectExit as usize].fixed != 0 {
+        ctx_field::<i64>(ctx, fixed::CONNECT_RET)
+    } else {
+        let p = load_record(ctx, Hook::ConnectExit)?;
+        raw_u64(&p.ev.raw, p.layout.ret)? as i64
+    };
     if !routing_error(ret) {
         return None;
     }
+    let p = load_record(ctx, Hook::ConnectExit)?;
     let mut sa = [0u8; 24];
     unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa).ok()? };
     let family = u16::from_ne_bytes([sa[0], sa[1]]);
@@ -76,6 +88,6 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     p.ev.hdr.flags |= flags::OWNER_KNOWN | flags::CONNECT_INFO;
     p.ev.hdr.raw_len = core::mem::size_of::<ConnectInfo>() as u16;
     unsafe { core::ptr::write_unaligned(p.ev.raw.as_mut_ptr() as *mut ConnectInfo, info) };
-    submit(p.ev, Hook::ConnectExit);
+    submit(p.cfg, p.ev, Hook::ConnectExit);
     Some(())
 }

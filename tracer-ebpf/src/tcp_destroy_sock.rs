@@ -1,16 +1,20 @@
 //! tcp:tcp_destroy_sock: a socket is freed, so its address may be reused at once.
 //! Ends the ownership entry; reports nothing (it fires for every connection).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::Hook;
+use tracer_common::{fixed, Hook};
 
-use crate::common::{load_record, raw_u64, SOCKS};
+use crate::common::{config, ctx_field, load_record, raw_u64, SOCKS};
 
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    if let Some(p) = load_record(&ctx, Hook::DestroySock) {
-        if let Some(sk) = raw_u64(&p.ev.raw, p.layout.skaddr) {
-            let _ = SOCKS.remove(sk);
-        }
+    let Some(cfg) = config() else { return 0 };
+    let sk = if cfg.layouts[Hook::DestroySock as usize].fixed != 0 {
+        Some(ctx_field::<u64>(&ctx, fixed::DESTROY_SKADDR))
+    } else {
+        load_record(&ctx, Hook::DestroySock).and_then(|p| raw_u64(&p.ev.raw, p.layout.skaddr))
+    };
+    if let Some(sk) = sk {
+        let _ = SOCKS.remove(sk);
     }
     0
 }

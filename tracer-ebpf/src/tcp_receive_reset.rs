@@ -16,6 +16,6 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
     let p = load_record(ctx, Hook::ReceiveReset)?;
     let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
     attribute(p.cfg, p.ev, sk);
-    submit(p.ev, Hook::ReceiveReset);
+    submit(p.cfg, p.ev, Hook::ReceiveReset);
     Some(())
 }

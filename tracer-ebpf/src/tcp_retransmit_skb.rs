@@ -26,6 +26,6 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     attribute(p.cfg, p.ev, sk);
-    submit(p.ev, Hook::RetransmitSkb);
+    submit(p.cfg, p.ev, Hook::RetransmitSkb);
     Some(())
 }

@@ -17,6 +17,6 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Option<()> {
     let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
     attribute(p.cfg, p.ev, sk);
     fill_queue(p.cfg, p.ev, sk);
-    submit(p.ev, Hook::RetransmitSynack);
+    submit(p.cfg, p.ev, Hook::RetransmitSynack);
     Some(())
 }

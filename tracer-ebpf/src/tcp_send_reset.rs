@@ -27,6 +27,6 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
     } else if raw_i32(&p.ev.raw, p.layout.state) == Some(tcp_state::LISTEN) {
         fill_queue(p.cfg, p.ev, sk);
     }
-    submit(p.ev, Hook::SendReset);
+    submit(p.cfg, p.ev, Hook::SendReset);
     Some(())
 }

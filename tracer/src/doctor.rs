@@ -1,6 +1,6 @@
 //! `rstrace doctor`: what this kernel lets rstrace see, hook by hook and field by field,
 //! and therefore which evidence is available or degraded.
-use std::path::Path;
+use std::{io::Write, path::Path};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -89,7 +89,7 @@ pub fn gather() -> Report {
     }
     let status = if privileged && tracefs.is_some() {
         privileges::raise_memlock();
-        let cfg = info.program_config(offsets);
+        let cfg = info.program_config(offsets, tracer_common::DEFAULT_RING_BYTES);
         match Probes::load(&info, &cfg, tracer_common::DEFAULT_RING_BYTES) {
             Ok(p) => Some(p.status.clone()),
             Err(e) => {
@@ -190,60 +190,65 @@ pub fn gather() -> Report {
 
 pub fn run(json: bool) -> Result<()> {
     let r = gather();
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
     let yes = |b: bool| if b { "yes" } else { "NO" };
-    println!("kernel       {}", r.kernel);
-    println!("btf          {}", yes(r.btf));
-    println!(
+    writeln!(out, "kernel       {}", r.kernel)?;
+    writeln!(out, "btf          {}", yes(r.btf))?;
+    writeln!(
+        out,
         "tracefs      {}",
         r.tracefs
             .as_deref()
             .unwrap_or("NOT MOUNTED (and could not mount it)")
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "privileges   {}",
         if r.privileged {
             "ok"
         } else {
             "MISSING: run as root"
         }
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "reasons      {} drop reasons, {} reset reasons known",
         r.drop_reasons_known, r.rst_reasons_known
-    );
-    println!("\nhooks");
+    )?;
+    writeln!(out, "\nhooks")?;
     for h in &r.hooks {
         let state = if h.attached {
             format!("attached ({})", h.program.unwrap_or(""))
         } else {
             "NOT ATTACHED".into()
         };
-        println!("  {:<28} {state}", h.tracepoint);
+        writeln!(out, "  {:<28} {state}", h.tracepoint)?;
         if let Some(e) = &h.error {
-            println!("      {e}; not visible: {}", h.loses);
+            writeln!(out, "      {e}; not visible: {}", h.loses)?;
         }
         if !h.fields_missing.is_empty() {
-            println!("      fields missing: {}", h.fields_missing.join(", "));
+            writeln!(out, "      fields missing: {}", h.fields_missing.join(", "))?;
         }
     }
     if !r.offsets_missing.is_empty() {
-        println!("\nkernel structures (BTF) missing");
+        writeln!(out, "\nkernel structures (BTF) missing")?;
         for m in &r.offsets_missing {
-            println!("  {m}");
+            writeln!(out, "  {m}")?;
         }
     }
-    println!("\nevidence");
+    writeln!(out, "\nevidence")?;
     for c in &r.capabilities {
-        println!(
+        writeln!(
+            out,
             "  {:<20} {:<4} {}",
             c.name,
             if c.available { "yes" } else { "no" },
             c.detail
-        );
+        )?;
     }
     Ok(())
 }

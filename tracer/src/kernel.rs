@@ -107,12 +107,13 @@ impl KernelInfo {
             .map(|(v, _)| *v)
     }
 
-    /// Program configuration for this kernel.
-    pub fn program_config(&self, offsets: tracer_common::KernelOffsets) -> Config {
+    /// Program configuration for this kernel and a ring buffer of `ring_bytes`.
+    pub fn program_config(&self, offsets: tracer_common::KernelOffsets, ring_bytes: u32) -> Config {
         let mut cfg = Config::EMPTY;
         for hook in Hook::ALL {
             if let Some(f) = self.formats.get(&hook) {
                 cfg.layouts[hook as usize] = record_layout(f);
+                cfg.layouts[hook as usize].fixed = fixed_layout(hook, f) as u16;
             }
         }
         cfg.offsets = offsets;
@@ -127,8 +128,38 @@ impl KernelInfo {
         cfg.listen_overflow_reason = self
             .drop_reason_value("TCP_LISTEN_OVERFLOW")
             .map_or(u32::MAX, |v| v as u32);
+        cfg.wake_bytes = (ring_bytes / 8).max(512);
         cfg.ready = 1;
         cfg
+    }
+}
+
+/// Whether `f` has `fields` (name, offset, size) exactly.
+fn has_layout(f: &Format, fields: &[(&str, usize, usize)]) -> bool {
+    fields.iter().all(|(n, o, s)| {
+        f.field(n)
+            .is_some_and(|fl| fl.offset == *o && fl.size == *s)
+    })
+}
+
+/// Whether the hook's record has the layout its program reads without a helper.
+pub fn fixed_layout(hook: Hook, f: &Format) -> bool {
+    use tracer_common::fixed::*;
+    match hook {
+        Hook::SetState => has_layout(
+            f,
+            &[
+                ("skaddr", SET_STATE_SKADDR, 8),
+                ("oldstate", SET_STATE_OLDSTATE, 4),
+                ("newstate", SET_STATE_NEWSTATE, 4),
+                ("sport", SET_STATE_SPORT, 2),
+                ("protocol", SET_STATE_PROTOCOL, 2),
+            ],
+        ),
+        Hook::DestroySock => has_layout(f, &[("skaddr", DESTROY_SKADDR, 8)]),
+        Hook::ConnectEnter => has_layout(f, &[("uservaddr", CONNECT_USERVADDR, 8)]),
+        Hook::ConnectExit => has_layout(f, &[("ret", CONNECT_RET, 8)]),
+        _ => false,
     }
 }
 
@@ -149,5 +180,7 @@ pub fn record_layout(f: &Format) -> RecordLayout {
         protocol: off("protocol"),
         uservaddr: off("uservaddr"),
         ret: off("ret"),
+        fixed: 0,
+        _pad: 0,
     }
 }

@@ -89,7 +89,7 @@ pub fn start(ring_bytes: u32) -> Result<Session> {
         log::warn!("kernel BTF lacks {m}; the dependent detail will be missing");
     }
     info.missing.extend(missing);
-    let cfg = info.program_config(offsets);
+    let cfg = info.program_config(offsets, ring_bytes);
     let probes = Probes::load(&info, &cfg, ring_bytes)?;
     probes.warn_degraded();
     if !probes
@@ -173,6 +173,23 @@ pub fn run(cfg: WatchConfig) -> Result<()> {
     rt.block_on(run_loop(&mut session, cfg))
 }
 
+/// Decodes and pushes everything waiting in the ring.
+fn drain<W: io::Write>(
+    rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    decoder: &mut Decoder,
+    pipe: &mut Pipeline<W>,
+    events: &mut u64,
+) -> io::Result<()> {
+    while let Some(item) = rb.next() {
+        *events += 1;
+        match decoder.decode(&item) {
+            Ok(r) => pipe.push(r)?,
+            Err(e) => log::warn!("undecodable event: {e}"),
+        }
+    }
+    Ok(())
+}
+
 async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let maps = session.probes.take_maps()?;
     let clock = Clock::now();
@@ -209,6 +226,9 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut loss_tick = tokio::time::interval(Duration::from_millis(250));
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    // The programs wake the reader only when a backlog builds up (a wakeup per event
+    // costs the kernel more than the event), so the ring is also read on this tick.
+    let mut poll_tick = tokio::time::interval(Duration::from_millis(20));
     let mut lost_before = read_losses(&maps.losses);
     let (mut events, mut lost) = (0u64, 0u64);
 
@@ -238,21 +258,11 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         let step: io::Result<()> = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                let mut res = Ok(());
-                while let Some(item) = rb.next() {
-                    events += 1;
-                    match decoder.decode(&item) {
-                        Ok(r) => {
-                            res = pipe.push(r);
-                            if res.is_err() { break; }
-                        }
-                        Err(e) => log::warn!("undecodable event: {e}"),
-                    }
-                }
+                let res = drain(guard.get_inner_mut(), &mut decoder, &mut pipe, &mut events);
                 guard.clear_ready();
                 res
             }
+            _ = poll_tick.tick() => drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events),
             Some(o) = orx.recv() => match o {
                 Observation::Overflow(o) => pipe.push(overflow_record(o, &clock)),
                 Observation::Namespace { netns, at_ns, addrs, listeners } => {
