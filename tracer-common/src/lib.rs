@@ -22,7 +22,7 @@ pub mod maps {
 pub const RAW_MAX: usize = 96;
 
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
-pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 /// Kernel hooks, as carried in [`EventHeader::hook`] and as index of the loss counters.
 #[repr(u8)]

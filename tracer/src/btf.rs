@@ -5,72 +5,190 @@
 //! change in every kernel version. Without BTF the programs still run, without
 //! namespaces, queues or packet addresses on drops, and reasons fall back to the
 //! format files' symbol tables.
+//!
+//! The reader keeps the raw section and one offset per type, nothing else: building
+//! indexes of the ~100 000 types of a kernel costs tens of MiB, while the handful of
+//! lookups made once at start are cheap linear scans.
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use btf_rs::{Btf, Type};
 use tracer_common::{KernelOffsets, NO_OFFSET};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
 pub struct KernelBtf {
-    btf: Btf,
+    data: Vec<u8>,
+    /// Byte offset of each type by id (index 0 is void and unused).
+    types: Vec<u32>,
+    strings: (usize, usize),
+}
+
+#[derive(Clone, Copy)]
+struct TypeRef {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// size_or_type.
+    next: u32,
+    /// Where the kind-specific data starts.
+    extra: usize,
 }
 
 impl KernelBtf {
     pub fn load() -> Result<KernelBtf> {
-        let btf = Btf::from_file(VMLINUX)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| {
-                format!("reading {VMLINUX} (kernel built without CONFIG_DEBUG_INFO_BTF?)")
-            })?;
-        Ok(KernelBtf { btf })
+        let data = std::fs::read(VMLINUX).with_context(|| {
+            format!("reading {VMLINUX} (kernel built without CONFIG_DEBUG_INFO_BTF?)")
+        })?;
+        KernelBtf::parse(data).with_context(|| format!("parsing {VMLINUX}"))
     }
 
-    fn struct_type(&self, name: &str) -> Result<btf_rs::Struct> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|e| anyhow!("{e}"))?;
-        types
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
-            .ok_or_else(|| anyhow!("struct {name} not found in BTF"))
+    pub fn parse(data: Vec<u8>) -> Result<KernelBtf> {
+        let u16_at = |o: usize| -> Result<u16> {
+            Ok(u16::from_le_bytes(
+                data.get(o..o + 2)
+                    .ok_or_else(|| anyhow!("truncated"))?
+                    .try_into()?,
+            ))
+        };
+        let u32_at = |o: usize| -> Result<u32> {
+            Ok(u32::from_le_bytes(
+                data.get(o..o + 4)
+                    .ok_or_else(|| anyhow!("truncated"))?
+                    .try_into()?,
+            ))
+        };
+        if u16_at(0)? != 0xeb9f {
+            bail!("not BTF (bad magic, or not little-endian)");
+        }
+        let hdr_len = u32_at(4)? as usize;
+        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+        let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
+        let types_start = hdr_len + type_off;
+        let types_end = types_start + type_len;
+        let strings = (hdr_len + str_off, str_len);
+        if types_end > data.len() || strings.0 + strings.1 > data.len() {
+            bail!("sections past the end of the data");
+        }
+        let mut types = vec![0u32];
+        let mut o = types_start;
+        while o < types_end {
+            types.push(o as u32);
+            let info = u32_at(o + 4)?;
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            let extra = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                k => bail!("unknown BTF kind {k} at byte {o}"),
+            };
+            o += 12 + extra;
+        }
+        Ok(KernelBtf {
+            data,
+            types,
+            strings,
+        })
     }
 
-    /// Follows typedefs and qualifiers to a struct or union.
-    fn resolve_composite(&self, mut t: Type) -> Option<btf_rs::Struct> {
-        for _ in 0..16 {
-            match t {
-                Type::Struct(s) | Type::Union(s) => return Some(s),
-                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::TypeTag(_) => {
-                    t = self.btf.resolve_chained_type(t.as_btf_type()?).ok()?;
+    fn u32_at(&self, o: usize) -> u32 {
+        u32::from_le_bytes(
+            self.data[o..o + 4]
+                .try_into()
+                .expect("bounds checked at parse"),
+        )
+    }
+
+    fn ty(&self, id: u32) -> Option<TypeRef> {
+        let o = *self.types.get(id as usize)? as usize;
+        if id == 0 {
+            return None;
+        }
+        let info = self.u32_at(o + 4);
+        Some(TypeRef {
+            name_off: self.u32_at(o),
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            next: self.u32_at(o + 8),
+            extra: o + 12,
+        })
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let (start, len) = self.strings;
+        let s = &self.data[start..start + len];
+        let from = (off as usize).min(s.len());
+        let end = s[from..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(s.len(), |e| from + e);
+        std::str::from_utf8(&s[from..end]).unwrap_or("")
+    }
+
+    /// Follows typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> Option<TypeRef> {
+        for _ in 0..32 {
+            let t = self.ty(id)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.next
                 }
-                _ => return None,
+                _ => return Some(t),
             }
         }
         None
     }
 
-    /// Byte offset of `member` in `s`, looking into anonymous structs and unions.
-    fn member_in(&self, s: &btf_rs::Struct, member: &str, depth: u32) -> Option<u32> {
-        if depth > 8 {
+    fn struct_named(&self, name: &str) -> Result<TypeRef> {
+        (1..self.types.len() as u32)
+            .filter_map(|id| self.ty(id))
+            .find(|t| t.kind == KIND_STRUCT && t.vlen > 0 && self.name(t.name_off) == name)
+            .ok_or_else(|| anyhow!("struct {name} not found in BTF"))
+    }
+
+    /// (byte offset, member type id) of `member`, looking into anonymous members.
+    fn member(&self, s: TypeRef, member: &str, depth: u32) -> Option<(u32, u32)> {
+        if depth > 8 || !matches!(s.kind, KIND_STRUCT | KIND_UNION) {
             return None;
         }
-        for m in &s.members {
-            let name = self.btf.resolve_name(m).unwrap_or_default();
+        for i in 0..s.vlen {
+            let m = s.extra + 12 * i;
+            let (name_off, type_id, off) = (self.u32_at(m), self.u32_at(m + 4), self.u32_at(m + 8));
+            let bits = if s.kind_flag { off & 0xff_ffff } else { off };
+            let name = self.name(name_off);
             if name == member {
-                return Some(m.bit_offset() / 8);
+                return Some((bits / 8, type_id));
             }
             if name.is_empty() {
-                let t = self.btf.resolve_chained_type(m).ok()?;
-                if let Some(inner) = self.resolve_composite(t) {
-                    if let Some(off) = self.member_in(&inner, member, depth + 1) {
-                        return Some(m.bit_offset() / 8 + off);
-                    }
+                if let Some((o, t)) = self
+                    .resolve(type_id)
+                    .and_then(|inner| self.member(inner, member, depth + 1))
+                {
+                    return Some((bits / 8 + o, t));
                 }
             }
         }
@@ -79,66 +197,43 @@ impl KernelBtf {
 
     /// Offset of a dotted path such as `__sk_common.skc_net.net` in struct `root`.
     pub fn offset_of(&self, root: &str, path: &str) -> Result<u32> {
-        let mut s = self.struct_type(root)?;
+        let mut s = self.struct_named(root)?;
         let mut total = 0;
         let parts: Vec<&str> = path.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
-            let off = self
-                .member_in(&s, part, 0)
+            let (off, type_id) = self
+                .member(s, part, 0)
                 .ok_or_else(|| anyhow!("{root}.{path}: no member {part}"))?;
             total += off;
             if i + 1 < parts.len() {
-                let m = self
-                    .find_member(&s, part)
-                    .ok_or_else(|| anyhow!("{root}.{path}: cannot descend into {part}"))?;
-                let t = self
-                    .btf
-                    .resolve_chained_type(&m)
-                    .map_err(|e| anyhow!("{e}"))?;
                 s = self
-                    .resolve_composite(t)
+                    .resolve(type_id)
                     .ok_or_else(|| anyhow!("{root}.{path}: {part} is not a struct"))?;
             }
         }
         Ok(total)
     }
 
-    fn find_member(&self, s: &btf_rs::Struct, member: &str) -> Option<btf_rs::Member> {
-        for m in &s.members {
-            let name = self.btf.resolve_name(m).unwrap_or_default();
-            if name == member {
-                return Some(m.clone());
-            }
-            if name.is_empty() {
-                let t = self.btf.resolve_chained_type(m).ok()?;
-                if let Some(inner) = self.resolve_composite(t) {
-                    if let Some(found) = self.find_member(&inner, member) {
-                        return Some(found);
-                    }
-                }
-            }
-        }
-        None
-    }
-
     /// Values of an enum by name, with `prefix` removed from the member names.
     pub fn enum_values(&self, name: &str, prefix: &str) -> Result<HashMap<u64, String>> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|e| anyhow!("{e}"))?;
-        for t in types {
-            if let Type::Enum(e) = t {
-                let mut out = HashMap::new();
-                for m in &e.members {
-                    let n = self.btf.resolve_name(m).unwrap_or_default();
-                    let n = n.strip_prefix(prefix).unwrap_or(&n).to_string();
-                    out.entry(m.val() as u64).or_insert(n);
-                }
-                return Ok(out);
-            }
+        let t = (1..self.types.len() as u32)
+            .filter_map(|id| self.ty(id))
+            .find(|t| matches!(t.kind, KIND_ENUM | KIND_ENUM64) && self.name(t.name_off) == name)
+            .ok_or_else(|| anyhow!("enum {name} not found in BTF"))?;
+        let mut out = HashMap::new();
+        let size = if t.kind == KIND_ENUM { 8 } else { 12 };
+        for i in 0..t.vlen {
+            let m = t.extra + size * i;
+            let n = self.name(self.u32_at(m));
+            let v = if t.kind == KIND_ENUM {
+                self.u32_at(m + 4) as u64
+            } else {
+                self.u32_at(m + 4) as u64 | (self.u32_at(m + 8) as u64) << 32
+            };
+            out.entry(v)
+                .or_insert_with(|| n.strip_prefix(prefix).unwrap_or(n).to_string());
         }
-        bail!("enum {name} not found in BTF")
+        Ok(out)
     }
 
     /// The offsets the programs need; each one missing is reported in `missing`.
@@ -164,5 +259,100 @@ impl KernelBtf {
             nsproxy_net: get("nsproxy", "net_ns"),
             _pad: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny BTF blob: int, struct inner { u32 a; u32 b; }, struct outer { u32 x;
+    /// union { struct inner in; } (anonymous) ; }, enum e { E_ONE = 1, E_TWO = 2 }.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0inner\0a\0b\0outer\0x\0in\0e\0E_ONE\0E_TWO\0";
+        let s = |name: &str| -> u32 {
+            let needle = [name.as_bytes(), b"\0"].concat();
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_slice())
+                .unwrap() as u32
+        };
+        let mut t = Vec::new();
+        let mut ty = |name: u32, kind: u32, vlen: u32, kflag: u32, next: u32, extra: &[u32]| {
+            for v in [name, (kflag << 31) | (kind << 24) | vlen, next]
+                .iter()
+                .chain(extra)
+            {
+                t.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        ty(s("int"), KIND_INT, 0, 0, 4, &[32]); // 1
+        ty(
+            s("inner"),
+            KIND_STRUCT,
+            2,
+            0,
+            8,
+            &[s("a"), 1, 0, s("b"), 1, 32],
+        ); // 2
+        ty(0, KIND_UNION, 1, 0, 8, &[s("in"), 2, 0]); // 3: anonymous union
+        ty(s("outer"), KIND_STRUCT, 2, 0, 12, &[s("x"), 1, 0, 0, 3, 32]); // 4
+        ty(s("e"), KIND_ENUM, 2, 0, 4, &[s("E_ONE"), 1, s("E_TWO"), 2]); // 5
+        let mut out = Vec::new();
+        for v in [
+            0xeb9fu16.to_le_bytes().as_slice(),
+            &[1, 0],
+            &24u32.to_le_bytes(),
+            &0u32.to_le_bytes(),
+            &(t.len() as u32).to_le_bytes(),
+            &(t.len() as u32).to_le_bytes(),
+            &(strings.len() as u32).to_le_bytes(),
+        ] {
+            out.extend_from_slice(v);
+        }
+        out.extend_from_slice(&t);
+        out.extend_from_slice(strings);
+        out
+    }
+
+    #[test]
+    fn offsets_through_anonymous_members_and_nested_structs() {
+        let b = KernelBtf::parse(blob()).unwrap();
+        assert_eq!(b.offset_of("outer", "x").unwrap(), 0);
+        assert_eq!(b.offset_of("outer", "in.b").unwrap(), 4 + 4);
+        assert_eq!(b.offset_of("inner", "b").unwrap(), 4);
+        assert!(b.offset_of("outer", "nope").is_err());
+        assert!(b.offset_of("missing", "x").is_err());
+        let e = b.enum_values("e", "E_").unwrap();
+        assert_eq!(e.get(&2).map(String::as_str), Some("TWO"));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(KernelBtf::parse(vec![]).is_err());
+        assert!(KernelBtf::parse(vec![
+            0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0
+        ])
+        .is_err());
+        let mut b = blob();
+        b[24 + 7] = 0x7f; // first type's kind: unknown
+        assert!(KernelBtf::parse(b).is_err());
+    }
+
+    #[test]
+    fn reads_the_running_kernel_when_it_has_btf() {
+        let Ok(b) = KernelBtf::load() else {
+            eprintln!("skipped: no {VMLINUX}");
+            return;
+        };
+        let mut missing = Vec::new();
+        let o = b.kernel_offsets(&mut missing);
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_ne!(o.sk_net, NO_OFFSET);
+        assert!(b
+            .enum_values("skb_drop_reason", "SKB_DROP_REASON_")
+            .unwrap()
+            .values()
+            .any(|n| n == "NO_SOCKET"));
     }
 }

@@ -69,7 +69,10 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(anyhow!("this rstrace was built without its eBPF programs"));
         }
+        // No CO-RE relocations: the kernel's BTF (parsed by btf.rs for offsets) is not
+        // needed by the loader, and parsing it twice doubled the peak memory.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(OBJECT)
             .context("loading the eBPF object (BPF_PROG_LOAD/BPF_MAP_CREATE)")?;
