@@ -169,16 +169,20 @@ pub fn vm_test(kernel: &str, filter: Option<&str>) -> Result<()> {
         .map(|r| r.label)
         .collect();
     if !failed.is_empty() {
-        // The full output went by above (and is in target/vm/logs); repeat what failed.
+        // The full output went by above (and is in target/vm/logs); repeat what failed:
+        // each test binary's failure summary.
         for r in results.iter().filter(|r| r.rc != Some(0)) {
             println!("\n===== {}: failures =====", r.release);
-            let from = r
-                .lines
-                .iter()
-                .rposition(|l| l.trim() == "failures:")
-                .unwrap_or(r.lines.len().saturating_sub(40));
-            for l in &r.lines[from..] {
-                println!("{l}");
+            let mut inside = false;
+            for l in &r.lines {
+                if l.starts_with("=== test binary") {
+                    println!("{l}");
+                }
+                inside |= l.trim() == "failures:";
+                if inside {
+                    println!("{l}");
+                }
+                inside &= !l.starts_with("test result:");
             }
         }
         bail!("vm-test failed on kernel(s) {failed:?} (guest output above)");
@@ -216,7 +220,9 @@ fn build_guest_binaries() -> Result<GuestBins> {
             .arg(&target_dir);
         c
     };
-    run(static_cargo("build").args(["--package", "tracer", "--bin", "rstrace"]))
+    // rstrace optimized: a debug build under TCG is too slow to keep up with the
+    // tests' bursts (hundreds of events within their 5 s waits).
+    run(static_cargo("build").args(["--release", "--package", "tracer", "--bin", "rstrace"]))
         .context("building rstrace for the guest")?;
     let out = static_cargo("test")
         .args(["--package", "tests", "--no-run", "--message-format=json"])
@@ -230,10 +236,10 @@ fn build_guest_binaries() -> Result<GuestBins> {
     if tests.is_empty() {
         bail!("no integration test binaries were built");
     }
-    let out_dir = target_dir.join(GUEST_TARGET).join("debug");
+    let out_dir = target_dir.join(GUEST_TARGET);
     let bins = GuestBins {
-        rstrace: out_dir.join("rstrace"),
-        peer: out_dir.join("peer"),
+        rstrace: out_dir.join("release/rstrace"),
+        peer: out_dir.join("debug/peer"),
         tests,
     };
     for b in [&bins.rstrace, &bins.peer].into_iter().chain(&bins.tests) {
