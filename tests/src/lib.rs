@@ -254,6 +254,17 @@ pub fn rstrace_bin() -> PathBuf {
 /// --json` lists under `capabilities` (rst_sent_reason, rst_for_closed_port,
 /// drop_reasons, errno, ...). Tests assert evidence a kernel cannot give only when this
 /// is true, and what the kernel does give always. Asked once per test process.
+/// How much slower than real hardware the tests run (5 under QEMU's emulation, set
+/// by `cargo xtask vm-test`): latency bounds that are product requirements on real
+/// hardware are scaled by it there.
+pub fn time_scale() -> u32 {
+    std::env::var("RSTRACE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 pub fn capability(name: &str) -> bool {
     static CAPS: OnceLock<HashMap<String, bool>> = OnceLock::new();
     let caps = CAPS.get_or_init(|| {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{pid_of, port, require_root, s, Agent, Peer, Topology};
+use tests::{capability, pid_of, port, require_root, s, time_scale, Agent, Peer, Topology};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -55,7 +55,10 @@ fn nothing_listening_is_explained_within_a_second() {
     let failed_at = Instant::now();
     let e = agent.wait_for("explanation", 5 * SEC, |v| s(v, "kind") == "failure");
     let latency = failed_at.elapsed();
-    assert!(latency < SEC, "explained {latency:?} after the errno");
+    assert!(
+        latency < SEC * time_scale(),
+        "explained {latency:?} after the errno"
+    );
     let e2 = explained(&agent, 8100, "nothing_listening", SEC);
     assert_eq!(e, e2);
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
@@ -171,7 +174,13 @@ fn firewall_drop_times_out() {
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8105), "--syncnt", "1"]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
-    let e = explained(&agent, 8105, "firewall_drop", 2 * SEC);
+    // Without drop reasons (before 5.17) the firewall is not visible: SYNs unanswered.
+    let want = if capability("drop_reasons") {
+        "firewall_drop"
+    } else {
+        "syn_unanswered"
+    };
+    let e = explained(&agent, 8105, want, 2 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(s(&e, "outcome"), "timed out");
     assert!(s(&e, "fix").contains("nft list ruleset"), "{e}");
@@ -190,7 +199,15 @@ fn firewall_reject_with_reset_is_not_a_tcp_refusal() {
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8106)]);
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
     let e = explained(&agent, 8106, "firewall_reject", 5 * SEC);
-    assert!(s(&e, "explanation").contains("forged TCP reset"), "{e}");
+    if capability("drop_reasons") {
+        assert!(s(&e, "explanation").contains("forged TCP reset"), "{e}");
+    } else {
+        // Inferred from a refusal despite a listener.
+        assert!(
+            s(&e, "explanation").contains("yet the SYN was refused"),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -203,6 +220,12 @@ fn firewall_reject_with_icmp() {
     let agent = start(8107);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8107)]);
     assert_eq!(client.wait(15 * SEC), vec!["errno=113"]);
+    if !capability("drop_reasons") && !capability("errno") {
+        eprintln!(
+            "skipped: without drop reasons and errno events an ICMP reject leaves no evidence"
+        );
+        return;
+    }
     let e = explained(&agent, 8107, "firewall_reject", 5 * SEC);
     assert!(s(&e, "explanation").contains("ICMP"), "{e}");
 }
@@ -256,6 +279,11 @@ fn neighbour_never_answers() {
     let agent = start(8109);
     let client = Peer::spawn(&t.client, &["connect", &format!("{absent}:8109")]);
     assert_eq!(client.wait(20 * SEC), vec!["errno=113"]);
+    if !capability("drop_reasons") && !capability("errno") {
+        // Nothing tells a neighbour failure from unanswered SYNs there.
+        explained(&agent, 8109, "syn_unanswered", 2 * SEC);
+        return;
+    }
     let e = explained(&agent, 8109, "neighbour_unreachable", 2 * SEC);
     assert!(
         s(&e, "fix").contains(&format!("ip neigh show {absent}")),
@@ -338,7 +366,13 @@ fn close_with_unread_data_resets() {
     );
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=0", "failed errno=104"]);
-    let e = explained(&agent, 8113, "reset_unread_data", 5 * SEC);
+    // Before 6.10 the RST carries no reason: an application reset, but not which kind.
+    let want = if capability("rst_sent_reason") {
+        "reset_unread_data"
+    } else {
+        "reset_by_application"
+    };
+    let e = explained(&agent, 8113, want, 5 * SEC);
     assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
 }
@@ -355,7 +389,12 @@ fn linger_zero_resets() {
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8114), "--then", "read"]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=0", "failed errno=104"]);
-    let e = explained(&agent, 8114, "reset_linger_zero", 5 * SEC);
+    let want = if capability("rst_sent_reason") {
+        "reset_linger_zero"
+    } else {
+        "reset_by_application"
+    };
+    let e = explained(&agent, 8114, want, 5 * SEC);
     assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
 }

@@ -10,8 +10,10 @@ use crate::{
     record::{Kind, Proc, Record},
 };
 
-/// How long a socket's 4-tuple is remembered after its last event.
-const SOCKET_MEMORY_NS: u64 = 120 * 1_000_000_000;
+/// How long a socket's 4-tuple is remembered after its last event, and how many are
+/// kept at most (a storm of short-lived sockets must not grow memory).
+const SOCKET_MEMORY_NS: u64 = 30 * 1_000_000_000;
+const MAX_SOCKETS: usize = 65_536;
 
 #[derive(Clone, Debug)]
 struct Seen {
@@ -70,9 +72,14 @@ impl Enricher {
                 }
             }
         }
-        if r.mono_ns > self.last_prune_ns + 10_000_000_000 {
+        if r.mono_ns > self.last_prune_ns + 10_000_000_000 || self.sockets.len() > MAX_SOCKETS {
             let horizon = r.mono_ns.saturating_sub(SOCKET_MEMORY_NS);
             self.sockets.retain(|_, s| s.at_ns >= horizon);
+            if self.sockets.len() > MAX_SOCKETS / 2 {
+                // Still a storm: keep only the last second.
+                let recent = r.mono_ns.saturating_sub(1_000_000_000);
+                self.sockets.retain(|_, s| s.at_ns >= recent);
+            }
             self.last_prune_ns = r.mono_ns;
         }
         true

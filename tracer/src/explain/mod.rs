@@ -37,8 +37,13 @@ const AFTER_RESET: u64 = 100 * MS;
 const CONTEXT_WAIT: u64 = 300 * MS;
 /// Explained flows absorb their late evidence this long.
 const DONE_FOR: u64 = 3_000 * MS;
-/// Stories with nothing to explain are forgotten after this.
-const IDLE_FOR: u64 = 600_000 * MS;
+/// Stories with nothing to explain are forgotten after this (a connect given up by
+/// the kernel reports within about 130 s, the default SYN retries).
+const IDLE_FOR: u64 = 180_000 * MS;
+/// At most this many open stories, and explained flows remembered: under a storm the
+/// oldest are explained (or forgotten) early rather than memory growing.
+const MAX_STORIES: usize = 50_000;
+const MAX_DONE: usize = 100_000;
 /// Bursts of a cause for one port and process within this collapse into a count.
 pub const COLLAPSE_WINDOW: u64 = 2_000 * MS;
 
@@ -171,6 +176,9 @@ impl Engine {
                 Some("NETFILTER_DROP" | "NO_SOCKET" | "TCP_LISTEN_OVERFLOW")
             );
         let syn = r.tcp_flags.as_deref() == Some("S");
+        // The socket died: whatever the application was told (if this kernel reports
+        // errnos at all) comes in the same call chain.
+        let died = kind == Kind::State && r.new_state == Some("CLOSE");
         let story = self
             .stories
             .entry(key)
@@ -181,7 +189,7 @@ impl Engine {
             story.deadline = Some(now);
         }
         let errno = story.errno();
-        if errno.is_some() {
+        if errno.is_some() || died {
             story.deadline = Some(
                 story
                     .deadline
@@ -230,7 +238,24 @@ impl Engine {
         }
         self.stories
             .retain(|_, s| s.deadline.is_some() || now.saturating_sub(s.last_ns) < IDLE_FOR);
+        if self.stories.len() > MAX_STORIES {
+            let mut oldest: Vec<(u64, FlowKey)> =
+                self.stories.iter().map(|(k, s)| (s.first_ns, *k)).collect();
+            oldest.sort_unstable();
+            for (_, k) in oldest
+                .iter()
+                .take(self.stories.len() - MAX_STORIES * 9 / 10)
+            {
+                if let Some(s) = self.stories.get_mut(k) {
+                    s.deadline = Some(now);
+                    s.waited_for_context = true;
+                }
+            }
+        }
         self.done.retain(|_, until| *until >= now);
+        if self.done.len() > MAX_DONE {
+            self.done.clear();
+        }
         let closed: Vec<_> = self
             .bursts
             .iter()
@@ -298,7 +323,7 @@ impl Engine {
     }
 
     fn explain(&self, s: &Story) -> Explanation {
-        let errno = s.errno();
+        let errno = s.errno().or_else(|| s.inferred_errno());
         let ctx = Ctx {
             host: &self.host,
             story: s,

@@ -133,6 +133,31 @@ impl Story {
         })
     }
 
+    /// What the application was most likely told, when the kernel has no errno event
+    /// (5.10): read from how the socket died. A socket the application closed itself
+    /// (in its own context, with no RST) was told nothing.
+    pub fn inferred_errno(&self) -> Option<i32> {
+        let death = self
+            .evidence
+            .iter()
+            .find(|r| r.kind == Kind::State && r.new_state == Some("CLOSE"))?;
+        let by_kernel = match (&death.task, &death.owner) {
+            (Some(t), Some(o)) => t.pid != o.pid,
+            _ => true,
+        };
+        match (death.old_state, self.rst_received().is_some()) {
+            (Some("SYN_SENT"), true) => Some(ECONNREFUSED),
+            (Some("SYN_SENT"), false) if by_kernel && self.syn_retransmits() > 0 => Some(ETIMEDOUT),
+            (Some("ESTABLISHED" | "CLOSE_WAIT"), true) => Some(libc::ECONNRESET),
+            (Some("ESTABLISHED" | "CLOSE_WAIT"), false)
+                if by_kernel && death.retransmits.is_some_and(|n| n > 0) =>
+            {
+                Some(ETIMEDOUT)
+            }
+            _ => None,
+        }
+    }
+
     /// connect() failed before the SYN (routing or policy).
     pub fn connect_error(&self) -> Option<&Record> {
         self.of(Kind::ConnectError).next()

@@ -408,3 +408,107 @@ fn unrelated_drops_explain_nothing_and_unknown_failures_are_honest() {
         out[0].explanation
     );
 }
+
+fn died(at_ms: u64, old: &'static str, task_pid: u32) -> Record {
+    let mut st = client_owned(rec(Kind::State, at_ms, C, S, CNS));
+    st.old_state = Some(old);
+    st.new_state = Some("CLOSE");
+    st.task = Some(Proc {
+        pid: task_pid,
+        comm: "x".into(),
+    });
+    st
+}
+
+#[test]
+fn kernels_without_errno_events_are_explained_from_how_the_socket_died() {
+    // 5.10: no inet_sk_error_report, no RST event for a closed port.
+    let out = run(|e, o| {
+        e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        e.push(died(10, "SYN_SENT", 4121), o);
+    });
+    assert_eq!(causes(&out), vec!["nothing_listening"]);
+    assert_eq!(out[0].outcome, "refused");
+    // Given up by the kernel's timer after retransmits: a timeout.
+    let out = run(|e, o| {
+        e.push(syn_retransmit(1_000), o);
+        let mut d = died(3_000, "SYN_SENT", 0);
+        d.dst = Some("192.0.2.9:8080".parse().unwrap());
+        let mut r = syn_retransmit(1_000);
+        r.dst = d.dst;
+        e.push(r, o);
+        e.push(d, o);
+    });
+    assert!(
+        out.iter()
+            .any(|x| x.cause == "syn_unanswered" && x.outcome == "timed out"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn a_connect_its_application_gave_up_is_explained_not_kept() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+    e.push(died(5, "SYN_SENT", 4121), &mut out);
+    e.advance(100 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["firewall_drop"]);
+    assert_eq!(out[0].outcome, "blocked");
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+}
+
+#[test]
+fn keepalive_resets_are_told_from_application_resets_without_reasons() {
+    for (task, want) in [(0, "keepalive_timeout"), (880, "reset_by_application")] {
+        let out = run(|e, o| {
+            let mut rst = rec(Kind::RstSent, 10, S, C, SNS);
+            rst.state = Some("ESTABLISHED");
+            rst.owner = Some(Proc {
+                pid: 880,
+                comm: "python3".into(),
+            });
+            rst.task = Some(Proc {
+                pid: task,
+                comm: "x".into(),
+            });
+            e.push(rst, o);
+            e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        });
+        assert_eq!(causes(&out), vec![want], "task {task}");
+    }
+}
+
+#[test]
+fn refused_despite_a_listener_is_a_firewall_reject() {
+    let out = run(|e, o| {
+        listen(e, 1, "0.0.0.0:8080", SNS, 880, o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        e.push(error(10, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(causes(&out), vec!["firewall_reject"]);
+    assert!(out[0].confidence < 0.9);
+}
+
+#[test]
+fn a_storm_of_unfinished_stories_stays_bounded() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    for i in 0..(MAX_STORIES as u64 + 10_000) {
+        let c = format!(
+            "10.{}.{}.{}:{}",
+            (i >> 24) & 255,
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            1000 + (i & 255)
+        );
+        e.push(
+            client_owned(rec(Kind::SynRetransmit, i / 1000, &c, S, CNS)),
+            &mut out,
+        );
+    }
+    e.advance(100 * 1000 * MS, &mut out);
+    e.advance(100 * 1000 * MS + 1, &mut out);
+    assert!(e.stories.len() <= MAX_STORIES, "{}", e.stories.len());
+}

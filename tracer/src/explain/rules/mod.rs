@@ -71,6 +71,7 @@ pub static RULES: &[&dyn Rule] = &[
     &refusal::ListenerOtherNetns,
     &refusal::WrongPort,
     &refusal::NothingListening,
+    &refusal::RefusedDespiteListener,
     &refusal::RefusedByRemote,
     &firewall::SynUnanswered,
     &reset::ApplicationReset,

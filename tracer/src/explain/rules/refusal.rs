@@ -231,6 +231,41 @@ impl Rule for NothingListening {
     }
 }
 
+/// Refused although a listener takes that address: the TCP stack does not do that
+/// (short of tcp_abort_on_overflow), so something rejected the SYN before it. Kernels
+/// with drop reasons show the firewall itself (`FirewallReject`); this is the
+/// inference for those without.
+pub struct RefusedDespiteListener;
+
+impl Rule for RefusedDespiteListener {
+    fn id(&self) -> &'static str {
+        "firewall_reject"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        let l = c.host.listener_for(ns, server)?;
+        if l.since_ns > c.at_ns {
+            return None;
+        }
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.6,
+            reason: format!(
+                "{} listens on {}, yet the SYN was refused: a firewall rule most likely rejects it with a reset (or the accept queue overflowed with net.ipv4.tcp_abort_on_overflow=1)",
+                who(&l.owner),
+                l.addr
+            ),
+            fix: format!(
+                "find the rule in netns {ns}: nft list ruleset | grep -n 'dport {0}' (or iptables-save | grep -- '--dport {0}'); sysctl net.ipv4.tcp_abort_on_overflow",
+                server.port()
+            ),
+            culprit: None,
+        })
+    }
+}
+
 pub struct RefusedByRemote;
 
 impl Rule for RefusedByRemote {

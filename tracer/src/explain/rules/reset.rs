@@ -12,6 +12,15 @@ fn app_rst<'a>(c: &'a Ctx) -> Option<&'a Record> {
     })
 }
 
+/// Sent by a kernel timer rather than by the owning process (which is how a
+/// keepalive reset looks on kernels without RST reasons).
+fn from_timer(r: &Record) -> bool {
+    match (&r.task, &r.owner) {
+        (Some(t), Some(o)) => t.pid != o.pid,
+        _ => false,
+    }
+}
+
 pub struct ApplicationReset;
 
 impl Rule for ApplicationReset {
@@ -44,6 +53,7 @@ impl Rule for ApplicationReset {
                 "the peer wrote into a connection this side had already closed: fix the close sequence, avoid reusing it",
             ),
             Some("TCP_KEEPALIVE_TIMEOUT") => return None,
+            None if from_timer(rst) => return None,
             Some(other) => (
                 "reset_by_application",
                 format!("{} reset the connection (RST reason {other})", who(&owner)),
@@ -74,10 +84,10 @@ impl Rule for KeepaliveTimeout {
     }
 
     fn check(&self, c: &Ctx) -> Option<Finding> {
-        let rst = c
-            .story
-            .rsts_sent()
-            .find(|r| r.reason.as_deref() == Some("TCP_KEEPALIVE_TIMEOUT"))?;
+        let rst = c.story.rsts_sent().find(|r| {
+            r.reason.as_deref() == Some("TCP_KEEPALIVE_TIMEOUT")
+                || (r.reason.is_none() && r.state == Some("ESTABLISHED") && from_timer(r))
+        })?;
         Some(Finding {
             cause: self.id(),
             confidence: 0.9,
