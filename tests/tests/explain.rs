@@ -183,7 +183,9 @@ fn firewall_drop_times_out() {
     let e = explained(&agent, 8105, want, 2 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(s(&e, "outcome"), "timed out");
-    assert!(s(&e, "fix").contains("nft list ruleset"), "{e}");
+    if want == "firewall_drop" {
+        assert!(s(&e, "fix").contains("nft list ruleset"), "{e}");
+    }
 }
 
 #[test]
@@ -388,7 +390,12 @@ fn linger_zero_resets() {
     server.wait_line(5 * SEC, |l| l == "ready");
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8114), "--then", "read"]);
     let cpid = client.pid as u64;
-    assert_eq!(client.wait(10 * SEC), vec!["errno=0", "failed errno=104"]);
+    // The reset may even beat connect()'s return (slow emulated guests).
+    let lines = client.wait(10 * SEC);
+    assert!(
+        lines == ["errno=0", "failed errno=104"] || lines == ["errno=104"],
+        "{lines:?}"
+    );
     let want = if capability("rst_sent_reason") {
         "reset_linger_zero"
     } else {
@@ -425,6 +432,11 @@ fn firewall_dropping_an_established_flow() {
     client.wait_line(5 * SEC, |l| l == "errno=0");
     nft(&t, "tcp dport 8118 drop");
     assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
+    if !capability("drop_reasons") {
+        // The firewall is invisible there: a flow that stopped being answered.
+        explained(&agent, 8118, "flow_timeout", 5 * SEC);
+        return;
+    }
     let e = explained(&agent, 8118, "firewall_drop", 5 * SEC);
     assert!(
         s(&e, "explanation").contains("established connection"),
@@ -486,4 +498,90 @@ fn a_storm_of_refusals_collapses_into_a_count() {
         lines.len()
     );
     assert_eq!(s(&summary, "cause"), "nothing_listening");
+}
+
+#[test]
+fn data_after_the_peer_closed_resets() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8119);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8119), "--close"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    // The client keeps writing after the server closed: the server's kernel resets.
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8119), "--then", "write"]);
+    let cpid = client.pid as u64;
+    let lines = client.wait(10 * SEC);
+    assert_eq!(lines[0], "errno=0");
+    assert!(
+        lines[1] == "failed errno=104" || lines[1] == "failed errno=32",
+        "{lines:?}"
+    );
+    // Depending on timing the closed socket is still FIN_WAIT (reset for data after
+    // shutdown, by the server) or already TIME_WAIT (reset by the kernel for it).
+    // Before 6.10 a TIME_WAIT socket's reset fires no event: only the client's side
+    // shows, a reset by the peer.
+    let e = agent.wait_for("the reset explained", 5 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == 8119
+    });
+    let cause = s(&e, "cause");
+    if capability("rst_sent_reason") {
+        assert!(
+            cause == "reset_after_shutdown" || cause == "reset_time_wait",
+            "{e}"
+        );
+        explained(&agent, 8119, cause, SEC);
+        if cause == "reset_after_shutdown" {
+            assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+        }
+    } else {
+        assert!(
+            cause == "reset_by_peer" || cause == "reset_by_application",
+            "{e}"
+        );
+        explained(&agent, 8119, cause, SEC);
+    }
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+}
+
+#[test]
+fn syn_queue_overflow_is_reported_for_the_namespace() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    // Half-open connections pile up: the client never answers the SYN-ACKs, and
+    // without syncookies a full SYN queue drops new SYNs.
+    t.server
+        .exec(&["sysctl", "-qw", "net.ipv4.tcp_syncookies=0"]);
+    t.client
+        .exec(&["nft", "add", "table", "inet", "rstrace_test"]);
+    t.client.exec(&[
+        "nft",
+        "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }",
+    ]);
+    t.client.exec(&[
+        "nft",
+        "add rule inet rstrace_test input tcp flags & (syn | ack) == syn | ack drop",
+    ]);
+    let agent = start(8120);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8120), "--backlog", "2"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let _client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &addr(&t, 8120),
+            "--count",
+            "12",
+            "--hold",
+            "4000",
+        ],
+    );
+    let e = agent.wait_for("a SYN queue overflow", 10 * SEC * time_scale(), |v| {
+        s(v, "kind") == "failure" && s(v, "cause") == "syn_queue_overflow"
+    });
+    assert_eq!(e["server_netns"], t.server.inode, "{e}");
+    assert!(s(&e, "fix").contains("tcp_syncookies"), "{e}");
 }

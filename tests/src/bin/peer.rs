@@ -1,14 +1,15 @@
 //! A test peer: a TCP client or server run inside a test's network namespace, so that
 //! each end of a scenario is its own process with its own pid.
 //!
-//!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread]
+//!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread | --close]
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
 //!                                         [--send N] [--then read|keepalive|write]
 //!
 //! `listen` prints `ready` once listening and then serves until killed; with
 //! `--linger0` it accepts connections and closes each with SO_LINGER 0, with
 //! `--close-unread` it closes each once data has arrived, without reading it (both
-//! send an RST), printing `closed` each time.
+//! send an RST), with `--close` it closes each at once, gracefully; it prints `closed`
+//! each time.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
 //! connects are non-blocking and the sockets kept open for MS milliseconds. After a
 //! connection, `--send` writes N bytes and `--then` waits for the connection to fail:
@@ -86,6 +87,7 @@ enum Serve {
     Idle,
     Linger0,
     CloseUnread,
+    Close,
 }
 
 fn listen(addr: SocketAddrV4, backlog: i32, serve: Serve) -> Result<()> {
@@ -134,6 +136,7 @@ fn listen(addr: SocketAddrV4, backlog: i32, serve: Serve) -> Result<()> {
                 };
                 unsafe { libc::poll(&mut p, 1, 5000) };
             }
+            Serve::Close => {}
             Serve::Idle => unreachable!(),
         }
         drop(c);
@@ -270,6 +273,8 @@ fn main() -> Result<()> {
         Serve::Linger0
     } else if flag("--close-unread") {
         Serve::CloseUnread
+    } else if flag("--close") {
+        Serve::Close
     } else {
         Serve::Idle
     };

@@ -149,8 +149,10 @@ impl Story {
             (Some("SYN_SENT"), true) => Some(ECONNREFUSED),
             (Some("SYN_SENT"), false) if by_kernel && self.syn_retransmits() > 0 => Some(ETIMEDOUT),
             (Some("ESTABLISHED" | "CLOSE_WAIT"), true) => Some(libc::ECONNRESET),
+            // A kernel-initiated death of an established socket, with no RST either
+            // way, is a timeout (retransmissions, zero-window probes, user timeout).
             (Some("ESTABLISHED" | "CLOSE_WAIT"), false)
-                if by_kernel && death.retransmits.is_some_and(|n| n > 0) =>
+                if by_kernel && self.rsts_sent().next().is_none() =>
             {
                 Some(ETIMEDOUT)
             }
@@ -212,6 +214,14 @@ impl Story {
             .iter()
             .filter(|r| r.src == Some(c) && !matches!(r.kind, Kind::Drop))
             .find_map(|r| r.netns)
+    }
+
+    /// The owner of a socket of this story that died (->CLOSE).
+    pub fn dead_socket_owner(&self) -> Option<&Proc> {
+        self.evidence
+            .iter()
+            .filter(|r| r.kind == Kind::State && r.new_state == Some("CLOSE"))
+            .find_map(|r| r.owner.as_ref())
     }
 
     /// The process on the connecting side.

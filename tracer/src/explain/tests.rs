@@ -512,3 +512,16 @@ fn a_storm_of_unfinished_stories_stays_bounded() {
     e.advance(100 * 1000 * MS + 1, &mut out);
     assert!(e.stories.len() <= MAX_STORIES, "{}", e.stories.len());
 }
+
+#[test]
+fn an_established_socket_killed_by_a_timer_without_resets_timed_out() {
+    // 5.10: no errno, no retransmit count; only the death, in a timer.
+    let out = run(|e, o| e.push(died(9_000, "ESTABLISHED", 0), o));
+    assert_eq!(causes(&out), vec!["flow_timeout"]);
+    assert_eq!(
+        out[0].process.as_ref().map(|p| p.pid),
+        Some(4121),
+        "named from the dead socket"
+    );
+    assert_eq!(out[0].outcome, "timed out");
+}

@@ -124,8 +124,9 @@ impl Rule for FlowTimeout {
             cause: self.id(),
             confidence: 0.8,
             reason: format!(
-                "the established connection timed out after {retrans} retransmits: {} stopped answering (peer down, or an idle flow black-holed by a NAT or firewall)",
-                peer.map_or("the peer".into(), |p| p.to_string())
+                "the established connection timed out{}: {} stopped answering (peer down, or an idle flow black-holed by a NAT or firewall)",
+                if retrans > 0 { format!(" after {retrans} retransmits") } else { String::new() },
+                peer.or(c.server).map_or("the peer".into(), |p| p.to_string())
             ),
             fix: "enable TCP keepalives shorter than the middleboxes' idle timeout; check the peer and the path (tcp_retries2 bounds the wait)".into(),
             culprit: None,
