@@ -17,6 +17,43 @@ use std::{
 
 use serde_json::Value;
 
+/// Raw socket helpers shared by the `peer` and `bench` programs.
+pub mod net {
+    use std::{
+        net::SocketAddrV4,
+        os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    };
+
+    /// Moves the calling thread into the named namespace (`ip netns add`).
+    pub fn join_netns(name: &str) -> std::io::Result<()> {
+        let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+
+    /// An IPv4 socket of type `ty` (SOCK_STREAM | flags, SOCK_DGRAM).
+    pub fn socket(ty: i32) -> std::io::Result<OwnedFd> {
+        let fd = unsafe { libc::socket(libc::AF_INET, ty, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
 /// True when the tests can run; otherwise prints why they are skipped.
 pub fn require_root() -> bool {
     if unsafe { libc::geteuid() } != 0 {
@@ -57,6 +94,14 @@ impl Netns {
         };
         sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Adds a rule to an input filter chain of the namespace's own nftables table
+    /// (created on first use; it goes away with the namespace).
+    pub fn nft_input(&self, rule: &str) {
+        self.exec(&["nft", "add table inet rstrace_test"]);
+        self.exec(&["nft", "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }"]);
+        self.exec(&["nft", &format!("add rule inet rstrace_test input {rule}")]);
     }
 
     /// Runs a command inside the namespace, asserting it succeeds.

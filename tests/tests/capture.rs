@@ -59,16 +59,7 @@ fn explaining_a_recording_gives_what_watch_printed_live() {
     lo.wait_line(5 * SEC, |l| l == "ready");
     let c = Peer::spawn(&t.client, &["connect", &format!("{}:8202", t.server_ip)]);
     c.wait(10 * SEC);
-    t.server
-        .exec(&["nft", "add", "table", "inet", "rstrace_test"]);
-    t.server.exec(&[
-        "nft",
-        "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }",
-    ]);
-    t.server.exec(&[
-        "nft",
-        "add rule inet rstrace_test input tcp dport 8203 drop",
-    ]);
+    t.server.nft_input("tcp dport 8203 drop");
     let c = Peer::spawn(
         &t.client,
         &["connect", &format!("{}:8203", t.server_ip), "--syncnt", "1"],

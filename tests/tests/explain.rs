@@ -152,24 +152,13 @@ fn service_restart_names_the_process_that_exited() {
     );
 }
 
-fn nft(t: &Topology, rule: &str) {
-    t.server
-        .exec(&["nft", "add", "table", "inet", "rstrace_test"]);
-    t.server.exec(&[
-        "nft",
-        "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }",
-    ]);
-    t.server
-        .exec(&["nft", &format!("add rule inet rstrace_test input {rule}")]);
-}
-
 #[test]
 fn firewall_drop_times_out() {
     if !require_root() {
         return;
     }
     let t = Topology::new();
-    nft(&t, "tcp dport 8105 drop");
+    t.server.nft_input("tcp dport 8105 drop");
     let agent = start(8105);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8105), "--syncnt", "1"]);
     let cpid = client.pid as u64;
@@ -196,7 +185,7 @@ fn firewall_reject_with_reset_is_not_a_tcp_refusal() {
     let t = Topology::new();
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8106)]);
     server.wait_line(5 * SEC, |l| l == "ready");
-    nft(&t, "tcp dport 8106 reject with tcp reset");
+    t.server.nft_input("tcp dport 8106 reject with tcp reset");
     let agent = start(8106);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8106)]);
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
@@ -218,7 +207,8 @@ fn firewall_reject_with_icmp() {
         return;
     }
     let t = Topology::new();
-    nft(&t, "tcp dport 8107 reject with icmp type host-unreachable");
+    t.server
+        .nft_input("tcp dport 8107 reject with icmp type host-unreachable");
     let agent = start(8107);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8107)]);
     assert_eq!(client.wait(15 * SEC), vec!["errno=113"]);
@@ -430,7 +420,7 @@ fn firewall_dropping_an_established_flow() {
     t.client.exec(&["sysctl", "-qw", "net.ipv4.tcp_retries2=2"]);
     let mut client = Peer::spawn(&t.client, &["connect", &addr(&t, 8118), "--then", "write"]);
     client.wait_line(5 * SEC, |l| l == "errno=0");
-    nft(&t, "tcp dport 8118 drop");
+    t.server.nft_input("tcp dport 8118 drop");
     assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
     if !capability("drop_reasons") {
         // The firewall is invisible there: a flow that stopped being answered.
@@ -556,15 +546,7 @@ fn syn_queue_overflow_is_reported_for_the_namespace() {
     t.server
         .exec(&["sysctl", "-qw", "net.ipv4.tcp_syncookies=0"]);
     t.client
-        .exec(&["nft", "add", "table", "inet", "rstrace_test"]);
-    t.client.exec(&[
-        "nft",
-        "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }",
-    ]);
-    t.client.exec(&[
-        "nft",
-        "add rule inet rstrace_test input tcp flags & (syn | ack) == syn | ack drop",
-    ]);
+        .nft_input("tcp flags & (syn | ack) == syn | ack drop");
     let agent = start(8120);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8120), "--backlog", "2"]);
     server.wait_line(5 * SEC, |l| l == "ready");

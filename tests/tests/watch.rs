@@ -76,24 +76,7 @@ fn firewall_drop_times_out_with_syn_retransmits() {
         return;
     }
     let t = Topology::new();
-    t.server
-        .exec(&["nft", "add", "table", "inet", "rstrace_test"]);
-    t.server.exec(&[
-        "nft",
-        "add chain inet rstrace_test input { type filter hook input priority 0; policy accept; }",
-    ]);
-    t.server.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "rstrace_test",
-        "input",
-        "tcp",
-        "dport",
-        "8081",
-        "drop",
-    ]);
+    t.server.nft_input("tcp dport 8081 drop");
     let agent = Agent::start(&["--addr", &t.server_ip]);
     let client = Peer::spawn(
         &t.client,

@@ -79,6 +79,40 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+struct FilterArgs {
+    /// Only failures and events whose local or remote port is PORT (repeatable).
+    #[arg(long, value_name = "PORT")]
+    port: Vec<u16>,
+    /// Only failures and events whose local or remote address is ADDR (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    addr: Vec<IpAddr>,
+    /// Only failures of, or events on sockets owned by, process PID (repeatable).
+    #[arg(long, value_name = "PID")]
+    pid: Vec<u32>,
+    /// Only failures of, or events on sockets owned by, a process named COMM
+    /// (repeatable).
+    #[arg(long, value_name = "COMM")]
+    comm: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<filter::Filter> {
+        for c in &self.comm {
+            if c.is_empty() || c.len() > 15 {
+                bail!("--comm {c:?}: process names are 1 to 15 bytes");
+            }
+        }
+        Ok(filter::Filter {
+            ports: self.port,
+            addrs: self.addr,
+            pids: self.pid,
+            comms: self.comm,
+            window: None,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
 struct WatchArgs {
     /// JSON Lines output (schema: docs/events.md).
     #[arg(long)]
@@ -86,18 +120,8 @@ struct WatchArgs {
     /// Also print every evidence record, not only the explained failures.
     #[arg(long)]
     events: bool,
-    /// Only events whose local or remote port is PORT (repeatable).
-    #[arg(long, value_name = "PORT")]
-    port: Vec<u16>,
-    /// Only events whose local or remote address is ADDR (repeatable).
-    #[arg(long, value_name = "ADDR")]
-    addr: Vec<IpAddr>,
-    /// Only events on sockets owned by process PID (repeatable).
-    #[arg(long, value_name = "PID")]
-    pid: Vec<u32>,
-    /// Only events on sockets owned by a process named COMM (repeatable).
-    #[arg(long, value_name = "COMM")]
-    comm: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES)]
     ring_size: u32,
@@ -153,14 +177,8 @@ struct ReplayArgs {
     /// Also print every evidence record.
     #[arg(long)]
     events: bool,
-    #[arg(long, value_name = "PORT")]
-    port: Vec<u16>,
-    #[arg(long, value_name = "ADDR")]
-    addr: Vec<IpAddr>,
-    #[arg(long, value_name = "PID")]
-    pid: Vec<u32>,
-    #[arg(long, value_name = "COMM")]
-    comm: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Only from this time (RFC 3339, e.g. 2026-11-22T01:00:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     since: Option<SystemTime>,
@@ -191,22 +209,16 @@ impl CaptureArgs {
 }
 
 impl ReplayArgs {
-    fn config(self, verbose: bool) -> capture::replay::ReplayConfig {
-        capture::replay::ReplayConfig {
+    fn config(self, verbose: bool) -> Result<capture::replay::ReplayConfig> {
+        Ok(capture::replay::ReplayConfig {
             files: self.files,
             json: self.json,
             events: self.events,
             verbose,
-            filter: filter::Filter {
-                ports: self.port,
-                addrs: self.addr,
-                pids: self.pid,
-                comms: self.comm,
-                window: None,
-            },
+            filter: self.filter.filter()?,
             since: self.since,
             until: self.until,
-        }
+        })
     }
 }
 
@@ -230,22 +242,11 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
         if !(10..=60_000).contains(&a.overflow_interval) {
             bail!("--overflow-interval must be between 10 and 60000 ms");
         }
-        for c in &a.comm {
-            if c.is_empty() || c.len() > 15 {
-                bail!("--comm {c:?}: process names are 1 to 15 bytes");
-            }
-        }
         Ok(watch::WatchConfig {
             json: a.json,
             events: a.events,
             verbose: false,
-            filter: filter::Filter {
-                ports: a.port,
-                addrs: a.addr,
-                pids: a.pid,
-                comms: a.comm,
-                window: None,
-            },
+            filter: a.filter.filter()?,
             ring_bytes: a.ring_size,
             overflow_interval: Duration::from_millis(a.overflow_interval),
             quiet: false,
@@ -276,9 +277,9 @@ fn run(cli: Cli) -> Result<()> {
                 stats: a.stats,
             })
         }
-        Command::Explain(a) => capture::replay::explain(a.config(cli.verbose > 0)),
-        Command::Summary(a) => capture::replay::summary(a.config(cli.verbose > 0)),
-        Command::Export(a) => capture::replay::export(a.config(cli.verbose > 0)),
+        Command::Explain(a) => capture::replay::explain(a.config(cli.verbose > 0)?),
+        Command::Summary(a) => capture::replay::summary(a.config(cli.verbose > 0)?),
+        Command::Export(a) => capture::replay::export(a.config(cli.verbose > 0)?),
         Command::Doctor { json } => doctor::run(json),
         Command::BenchFloor { stats } => bench::floor(stats),
         Command::BenchCodec { connections, file } => bench::codec(connections, file),

@@ -11,7 +11,7 @@ use std::{
     io::{BufRead, BufReader},
     mem::size_of,
     net::SocketAddrV4,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -20,7 +20,10 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::Topology;
+use tests::{
+    net::{self, sockaddr},
+    Topology,
+};
 
 struct Opts {
     rstrace: PathBuf,
@@ -50,29 +53,11 @@ fn opts() -> Opts {
 }
 
 fn join_netns(name: &str) {
-    let f = fs::File::open(format!("/run/netns/{name}")).expect("netns");
-    assert_eq!(
-        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-        0,
-        "setns {name}"
-    );
-}
-
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    }
+    net::join_netns(name).unwrap_or_else(|e| panic!("joining netns {name}: {e}"));
 }
 
 fn socket(ty: i32) -> OwnedFd {
-    let fd = unsafe { libc::socket(libc::AF_INET, ty, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    net::socket(ty).expect("socket")
 }
 
 fn connect(fd: &OwnedFd, a: SocketAddrV4) -> i32 {
@@ -457,16 +442,7 @@ fn main() {
         ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
         ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
     }
-    t.server
-        .exec(&["nft", "add", "table", "inet", "rstrace_bench"]);
-    t.server.exec(&[
-        "nft",
-        "add chain inet rstrace_bench input { type filter hook input priority 0; policy accept; }",
-    ]);
-    t.server.exec(&[
-        "nft",
-        "add rule inet rstrace_bench input tcp dport 9102 drop",
-    ]);
+    t.server.nft_input("tcp dport 9102 drop");
     let server_ip: std::net::Ipv4Addr = t.server_ip.parse().unwrap();
     let _lo_server = Server::start(&lo.name, "127.0.0.1:9100".parse().unwrap());
     let _veth_server = Server::start(&t.server.name, SocketAddrV4::new(server_ip, 9101));

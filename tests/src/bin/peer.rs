@@ -24,37 +24,18 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use tests::net::{self, sockaddr};
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 fn join_netns(name: &str) -> Result<()> {
-    let f = std::fs::File::open(format!("/run/netns/{name}"))
-        .with_context(|| format!("opening /run/netns/{name}"))?;
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {name}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    }
+    net::join_netns(name).with_context(|| format!("joining netns {name}"))
 }
 
 fn tcp_socket(flags: i32) -> Result<OwnedFd> {
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | flags, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    net::socket(libc::SOCK_STREAM | flags).context("socket")
 }
 
 fn setsockopt<T>(fd: &OwnedFd, level: i32, opt: i32, v: T) -> Result<()> {
