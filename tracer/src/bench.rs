@@ -52,7 +52,7 @@ pub fn floor(stats: PathBuf) -> Result<()> {
 }
 
 /// The records of `n` refused connections, as both ends on this host produce them.
-fn refused_storm(n: u64) -> Vec<Record> {
+pub fn refused_storm(n: u64) -> Vec<Record> {
     let clock = Clock::now();
     let mut out = Vec::with_capacity(n as usize * 6);
     let server: SocketAddr = "10.0.0.2:8080".parse().unwrap();

@@ -70,6 +70,17 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Fuzz the capture reader for a bounded time (`cargo xtask fuzz`).
+    #[command(hide = true)]
+    FuzzCapture {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where inputs that make the reader panic are saved.
+        #[arg(long, default_value = "fuzz-crashes")]
+        crashes: PathBuf,
+    },
     /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
     Doctor {
         /// Machine-readable report.
@@ -282,6 +293,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => capture::replay::export(a.config(cli.verbose > 0)?),
         Command::Doctor { json } => doctor::run(json),
         Command::BenchFloor { stats } => bench::floor(stats),
+        Command::FuzzCapture {
+            seconds,
+            seed,
+            crashes,
+        } => capture::fuzz::run(seconds, seed, &crashes),
         Command::BenchCodec { connections, file } => bench::codec(connections, file),
     }
 }

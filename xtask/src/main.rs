@@ -52,6 +52,15 @@ enum Task {
     },
     /// cargo fmt --check and clippy with warnings denied.
     Lint,
+    /// Fuzz the capture reader for a bounded time (inputs that crash it are saved in
+    /// fuzz-crashes/).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Defaults to one derived from the clock (printed, to reproduce).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Measure what rstrace costs a busy server (a few minutes, root); writes
     /// BENCHMARKS.md.
     Bench {
@@ -142,6 +151,24 @@ fn main() -> Result<()> {
             run(&mut as_root(&bin, &full, &[]))
         }
         Task::VmTest { kernel, filter } => vm::vm_test(&kernel, filter.as_deref()),
+        Task::Fuzz { seconds, seed } => {
+            run(cargo().args(["build", "--release", "--package", "tracer"]))?;
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs())
+            });
+            run(Command::new(root.join("target/release/rstrace"))
+                .args([
+                    "fuzz-capture",
+                    "--seconds",
+                    &seconds.to_string(),
+                    "--seed",
+                    &seed.to_string(),
+                ])
+                .arg("--crashes")
+                .arg(root.join("fuzz-crashes")))
+        }
         Task::Bench { seconds, reps } => {
             run(cargo().args([
                 "build",
@@ -195,6 +222,17 @@ fn main() -> Result<()> {
             run(&mut unit)?;
             // Real-kernel tests: build them, then run the binaries as root, serially.
             run(cargo().args(["build", "--package", "tracer"]))?;
+            // A short, fixed-seed run of the capture reader's fuzzer (no root).
+            run(Command::new(root.join("target/debug/rstrace"))
+                .args([
+                    "fuzz-capture",
+                    "--seconds",
+                    "15",
+                    "--seed",
+                    "1",
+                    "--crashes",
+                ])
+                .arg(root.join("fuzz-crashes")))?;
             let out = cargo()
                 .args([
                     "test",

@@ -3,6 +3,7 @@
 //! docs/capture-format.md.
 pub mod codec;
 pub mod file;
+pub mod fuzz;
 pub mod replay;
 
 pub use file::{CaptureWriter, Header, Reader, RotatePolicy};
