@@ -77,7 +77,8 @@ impl Host {
                             netns: ns,
                             addr,
                             owner: r.owner.clone(),
-                            since_ns: r.mono_ns,
+                            // A snapshot says the listener exists, not since when.
+                            since_ns: 0,
                         });
                     } else if let Some(l) =
                         v.iter_mut().find(|l| l.addr == addr && l.owner.is_none())
@@ -329,6 +330,17 @@ mod tests {
         snap.mono_ns = 40;
         h.on_record(&snap);
         assert!(h.listener_for(1, "10.0.0.2:80".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn a_snapshot_taken_after_a_failure_does_not_date_the_listener() {
+        let mut h = Host::default();
+        let mut snap = Record::new(Kind::Listener, 5_000, String::new());
+        snap.netns = Some(1);
+        snap.src = Some("0.0.0.0:80".parse().unwrap());
+        h.on_record(&snap);
+        let l = h.listener_for(1, "10.0.0.2:80".parse().unwrap()).unwrap();
+        assert_eq!(l.since_ns, 0, "not 'started listening after the refusal'");
     }
 
     #[test]
