@@ -12,9 +12,6 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOSSES: &str = "LOSSES";
     pub const CONFIG: &str = "CONFIG";
-    pub const SOCKS: &str = "SOCKS";
-    pub const LISTENERS: &str = "LISTENERS";
-    pub const CONNECTS: &str = "CONNECTS";
 }
 
 /// Bytes of a tracepoint record copied into an event (the largest record read today,

@@ -118,15 +118,7 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
         ..Default::default()
     };
     let started = Instant::now();
-    let mut w = CaptureWriter::create(
-        &path,
-        header,
-        RotatePolicy {
-            max_bytes: None,
-            keep: 0,
-        },
-        Duration::from_secs(1),
-    )?;
+    let mut w = CaptureWriter::create(&path, header, RotatePolicy::NEVER, Duration::from_secs(1))?;
     for r in &records {
         w.write(r)?;
         if w.records % 4096 == 0 {
@@ -138,27 +130,16 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
     let bytes = std::fs::metadata(&path)?.len();
 
     let started = Instant::now();
-    let mut reader = Reader::open(&path)?;
+    let mut readers = [Reader::open(&path)?];
+    let clock = readers[0].header.clock();
     let mut pipe = Pipeline::new(
-        Engine::new(reader.header.clock()),
+        Engine::new(clock),
         Filter::default(),
         Output::new(io::sink(), true, false),
         false,
-        reader.header.clock(),
+        clock,
     );
-    let mut read = 0u64;
-    let mut next = 0u64;
-    while let Some(chunk) = reader.next_chunk() {
-        for r in chunk {
-            if r.mono_ns >= next {
-                pipe.advance(r.mono_ns)?;
-                next = r.mono_ns + 10_000_000;
-            }
-            read += 1;
-            pipe.push(r)?;
-        }
-    }
-    pipe.finish()?;
+    let read = crate::capture::replay::run(&mut readers, &mut pipe)?.records;
     let explain_s = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     let json = serde_json::json!({

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
-use crate::record::{errno_name, tcp_state_name, Kind, Proc, Queue, Record, SCHEMA_VERSION};
+use crate::record::{errno_name, tcp_state_name, Kind, Proc, Queue, Record};
 use crate::FastMap;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -420,7 +420,6 @@ pub fn decode_chunk(mut b: &[u8]) -> R<Vec<Record>> {
         let Some(kind) = kind_of(code) else { continue };
         let mono = u64::try_from(last).map_err(|_| CodecError::Bad("timestamp"))?;
         let mut r = Record::new(kind, mono, String::new());
-        r.v = SCHEMA_VERSION;
         decode_fields(&mut rec, bits, &mut r, &strings, &values, &ips)?;
         out.push(r);
     }

@@ -253,6 +253,14 @@ pub struct RotatePolicy {
     pub keep: usize,
 }
 
+impl RotatePolicy {
+    /// One file, however large.
+    pub const NEVER: RotatePolicy = RotatePolicy {
+        max_bytes: None,
+        keep: 0,
+    };
+}
+
 pub struct CaptureWriter {
     path: PathBuf,
     file: File,

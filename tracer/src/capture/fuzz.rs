@@ -44,15 +44,7 @@ fn seed(dir: &Path, connections: u64) -> Result<Vec<u8>> {
         kernel: "fuzz".into(),
         ..Default::default()
     };
-    let mut w = CaptureWriter::create(
-        &path,
-        header,
-        RotatePolicy {
-            max_bytes: None,
-            keep: 0,
-        },
-        Duration::from_secs(60),
-    )?;
+    let mut w = CaptureWriter::create(&path, header, RotatePolicy::NEVER, Duration::from_secs(60))?;
     for (i, r) in records.iter().enumerate() {
         w.write(r)?;
         if i % 50 == 49 {
@@ -108,8 +100,8 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
 }
 
 /// Reads and explains `data` the way `rstrace explain` does.
-fn exercise(data: Vec<u8>) -> io::Result<()> {
-    let Ok(mut reader) = Reader::from_bytes(data, "fuzz") else {
+fn exercise(data: Vec<u8>) -> Result<()> {
+    let Ok(reader) = Reader::from_bytes(data, "fuzz") else {
         return Ok(());
     };
     let clock = reader.header.clock();
@@ -120,13 +112,8 @@ fn exercise(data: Vec<u8>) -> io::Result<()> {
         true,
         clock,
     );
-    while let Some(chunk) = reader.next_chunk() {
-        for r in chunk {
-            pipe.advance(r.mono_ns)?;
-            pipe.push(r)?;
-        }
-    }
-    pipe.finish()
+    super::replay::run(&mut [reader], &mut pipe)?;
+    Ok(())
 }
 
 pub fn run(seconds: u64, seed_value: u64, crashes: &Path) -> Result<()> {

@@ -61,7 +61,9 @@ fn to_mono(clock: &crate::decode::Clock, t: SystemTime) -> u64 {
     }
 }
 
-fn run<W: Write>(readers: &mut [Reader], pipe: &mut Pipeline<W>) -> Result<Stats> {
+/// Replays the readers' records through `pipe` as `explain` does (also used by the
+/// codec benchmark and the fuzzer).
+pub fn run<W: Write>(readers: &mut [Reader], pipe: &mut Pipeline<W>) -> Result<Stats> {
     let mut stats = Stats::default();
     let mut next_step = 0u64;
     for reader in readers.iter_mut() {

@@ -143,16 +143,8 @@ fn small_file(dir: &std::path::Path, chunks: u64) -> (Vec<u8>, Vec<usize>, Vec<R
         hostname: "h".into(),
         ..Default::default()
     };
-    let mut w = CaptureWriter::create(
-        &path,
-        header,
-        RotatePolicy {
-            max_bytes: None,
-            keep: 0,
-        },
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let mut w =
+        CaptureWriter::create(&path, header, RotatePolicy::NEVER, Duration::from_secs(60)).unwrap();
     let mut ends = Vec::new();
     let mut all = Vec::new();
     for c in 0..chunks {
