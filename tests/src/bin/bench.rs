@@ -30,6 +30,8 @@ struct Opts {
     out: PathBuf,
     seconds: f64,
     reps: usize,
+    /// For focused runs: only the storms whose name contains this, and no file.
+    storm: Option<String>,
 }
 
 fn opts() -> Opts {
@@ -38,6 +40,7 @@ fn opts() -> Opts {
         out: "BENCHMARKS.md".into(),
         seconds: 2.0,
         reps: 5,
+        storm: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for w in args.chunks(2) {
@@ -46,7 +49,10 @@ fn opts() -> Opts {
             ("--out", Some(v)) => o.out = v.into(),
             ("--seconds", Some(v)) => o.seconds = v.parse().expect("--seconds"),
             ("--reps", Some(v)) => o.reps = v.parse().expect("--reps"),
-            _ => panic!("usage: bench [--rstrace PATH] [--out FILE] [--seconds S] [--reps N]"),
+            ("--storm", Some(v)) => o.storm = Some(v.clone()),
+            _ => panic!(
+                "usage: bench [--rstrace PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME]"
+            ),
         }
     }
     o
@@ -243,6 +249,22 @@ struct Agent {
     stats: PathBuf,
     capture: Option<PathBuf>,
     stderr: mpsc::Receiver<String>,
+    /// CPU seconds used before the storm began (start-up: BTF, verifier, snapshots).
+    cpu_before: f64,
+}
+
+/// User plus system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 fn scratch() -> PathBuf {
@@ -286,7 +308,13 @@ impl Agent {
             stats,
             capture,
             stderr: rx,
+            cpu_before: 0.0,
         }
+    }
+
+    /// Marks the start of the storm: CPU used so far is not the storm's.
+    fn mark(&mut self) {
+        self.cpu_before = cpu_seconds(self.child.id());
     }
 
     fn finish(mut self) -> AgentRun {
@@ -297,16 +325,7 @@ impl Agent {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu_s = cpu_seconds(pid) - self.cpu_before;
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
         let st = self.child.wait().unwrap();
         assert!(
@@ -319,7 +338,7 @@ impl Agent {
         let mut run = AgentRun {
             events: v["events"].as_u64().unwrap_or(0),
             lost: v["lost"].as_u64().unwrap_or(0),
-            cpu_s: ticks as f64 / hz,
+            cpu_s,
             rss_kb,
             programs: v["programs"].as_array().cloned().unwrap_or_default(),
             ..Default::default()
@@ -476,7 +495,10 @@ fn main() {
     // 1. Workload overhead.
     let modes = [Mode::Base, Mode::Watch, Mode::Record];
     let mut results = Vec::new();
-    for w in &workloads {
+    for w in workloads
+        .iter()
+        .filter(|w| o.storm.as_ref().is_none_or(|s| w.name.contains(s.as_str())))
+    {
         let mut m = Measured {
             name: w.name,
             base: vec![],
@@ -486,8 +508,11 @@ fn main() {
         for rep in 0..o.reps {
             for i in 0..3 {
                 let mode = modes[(rep + i) % 3];
-                let agent = start_mode(&o, mode);
+                let mut agent = start_mode(&o, mode);
                 thread::sleep(Duration::from_millis(300));
+                if let Some(a) = agent.as_mut() {
+                    a.mark();
+                }
                 let rate = generate(w.load, &w.client, w.target, o.seconds, None);
                 let run = agent.map(Agent::finish);
                 eprintln!("{:<32} rep {rep} {mode:?}: {rate:.0}/s", w.name);
@@ -569,6 +594,11 @@ fn main() {
         max_rss <= 40 * 1024,
         format!("{:.1} MiB", max_rss as f64 / 1024.0),
     ));
+    if o.storm.is_some() {
+        println!("{md}");
+        let _ = fs::remove_dir_all(scratch());
+        return;
+    }
     let refused = results
         .iter()
         .find(|m| m.name.starts_with("refused"))

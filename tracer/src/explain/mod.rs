@@ -9,7 +9,7 @@ pub mod host;
 pub mod rules;
 pub mod story;
 
-use std::net::SocketAddr;
+use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddr};
 
 use crate::FastMap;
 
@@ -44,6 +44,8 @@ const IDLE_FOR: u64 = 180_000 * MS;
 /// oldest are explained (or forgotten) early rather than memory growing.
 const MAX_STORIES: usize = 50_000;
 const MAX_DONE: usize = 100_000;
+/// How often idle stories and expired flows are swept.
+const SWEEP_EVERY: u64 = 1_000 * MS;
 /// Bursts of a cause for one port and process within this collapse into a count.
 pub const COLLAPSE_WINDOW: u64 = 2_000 * MS;
 
@@ -131,6 +133,11 @@ struct Burst {
 pub struct Engine {
     pub host: Host,
     stories: FastMap<FlowKey, Story>,
+    /// Stories' deadlines, earliest first, so that a tick costs what is due rather
+    /// than a walk over every open story. An entry whose story has since changed its
+    /// deadline (or was explained) is stale and skipped.
+    due: BinaryHeap<Reverse<(u64, FlowKey)>>,
+    last_sweep_ns: u64,
     done: FastMap<FlowKey, u64>,
     bursts: FastMap<(&'static str, u16, u32), Burst>,
     wants_context: bool,
@@ -160,7 +167,9 @@ impl Engine {
         self.host.on_record(&r);
         if r.kind == Kind::Overflow {
             if let Some(e) = self.overflow(&r) {
-                self.emit(e, out);
+                if let Some(e) = self.emit(e) {
+                    out.push(e);
+                }
             }
             return;
         }
@@ -183,6 +192,7 @@ impl Engine {
             .stories
             .entry(key)
             .or_insert_with(|| Story::new(key, &r));
+        let before = story.deadline;
         story.add(r);
         if kind == Kind::ConnectError {
             // Nothing else will come: the connect never left the host.
@@ -210,49 +220,72 @@ impl Engine {
             let wait = if syn { SERVER_ONLY_DROP } else { FLOW_DROP };
             story.deadline.get_or_insert(story.first_ns + wait);
         }
+        if story.deadline != before {
+            if let Some(d) = story.deadline {
+                self.due.push(Reverse((d, key)));
+            }
+        }
+    }
+
+    fn schedule(&mut self, key: FlowKey, deadline: u64) {
+        if let Some(s) = self.stories.get_mut(&key) {
+            s.deadline = Some(deadline);
+            self.due.push(Reverse((deadline, key)));
+        }
     }
 
     /// Explains the stories due by `now` and closes finished bursts.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Explanation>) {
-        let mut due: Vec<FlowKey> = self
-            .stories
-            .iter()
-            .filter(|(_, s)| s.deadline.is_some_and(|d| d <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        due.sort_by_key(|k| self.stories[k].deadline);
-        for key in due {
+        while let Some(&Reverse((deadline, key))) = self.due.peek() {
+            if deadline > now {
+                break;
+            }
+            self.due.pop();
+            if self.stories.get(&key).and_then(|s| s.deadline) != Some(deadline) {
+                continue;
+            }
             let Some(mut story) = self.stories.remove(&key) else {
                 continue;
             };
             if self.needs_context(&story) && !story.waited_for_context {
                 story.waited_for_context = true;
-                story.deadline = Some(now + CONTEXT_WAIT);
                 self.wants_context = true;
                 self.stories.insert(key, story);
+                self.schedule(key, now + CONTEXT_WAIT);
                 continue;
             }
             let e = self.explain(&story);
             self.done.insert(key, story.last_ns.max(now) + DONE_FOR);
-            self.emit(e, out);
+            if let Some(mut e) = self.emit(e) {
+                e.evidence = self.timed(&story.evidence);
+                out.push(e);
+            }
         }
-        self.stories
-            .retain(|_, s| s.deadline.is_some() || now.saturating_sub(s.last_ns) < IDLE_FOR);
         if self.stories.len() > MAX_STORIES {
             let mut oldest: Vec<(u64, FlowKey)> =
                 self.stories.iter().map(|(k, s)| (s.first_ns, *k)).collect();
             oldest.sort_unstable();
-            for (_, k) in oldest
-                .iter()
-                .take(self.stories.len() - MAX_STORIES * 9 / 10)
-            {
-                if let Some(s) = self.stories.get_mut(k) {
-                    s.deadline = Some(now);
+            let excess = self.stories.len() - MAX_STORIES * 9 / 10;
+            for &(_, k) in oldest.iter().take(excess) {
+                if let Some(s) = self.stories.get_mut(&k) {
                     s.waited_for_context = true;
                 }
+                self.schedule(k, now);
             }
         }
-        self.done.retain(|_, until| *until >= now);
+        if now >= self.last_sweep_ns + SWEEP_EVERY {
+            self.last_sweep_ns = now;
+            self.stories
+                .retain(|_, s| s.deadline.is_some() || now.saturating_sub(s.last_ns) < IDLE_FOR);
+            self.done.retain(|_, until| *until >= now);
+            if self.due.len() > 4 * self.stories.len() + 1024 {
+                let live = self
+                    .stories
+                    .iter()
+                    .filter_map(|(k, s)| Some(Reverse((s.deadline?, *k))));
+                self.due = live.collect();
+            }
+        }
         if self.done.len() > MAX_DONE {
             self.done.clear();
         }
@@ -272,15 +305,14 @@ impl Engine {
 
     /// Explains everything still pending (end of a capture).
     pub fn finish(&mut self, out: &mut Vec<Explanation>) {
-        let last = self.stories.values().map(|s| s.last_ns).max().unwrap_or(0);
-        for s in self.stories.values_mut() {
+        for (k, s) in self.stories.iter_mut() {
             s.waited_for_context = true;
             if s.deadline.is_none() && s.errno().is_none() && !s.client_is_local() {
                 s.deadline = Some(s.last_ns);
+                self.due.push(Reverse((s.last_ns, *k)));
             }
         }
         self.advance(u64::MAX / 2, out);
-        let _ = last;
     }
 
     fn summary(&self, b: Burst) -> Explanation {
@@ -293,13 +325,20 @@ impl Engine {
         e
     }
 
-    fn emit(&mut self, e: Explanation, out: &mut Vec<Explanation>) {
+    /// Counts `e` into its burst, or opens a burst and gives `e` back, timed, to be
+    /// printed. The time text and the evidence (which the caller adds) are only made
+    /// for the explanations printed: a storm's are mostly counted.
+    #[must_use]
+    fn emit(&mut self, mut e: Explanation) -> Option<Explanation> {
         let key = e.collapse_key();
         if let Some(b) = self.bursts.get_mut(&key) {
             if e.mono_ns <= b.until {
                 b.more += e.count;
-                return;
+                return None;
             }
+        }
+        if e.time.is_empty() {
+            e.time = self.time(e.mono_ns);
         }
         self.bursts.insert(
             key,
@@ -309,7 +348,7 @@ impl Engine {
                 more: 0,
             },
         );
-        out.push(e);
+        Some(e)
     }
 
     fn server_netns(&self, s: &Story) -> Option<u32> {
@@ -363,7 +402,7 @@ impl Engine {
         Explanation {
             v: SCHEMA_VERSION,
             kind: "failure",
-            time: self.time(ctx.at_ns),
+            time: String::new(),
             mono_ns: ctx.at_ns,
             cause: finding.cause,
             confidence: finding.confidence,
@@ -379,7 +418,7 @@ impl Engine {
             fix: finding.fix,
             count: 1,
             window_ms: None,
-            evidence: self.timed(&s.evidence),
+            evidence: Vec::new(),
         }
     }
 
