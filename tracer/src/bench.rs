@@ -20,7 +20,7 @@ use crate::{
     pipeline::Pipeline,
     privileges,
     probes::Probes,
-    record::{errno_name, Kind, Proc, Record},
+    record::{errno_name, Kind, Proc, Record, Sock},
     sink::Output,
     tracefs,
 };
@@ -67,7 +67,7 @@ pub fn refused_storm(n: u64) -> Vec<Record> {
     for i in 0..n {
         let t = clock.mono_ns + i * 20_000;
         let client = SocketAddr::from(([10, 0, 0, 1], 32768 + (i % 28000) as u16));
-        let sock = format!("{:#x}", 0xffff_8880_0000_0000u64 + (i % 512) * 0x800);
+        let sock = Sock(0xffff_8880_0000_0000u64 + (i % 512) * 0x800);
         let mk = |kind: Kind, dt: u64, src, dst, netns: u32| {
             let mut r = Record::new(kind, t + dt, clock.format(t + dt));
             r.src = Some(src);
@@ -81,11 +81,11 @@ pub fn refused_storm(n: u64) -> Vec<Record> {
         let mut drop = mk(Kind::Drop, 1_000, client, server, 4026532301);
         drop.reason = Some("NO_SOCKET".into());
         drop.location = Some("tcp_v4_rcv+0x91".into());
-        drop.tcp_flags = Some("S".into());
+        drop.tcp_flags = Some("S");
         let mut recv = mk(Kind::RstReceived, 2_000, client, server, 4026532230);
         recv.owner = Some(curl.clone());
         recv.owner_source = Some("kernel");
-        recv.sock = Some(sock.clone());
+        recv.sock = Some(sock);
         let mut st = mk(Kind::State, 3_000, client, server, 4026532230);
         st.old_state = Some("SYN_SENT");
         st.new_state = Some("CLOSE");

@@ -11,7 +11,7 @@ use tracer_common::{flags, ConnectInfo, DropInfo, Event, EventHeader, Hook, RAW_
 use crate::{
     kallsyms::Kallsyms,
     kernel::KernelInfo,
-    record::{errno_name, tcp_flags_string, tcp_state_name, Kind, Proc, Queue, Record},
+    record::{errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock, Text},
     tracefs::{Field, Format},
 };
 
@@ -220,11 +220,17 @@ pub fn comm(b: &[u8; 16]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
+/// Distinct process names and drop locations remembered for sharing; past this the
+/// cache starts over, so that a host with churning names cannot grow it.
+const TEXT_CACHE_MAX: usize = 4096;
+
 pub struct Decoder {
     fields: HashMap<Hook, HookFields>,
-    drop_reasons: HashMap<u64, String>,
-    rst_reasons: HashMap<u64, String>,
+    drop_reasons: HashMap<u64, Text>,
+    rst_reasons: HashMap<u64, Text>,
     syms: Kallsyms,
+    comms: crate::FastMap<[u8; 16], Text>,
+    locations: crate::FastMap<u64, Text>,
 }
 
 impl Decoder {
@@ -235,10 +241,24 @@ impl Decoder {
                 .iter()
                 .map(|(h, f)| (*h, HookFields::new(f)))
                 .collect(),
-            drop_reasons: info.drop_reasons.clone(),
-            rst_reasons: info.rst_reasons.clone(),
+            drop_reasons: texts(&info.drop_reasons),
+            rst_reasons: texts(&info.rst_reasons),
             syms: Kallsyms::default(),
+            comms: Default::default(),
+            locations: Default::default(),
         }
+    }
+
+    fn comm(&mut self, b: &[u8; 16]) -> Text {
+        if let Some(t) = self.comms.get(b) {
+            return t.clone();
+        }
+        if self.comms.len() >= TEXT_CACHE_MAX {
+            self.comms.clear();
+        }
+        let t: Text = comm(b).into();
+        self.comms.insert(*b, t.clone());
+        t
     }
 
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -283,7 +303,7 @@ impl Decoder {
         r.old_state = get(raw, &hf.oldstate).map(|s| tcp_state_name(s as i32));
         r.new_state = get(raw, &hf.newstate).map(|s| tcp_state_name(s as i32));
         if hook == Hook::SendReset {
-            r.reason = get(raw, &hf.reason).map(|v| self.name(&self.rst_reasons, v as u64));
+            r.reason = get(raw, &hf.reason).map(|v| name(&self.rst_reasons, v as u64));
         }
         if hook == Hook::ErrorReport {
             let e = get(raw, &hf.error).unwrap_or(0) as i32;
@@ -292,28 +312,28 @@ impl Decoder {
         }
         if r.sock.is_none() {
             if let Some(sk) = get(raw, &hf.skaddr).filter(|&v| v != 0) {
-                r.sock = Some(format!("{:#x}", sk as u64));
+                r.sock = Some(Sock(sk as u64));
             }
         }
         Ok(r)
     }
 
-    fn header(&self, h: &EventHeader, r: &mut Record) {
+    fn header(&mut self, h: &EventHeader, r: &mut Record) {
         r.netns = (h.netns != 0).then_some(h.netns);
         if h.flags & flags::OWNER_KNOWN != 0 && h.owner_tgid != 0 {
             r.owner = Some(Proc {
                 pid: h.owner_tgid,
-                comm: comm(&h.owner_comm),
+                comm: self.comm(&h.owner_comm),
             });
             r.owner_source = Some("kernel");
         }
         let pid = (h.cur_pid_tgid >> 32) as u32;
         r.task = Some(Proc {
             pid,
-            comm: comm(&h.cur_comm),
+            comm: self.comm(&h.cur_comm),
         });
         if h.skaddr != 0 {
-            r.sock = Some(format!("{:#x}", h.skaddr));
+            r.sock = Some(Sock(h.skaddr));
         }
         if h.retrans != 0 {
             r.retransmits = Some(h.retrans);
@@ -331,8 +351,16 @@ impl Decoder {
             return;
         }
         let d: DropInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const DropInfo) };
-        r.reason = Some(self.name(&self.drop_reasons, d.reason as u64));
-        r.location = Some(self.syms.resolve(d.location));
+        r.reason = Some(name(&self.drop_reasons, d.reason as u64));
+        if self.locations.len() >= TEXT_CACHE_MAX {
+            self.locations.clear();
+        }
+        let syms = &mut self.syms;
+        let loc = self
+            .locations
+            .entry(d.location)
+            .or_insert_with(|| syms.resolve(d.location).into());
+        r.location = Some(loc.clone());
         if d.parsed != 0 {
             let addr = |a: [u8; 16]| match d.family as i32 {
                 libc::AF_INET => IpAddr::from(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
@@ -340,16 +368,20 @@ impl Decoder {
             };
             r.src = Some(SocketAddr::new(addr(d.saddr), d.sport));
             r.dst = Some(SocketAddr::new(addr(d.daddr), d.dport));
-            r.tcp_flags = Some(tcp_flags_string(d.tcp_flags));
+            r.tcp_flags = Some(tcp_flags_str(d.tcp_flags));
         }
     }
+}
 
-    fn name(&self, table: &HashMap<u64, String>, v: u64) -> String {
-        table
-            .get(&v)
-            .cloned()
-            .unwrap_or_else(|| format!("UNKNOWN_{v}"))
-    }
+fn texts(table: &HashMap<u64, String>) -> HashMap<u64, Text> {
+    table.iter().map(|(k, v)| (*k, v.as_str().into())).collect()
+}
+
+fn name(table: &HashMap<u64, Text>, v: u64) -> Text {
+    table
+        .get(&v)
+        .cloned()
+        .unwrap_or_else(|| format!("UNKNOWN_{v}").into())
 }
 
 #[cfg(test)]
@@ -432,7 +464,10 @@ mod tests {
             })
         );
         assert_eq!(r.netns, Some(4026531840));
-        assert_eq!(r.sock.as_deref(), Some("0xffff888012345678"));
+        assert_eq!(
+            r.sock.map(|s| s.to_string()).as_deref(),
+            Some("0xffff888012345678")
+        );
         assert_eq!(r.mono_ns, 1_500_000);
         assert!(r.time.is_empty(), "formatted only when printed");
     }

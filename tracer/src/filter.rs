@@ -57,7 +57,11 @@ impl Filter {
         if !self.pids.is_empty() && !procs.clone().any(|p| self.pids.contains(&p.pid)) {
             return false;
         }
-        if !self.comms.is_empty() && !procs.clone().any(|p| self.comms.contains(&p.comm)) {
+        if !self.comms.is_empty()
+            && !procs
+                .clone()
+                .any(|p| self.comms.iter().any(|c| **c == *p.comm))
+        {
             return false;
         }
         true

@@ -239,7 +239,7 @@ pub fn socket_owners(wanted: &[u32]) -> HashMap<u32, Proc> {
                         ino,
                         Proc {
                             pid: p.pid as u32,
-                            comm,
+                            comm: comm.into(),
                         },
                     );
                 }

@@ -1,8 +1,33 @@
 //! Decoded evidence: the domain types every sink prints. The JSON form is the
 //! documented, stable schema (docs/events.md); fields that do not apply are omitted.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+/// Immutable shared text (process names, kernel reason and symbol names). Records are
+/// cloned into stories and explanations and these names repeat across a storm, so a
+/// clone is a reference count, not an allocation.
+pub type Text = Arc<str>;
+
+/// A kernel socket address; printed in hex, as the kernel's own traces do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sock(pub u64);
+
+impl fmt::Display for Sock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl Serialize for Sock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 /// Version of the JSON Lines schema, carried by every record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -61,7 +86,7 @@ impl Kind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Proc {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Text,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -99,7 +124,7 @@ pub struct Record {
     pub new_state: Option<&'static str>,
     /// Kernel reason name: sk_rst_reason for RSTs, skb_drop_reason for drops.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Text>,
     /// errno number handed to the application (error records).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
@@ -118,7 +143,7 @@ pub struct Record {
     pub task: Option<Proc>,
     /// Kernel socket address, hex; identifies a socket until it is destroyed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sock: Option<String>,
+    pub sock: Option<Sock>,
     /// Retransmits counted on the socket before this event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retransmits: Option<u32>,
@@ -133,10 +158,10 @@ pub struct Record {
     pub drops: Option<u64>,
     /// Drop records: kernel function that dropped the packet.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
+    pub location: Option<Text>,
     /// Drop records: TCP flags of the dropped segment, e.g. "S" or "A".
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_flags: Option<String>,
+    pub tcp_flags: Option<&'static str>,
     /// Loss records: the hook whose events were lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hook: Option<&'static str>,
@@ -225,18 +250,38 @@ pub fn errno_name(e: i32) -> Option<&'static str> {
     })
 }
 
-pub fn tcp_flags_string(f: u8) -> String {
-    const NAMES: [(u8, char); 6] = [
-        (0x02, 'S'),
-        (0x10, 'A'),
-        (0x01, 'F'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x20, 'U'),
-    ];
-    NAMES
-        .iter()
-        .filter(|(b, _)| f & b != 0)
-        .map(|(_, c)| *c)
-        .collect()
+const FLAG_NAMES: [(u8, char); 6] = [
+    (0x02, 'S'),
+    (0x10, 'A'),
+    (0x01, 'F'),
+    (0x04, 'R'),
+    (0x08, 'P'),
+    (0x20, 'U'),
+];
+
+/// The named TCP flags of `f` as letters, e.g. "S" or "SA" (ECE and CWR are not named).
+pub fn tcp_flags_str(f: u8) -> &'static str {
+    static TABLE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..64u8)
+            .map(|f| {
+                let s: String = FLAG_NAMES
+                    .iter()
+                    .filter(|(b, _)| f & b != 0)
+                    .map(|(_, c)| *c)
+                    .collect();
+                &*Box::leak(s.into_boxed_str())
+            })
+            .collect()
+    });
+    table[(f & 0x3f) as usize]
+}
+
+/// The flags written by `tcp_flags_str`, from their letters; None for anything else.
+pub fn tcp_flags_parse(s: &str) -> Option<u8> {
+    let mut f = 0u8;
+    for c in s.chars() {
+        f |= FLAG_NAMES.iter().find(|(_, n)| *n == c)?.0;
+    }
+    (tcp_flags_str(f) == s).then_some(f)
 }

@@ -7,7 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
-use crate::record::{errno_name, tcp_state_name, Kind, Proc, Queue, Record};
+use crate::record::{
+    errno_name, tcp_flags_parse, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock,
+    Text,
+};
 use crate::FastMap;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -217,10 +220,7 @@ impl ChunkEncoder {
         }
         let delta = r.mono_ns as i64 - self.last_ns as i64;
         self.last_ns = r.mono_ns;
-        let sock = r
-            .sock
-            .as_deref()
-            .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+        let sock = r.sock.map(|s| s.0);
         let mut bits = 0u32;
         let mut set = |cond: bool, bit: u32| {
             if cond {
@@ -304,7 +304,7 @@ impl ChunkEncoder {
             let i = self.string(s);
             put_varint(&mut self.scratch, i);
         }
-        if let Some(s) = &r.tcp_flags {
+        if let Some(s) = r.tcp_flags {
             let i = self.string(s);
             put_varint(&mut self.scratch, i);
         }
@@ -374,7 +374,7 @@ pub fn decode_chunk(mut b: &[u8]) -> R<Vec<Record>> {
         if b.remaining() < len {
             return Err(CodecError::Truncated("string"));
         }
-        strings.push(String::from_utf8_lossy(&b[..len]).into_owned());
+        strings.push(Text::from(String::from_utf8_lossy(&b[..len])));
         b.advance(len);
     }
     let n = get_varint(b)? as usize;
@@ -430,11 +430,11 @@ fn decode_fields(
     b: &mut &[u8],
     bits: u32,
     r: &mut Record,
-    strings: &[String],
+    strings: &[Text],
     values: &[u64],
     ips: &[IpAddr],
 ) -> R<()> {
-    let string = |b: &mut &[u8]| -> R<String> {
+    let string = |b: &mut &[u8]| -> R<Text> {
         strings
             .get(get_varint(b)? as usize)
             .cloned()
@@ -500,7 +500,7 @@ fn decode_fields(
         r.task = Some(proc_(b)?);
     }
     if has(SOCK) {
-        r.sock = Some(format!("{:#x}", value(b)?));
+        r.sock = Some(Sock(value(b)?));
     }
     if has(RETRANS) {
         r.retransmits = Some(get_varint(b)? as u32);
@@ -522,7 +522,11 @@ fn decode_fields(
         r.location = Some(string(b)?);
     }
     if has(TCP_FLAGS) {
-        r.tcp_flags = Some(string(b)?);
+        r.tcp_flags = Some(
+            tcp_flags_parse(&string(b)?)
+                .map(tcp_flags_str)
+                .ok_or(CodecError::Bad("tcp flags"))?,
+        );
     }
     if has(HOOK) {
         r.hook = Some(hook_name(get_varint(b)?)?);

@@ -10,7 +10,7 @@ use super::{
     codec::{decode_chunk, ChunkEncoder},
     file::{CaptureWriter, Header, Reader, RotatePolicy},
 };
-use crate::record::{errno_name, tcp_state_name, Kind, Proc, Queue, Record};
+use crate::record::{errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock};
 
 const KINDS: [Kind; 13] = [
     Kind::RstSent,
@@ -40,7 +40,10 @@ fn arb_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn arb_proc() -> impl Strategy<Value = Proc> {
-    (any::<u32>(), "[a-z0-9/_-]{0,15}").prop_map(|(pid, comm)| Proc { pid, comm })
+    (any::<u32>(), "[a-z0-9/_-]{0,15}").prop_map(|(pid, comm)| Proc {
+        pid,
+        comm: comm.into(),
+    })
 }
 
 fn arb_state() -> impl Strategy<Value = &'static str> {
@@ -63,7 +66,7 @@ prop_compose! {
         sock in proptest::option::of(any::<u64>()),
         numbers in (proptest::option::of(any::<u32>()), proptest::option::of((any::<u32>(), any::<u32>())), proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>())),
         queue_kind in proptest::option::of(prop::sample::select(vec!["accept", "syn"])),
-        strings in (proptest::option::of(".{0,40}"), proptest::option::of("[SAFRPU]{0,6}")),
+        strings in (proptest::option::of(".{0,40}"), proptest::option::of(0u8..64)),
         hook in proptest::option::of(0..tracer_common::Hook::COUNT),
         addrs in proptest::option::of(proptest::collection::vec(arb_ip(), 0..5)),
     ) -> Record {
@@ -72,20 +75,21 @@ prop_compose! {
         r.src = src;
         r.dst = dst;
         (r.state, r.old_state, r.new_state) = states;
-        r.reason = reason;
+        r.reason = reason.map(Into::into);
         r.errno = errno;
         r.errno_name = errno.and_then(errno_name);
         r.owner = owner;
         r.owner_source = owner_source;
         r.task = task;
-        r.sock = sock.map(|s| format!("{s:#x}"));
+        r.sock = sock.map(Sock);
         r.retransmits = numbers.0;
         r.queue = numbers.1.map(|(depth, backlog)| Queue { depth, backlog });
         r.drops = numbers.2;
         r.lost = numbers.3;
         r.somaxconn = numbers.4;
         r.queue_kind = queue_kind;
-        (r.location, r.tcp_flags) = strings;
+        r.location = strings.0.map(Into::into);
+        r.tcp_flags = strings.1.map(tcp_flags_str);
         r.hook = hook.map(|h| tracer_common::Hook::ALL[h].program());
         r.addrs = addrs;
         r
