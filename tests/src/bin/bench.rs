@@ -229,6 +229,8 @@ impl Drop for Server {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Base,
+    /// Empty programs on rstrace's hooks: what attaching anything there costs.
+    Floor,
     Watch,
     Record,
 }
@@ -368,6 +370,7 @@ fn rand_u64() -> u64 {
 fn start_mode(o: &Opts, mode: Mode) -> Option<Agent> {
     match mode {
         Mode::Base => None,
+        Mode::Floor => Some(Agent::start(o, &["bench-floor"], None)),
         Mode::Watch => Some(Agent::start(o, &["watch"], None)),
         Mode::Record => {
             let f = scratch().join("bench.rst");
@@ -397,16 +400,17 @@ struct Workload {
 struct Measured {
     name: &'static str,
     base: Vec<f64>,
+    floor: Vec<(f64, AgentRun)>,
     watch: Vec<(f64, AgentRun)>,
     record: Vec<(f64, AgentRun)>,
 }
 
 impl Measured {
     fn ratios(&self, mode: Mode) -> Vec<f64> {
-        let runs = if mode == Mode::Watch {
-            &self.watch
-        } else {
-            &self.record
+        let runs = match mode {
+            Mode::Floor => &self.floor,
+            Mode::Watch => &self.watch,
+            _ => &self.record,
         };
         runs.iter()
             .zip(&self.base)
@@ -493,7 +497,7 @@ fn main() {
     ];
 
     // 1. Workload overhead.
-    let modes = [Mode::Base, Mode::Watch, Mode::Record];
+    let modes = [Mode::Base, Mode::Floor, Mode::Watch, Mode::Record];
     let mut results = Vec::new();
     for w in workloads
         .iter()
@@ -502,12 +506,13 @@ fn main() {
         let mut m = Measured {
             name: w.name,
             base: vec![],
+            floor: vec![],
             watch: vec![],
             record: vec![],
         };
         for rep in 0..o.reps {
-            for i in 0..3 {
-                let mode = modes[(rep + i) % 3];
+            for i in 0..modes.len() {
+                let mode = modes[(rep + i) % modes.len()];
                 let mut agent = start_mode(&o, mode);
                 thread::sleep(Duration::from_millis(300));
                 if let Some(a) = agent.as_mut() {
@@ -518,6 +523,7 @@ fn main() {
                 eprintln!("{:<32} rep {rep} {mode:?}: {rate:.0}/s", w.name);
                 match mode {
                     Mode::Base => m.base.push(rate),
+                    Mode::Floor => m.floor.push((rate, run.unwrap())),
                     Mode::Watch => m.watch.push((rate, run.unwrap())),
                     Mode::Record => m.record.push((rate, run.unwrap())),
                 }
@@ -526,8 +532,8 @@ fn main() {
         // Pair the runs of each repetition (the order rotated, the pairing is by rep).
         results.push(m);
     }
-    md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`.\n\n");
-    md.push_str("| storm | baseline ops/s, median (range) | watch / baseline, median (range) | record / baseline, median (range) |\n|---|---|---|---|\n");
+    md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`. The floor column attaches empty programs to the same hooks instead (`rstrace bench-floor`): the cost of the kernel running any program there, which no change to rstrace's programs can remove.\n\n");
+    md.push_str("| storm | baseline ops/s, median (range) | floor / baseline | watch / baseline, median (range) | record / baseline, median (range) |\n|---|---|---|---|---|\n");
     let range = |v: &[f64]| {
         let (lo, hi) = v
             .iter()
@@ -539,13 +545,16 @@ fn main() {
         let mut base = m.base.clone();
         let (blo, bhi) = range(&base);
         let bmed = median(&mut base);
+        let mut f = m.ratios(Mode::Floor);
+        let (flo, fhi) = range(&f);
+        let fmed = median(&mut f);
         let mut w = m.ratios(Mode::Watch);
         let (wlo, whi) = range(&w);
         let wmed = median(&mut w);
         let mut r = m.ratios(Mode::Record);
         let (rlo, rhi) = range(&r);
         let rmed = median(&mut r);
-        md.push_str(&format!("| {} | {bmed:.0} ({blo:.0}..{bhi:.0}) | {wmed:.3} ({wlo:.3}..{whi:.3}) | {rmed:.3} ({rlo:.3}..{rhi:.3}) |\n", m.name));
+        md.push_str(&format!("| {} | {bmed:.0} ({blo:.0}..{bhi:.0}) | {fmed:.3} ({flo:.3}..{fhi:.3}) | {wmed:.3} ({wlo:.3}..{whi:.3}) | {rmed:.3} ({rlo:.3}..{rhi:.3}) |\n", m.name));
         let need = if m.name.starts_with("short") {
             Some(0.98)
         } else if m.name.starts_with("refused") {
