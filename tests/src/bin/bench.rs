@@ -32,6 +32,8 @@ struct Opts {
     reps: usize,
     /// For focused runs: only the storms whose name contains this, and no file.
     storm: Option<String>,
+    /// For focused runs: only the kernel cost per program, and no file.
+    costs: bool,
 }
 
 fn opts() -> Opts {
@@ -41,17 +43,22 @@ fn opts() -> Opts {
         seconds: 2.0,
         reps: 5,
         storm: None,
+        costs: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for w in args.chunks(2) {
-        match (w[0].as_str(), w.get(1)) {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--costs" {
+            o.costs = true;
+            continue;
+        }
+        match (a.as_str(), args.next()) {
             ("--rstrace", Some(v)) => o.rstrace = v.into(),
             ("--out", Some(v)) => o.out = v.into(),
             ("--seconds", Some(v)) => o.seconds = v.parse().expect("--seconds"),
             ("--reps", Some(v)) => o.reps = v.parse().expect("--reps"),
-            ("--storm", Some(v)) => o.storm = Some(v.clone()),
+            ("--storm", Some(v)) => o.storm = Some(v),
             _ => panic!(
-                "usage: bench [--rstrace PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME]"
+                "usage: bench [--rstrace PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME] [--costs]"
             ),
         }
     }
@@ -501,7 +508,7 @@ fn main() {
     let mut results = Vec::new();
     for w in workloads
         .iter()
-        .filter(|w| o.storm.as_ref().is_none_or(|s| w.name.contains(s.as_str())))
+        .filter(|w| !o.costs && o.storm.as_ref().is_none_or(|s| w.name.contains(s.as_str())))
     {
         let mut m = Measured {
             name: w.name,
@@ -603,22 +610,23 @@ fn main() {
         max_rss <= 40 * 1024,
         format!("{:.1} MiB", max_rss as f64 / 1024.0),
     ));
-    if o.storm.is_some() {
+    if o.storm.is_some() && !o.costs {
         println!("{md}");
         let _ = fs::remove_dir_all(scratch());
         return;
     }
-    let refused = results
+    let bpe = results
         .iter()
         .find(|m| m.name.starts_with("refused"))
-        .unwrap();
-    let mut bpe: Vec<f64> = refused
-        .record
-        .iter()
-        .filter(|(_, r)| r.capture_records > 0)
-        .map(|(_, r)| r.capture_bytes as f64 / r.capture_records as f64)
-        .collect();
-    let bpe = median(&mut bpe);
+        .map_or(f64::NAN, |refused| {
+            let mut v: Vec<f64> = refused
+                .record
+                .iter()
+                .filter(|(_, r)| r.capture_records > 0)
+                .map(|(_, r)| r.capture_bytes as f64 / r.capture_records as f64)
+                .collect();
+            median(&mut v)
+        });
 
     // 3. Kernel cost per program, next to the empty program on the same hook.
     let old =
@@ -715,6 +723,12 @@ fn main() {
             ratio <= 1.5,
             format!("{ratio:.2}x"),
         ));
+    }
+
+    if o.costs {
+        println!("{md}");
+        let _ = fs::remove_dir_all(scratch());
+        return;
     }
 
     // 4. Throughput and loss.
