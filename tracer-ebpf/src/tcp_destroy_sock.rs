@@ -14,7 +14,10 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         load_record(&ctx, Hook::DestroySock).and_then(|p| raw_u64(&p.ev.raw, p.layout.skaddr))
     };
     if let Some(sk) = sk {
-        let _ = SOCKS.remove(sk);
+        // Marked dead rather than deleted: see SOCKS.
+        if let Some(o) = SOCKS.get_ptr_mut(sk) {
+            unsafe { (*o).tgid = 0 };
+        }
     }
     0
 }
