@@ -1,31 +1,34 @@
 //! Fills in what one event alone cannot say: the owner of sockets whose events carry
 //! no socket address (errno reports), and of listeners created before rstrace started.
 //! Owners only ever come from socket ownership, never from the task a softirq ran in.
-use std::net::SocketAddr;
-
-use crate::FastMap;
-
 use crate::{
     explain::host::Host,
+    generations::Generations,
     record::{Kind, Proc, Record},
 };
 
-/// How long a socket's 4-tuple is remembered after its last event, and how many are
-/// kept at most (a storm of short-lived sockets must not grow memory).
-const SOCKET_MEMORY_NS: u64 = 30 * 1_000_000_000;
-const MAX_SOCKETS: usize = 65_536;
+/// Sockets' 4-tuples are remembered 15 to 30 s after their last event, fewer under a
+/// storm of short-lived sockets (then at least the last 16k): an errno report comes
+/// in the same call chain as the socket's own event, so the join needs little memory.
+const SOCKET_GENERATION_NS: u64 = 15 * 1_000_000_000;
+const SOCKET_GENERATION_CAP: usize = 16_384;
 
 #[derive(Clone, Debug)]
 struct Seen {
     owner: Option<Proc>,
     netns: Option<u32>,
-    at_ns: u64,
 }
 
-#[derive(Default)]
 pub struct Enricher {
-    sockets: FastMap<(SocketAddr, SocketAddr), Seen>,
-    last_prune_ns: u64,
+    sockets: Generations<Seen>,
+}
+
+impl Default for Enricher {
+    fn default() -> Self {
+        Enricher {
+            sockets: Generations::new(SOCKET_GENERATION_CAP, SOCKET_GENERATION_NS),
+        }
+    }
 }
 
 impl Enricher {
@@ -39,16 +42,17 @@ impl Enricher {
         let socket_tuple = !matches!(r.kind, Kind::Drop | Kind::Loss | Kind::Overflow);
         if socket_tuple {
             if let (Some(s), Some(d)) = (r.src, r.dst) {
+                let key = self.sockets.key(&(s, d));
                 if r.owner.is_some() {
                     self.sockets.insert(
-                        (s, d),
+                        key,
                         Seen {
                             owner: r.owner.clone(),
                             netns: r.netns,
-                            at_ns: r.mono_ns,
                         },
+                        r.mono_ns,
                     );
-                } else if let Some(seen) = self.sockets.get(&(s, d)) {
+                } else if let Some(seen) = self.sockets.get(key) {
                     if seen.owner.is_some() {
                         r.owner = seen.owner.clone();
                         r.owner_source = Some("socket");
@@ -71,16 +75,6 @@ impl Enricher {
                     r.owner_source = Some("listener");
                 }
             }
-        }
-        if r.mono_ns > self.last_prune_ns + 10_000_000_000 || self.sockets.len() > MAX_SOCKETS {
-            let horizon = r.mono_ns.saturating_sub(SOCKET_MEMORY_NS);
-            self.sockets.retain(|_, s| s.at_ns >= horizon);
-            if self.sockets.len() > MAX_SOCKETS / 2 {
-                // Still a storm: keep only the last second.
-                let recent = r.mono_ns.saturating_sub(1_000_000_000);
-                self.sockets.retain(|_, s| s.at_ns >= recent);
-            }
-            self.last_prune_ns = r.mono_ns;
         }
         true
     }

@@ -11,7 +11,7 @@ pub mod story;
 
 use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddr};
 
-use crate::FastMap;
+use crate::{generations::Generations, FastMap};
 
 use serde::Serialize;
 
@@ -40,10 +40,12 @@ const DONE_FOR: u64 = 3_000 * MS;
 /// Stories with nothing to explain are forgotten after this (a connect given up by
 /// the kernel reports within about 130 s, the default SYN retries).
 const IDLE_FOR: u64 = 180_000 * MS;
-/// At most this many open stories, and explained flows remembered: under a storm the
-/// oldest are explained (or forgotten) early rather than memory growing.
+/// At most this many open stories: under a storm the oldest are explained early
+/// rather than memory growing.
 const MAX_STORIES: usize = 50_000;
-const MAX_DONE: usize = 100_000;
+/// Explained flows are remembered in generations of this many (under a storm, for
+/// less than DONE_FOR).
+const DONE_GENERATION_CAP: usize = 32_768;
 /// How often idle stories and expired flows are swept.
 const SWEEP_EVERY: u64 = 1_000 * MS;
 /// Bursts of a cause for one port and process within this collapse into a count.
@@ -129,7 +131,6 @@ struct Burst {
     more: u64,
 }
 
-#[derive(Default)]
 pub struct Engine {
     pub host: Host,
     stories: FastMap<FlowKey, Story>,
@@ -138,10 +139,25 @@ pub struct Engine {
     /// deadline (or was explained) is stale and skipped.
     due: BinaryHeap<Reverse<(u64, FlowKey)>>,
     last_sweep_ns: u64,
-    done: FastMap<FlowKey, u64>,
+    done: Generations<u64>,
     bursts: FastMap<(&'static str, u16, u32), Burst>,
     wants_context: bool,
     clock: Option<crate::decode::Clock>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            host: Host::default(),
+            stories: FastMap::default(),
+            due: BinaryHeap::new(),
+            last_sweep_ns: 0,
+            done: Generations::new(DONE_GENERATION_CAP, DONE_FOR),
+            bursts: FastMap::default(),
+            wants_context: false,
+            clock: None,
+        }
+    }
 }
 
 impl Engine {
@@ -174,7 +190,11 @@ impl Engine {
             return;
         }
         let Some(key) = FlowKey::of(&r) else { return };
-        if self.done.get(&key).is_some_and(|&until| r.mono_ns <= until) {
+        if self
+            .done
+            .get(self.done.key(&key))
+            .is_some_and(|&until| r.mono_ns <= until)
+        {
             return;
         }
         let now = r.mono_ns;
@@ -255,7 +275,9 @@ impl Engine {
                 continue;
             }
             let e = self.explain(&story);
-            self.done.insert(key, story.last_ns.max(now) + DONE_FOR);
+            let done = self.done.key(&key);
+            self.done
+                .insert(done, story.last_ns.max(now) + DONE_FOR, now);
             if let Some(mut e) = self.emit(e) {
                 e.evidence = self.timed(&story.evidence);
                 out.push(e);
@@ -277,7 +299,6 @@ impl Engine {
             self.last_sweep_ns = now;
             self.stories
                 .retain(|_, s| s.deadline.is_some() || now.saturating_sub(s.last_ns) < IDLE_FOR);
-            self.done.retain(|_, until| *until >= now);
             if self.due.len() > 4 * self.stories.len() + 1024 {
                 let live = self
                     .stories
@@ -285,9 +306,6 @@ impl Engine {
                     .filter_map(|(k, s)| Some(Reverse((s.deadline?, *k))));
                 self.due = live.collect();
             }
-        }
-        if self.done.len() > MAX_DONE {
-            self.done.clear();
         }
         let closed: Vec<_> = self
             .bursts
