@@ -257,6 +257,9 @@ pub struct RecordLayout {
     pub ret: u16,
     /// 1 when the record has the [`fixed`] layout, read without a helper call.
     pub fixed: u16,
+    /// inet_sk_error_report's errno.
+    pub error: u16,
+    pub dport: u16,
     pub _pad: u16,
 }
 
@@ -288,6 +291,8 @@ impl RecordLayout {
         uservaddr: NO_FIELD,
         ret: NO_FIELD,
         fixed: 0,
+        error: NO_FIELD,
+        dport: NO_FIELD,
         _pad: 0,
     };
 }

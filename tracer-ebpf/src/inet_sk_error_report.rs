@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::Hook;
 
-use crate::common::{load_record, raw_u16, submit};
+use crate::common::{load_record, raw_i32, raw_u16, submit};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -21,6 +21,14 @@ fn try_inet_sk_error_report(ctx: &TracePointContext) -> Option<()> {
         if proto != IPPROTO_TCP {
             return None;
         }
+    }
+    // A failed blocking connect reports twice: its errno, then 0 with no peer once
+    // the socket is torn down. The second says nothing. (Other reports of 0 are ICMP
+    // soft errors, and are kept.)
+    if raw_i32(&p.ev.raw, p.layout.error) == Some(0)
+        && raw_u16(&p.ev.raw, p.layout.dport) == Some(0)
+    {
+        return None;
     }
     submit(p.cfg, p.ev, Hook::ErrorReport);
     Some(())

@@ -9,6 +9,8 @@ use crate::{btf::KernelBtf, tracefs::Format};
 /// Drop reasons worth reporting: TCP/IP failure evidence. Everything else (normal
 /// teardown such as NOT_SPECIFIED or QUEUE_PURGE, congestion, other protocols) is
 /// filtered out in the kernel. Names absent from the running kernel are ignored.
+/// TCP_RESET (a received RST, freed once processed) is left out: tcp_receive_reset
+/// reports the same RST with its socket and owner, at a sixth of a refusal's events.
 pub const KEPT_DROP_REASONS: &[&str] = &[
     "NO_SOCKET",
     "NETFILTER_DROP",
@@ -18,7 +20,6 @@ pub const KEPT_DROP_REASONS: &[&str] = &[
     "SOCKET_BACKLOG",
     "PROTO_MEM",
     "TCP_LISTEN_OVERFLOW",
-    "TCP_RESET",
     "TCP_INVALID_SYN",
     "TCP_CLOSE",
     "TCP_FLAGS",
@@ -107,6 +108,14 @@ impl KernelInfo {
             .map(|(v, _)| *v)
     }
 
+    /// tcp_send_reset fires for resets sent without a socket, with their reason
+    /// (6.10+): a segment to a closed port then shows as an RST with NO_SOCKET.
+    pub fn traces_rst_for_closed_ports(&self) -> bool {
+        self.formats
+            .get(&Hook::SendReset)
+            .is_some_and(|f| f.field("reason").is_some())
+    }
+
     /// Program configuration for this kernel and a ring buffer of `ring_bytes`.
     pub fn program_config(&self, offsets: tracer_common::KernelOffsets, ring_bytes: u32) -> Config {
         let mut cfg = Config::EMPTY;
@@ -118,6 +127,10 @@ impl KernelInfo {
         }
         cfg.offsets = offsets;
         for name in KEPT_DROP_REASONS {
+            if *name == "NO_SOCKET" && self.traces_rst_for_closed_ports() {
+                // The RST that answers the segment is reported with this reason.
+                continue;
+            }
             if let Some(v) = self.drop_reason_value(name) {
                 let v = v as usize;
                 if v < DROP_REASON_BITS {
@@ -181,6 +194,8 @@ pub fn record_layout(f: &Format) -> RecordLayout {
         uservaddr: off("uservaddr"),
         ret: off("ret"),
         fixed: 0,
+        error: off("error"),
+        dport: off("dport"),
         _pad: 0,
     }
 }

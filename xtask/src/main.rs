@@ -67,10 +67,17 @@ enum Task {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
-        /// Repetitions of each baseline/watch/record triple (at least 5 for figures
-        /// worth reporting).
+        /// Repetitions of each baseline/floor/watch/record set (at least 5 for
+        /// figures worth reporting).
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Only the storms whose name contains this; prints instead of writing
+        /// BENCHMARKS.md (for measuring one change).
+        #[arg(long)]
+        storm: Option<String>,
+        /// Only the per-program kernel cost; prints instead of writing BENCHMARKS.md.
+        #[arg(long)]
+        costs: bool,
     },
 }
 
@@ -169,7 +176,12 @@ fn main() -> Result<()> {
                 .arg("--crashes")
                 .arg(root.join("fuzz-crashes")))
         }
-        Task::Bench { seconds, reps } => {
+        Task::Bench {
+            seconds,
+            reps,
+            storm,
+            costs,
+        } => {
             run(cargo().args([
                 "build",
                 "--release",
@@ -179,7 +191,7 @@ fn main() -> Result<()> {
                 "tests",
                 "--bins",
             ]))?;
-            let args: Vec<OsString> = vec![
+            let mut args: Vec<OsString> = vec![
                 "--rstrace".into(),
                 root.join("target/release/rstrace").into_os_string(),
                 "--out".into(),
@@ -189,6 +201,12 @@ fn main() -> Result<()> {
                 "--reps".into(),
                 reps.to_string().into(),
             ];
+            if let Some(s) = storm {
+                args.extend(["--storm".into(), s.into()]);
+            }
+            if costs {
+                args.push("--costs".into());
+            }
             run(&mut as_root(&root.join("target/release/bench"), &args, &[]))
         }
         Task::Lint => {
