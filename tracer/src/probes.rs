@@ -1,5 +1,8 @@
 //! Loading and attaching the eBPF programs, degrading hook by hook.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -117,6 +120,29 @@ impl Probes {
         out
     }
 
+    /// Runs the kernel skipped, per hook, because another BPF program was already
+    /// running on that CPU (a hook firing inside our own program's softirq, say):
+    /// events lost before any of our code ran. From each program's fdinfo
+    /// (`recursion_misses`, counted by 5.12+ kernels for raw tracepoints and by newer
+    /// ones for tracepoints too); zero where the kernel does not count them.
+    pub fn recursion_misses(&self) -> [u64; Hook::COUNT] {
+        let mut out = [0; Hook::COUNT];
+        for (hook, st) in &self.status {
+            let HookStatus::Attached { program } = st else {
+                continue;
+            };
+            let Some(Ok(fd)) = self.ebpf.program(program).map(|p| p.fd()) else {
+                continue;
+            };
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            out[*hook as usize] = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| fdinfo_value(&t, "recursion_misses"))
+                .unwrap_or(0);
+        }
+        out
+    }
+
     pub fn take_maps(&mut self) -> Result<Maps> {
         let ring = RingBuf::try_from(
             self.ebpf
@@ -189,6 +215,13 @@ fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook, floor: bool) -> Result
     Ok(program)
 }
 
+fn fdinfo_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
 /// Total of each hook's lost-event counters over all CPUs.
 pub fn read_losses(losses: &PerCpuArray<MapData, u64>) -> [u64; Hook::COUNT] {
     let mut out = [0; Hook::COUNT];
@@ -198,4 +231,17 @@ pub fn read_losses(losses: &PerCpuArray<MapData, u64>) -> [u64; Hook::COUNT] {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_counter_from_fdinfo() {
+        let t = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t12\nrun_cnt:\t3\nrecursion_misses:\t7\nverified_insns:\t99\n";
+        assert_eq!(fdinfo_value(t, "recursion_misses"), Some(7));
+        assert_eq!(fdinfo_value(t, "run_cnt"), Some(3));
+        assert_eq!(fdinfo_value("prog_type:\t5\n", "recursion_misses"), None);
+    }
 }

@@ -156,11 +156,16 @@ pub fn namespace_records(
     out
 }
 
-fn loss_record(hook: Hook, lost: u64, clock: &Clock) -> Record {
+/// Why events were lost, in a loss record's `reason`.
+pub const LOST_RING_FULL: &str = "RINGBUF_FULL";
+pub const LOST_RECURSION: &str = "RECURSION";
+
+fn loss_record(hook: Hook, lost: u64, why: &str, clock: &Clock) -> Record {
     let now = now_ns();
     let mut r = Record::new(Kind::Loss, now, clock.format(now));
     r.hook = Some(hook.program());
     r.lost = Some(lost);
+    r.reason = Some(why.into());
     r
 }
 
@@ -229,7 +234,9 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     // The programs wake the reader only when a backlog builds up (a wakeup per event
     // costs the kernel more than the event), so the ring is also read on this tick.
     let mut poll_tick = tokio::time::interval(Duration::from_millis(20));
-    let mut lost_before = read_losses(&maps.losses);
+    let loss_map = maps.losses;
+    let losses = |probes: &Probes| [read_losses(&loss_map), probes.recursion_misses()];
+    let mut lost_before = losses(&session.probes);
     let (mut events, mut lost) = (0u64, 0u64);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -277,13 +284,15 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
                 r
             }
             _ = loss_tick.tick() => {
-                let now = read_losses(&maps.losses);
+                let now = losses(&session.probes);
                 let mut res = Ok(());
-                for hook in Hook::ALL {
-                    let d = now[hook as usize].saturating_sub(lost_before[hook as usize]);
-                    lost += d;
-                    if d > 0 && res.is_ok() {
-                        res = pipe.push(loss_record(hook, d, &clock));
+                for (i, why) in [LOST_RING_FULL, LOST_RECURSION].into_iter().enumerate() {
+                    for hook in Hook::ALL {
+                        let d = now[i][hook as usize].saturating_sub(lost_before[i][hook as usize]);
+                        lost += d;
+                        if d > 0 && res.is_ok() {
+                            res = pipe.push(loss_record(hook, d, why, &clock));
+                        }
                     }
                 }
                 lost_before = now;

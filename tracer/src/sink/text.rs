@@ -127,9 +127,15 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
             }
         }
         Kind::Loss => {
+            let why = match r.reason.as_deref() {
+                Some(crate::watch::LOST_RECURSION) => {
+                    "the kernel skipped the program: another BPF program was running on that CPU"
+                }
+                _ => "ring buffer full; raise --ring-size",
+            };
             let _ = write!(
                 s,
-                "{} events lost from {} (ring buffer full; raise --ring-size)",
+                "{} events lost from {} ({why})",
                 r.lost.unwrap_or(0),
                 r.hook.unwrap_or("?")
             );
