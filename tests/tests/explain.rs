@@ -63,6 +63,13 @@ fn nothing_listening_is_explained_within_a_second() {
     assert_eq!(e, e2);
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
     assert_eq!(s(&e, "outcome"), "refused");
+    assert_eq!(s(&e, "errno_name"), "ECONNREFUSED", "{e}");
+    // Without errno events (5.10) the errno comes from how the socket died, and says so.
+    assert_eq!(
+        e.get("errno_inferred").is_some_and(|v| v == true),
+        !capability("errno"),
+        "{e}"
+    );
     assert_eq!(e["server_netns"], t.server.inode);
     assert_eq!(e["netns"], t.client.inode);
     assert!(

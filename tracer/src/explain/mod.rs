@@ -77,6 +77,10 @@ pub struct Explanation {
     pub dst: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno_name: Option<&'static str>,
+    /// True when no errno event was seen (kernels before 5.13) and `errno_name` is
+    /// what the socket's death implies.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub errno_inferred: bool,
     /// "refused", "timed out", "reset", ...
     pub outcome: &'static str,
     /// One sentence: who, where, what happened and why.
@@ -431,6 +435,7 @@ impl Engine {
             src,
             dst,
             errno_name: errno.and_then(errno_name),
+            errno_inferred: s.errno().is_none() && errno.is_some(),
             outcome: out,
             explanation,
             fix: finding.fix,
@@ -496,6 +501,7 @@ impl Engine {
             src: None,
             dst: listener,
             errno_name: None,
+            errno_inferred: false,
             outcome: "overflow",
             explanation: format!(
                 "{} {reason}",

@@ -127,6 +127,7 @@ fn refusal_rules_by_listener_table() {
         assert_eq!(x.process.as_ref().map(|p| p.pid), Some(4121), "{want}");
         assert_eq!(x.dst, Some(S.parse().unwrap()));
         assert_eq!(x.outcome, "refused");
+        assert!(!x.errno_inferred, "the errno event was there");
         assert!(
             x.explanation
                 .starts_with("curl[4121] -> 10.0.0.2:8080 refused: "),
@@ -429,6 +430,11 @@ fn kernels_without_errno_events_are_explained_from_how_the_socket_died() {
     });
     assert_eq!(causes(&out), vec!["nothing_listening"]);
     assert_eq!(out[0].outcome, "refused");
+    assert_eq!(out[0].errno_name, Some("ECONNREFUSED"));
+    assert!(
+        out[0].errno_inferred,
+        "no errno event: the errno is inferred"
+    );
     // Given up by the kernel's timer after retransmits: a timeout.
     let out = run(|e, o| {
         e.push(syn_retransmit(1_000), o);
@@ -457,6 +463,7 @@ fn a_connect_its_application_gave_up_is_explained_not_kept() {
     assert_eq!(causes(&out), vec!["firewall_drop"]);
     assert_eq!(out[0].outcome, "blocked");
     assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert!(!out[0].errno_inferred);
 }
 
 #[test]
