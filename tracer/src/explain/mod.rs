@@ -208,7 +208,7 @@ impl Engine {
                 r.reason.as_deref(),
                 Some("NETFILTER_DROP" | "NO_SOCKET" | "TCP_LISTEN_OVERFLOW")
             );
-        let syn = r.tcp_flags.as_deref() == Some("S");
+        let syn = r.tcp_flags == Some("S");
         // The socket died: whatever the application was told (if this kernel reports
         // errnos at all) comes in the same call chain.
         let died = kind == Kind::State && r.new_state == Some("CLOSE");

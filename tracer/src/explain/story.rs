@@ -88,7 +88,7 @@ impl Story {
             Kind::SynRetransmit | Kind::ConnectError => r.src,
             Kind::State if r.old_state == Some("SYN_SENT") => r.src,
             Kind::RstSent if r.state.is_none() || r.state == Some("LISTEN") => r.dst,
-            Kind::Drop if r.tcp_flags.as_deref() == Some("S") => r.src,
+            Kind::Drop if r.tcp_flags == Some("S") => r.src,
             Kind::SynackRetransmit => r.dst,
             Kind::Error
                 if matches!(
@@ -239,7 +239,7 @@ impl Story {
         self.evidence.iter().find_map(|r| match r.kind {
             Kind::RstSent | Kind::SynackRetransmit if r.src == Some(s) => r.netns,
             Kind::State if r.src == Some(s) => r.netns,
-            Kind::Drop if r.dst == Some(s) && r.tcp_flags.as_deref() == Some("S") => r.netns,
+            Kind::Drop if r.dst == Some(s) && r.tcp_flags == Some("S") => r.netns,
             _ => None,
         })
     }

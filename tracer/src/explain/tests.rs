@@ -194,7 +194,7 @@ fn remote_refusal_when_the_server_is_not_here() {
 fn drop_syn(at_ms: u64, reason: &str) -> Record {
     let mut d = rec(Kind::Drop, at_ms, C, S, SNS);
     d.reason = Some(reason.into());
-    d.tcp_flags = Some("S".into());
+    d.tcp_flags = Some("S");
     d.location = Some("nf_hook_slow+0x4c".into());
     d
 }
@@ -397,7 +397,7 @@ fn bursts_collapse_into_one_line_with_a_count() {
 fn unrelated_drops_explain_nothing_and_unknown_failures_are_honest() {
     let out = run(|e, o| {
         let mut d = drop_syn(0, "TCP_ZEROWINDOW");
-        d.tcp_flags = Some("A".into());
+        d.tcp_flags = Some("A");
         e.push(d, o);
     });
     assert!(out.is_empty(), "{out:#?}");

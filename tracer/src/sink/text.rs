@@ -70,7 +70,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
             let _ = write!(
                 s,
                 "{src} -> {dst} [{}] dropped {} at {}",
-                r.tcp_flags.as_deref().unwrap_or("?"),
+                r.tcp_flags.unwrap_or("?"),
                 r.reason.as_deref().unwrap_or("-"),
                 r.location.as_deref().unwrap_or("?")
             );

@@ -12,7 +12,6 @@ fn nft_fix(port: u16, netns: Option<u32>) -> String {
 fn netfilter_syn_drops<'a>(c: &'a Ctx) -> impl Iterator<Item = &'a crate::record::Record> + 'a {
     c.story.drops("NETFILTER_DROP").filter(|r| {
         r.tcp_flags
-            .as_deref()
             .is_some_and(|f| f.contains('S') && !f.contains('A'))
     })
 }
