@@ -32,11 +32,7 @@ pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Hook::COUNT 
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Socket ownership, keyed by the kernel socket address. LRU so that sockets whose
-/// destruction we missed cannot fill it. A destroyed socket's entry is not deleted
-/// but marked dead (tgid 0), and the next socket at that address writes over it:
-/// the slab hands freed addresses out again at once, so a storm of short
-/// connections mostly rewrites entries in place instead of paying the map's locked
-/// insert and delete (see `own`). (Per-CPU
+/// destruction we missed (created before rstrace started) cannot fill it. (Per-CPU
 /// LRU lists, BPF_F_NO_COMMON_LRU, measured slower here: sockets are often freed
 /// on another CPU than the one that created them.)
 #[map]
@@ -211,21 +207,6 @@ pub fn current_owner(netns: u32) -> SockOwner {
     }
 }
 
-/// Records `owner` as the owner of socket `sk`.
-///
-/// The socket is being created (connect, listen or accept), so no event of its own
-/// can read the entry concurrently: an entry left at this address is a dead
-/// socket's and is overwritten in place.
-#[inline(always)]
-pub fn own(sk: u64, owner: SockOwner) {
-    match SOCKS.get_ptr_mut(sk) {
-        Some(p) => unsafe { *p = owner },
-        None => {
-            let _ = SOCKS.insert(sk, owner, 0);
-        }
-    }
-}
-
 /// Fills the socket, owner and namespace of the event from the ownership map, and
 /// the namespace from the socket itself when the map does not know it.
 #[inline(always)]
@@ -234,7 +215,7 @@ pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
     if sk == 0 {
         return;
     }
-    if let Some(o) = unsafe { SOCKS.get(sk) }.filter(|o| o.tgid != 0) {
+    if let Some(o) = unsafe { SOCKS.get(sk) } {
         ev.hdr.owner_tgid = o.tgid;
         ev.hdr.owner_comm = o.comm;
         ev.hdr.owner_since_ns = o.since_ns;

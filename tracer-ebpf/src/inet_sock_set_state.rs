@@ -13,8 +13,8 @@ use aya_ebpf::{
 use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey};
 
 use crate::common::{
-    attribute, config, connect_reached_syn_sent, ctx_field, current_owner, load_record, own,
-    raw_i32, raw_u16, raw_u64, sock_netns, submit, LISTENERS,
+    attribute, config, connect_reached_syn_sent, ctx_field, current_owner, load_record, raw_i32,
+    raw_u16, raw_u64, sock_netns, submit, LISTENERS, SOCKS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -75,13 +75,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     }
     match (c.old, c.new) {
         (st::CLOSE, st::SYN_SENT) => {
-            own(c.sk, current_owner(sock_netns(cfg, c.sk)));
+            let _ = SOCKS.insert(c.sk, current_owner(sock_netns(cfg, c.sk)), 0);
             // The connect reached SYN_SENT: the TCP hooks tell its story.
             connect_reached_syn_sent(bpf_get_current_pid_tgid() as u32);
         }
         (st::CLOSE, st::LISTEN) => {
             let owner = current_owner(sock_netns(cfg, c.sk));
-            own(c.sk, owner);
+            let _ = SOCKS.insert(c.sk, owner, 0);
             let _ = LISTENERS.insert(listen_key(owner.netns, c.sport), owner, 0);
             report(ctx, c.sk);
         }
@@ -90,7 +90,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             if let Some(l) = unsafe { LISTENERS.get(key) } {
                 let mut owner = *l;
                 owner.retrans = 0;
-                own(c.sk, owner);
+                let _ = SOCKS.insert(c.sk, owner, 0);
             }
         }
         (st::LISTEN, st::CLOSE) => {

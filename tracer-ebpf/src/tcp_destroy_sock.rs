@@ -14,10 +14,10 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         load_record(&ctx, Hook::DestroySock).and_then(|p| raw_u64(&p.ev.raw, p.layout.skaddr))
     };
     if let Some(sk) = sk {
-        // Marked dead rather than deleted: see SOCKS.
-        if let Some(o) = SOCKS.get_ptr_mut(sk) {
-            unsafe { (*o).tgid = 0 };
-        }
+        // Deleted, not marked dead: a dead entry looks recently used to the LRU and
+        // would push out idle live sockets (long-lived connections, listeners),
+        // whose owners matter most.
+        let _ = SOCKS.remove(sk);
     }
     0
 }

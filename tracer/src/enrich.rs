@@ -7,8 +7,8 @@ use crate::{
     record::{Kind, Proc, Record},
 };
 
-/// Sockets' 4-tuples are remembered 15 to 30 s after their last event, fewer under a
-/// storm of short-lived sockets (then at least the last 16k): an errno report comes
+/// Sockets' 4-tuples are remembered at least 15 s after their last event, less under
+/// a storm of short-lived sockets (then at least the last 16k): an errno report comes
 /// in the same call chain as the socket's own event, so the join needs little memory.
 const SOCKET_GENERATION_NS: u64 = 15 * 1_000_000_000;
 const SOCKET_GENERATION_CAP: usize = 16_384;

@@ -1,7 +1,9 @@
 //! A memory of recent keys that forgets in bulk, for the per-event joins (which
 //! socket a 4-tuple belonged to, which flows were just explained). Entries go to a
-//! young generation; when it is full or `span_ns` old it becomes the old one and the
-//! previous old one is dropped. Lookups see both. Memory is bounded by twice `cap`
+//! young generation; when it is full or `span_ns` old (checked on insert) it becomes
+//! the old one and the previous old one is dropped. Lookups see both: an entry lives
+//! at least `span_ns` unless `cap` newer ones came since, and on a quiet host until
+//! newer ones push it out. Memory is bounded by twice `cap`
 //! entries and nothing is ever scanned, so a storm costs the same per event as a
 //! trickle. Keys are 64-bit digests of what they stand for: a collision (odds about
 //! n/2^64) would only join two unrelated records.

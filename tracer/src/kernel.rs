@@ -10,7 +10,8 @@ use crate::{btf::KernelBtf, tracefs::Format};
 /// teardown such as NOT_SPECIFIED or QUEUE_PURGE, congestion, other protocols) is
 /// filtered out in the kernel. Names absent from the running kernel are ignored.
 /// TCP_RESET (a received RST, freed once processed) is left out: tcp_receive_reset
-/// reports the same RST with its socket and owner, at a sixth of a refusal's events.
+/// reports the same RST with its socket and owner, at a sixth of a refusal's events
+/// (probes.rs adds it back when that hook cannot be attached).
 pub const KEPT_DROP_REASONS: &[&str] = &[
     "NO_SOCKET",
     "NETFILTER_DROP",
@@ -116,6 +117,16 @@ impl KernelInfo {
             .is_some_and(|f| f.field("reason").is_some())
     }
 
+    /// Makes the programs report drops for reason `name` (if this kernel has it).
+    pub fn keep_drop_reason(&self, cfg: &mut Config, name: &str) {
+        if let Some(v) = self.drop_reason_value(name) {
+            let v = v as usize;
+            if v < DROP_REASON_BITS {
+                cfg.keep_drop[v / 64] |= 1 << (v % 64);
+            }
+        }
+    }
+
     /// Program configuration for this kernel and a ring buffer of `ring_bytes`.
     pub fn program_config(&self, offsets: tracer_common::KernelOffsets, ring_bytes: u32) -> Config {
         let mut cfg = Config::EMPTY;
@@ -131,12 +142,7 @@ impl KernelInfo {
                 // The RST that answers the segment is reported with this reason.
                 continue;
             }
-            if let Some(v) = self.drop_reason_value(name) {
-                let v = v as usize;
-                if v < DROP_REASON_BITS {
-                    cfg.keep_drop[v / 64] |= 1 << (v % 64);
-                }
-            }
+            self.keep_drop_reason(&mut cfg, name);
         }
         cfg.listen_overflow_reason = self
             .drop_reason_value("TCP_LISTEN_OVERFLOW")

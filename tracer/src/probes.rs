@@ -98,6 +98,25 @@ impl Probes {
             };
             status.insert(hook, st);
         }
+        // Drops left out because an RST event says the same are wanted after all when
+        // that event's hook could not be attached.
+        let attached = |h: Hook| matches!(status.get(&h), Some(HookStatus::Attached { .. }));
+        let mut fallback = *cfg;
+        if !attached(Hook::SendReset) {
+            info.keep_drop_reason(&mut fallback, "NO_SOCKET");
+        }
+        if !attached(Hook::ReceiveReset) {
+            info.keep_drop_reason(&mut fallback, "TCP_RESET");
+        }
+        if !floor && fallback.keep_drop != cfg.keep_drop {
+            let mut config: Array<_, Config> = Array::try_from(
+                ebpf.map_mut(maps::CONFIG)
+                    .ok_or_else(|| anyhow!("no CONFIG map"))?,
+            )?;
+            config
+                .set(0, fallback, 0)
+                .context("writing the program configuration")?;
+        }
         Ok(Probes { ebpf, status })
     }
 

@@ -522,11 +522,8 @@ fn decode_fields(
         r.location = Some(string(b)?);
     }
     if has(TCP_FLAGS) {
-        r.tcp_flags = Some(
-            tcp_flags_parse(&string(b)?)
-                .map(tcp_flags_str)
-                .ok_or(CodecError::Bad("tcp flags"))?,
-        );
+        // Letters other than the ones rstrace writes drop the field, not the chunk.
+        r.tcp_flags = tcp_flags_parse(&string(b)?).map(tcp_flags_str);
     }
     if has(HOOK) {
         r.hook = Some(hook_name(get_varint(b)?)?);

@@ -187,7 +187,7 @@ impl Engine {
         self.host.on_record(&r);
         if r.kind == Kind::Overflow {
             if let Some(e) = self.overflow(&r) {
-                if let Some(e) = self.emit(e) {
+                if let Some(e) = self.emit(e, out) {
                     out.push(e);
                 }
             }
@@ -282,7 +282,7 @@ impl Engine {
             let done = self.done.key(&key);
             self.done
                 .insert(done, story.last_ns.max(now) + DONE_FOR, now);
-            if let Some(mut e) = self.emit(e) {
+            if let Some(mut e) = self.emit(e, out) {
                 e.evidence = self.timed(&story.evidence);
                 out.push(e);
             }
@@ -334,6 +334,8 @@ impl Engine {
                 self.due.push(Reverse((s.last_ns, *k)));
             }
         }
+        // Twice: the first pass schedules what it finds over the stories' cap.
+        self.advance(u64::MAX / 2, out);
         self.advance(u64::MAX / 2, out);
     }
 
@@ -348,10 +350,11 @@ impl Engine {
     }
 
     /// Counts `e` into its burst, or opens a burst and gives `e` back, timed, to be
-    /// printed. The time text and the evidence (which the caller adds) are only made
-    /// for the explanations printed: a storm's are mostly counted.
+    /// printed (after the count line of the burst it ends, if `advance` had not
+    /// closed it yet). The time text and the evidence (which the caller adds) are
+    /// only made for the explanations printed: a storm's are mostly counted.
     #[must_use]
-    fn emit(&mut self, mut e: Explanation) -> Option<Explanation> {
+    fn emit(&mut self, mut e: Explanation, out: &mut Vec<Explanation>) -> Option<Explanation> {
         let key = e.collapse_key();
         if let Some(b) = self.bursts.get_mut(&key) {
             if e.mono_ns <= b.until {
@@ -362,7 +365,7 @@ impl Engine {
         if e.time.is_empty() {
             e.time = self.time(e.mono_ns);
         }
-        self.bursts.insert(
+        let ended = self.bursts.insert(
             key,
             Burst {
                 first: e.clone(),
@@ -370,6 +373,9 @@ impl Engine {
                 more: 0,
             },
         );
+        if let Some(b) = ended.filter(|b| b.more > 0) {
+            out.push(self.summary(b));
+        }
         Some(e)
     }
 

@@ -394,6 +394,31 @@ fn bursts_collapse_into_one_line_with_a_count() {
 }
 
 #[test]
+fn a_burst_ended_by_a_later_failure_still_reports_its_count() {
+    // All three explained in one pass (a replay's end): the third, past the window,
+    // opens a new burst, and the first burst's count must not be lost.
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    for (i, at_ms) in [10u64, 20, 2_500].into_iter().enumerate() {
+        let c = format!("10.0.0.1:{}", 40000 + i);
+        let mut rst = rec(Kind::RstSent, at_ms, S, &c, SNS);
+        rst.reason = Some("NO_SOCKET".into());
+        e.push(rst, &mut out);
+        let mut err = client_owned(rec(Kind::Error, at_ms, &c, S, CNS));
+        err.errno = Some(libc::ECONNREFUSED);
+        e.push(err, &mut out);
+    }
+    e.finish(&mut out);
+    let counts: Vec<(u64, Option<u64>)> = out.iter().map(|x| (x.count, x.window_ms)).collect();
+    assert_eq!(
+        counts,
+        vec![(1, None), (1, Some(2_000)), (1, None)],
+        "{out:#?}"
+    );
+}
+
+#[test]
 fn unrelated_drops_explain_nothing_and_unknown_failures_are_honest() {
     let out = run(|e, o| {
         let mut d = drop_syn(0, "TCP_ZEROWINDOW");
