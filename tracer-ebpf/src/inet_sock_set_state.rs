@@ -13,8 +13,8 @@ use aya_ebpf::{
 use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey};
 
 use crate::common::{
-    attribute, config, connect_reached_syn_sent, ctx_field, current_owner, load_record, raw_i32,
-    raw_u16, raw_u64, sock_netns, submit, LISTENERS, SOCKS,
+    attribute, config, ctx_field, current_owner, load_record, raw_i32, raw_u16, raw_u64,
+    sock_netns, submit, CONNECTS, LISTENERS, SOCKS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -77,7 +77,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
         (st::CLOSE, st::SYN_SENT) => {
             let _ = SOCKS.insert(c.sk, current_owner(sock_netns(cfg, c.sk)), 0);
             // The connect reached SYN_SENT: the TCP hooks tell its story.
-            connect_reached_syn_sent(bpf_get_current_pid_tgid() as u32);
+            let tid = bpf_get_current_pid_tgid() as u32;
+            if let Some(p) = CONNECTS.get_ptr_mut(tid) {
+                unsafe { *p = 0 };
+            }
         }
         (st::CLOSE, st::LISTEN) => {
             let owner = current_owner(sock_netns(cfg, c.sk));

@@ -1,8 +1,7 @@
 //! syscalls:sys_enter_connect / sys_exit_connect: a connect() refused by routing or
 //! policy (no route, unreachable/prohibit/blackhole routes, cgroup or LSM policy)
 //! fails before the socket reaches SYN_SENT, so no TCP tracepoint fires. The entry
-//! remembers the destination pointer in a per-CPU slot; the exit reports only those
-//! errors.
+//! remembers the destination pointer per thread; the exit reports only those errors.
 //! Both run in the calling process, so the current task is the owner.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
@@ -12,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::{fixed, flags, ConnectInfo, Hook};
 
 use crate::common::{
-    config, ctx_field, current_owner, kread, load_record, raw_u64, submit, ConnectSlot, CONNECTS,
+    config, ctx_field, current_owner, kread, load_record, raw_u64, submit, CONNECTS,
 };
 
 const AF_INET: u16 = 2;
@@ -32,16 +31,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         load_record(&ctx, Hook::ConnectEnter).and_then(|p| raw_u64(&p.ev.raw, p.layout.uservaddr))
     };
     if let Some(uaddr) = uaddr {
-        if let Some(s) = CONNECTS.get_ptr_mut(0) {
-            let tid = bpf_get_current_pid_tgid() as u32;
-            unsafe {
-                *s = ConnectSlot {
-                    tid,
-                    _pad: 0,
-                    uaddr,
-                }
-            };
-        }
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = CONNECTS.insert(tid, uaddr, 0);
     }
     0
 }
@@ -55,14 +46,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let slot = unsafe { &mut *CONNECTS.get_ptr_mut(0)? };
-    if slot.tid != tid || slot.uaddr == 0 {
-        // Another thread's connect ran here since, or the socket reached SYN_SENT
-        // (the TCP hooks tell the rest).
-        return None;
-    }
-    let uaddr = slot.uaddr;
-    slot.uaddr = 0;
+    let uaddr = unsafe { CONNECTS.get(tid) }.copied();
+    let _ = CONNECTS.remove(tid);
+    // 0: the socket reached SYN_SENT, so the TCP hooks tell the rest.
+    let uaddr = uaddr.filter(|&a| a != 0)?;
     let cfg = config()?;
     let ret = if cfg.layouts[Hook::ConnectExit as usize].fixed != 0 {
         ctx_field::<i64>(ctx, fixed::CONNECT_RET)
