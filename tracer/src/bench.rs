@@ -14,7 +14,6 @@ use crate::{
     btf::KernelBtf,
     capture::{CaptureWriter, Header, Reader, RotatePolicy},
     decode::Clock,
-    explain::Engine,
     filter::Filter,
     kernel::KernelInfo,
     pipeline::Pipeline,
@@ -133,7 +132,6 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
     let mut readers = [Reader::open(&path)?];
     let clock = readers[0].header.clock();
     let mut pipe = Pipeline::new(
-        Engine::new(clock),
         Filter::default(),
         Output::new(io::sink(), true, false),
         false,

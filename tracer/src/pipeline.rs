@@ -35,10 +35,10 @@ pub struct Pipeline<W: io::Write> {
 const EXIT_CHECK_NS: u64 = 200_000_000;
 
 impl<W: io::Write> Pipeline<W> {
-    pub fn new(engine: Engine, filter: Filter, out: Output<W>, events: bool, clock: Clock) -> Self {
+    pub fn new(filter: Filter, out: Output<W>, events: bool, clock: Clock) -> Self {
         Pipeline {
             enricher: Enricher::default(),
-            engine,
+            engine: Engine::new(clock),
             filter,
             out,
             events,

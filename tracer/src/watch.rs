@@ -24,7 +24,6 @@ use crate::{
     btf::KernelBtf,
     capture::{CaptureWriter, Header, RotatePolicy},
     decode::{Clock, Decoder},
-    explain::Engine,
     filter::Filter,
     kernel::KernelInfo,
     netns::{self, Observation, Overflow},
@@ -205,13 +204,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         Box::new(io::stdout().lock())
     };
     let out = Output::new(sink, cfg.json, cfg.verbose);
-    let mut pipe = Pipeline::new(
-        Engine::new(clock),
-        cfg.filter.clone(),
-        out,
-        cfg.events,
-        clock,
-    );
+    let mut pipe = Pipeline::new(cfg.filter.clone(), out, cfg.events, clock);
     pipe.live = true;
     if let Some(rec) = &cfg.record {
         let header = Header::new(&session.info, clock);

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use super::{CaptureWriter, Header, Reader, RotatePolicy};
-use crate::{explain::Engine, filter::Filter, pipeline::Pipeline, sink::Output};
+use crate::{filter::Filter, pipeline::Pipeline, sink::Output};
 
 struct Rng(u64);
 
@@ -106,7 +106,6 @@ fn exercise(data: Vec<u8>) -> Result<()> {
     };
     let clock = reader.header.clock();
     let mut pipe = Pipeline::new(
-        Engine::new(clock),
         Filter::default(),
         Output::new(io::sink(), false, true),
         true,

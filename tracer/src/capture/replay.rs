@@ -11,12 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use super::Reader;
-use crate::{
-    explain::{Engine, Explanation},
-    filter::Filter,
-    pipeline::Pipeline,
-    sink::Output,
-};
+use crate::{explain::Explanation, filter::Filter, pipeline::Pipeline, sink::Output};
 
 /// The pipeline is advanced at this granularity of the records' own time (live, the
 /// clock ticks every 50 ms).
@@ -95,7 +90,6 @@ fn pipeline<W: Write>(cfg: &ReplayConfig, readers: &[Reader], out: W) -> Pipelin
         filter.window = Some((from, to));
     }
     Pipeline::new(
-        Engine::new(clock),
         filter,
         Output::new(out, cfg.json, cfg.verbose),
         cfg.events,
