@@ -81,6 +81,18 @@ enum Task {
     },
 }
 
+/// Runs the capture reader's fuzzer of the `profile` build; crashing inputs are
+/// saved in fuzz-crashes/.
+fn fuzz_capture(root: &Path, profile: &str, seconds: u64, seed: u64) -> Result<()> {
+    run(
+        Command::new(root.join("target").join(profile).join("rstrace"))
+            .args(["fuzz-capture", "--seconds", &seconds.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .arg("--crashes")
+            .arg(root.join("fuzz-crashes")),
+    )
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -165,16 +177,7 @@ fn main() -> Result<()> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_secs())
             });
-            run(Command::new(root.join("target/release/rstrace"))
-                .args([
-                    "fuzz-capture",
-                    "--seconds",
-                    &seconds.to_string(),
-                    "--seed",
-                    &seed.to_string(),
-                ])
-                .arg("--crashes")
-                .arg(root.join("fuzz-crashes")))
+            fuzz_capture(&root, "release", seconds, seed)
         }
         Task::Bench {
             seconds,
@@ -241,16 +244,7 @@ fn main() -> Result<()> {
             // Real-kernel tests: build them, then run the binaries as root, serially.
             run(cargo().args(["build", "--package", "tracer"]))?;
             // A short, fixed-seed run of the capture reader's fuzzer (no root).
-            run(Command::new(root.join("target/debug/rstrace"))
-                .args([
-                    "fuzz-capture",
-                    "--seconds",
-                    "15",
-                    "--seed",
-                    "1",
-                    "--crashes",
-                ])
-                .arg(root.join("fuzz-crashes")))?;
+            fuzz_capture(&root, "debug", 15, 1)?;
             let out = cargo()
                 .args([
                     "test",
