@@ -89,8 +89,7 @@ pub fn gather() -> Report {
     }
     let status = if privileged && tracefs.is_some() {
         privileges::raise_memlock();
-        let cfg = info.program_config(offsets, tracer_common::DEFAULT_RING_BYTES);
-        match Probes::load(&info, &cfg, tracer_common::DEFAULT_RING_BYTES) {
+        match Probes::load(&info, offsets, tracer_common::DEFAULT_RING_BYTES) {
             Ok(p) => Some(p.status.clone()),
             Err(e) => {
                 log::warn!("{e:#}");

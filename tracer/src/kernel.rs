@@ -9,9 +9,7 @@ use crate::{btf::KernelBtf, tracefs::Format};
 /// Drop reasons worth reporting: TCP/IP failure evidence. Everything else (normal
 /// teardown such as NOT_SPECIFIED or QUEUE_PURGE, congestion, other protocols) is
 /// filtered out in the kernel. Names absent from the running kernel are ignored.
-/// TCP_RESET (a received RST, freed once processed) is left out: tcp_receive_reset
-/// reports the same RST with its socket and owner, at a sixth of a refusal's events
-/// (probes.rs adds it back when that hook cannot be attached).
+/// Some repeat what an RST event says; see `drop_reported_by`.
 pub const KEPT_DROP_REASONS: &[&str] = &[
     "NO_SOCKET",
     "NETFILTER_DROP",
@@ -21,6 +19,7 @@ pub const KEPT_DROP_REASONS: &[&str] = &[
     "SOCKET_BACKLOG",
     "PROTO_MEM",
     "TCP_LISTEN_OVERFLOW",
+    "TCP_RESET",
     "TCP_INVALID_SYN",
     "TCP_CLOSE",
     "TCP_FLAGS",
@@ -117,18 +116,27 @@ impl KernelInfo {
             .is_some_and(|f| f.field("reason").is_some())
     }
 
-    /// Makes the programs report drops for reason `name` (if this kernel has it).
-    pub fn keep_drop_reason(&self, cfg: &mut Config, name: &str) {
-        if let Some(v) = self.drop_reason_value(name) {
-            let v = v as usize;
-            if v < DROP_REASON_BITS {
-                cfg.keep_drop[v / 64] |= 1 << (v % 64);
-            }
+    /// The hook whose event reports the same as a drop for `reason`, which is then
+    /// left out while that hook is attached: a received RST is freed as TCP_RESET
+    /// once tcp_receive_reset has reported it, and on 6.10+ a segment to a closed
+    /// port is answered by an RST that tcp_send_reset reports with NO_SOCKET. Each
+    /// would be a sixth of a refusal's events.
+    fn drop_reported_by(&self, reason: &str) -> Option<Hook> {
+        match reason {
+            "TCP_RESET" => Some(Hook::ReceiveReset),
+            "NO_SOCKET" if self.traces_rst_for_closed_ports() => Some(Hook::SendReset),
+            _ => None,
         }
     }
 
-    /// Program configuration for this kernel and a ring buffer of `ring_bytes`.
-    pub fn program_config(&self, offsets: tracer_common::KernelOffsets, ring_bytes: u32) -> Config {
+    /// Program configuration for this kernel, a ring buffer of `ring_bytes` and the
+    /// hooks that `attached` says are attached.
+    pub fn program_config(
+        &self,
+        offsets: tracer_common::KernelOffsets,
+        ring_bytes: u32,
+        attached: impl Fn(Hook) -> bool,
+    ) -> Config {
         let mut cfg = Config::EMPTY;
         for hook in Hook::ALL {
             if let Some(f) = self.formats.get(&hook) {
@@ -138,11 +146,15 @@ impl KernelInfo {
         }
         cfg.offsets = offsets;
         for name in KEPT_DROP_REASONS {
-            if *name == "NO_SOCKET" && self.traces_rst_for_closed_ports() {
-                // The RST that answers the segment is reported with this reason.
+            if self.drop_reported_by(name).is_some_and(&attached) {
                 continue;
             }
-            self.keep_drop_reason(&mut cfg, name);
+            if let Some(v) = self.drop_reason_value(name) {
+                let v = v as usize;
+                if v < DROP_REASON_BITS {
+                    cfg.keep_drop[v / 64] |= 1 << (v % 64);
+                }
+            }
         }
         cfg.listen_overflow_reason = self
             .drop_reason_value("TCP_LISTEN_OVERFLOW")

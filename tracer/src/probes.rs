@@ -10,7 +10,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{maps, Config, Hook};
+use tracer_common::{maps, Config, Hook, KernelOffsets};
 
 use crate::kernel::KernelInfo;
 
@@ -58,17 +58,32 @@ pub struct Maps {
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 impl Probes {
-    /// Loads the programs with `cfg` and attaches every hook this kernel has.
-    pub fn load(info: &KernelInfo, cfg: &Config, ring_bytes: u32) -> Result<Probes> {
-        Probes::load_as(info, cfg, ring_bytes, false)
+    /// Loads the programs, attaches every hook this kernel has, then configures them
+    /// for what got attached (until then they do nothing).
+    pub fn load(info: &KernelInfo, offsets: KernelOffsets, ring_bytes: u32) -> Result<Probes> {
+        let mut p = Probes::load_as(info, ring_bytes, false)?;
+        let cfg = info.program_config(offsets, ring_bytes, |h| p.attached(h));
+        let mut config: Array<_, Config> = Array::try_from(
+            p.ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or_else(|| anyhow!("no CONFIG map"))?,
+        )?;
+        config
+            .set(0, cfg, 0)
+            .context("writing the program configuration")?;
+        Ok(p)
     }
 
     /// The empty programs on the same hooks: the benchmark's floor.
     pub fn load_floor(info: &KernelInfo) -> Result<Probes> {
-        Probes::load_as(info, &Config::EMPTY, 4096, true)
+        Probes::load_as(info, 4096, true)
     }
 
-    fn load_as(info: &KernelInfo, cfg: &Config, ring_bytes: u32, floor: bool) -> Result<Probes> {
+    pub fn attached(&self, hook: Hook) -> bool {
+        matches!(self.status.get(&hook), Some(HookStatus::Attached { .. }))
+    }
+
+    fn load_as(info: &KernelInfo, ring_bytes: u32, floor: bool) -> Result<Probes> {
         if OBJECT.is_empty() {
             return Err(anyhow!("this rstrace was built without its eBPF programs"));
         }
@@ -79,15 +94,6 @@ impl Probes {
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(OBJECT)
             .context("loading the eBPF object (BPF_PROG_LOAD/BPF_MAP_CREATE)")?;
-        {
-            let mut config: Array<_, Config> = Array::try_from(
-                ebpf.map_mut(maps::CONFIG)
-                    .ok_or_else(|| anyhow!("no CONFIG map"))?,
-            )?;
-            config
-                .set(0, cfg, 0)
-                .context("writing the program configuration")?;
-        }
         let mut status = BTreeMap::new();
         for hook in Hook::ALL {
             let st = match attach(&mut ebpf, info, hook, floor) {
@@ -97,25 +103,6 @@ impl Probes {
                 },
             };
             status.insert(hook, st);
-        }
-        // Drops left out because an RST event says the same are wanted after all when
-        // that event's hook could not be attached.
-        let attached = |h: Hook| matches!(status.get(&h), Some(HookStatus::Attached { .. }));
-        let mut fallback = *cfg;
-        if !attached(Hook::SendReset) {
-            info.keep_drop_reason(&mut fallback, "NO_SOCKET");
-        }
-        if !attached(Hook::ReceiveReset) {
-            info.keep_drop_reason(&mut fallback, "TCP_RESET");
-        }
-        if !floor && fallback.keep_drop != cfg.keep_drop {
-            let mut config: Array<_, Config> = Array::try_from(
-                ebpf.map_mut(maps::CONFIG)
-                    .ok_or_else(|| anyhow!("no CONFIG map"))?,
-            )?;
-            config
-                .set(0, fallback, 0)
-                .context("writing the program configuration")?;
         }
         Ok(Probes { ebpf, status })
     }

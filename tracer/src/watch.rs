@@ -88,8 +88,7 @@ pub fn start(ring_bytes: u32) -> Result<Session> {
         log::warn!("kernel BTF lacks {m}; the dependent detail will be missing");
     }
     info.missing.extend(missing);
-    let cfg = info.program_config(offsets, ring_bytes);
-    let probes = Probes::load(&info, &cfg, ring_bytes)?;
+    let probes = Probes::load(&info, offsets, ring_bytes)?;
     probes.warn_degraded();
     if !probes
         .status
