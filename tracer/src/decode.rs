@@ -250,15 +250,7 @@ impl Decoder {
     }
 
     fn comm(&mut self, b: &[u8; 16]) -> Text {
-        if let Some(t) = self.comms.get(b) {
-            return t.clone();
-        }
-        if self.comms.len() >= TEXT_CACHE_MAX {
-            self.comms.clear();
-        }
-        let t: Text = comm(b).into();
-        self.comms.insert(*b, t.clone());
-        t
+        cached(&mut self.comms, *b, || comm(b).into())
     }
 
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -352,15 +344,10 @@ impl Decoder {
         }
         let d: DropInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const DropInfo) };
         r.reason = Some(name(&self.drop_reasons, d.reason as u64));
-        if self.locations.len() >= TEXT_CACHE_MAX {
-            self.locations.clear();
-        }
         let syms = &mut self.syms;
-        let loc = self
-            .locations
-            .entry(d.location)
-            .or_insert_with(|| syms.resolve(d.location).into());
-        r.location = Some(loc.clone());
+        r.location = Some(cached(&mut self.locations, d.location, || {
+            syms.resolve(d.location).into()
+        }));
         if d.parsed != 0 {
             let addr = |a: [u8; 16]| match d.family as i32 {
                 libc::AF_INET => IpAddr::from(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
@@ -371,6 +358,21 @@ impl Decoder {
             r.tcp_flags = Some(tcp_flags_str(d.tcp_flags));
         }
     }
+}
+
+/// The shared text for `key`, made once; the cache starts over when full.
+fn cached<K: std::hash::Hash + Eq>(
+    cache: &mut crate::FastMap<K, Text>,
+    key: K,
+    make: impl FnOnce() -> Text,
+) -> Text {
+    if let Some(t) = cache.get(&key) {
+        return t.clone();
+    }
+    if cache.len() >= TEXT_CACHE_MAX {
+        cache.clear();
+    }
+    cache.entry(key).or_insert_with(make).clone()
 }
 
 fn texts(table: &HashMap<u64, String>) -> HashMap<u64, Text> {

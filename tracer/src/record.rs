@@ -29,6 +29,10 @@ impl Serialize for Sock {
     }
 }
 
+/// Why events were lost, in a loss record's `reason`.
+pub const LOST_RING_FULL: &str = "RINGBUF_FULL";
+pub const LOST_RECURSION: &str = "RECURSION";
+
 /// Version of the JSON Lines schema, carried by every record.
 pub const SCHEMA_VERSION: u32 = 1;
 

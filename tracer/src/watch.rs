@@ -30,7 +30,7 @@ use crate::{
     pipeline::Pipeline,
     privileges,
     probes::{read_losses, HookStatus, Probes},
-    record::{Kind, Queue, Record},
+    record::{Kind, Queue, Record, LOST_RECURSION, LOST_RING_FULL},
     sink::Output,
     tracefs,
 };
@@ -153,10 +153,6 @@ pub fn namespace_records(
     }
     out
 }
-
-/// Why events were lost, in a loss record's `reason`.
-pub const LOST_RING_FULL: &str = "RINGBUF_FULL";
-pub const LOST_RECURSION: &str = "RECURSION";
 
 fn loss_record(hook: Hook, lost: u64, why: &str, clock: &Clock) -> Record {
     let now = now_ns();

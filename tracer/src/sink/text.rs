@@ -128,7 +128,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         }
         Kind::Loss => {
             let why = match r.reason.as_deref() {
-                Some(crate::watch::LOST_RECURSION) => {
+                Some(crate::record::LOST_RECURSION) => {
                     "the kernel skipped the program: another BPF program was running on that CPU"
                 }
                 _ => "ring buffer full; raise --ring-size",
