@@ -187,7 +187,8 @@ impl Engine {
         self.host.on_record(&r);
         if r.kind == Kind::Overflow {
             if let Some(e) = self.overflow(&r) {
-                if let Some(e) = self.emit(e, out) {
+                if let Some(mut e) = self.emit(e, out) {
+                    e.evidence = self.timed(std::slice::from_ref(&r));
                     out.push(e);
                 }
             }
@@ -327,12 +328,15 @@ impl Engine {
 
     /// Explains everything still pending (end of a capture).
     pub fn finish(&mut self, out: &mut Vec<Explanation>) {
+        let mut waiting = Vec::new();
         for (k, s) in self.stories.iter_mut() {
             s.waited_for_context = true;
             if s.deadline.is_none() && s.errno().is_none() && !s.client_is_local() {
-                s.deadline = Some(s.last_ns);
-                self.due.push(Reverse((s.last_ns, *k)));
+                waiting.push((*k, s.last_ns));
             }
+        }
+        for (k, at) in waiting {
+            self.schedule(k, at);
         }
         // Twice: the first pass schedules what it finds over the stories' cap.
         self.advance(u64::MAX / 2, out);
@@ -352,7 +356,8 @@ impl Engine {
     /// Counts `e` into its burst, or opens a burst and gives `e` back, timed, to be
     /// printed (after the count line of the burst it ends, if `advance` had not
     /// closed it yet). The time text and the evidence (which the caller adds) are
-    /// only made for the explanations printed: a storm's are mostly counted.
+    /// only made for the explanations printed: a storm's are mostly counted. So
+    /// `explain` and `overflow` leave both empty.
     #[must_use]
     fn emit(&mut self, mut e: Explanation, out: &mut Vec<Explanation>) -> Option<Explanation> {
         let key = e.collapse_key();
@@ -362,9 +367,7 @@ impl Engine {
                 return None;
             }
         }
-        if e.time.is_empty() {
-            e.time = self.time(e.mono_ns);
-        }
+        e.time = self.time(e.mono_ns);
         let ended = self.bursts.insert(
             key,
             Burst {
@@ -496,7 +499,7 @@ impl Engine {
         Some(Explanation {
             v: SCHEMA_VERSION,
             kind: "failure",
-            time: self.time(r.mono_ns),
+            time: String::new(),
             mono_ns: r.mono_ns,
             cause,
             confidence: 0.9,
@@ -516,7 +519,7 @@ impl Engine {
             fix,
             count: 1,
             window_ms: None,
-            evidence: self.timed(std::slice::from_ref(r)),
+            evidence: Vec::new(),
         })
     }
 }
