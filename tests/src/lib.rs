@@ -346,6 +346,7 @@ pub struct Agent {
     pub pid: u32,
     records: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -361,28 +362,29 @@ impl Agent {
         let records = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let out = line_reader(child.stdout.take().unwrap());
+        let mut readers = Vec::new();
         {
             let records = records.clone();
-            thread::spawn(move || {
+            readers.push(thread::spawn(move || {
                 for line in out {
                     let v: Value = serde_json::from_str(&line)
                         .unwrap_or_else(|e| panic!("rstrace printed invalid JSON ({e}): {line}"));
                     records.lock().unwrap().push(v);
                 }
-            });
+            }));
         }
         let err = line_reader(child.stderr.take().unwrap());
         let (ready_tx, ready_rx) = mpsc::channel();
         {
             let stderr = stderr.clone();
-            thread::spawn(move || {
+            readers.push(thread::spawn(move || {
                 for line in err {
                     if line.contains("watching") {
                         let _ = ready_tx.send(());
                     }
                     stderr.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let pid = child.id();
         let agent = Agent {
@@ -390,6 +392,7 @@ impl Agent {
             pid,
             records,
             stderr,
+            readers,
         };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             panic!(
@@ -431,18 +434,26 @@ impl Agent {
         unsafe { libc::kill(self.pid as i32, sig) };
     }
 
-    /// SIGINT, then the exit status (SIGKILL after 10 s).
+    /// SIGINT, then the exit status (SIGKILL after 10 s). Once it returns, `records`
+    /// and `stderr` hold everything the agent printed.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        let st = loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
-                return st;
+                break st;
+            }
+            if Instant::now() > deadline {
+                self.signal(libc::SIGKILL);
+                break self.child.wait().expect("wait");
             }
             thread::sleep(Duration::from_millis(20));
+        };
+        // The pipes close with the process, so the readers end after the last line.
+        for r in self.readers.drain(..) {
+            let _ = r.join();
         }
-        self.signal(libc::SIGKILL);
-        self.child.wait().expect("wait")
+        st
     }
 }
 
