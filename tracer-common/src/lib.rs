@@ -131,6 +131,26 @@ pub mod flags {
     pub const QUEUE_KNOWN: u8 = 4;
     /// The event carries a [`super::ConnectInfo`] instead of a raw record.
     pub const CONNECT_INFO: u8 = 8;
+    /// The event carries a [`super::SockInfo`] instead of a raw record.
+    pub const SOCK_INFO: u8 = 16;
+}
+
+/// A state change read from the socket itself (inet_sock_set_state attached as a raw
+/// tracepoint, which has no record to copy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockInfo {
+    pub oldstate: i32,
+    pub newstate: i32,
+    /// IPv4 (2) or IPv6 (10).
+    pub family: u16,
+    /// Host byte order ports.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    /// Network byte order addresses; IPv4 in the first four bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 /// A connect() that failed before any packet was sent (routing, policy): there is no
@@ -317,7 +337,18 @@ pub struct KernelOffsets {
     /// task_struct -> nsproxy, nsproxy -> net_ns.
     pub task_nsproxy: u32,
     pub nsproxy_net: u32,
-    pub _pad: u32,
+    /// What the raw-tracepoint state hook reads instead of a record, from where the
+    /// tracepoint takes it: sock -> sk_protocol (u16 since 5.6), __sk_common's family,
+    /// peer port and addresses; inet_sock (which begins with the sock) -> inet_sport
+    /// and inet_saddr (skc_num is cleared when a socket closes, before the hook runs).
+    pub sk_protocol: u32,
+    pub skc_family: u32,
+    pub inet_sport: u32,
+    pub skc_dport: u32,
+    pub skc_daddr: u32,
+    pub inet_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
 }
 
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -335,8 +366,34 @@ impl KernelOffsets {
         dev_net: NO_OFFSET,
         task_nsproxy: NO_OFFSET,
         nsproxy_net: NO_OFFSET,
-        _pad: 0,
+        sk_protocol: NO_OFFSET,
+        skc_family: NO_OFFSET,
+        inet_sport: NO_OFFSET,
+        skc_dport: NO_OFFSET,
+        skc_daddr: NO_OFFSET,
+        inet_saddr: NO_OFFSET,
+        skc_v6_daddr: NO_OFFSET,
+        skc_v6_rcv_saddr: NO_OFFSET,
     };
+
+    /// Whether the socket hooks can run as raw tracepoints (everything they read from
+    /// the socket is known).
+    pub fn sock_fields_known(&self) -> bool {
+        [
+            self.sk_net,
+            self.net_inum,
+            self.sk_protocol,
+            self.skc_family,
+            self.inet_sport,
+            self.skc_dport,
+            self.skc_daddr,
+            self.inet_saddr,
+            self.skc_v6_daddr,
+            self.skc_v6_rcv_saddr,
+        ]
+        .iter()
+        .all(|&o| o != NO_OFFSET)
+    }
 }
 
 /// Drop reasons below this value can be selected; larger ones (subsystem reasons) are
@@ -382,6 +439,7 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 88);
 const _: () = assert!(core::mem::size_of::<Event>() == 88 + RAW_MAX);
 const _: () = assert!(core::mem::size_of::<DropInfo>() <= RAW_MAX);
 const _: () = assert!(core::mem::size_of::<ConnectInfo>() <= RAW_MAX);
+const _: () = assert!(core::mem::size_of::<SockInfo>() <= RAW_MAX);
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);

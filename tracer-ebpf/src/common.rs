@@ -17,8 +17,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    flags, Config, Event, Hook, ListenKey, RecordLayout, SockOwner, DEFAULT_RING_BYTES, NO_FIELD,
-    NO_OFFSET, RAW_MAX,
+    flags, Config, Event, EventHeader, Hook, ListenKey, RecordLayout, SockOwner,
+    DEFAULT_RING_BYTES, NO_FIELD, NO_OFFSET, RAW_MAX,
 };
 
 #[map]
@@ -222,6 +222,31 @@ pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
         if let Some(n) = LOSSES.get_ptr_mut(hook as u32) {
             unsafe { *n += 1 };
         }
+    }
+}
+
+/// An empty event of `hook`, built on the stack: raw tracepoint programs are not
+/// serialized with the others (see SCRATCH_DROP), so they cannot share SCRATCH.
+#[inline(always)]
+pub fn stack_event(hook: Hook, flags: u8, raw_len: usize) -> Event {
+    Event {
+        hdr: EventHeader {
+            ts_ns: 0,
+            cur_pid_tgid: 0,
+            skaddr: 0,
+            owner_since_ns: 0,
+            owner_tgid: 0,
+            netns: 0,
+            retrans: 0,
+            ack_backlog: 0,
+            max_ack_backlog: 0,
+            hook: hook as u8,
+            flags,
+            raw_len: raw_len as u16,
+            cur_comm: [0; 16],
+            owner_comm: [0; 16],
+        },
+        raw: [0; RAW_MAX],
     }
 }
 

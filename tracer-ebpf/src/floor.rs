@@ -28,7 +28,19 @@ floor!(
     floor_exit_connect,
 );
 
-#[raw_tracepoint(tracepoint = "kfree_skb")]
-pub fn floor_kfree_skb(_ctx: RawTracePointContext) -> u32 {
-    0
+macro_rules! raw_floor {
+    ($($name:ident: $tp:literal),* $(,)?) => {
+        $(
+            #[raw_tracepoint(tracepoint = $tp)]
+            pub fn $name(_ctx: RawTracePointContext) -> u32 {
+                0
+            }
+        )*
+    };
 }
+
+raw_floor!(
+    floor_kfree_skb: "kfree_skb",
+    floor_raw_set_state: "inet_sock_set_state",
+    floor_raw_destroy_sock: "tcp_destroy_sock",
+);

@@ -5,23 +5,58 @@
 //! accepted socket (LISTEN->SYN_RECV, in softirq) inherits its listener's owner.
 //! Evidence: only transitions that mean a failure or a listener change are reported,
 //! so that a storm of healthy short connections costs no ring-buffer traffic. It runs
-//! about ten times per connection: the common transitions return after reading three
-//! fields straight from the record.
+//! about ten times per connection, so the common transitions return at once.
+//!
+//! Two entry points. `inet_sock_set_state_raw`, attached as a raw tracepoint when BTF
+//! gave the socket's field offsets, gets the socket and both states as arguments: the
+//! kernel builds no record, and its recursion guard is per program rather than shared
+//! with every tracepoint and kprobe program on the CPU (a timer's softirq landing in
+//! any of them would skip this hook). `inet_sock_set_state` is the tracepoint
+//! fallback, reading the record.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
-use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey};
+use tracer_common::{fixed, flags, tcp_state as st, Config, Hook, ListenKey, SockInfo};
 
 use crate::common::{
-    attribute, config, ctx_field, current_owner, load_record, raw_i32, raw_u16, raw_u64,
-    sock_netns, submit, CONNECTS, LISTENERS, SOCKS,
+    attribute, config, ctx_field, current_owner, kread, load_record, raw_i32, raw_u16, raw_u64,
+    sock_netns, stack_event, submit, CONNECTS, LISTENERS, SOCKS,
 };
 
 const IPPROTO_TCP: u16 = 6;
+const AF_INET6: u16 = 10;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    try_inet_sock_set_state(&ctx);
+    if let Some(cfg) = config() {
+        if let Some(c) = read_change(&ctx, cfg) {
+            on_change(cfg, &c, |sk| report_record(&ctx, sk));
+        }
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    if !interesting(old, new) {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let sk: u64 = ctx.arg(0);
+    let protocol = kread::<u16>(sk, cfg.offsets.sk_protocol);
+    let sport = u16::from_be(kread::<u16>(sk, cfg.offsets.inet_sport).unwrap_or(0));
+    let c = Change {
+        sk,
+        old,
+        new,
+        sport,
+        protocol,
+    };
+    on_change(cfg, &c, |sk| report_sock(cfg, sk, old, new));
     0
 }
 
@@ -31,6 +66,20 @@ struct Change {
     new: i32,
     sport: u16,
     protocol: Option<u16>,
+}
+
+/// The transitions `on_change` acts on; all others (most of them) are ignored.
+#[inline(always)]
+fn interesting(old: i32, new: i32) -> bool {
+    matches!(
+        (old, new),
+        (st::CLOSE, st::SYN_SENT | st::LISTEN)
+            | (st::LISTEN, st::SYN_RECV | st::CLOSE)
+            | (
+                st::ESTABLISHED | st::SYN_SENT | st::SYN_RECV | st::CLOSE_WAIT,
+                st::CLOSE
+            )
+    )
 }
 
 #[inline(always)]
@@ -56,9 +105,9 @@ fn read_change(ctx: &TracePointContext, cfg: &Config) -> Option<Change> {
     })
 }
 
-/// Copies the record and reports it, with the socket's owner.
+/// Copies the record and reports it, with the socket's owner; the namespace.
 #[inline(always)]
-fn report(ctx: &TracePointContext, sk: u64) -> Option<u32> {
+fn report_record(ctx: &TracePointContext, sk: u64) -> Option<u32> {
     let p = load_record(ctx, Hook::SetState)?;
     attribute(p.cfg, p.ev, sk);
     let netns = p.ev.hdr.netns;
@@ -66,12 +115,48 @@ fn report(ctx: &TracePointContext, sk: u64) -> Option<u32> {
     Some(netns)
 }
 
+/// Reports the change with what the socket holds, with its owner; the namespace.
 #[inline(always)]
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
-    let cfg = config()?;
-    let c = read_change(ctx, cfg)?;
+fn report_sock(cfg: &Config, sk: u64, old: i32, new: i32) -> Option<u32> {
+    let o = &cfg.offsets;
+    let family = kread::<u16>(sk, o.skc_family).unwrap_or(0);
+    let mut info = SockInfo {
+        oldstate: old,
+        newstate: new,
+        family,
+        sport: u16::from_be(kread::<u16>(sk, o.inet_sport).unwrap_or(0)),
+        dport: u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0)),
+        _pad: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if family == AF_INET6 {
+        info.saddr = kread(sk, o.skc_v6_rcv_saddr).unwrap_or([0; 16]);
+        info.daddr = kread(sk, o.skc_v6_daddr).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = kread(sk, o.inet_saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = kread(sk, o.skc_daddr).unwrap_or([0; 4]);
+        info.saddr[..4].copy_from_slice(&s);
+        info.daddr[..4].copy_from_slice(&d);
+    }
+    let mut ev = stack_event(
+        Hook::SetState,
+        flags::SOCK_INFO,
+        core::mem::size_of::<SockInfo>(),
+    );
+    unsafe {
+        core::ptr::write_unaligned(ev.raw.as_mut_ptr() as *mut SockInfo, info);
+    }
+    attribute(cfg, &mut ev, sk);
+    let netns = ev.hdr.netns;
+    submit(cfg, &mut ev, Hook::SetState);
+    Some(netns)
+}
+
+#[inline(always)]
+fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
     if c.protocol.is_some_and(|p| p != IPPROTO_TCP) {
-        return None;
+        return;
     }
     match (c.old, c.new) {
         (st::CLOSE, st::SYN_SENT) => {
@@ -86,7 +171,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             let owner = current_owner(sock_netns(cfg, c.sk));
             let _ = SOCKS.insert(c.sk, owner, 0);
             let _ = LISTENERS.insert(listen_key(owner.netns, c.sport), owner, 0);
-            report(ctx, c.sk);
+            report(c.sk);
         }
         (st::LISTEN, st::SYN_RECV) => {
             let key = listen_key(sock_netns(cfg, c.sk), c.sport);
@@ -97,17 +182,17 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             }
         }
         (st::LISTEN, st::CLOSE) => {
-            let netns = report(ctx, c.sk)?;
-            let _ = LISTENERS.remove(listen_key(netns, c.sport));
+            if let Some(netns) = report(c.sk) {
+                let _ = LISTENERS.remove(listen_key(netns, c.sport));
+            }
         }
         // A socket that dies without the FIN handshake: refused, timed out, reset or
         // aborted. Orderly closes pass through FIN_WAIT/LAST_ACK and are not reported.
         (st::ESTABLISHED | st::SYN_SENT | st::SYN_RECV | st::CLOSE_WAIT, st::CLOSE) => {
-            report(ctx, c.sk);
+            report(c.sk);
         }
         _ => {}
     }
-    Some(())
 }
 
 #[inline(always)]

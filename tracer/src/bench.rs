@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
+use tracer_common::KernelOffsets;
 
 use crate::{
     btf::KernelBtf,
@@ -32,7 +33,10 @@ pub fn floor(stats: PathBuf) -> Result<()> {
     let tracefs = tracefs::ensure_tracefs()?;
     let btf = KernelBtf::load().ok();
     let info = KernelInfo::gather(&tracefs, btf.as_ref());
-    let probes = Probes::load_floor(&info)?;
+    let offsets = btf.as_ref().map_or(KernelOffsets::UNKNOWN, |b| {
+        b.kernel_offsets(&mut Vec::new())
+    });
+    let probes = Probes::load_floor(&info, &offsets)?;
     eprintln!("rstrace: watching with empty programs (benchmark floor)");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -257,7 +257,14 @@ impl KernelBtf {
             dev_net: get("net_device", "nd_net.net"),
             task_nsproxy: get("task_struct", "nsproxy"),
             nsproxy_net: get("nsproxy", "net_ns"),
-            _pad: 0,
+            sk_protocol: get("sock", "sk_protocol"),
+            skc_family: get("sock", "__sk_common.skc_family"),
+            inet_sport: get("inet_sock", "inet_sport"),
+            skc_dport: get("sock", "__sk_common.skc_dport"),
+            skc_daddr: get("sock", "__sk_common.skc_daddr"),
+            inet_saddr: get("inet_sock", "inet_saddr"),
+            skc_v6_daddr: get("sock", "__sk_common.skc_v6_daddr"),
+            skc_v6_rcv_saddr: get("sock", "__sk_common.skc_v6_rcv_saddr"),
         }
     }
 }
@@ -349,6 +356,9 @@ mod tests {
         let o = b.kernel_offsets(&mut missing);
         assert!(missing.is_empty(), "{missing:?}");
         assert_ne!(o.sk_net, NO_OFFSET);
+        assert!(o.sock_fields_known(), "{o:?}");
+        // struct sock_common starts with the peer's address on every kernel since 2.6.
+        assert_eq!(o.skc_daddr, 0);
         assert!(b
             .enum_values("skb_drop_reason", "SKB_DROP_REASON_")
             .unwrap()

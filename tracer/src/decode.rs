@@ -6,7 +6,7 @@ use std::{
 };
 
 use thiserror::Error;
-use tracer_common::{flags, ConnectInfo, DropInfo, Event, EventHeader, Hook, RAW_MAX};
+use tracer_common::{flags, ConnectInfo, DropInfo, Event, EventHeader, Hook, SockInfo, RAW_MAX};
 
 use crate::{
     kallsyms::Kallsyms,
@@ -215,6 +215,19 @@ fn connect_error(raw: &[u8], r: &mut Record) {
     r.errno_name = errno_name(e);
 }
 
+/// A state change read from the socket (the raw-tracepoint state hook).
+fn sock_change(raw: &[u8], r: &mut Record) {
+    let s: SockInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const SockInfo) };
+    let addr = |a: [u8; 16]| match s.family as i32 {
+        libc::AF_INET6 => ip6(a),
+        _ => IpAddr::from(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+    };
+    r.src = Some(SocketAddr::new(addr(s.saddr), s.sport));
+    r.dst = Some(SocketAddr::new(addr(s.daddr), s.dport));
+    r.old_state = Some(tcp_state_name(s.oldstate));
+    r.new_state = Some(tcp_state_name(s.newstate));
+}
+
 pub fn comm(b: &[u8; 16]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -284,6 +297,10 @@ impl Decoder {
         }
         if h.flags & flags::CONNECT_INFO != 0 {
             connect_error(raw, &mut r);
+            return Ok(r);
+        }
+        if h.flags & flags::SOCK_INFO != 0 {
+            sock_change(raw, &mut r);
             return Ok(r);
         }
         let hf = self.fields.get(&hook).ok_or(DecodeError::NoLayout(hook))?;
@@ -514,6 +531,54 @@ mod tests {
         assert_eq!(r.state, Some("CLOSE"));
         assert_eq!(r.src, Some("10.0.0.2:8080".parse().unwrap()));
         assert_eq!(r.dst, Some("10.0.0.1:40000".parse().unwrap()));
+    }
+
+    #[test]
+    fn decodes_state_changes_read_from_the_socket() {
+        // No format at all: the raw-tracepoint hook's events need none.
+        let mut d = Decoder::new(&KernelInfo::default());
+        let info = |family: i32, saddr: [u8; 16], daddr: [u8; 16]| SockInfo {
+            oldstate: tracer_common::tcp_state::SYN_SENT,
+            newstate: tracer_common::tcp_state::CLOSE,
+            family: family as u16,
+            sport: 45678,
+            dport: 8080,
+            _pad: 0,
+            saddr,
+            daddr,
+        };
+        let mut v4 = [[0u8; 16]; 2];
+        v4[0][..4].copy_from_slice(&[10, 0, 0, 1]);
+        v4[1][..4].copy_from_slice(&[10, 0, 0, 2]);
+        let mapped = "::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap().octets();
+        let v6 = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        for (s, want_src, want_dst) in [
+            (
+                info(libc::AF_INET, v4[0], v4[1]),
+                "10.0.0.1:45678",
+                "10.0.0.2:8080",
+            ),
+            (
+                info(libc::AF_INET6, v6, mapped),
+                "[2001:db8::1]:45678",
+                "10.0.0.2:8080",
+            ),
+        ] {
+            let mut bytes = event(Hook::SetState, |r| unsafe {
+                std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s)
+            });
+            let flags_off = std::mem::offset_of!(EventHeader, flags);
+            bytes[flags_off] |= flags::SOCK_INFO;
+            let r = d.decode(&bytes).unwrap();
+            assert_eq!(r.kind, Kind::State);
+            assert_eq!(r.src, Some(want_src.parse().unwrap()));
+            assert_eq!(r.dst, Some(want_dst.parse().unwrap()));
+            assert_eq!(
+                (r.old_state, r.new_state),
+                (Some("SYN_SENT"), Some("CLOSE"))
+            );
+            assert_eq!(r.owner.as_ref().map(|o| o.pid), Some(4121));
+        }
     }
 
     #[test]

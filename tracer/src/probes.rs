@@ -61,7 +61,7 @@ impl Probes {
     /// Loads the programs, attaches every hook this kernel has, then configures them
     /// for what got attached (until then they do nothing).
     pub fn load(info: &KernelInfo, offsets: KernelOffsets, ring_bytes: u32) -> Result<Probes> {
-        let mut p = Probes::load_as(info, ring_bytes, false)?;
+        let mut p = Probes::load_as(info, &offsets, ring_bytes, false)?;
         let cfg = info.program_config(offsets, ring_bytes, |h| p.attached(h));
         let mut config: Array<_, Config> = Array::try_from(
             p.ebpf
@@ -74,16 +74,22 @@ impl Probes {
         Ok(p)
     }
 
-    /// The empty programs on the same hooks: the benchmark's floor.
-    pub fn load_floor(info: &KernelInfo) -> Result<Probes> {
-        Probes::load_as(info, 4096, true)
+    /// The empty programs on the same hooks, of the same program types: the
+    /// benchmark's floor.
+    pub fn load_floor(info: &KernelInfo, offsets: &KernelOffsets) -> Result<Probes> {
+        Probes::load_as(info, offsets, 4096, true)
     }
 
     pub fn attached(&self, hook: Hook) -> bool {
         matches!(self.status.get(&hook), Some(HookStatus::Attached { .. }))
     }
 
-    fn load_as(info: &KernelInfo, ring_bytes: u32, floor: bool) -> Result<Probes> {
+    fn load_as(
+        info: &KernelInfo,
+        offsets: &KernelOffsets,
+        ring_bytes: u32,
+        floor: bool,
+    ) -> Result<Probes> {
         if OBJECT.is_empty() {
             return Err(anyhow!("this rstrace was built without its eBPF programs"));
         }
@@ -96,7 +102,7 @@ impl Probes {
             .context("loading the eBPF object (BPF_PROG_LOAD/BPF_MAP_CREATE)")?;
         let mut status = BTreeMap::new();
         for hook in Hook::ALL {
-            let st = match attach(&mut ebpf, info, hook, floor) {
+            let st = match attach(&mut ebpf, info, offsets, hook, floor) {
                 Ok(program) => HookStatus::Attached { program },
                 Err(e) => HookStatus::Missing {
                     why: format!("{e:#}"),
@@ -177,9 +183,47 @@ impl Probes {
     }
 }
 
+/// The raw tracepoint programs of the socket hooks, real and empty, when the kernel's
+/// BTF gave every socket field they read (see inet_sock_set_state.rs).
+fn raw_sock_program(hook: Hook, offsets: &KernelOffsets, floor: bool) -> Option<&'static str> {
+    if !offsets.sock_fields_known() {
+        return None;
+    }
+    Some(match (hook, floor) {
+        (Hook::SetState, false) => "inet_sock_set_state_raw",
+        (Hook::SetState, true) => "floor_raw_set_state",
+        (Hook::DestroySock, false) => "tcp_destroy_sock_raw",
+        (Hook::DestroySock, true) => "floor_raw_destroy_sock",
+        _ => return None,
+    })
+}
+
+fn attach_raw(ebpf: &mut Ebpf, program: &'static str, name: &str) -> Result<&'static str> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+        .try_into()?;
+    p.load().with_context(|| format!("loading {program}"))?;
+    p.attach(name)
+        .with_context(|| format!("attaching {program} to raw_tp {name}"))?;
+    Ok(program)
+}
+
 /// Attaches the hook's program, or with `floor` its empty counterpart.
-fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook, floor: bool) -> Result<&'static str> {
+fn attach(
+    ebpf: &mut Ebpf,
+    info: &KernelInfo,
+    offsets: &KernelOffsets,
+    hook: Hook,
+    floor: bool,
+) -> Result<&'static str> {
     let (cat, name) = hook.tracepoint();
+    if let Some(program) = raw_sock_program(hook, offsets, floor) {
+        match attach_raw(ebpf, program, name) {
+            Ok(p) => return Ok(p),
+            Err(e) => log::warn!("{e:#}; using the tracepoint instead"),
+        }
+    }
     let format = info
         .formats
         .get(&hook)
@@ -197,14 +241,7 @@ fn attach(ebpf: &mut Ebpf, info: &KernelInfo, hook: Hook, floor: bool) -> Result
         } else {
             "kfree_skb"
         };
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("program {program} missing from the object"))?
-            .try_into()?;
-        p.load().with_context(|| format!("loading {program}"))?;
-        p.attach(name)
-            .with_context(|| format!("attaching {program} to raw_tp {name}"))?;
-        return Ok(program);
+        return attach_raw(ebpf, program, name);
     }
     let program = if floor {
         hook.floor_program()
