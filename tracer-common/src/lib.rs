@@ -135,13 +135,18 @@ pub mod flags {
     pub const SOCK_INFO: u8 = 16;
 }
 
-/// A state change read from the socket itself (inet_sock_set_state attached as a raw
-/// tracepoint, which has no record to copy).
+/// What a socket hook attached as a raw tracepoint (no record to copy) read from the
+/// socket itself: the fields its tracepoint record would have held.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockInfo {
+    /// inet_sock_set_state's transition; 0 for other hooks.
     pub oldstate: i32,
     pub newstate: i32,
+    /// The socket's state (tcp_retransmit_skb); 0 when not part of the record.
+    pub state: i32,
+    /// sk_err (inet_sk_error_report); 0 otherwise.
+    pub error: i32,
     /// IPv4 (2) or IPv6 (10).
     pub family: u16,
     /// Host byte order ports.
@@ -349,6 +354,9 @@ pub struct KernelOffsets {
     pub inet_saddr: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    /// sock -> __sk_common.skc_state (u8), sk_err (int).
+    pub skc_state: u32,
+    pub sk_err: u32,
 }
 
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -374,6 +382,8 @@ impl KernelOffsets {
         inet_saddr: NO_OFFSET,
         skc_v6_daddr: NO_OFFSET,
         skc_v6_rcv_saddr: NO_OFFSET,
+        skc_state: NO_OFFSET,
+        sk_err: NO_OFFSET,
     };
 
     /// Whether the socket hooks can run as raw tracepoints (everything they read from
@@ -390,6 +400,8 @@ impl KernelOffsets {
             self.inet_saddr,
             self.skc_v6_daddr,
             self.skc_v6_rcv_saddr,
+            self.skc_state,
+            self.sk_err,
         ]
         .iter()
         .all(|&o| o != NO_OFFSET)

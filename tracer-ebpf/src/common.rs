@@ -17,7 +17,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    flags, Config, Event, EventHeader, Hook, ListenKey, RecordLayout, SockOwner,
+    flags, Config, Event, EventHeader, Hook, ListenKey, RecordLayout, SockInfo, SockOwner,
     DEFAULT_RING_BYTES, NO_FIELD, NO_OFFSET, RAW_MAX,
 };
 
@@ -225,10 +225,54 @@ pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
     }
 }
 
-/// An empty event of `hook`, built on the stack: raw tracepoint programs are not
-/// serialized with the others (see SCRATCH_DROP), so they cannot share SCRATCH.
+/// The fields a socket hook's tracepoint record would hold, read from the socket the
+/// way the tracepoint reads them (inet_sock ports and source, sock_common peer).
 #[inline(always)]
-pub fn stack_event(hook: Hook, flags: u8, raw_len: usize) -> Event {
+pub fn sock_info(cfg: &Config, sk: u64) -> SockInfo {
+    const AF_INET6: u16 = 10;
+    let o = &cfg.offsets;
+    let family = kread::<u16>(sk, o.skc_family).unwrap_or(0);
+    let mut info = SockInfo {
+        oldstate: 0,
+        newstate: 0,
+        state: 0,
+        error: 0,
+        family,
+        sport: u16::from_be(kread::<u16>(sk, o.inet_sport).unwrap_or(0)),
+        dport: u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0)),
+        _pad: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if family == AF_INET6 {
+        info.saddr = kread(sk, o.skc_v6_rcv_saddr).unwrap_or([0; 16]);
+        info.daddr = kread(sk, o.skc_v6_daddr).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = kread(sk, o.inet_saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = kread(sk, o.skc_daddr).unwrap_or([0; 4]);
+        info.saddr[..4].copy_from_slice(&s);
+        info.daddr[..4].copy_from_slice(&d);
+    }
+    info
+}
+
+/// Reports `info` as an event of `hook` on `sk`, with the socket's owner; returns the
+/// namespace. Built on the stack: raw tracepoint programs are not serialized with the
+/// others (see SCRATCH_DROP), so they cannot share SCRATCH.
+#[inline(always)]
+pub fn report_sock(cfg: &Config, hook: Hook, sk: u64, info: SockInfo) -> u32 {
+    let mut ev = stack_event(hook, flags::SOCK_INFO, core::mem::size_of::<SockInfo>());
+    unsafe {
+        core::ptr::write_unaligned(ev.raw.as_mut_ptr() as *mut SockInfo, info);
+    }
+    attribute(cfg, &mut ev, sk);
+    let netns = ev.hdr.netns;
+    submit(cfg, &mut ev, hook);
+    netns
+}
+
+#[inline(always)]
+fn stack_event(hook: Hook, flags: u8, raw_len: usize) -> Event {
     Event {
         hdr: EventHeader {
             ts_ns: 0,

@@ -43,4 +43,7 @@ raw_floor!(
     floor_kfree_skb: "kfree_skb",
     floor_raw_set_state: "inet_sock_set_state",
     floor_raw_destroy_sock: "tcp_destroy_sock",
+    floor_raw_receive_reset: "tcp_receive_reset",
+    floor_raw_retransmit_skb: "tcp_retransmit_skb",
+    floor_raw_error_report: "inet_sk_error_report",
 );

@@ -1,10 +1,13 @@
 //! sock:inet_sk_error_report: the errno handed to the application (5.13+; absent on
 //! 5.10). The record has no socket address; the agent joins it to its socket by the
 //! 4-tuple of the socket's other events.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::Hook;
 
-use crate::common::{load_record, raw_i32, raw_u16, submit};
+use crate::common::{config, kread, load_record, raw_i32, raw_u16, report_sock, sock_info, submit};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -22,14 +25,45 @@ fn try_inet_sk_error_report(ctx: &TracePointContext) -> Option<()> {
             return None;
         }
     }
-    // A failed blocking connect reports twice: its errno, then 0 with no peer once
-    // the socket is torn down. The second says nothing. (Other reports of 0 are ICMP
-    // soft errors, and are kept.)
-    if raw_i32(&p.ev.raw, p.layout.error) == Some(0)
-        && raw_u16(&p.ev.raw, p.layout.dport) == Some(0)
-    {
+    if says_nothing(
+        raw_i32(&p.ev.raw, p.layout.error),
+        raw_u16(&p.ev.raw, p.layout.dport),
+    ) {
         return None;
     }
     submit(p.cfg, p.ev, Hook::ErrorReport);
+    Some(())
+}
+
+/// A failed blocking connect reports twice: its errno, then 0 with no peer once the
+/// socket is torn down. The second says nothing. (Other reports of 0 are ICMP soft
+/// errors, and are kept.)
+#[inline(always)]
+fn says_nothing(error: Option<i32>, dport: Option<u16>) -> bool {
+    error == Some(0) && dport == Some(0)
+}
+
+/// The raw tracepoint (see inet_sock_set_state.rs): the socket is the argument.
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report_raw(ctx: RawTracePointContext) -> u32 {
+    try_error_report_raw(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_error_report_raw(ctx: &RawTracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let sk: u64 = ctx.arg(0);
+    if kread::<u16>(sk, cfg.offsets.sk_protocol)? != IPPROTO_TCP {
+        return None;
+    }
+    let mut info = sock_info(cfg, sk);
+    info.error = kread::<i32>(sk, cfg.offsets.sk_err)?;
+    if says_nothing(Some(info.error), Some(info.dport)) {
+        return None;
+    }
+    // Like the tracepoint's record, which has no socket address: the agent joins the
+    // errno to its socket by the 4-tuple.
+    report_sock(cfg, Hook::ErrorReport, 0, info);
     Some(())
 }

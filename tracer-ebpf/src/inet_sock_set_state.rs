@@ -18,15 +18,14 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracer_common::{fixed, flags, tcp_state as st, Config, Hook, ListenKey, SockInfo};
+use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey};
 
 use crate::common::{
     attribute, config, ctx_field, current_owner, kread, load_record, raw_i32, raw_u16, raw_u64,
-    sock_netns, stack_event, submit, CONNECTS, LISTENERS, SOCKS,
+    report_sock, sock_info, sock_netns, submit, CONNECTS, LISTENERS, SOCKS,
 };
 
 const IPPROTO_TCP: u16 = 6;
-const AF_INET6: u16 = 10;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -56,7 +55,7 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
         sport,
         protocol,
     };
-    on_change(cfg, &c, |sk| report_sock(cfg, sk, old, new));
+    on_change(cfg, &c, |sk| report_change(cfg, sk, old, new));
     0
 }
 
@@ -117,40 +116,11 @@ fn report_record(ctx: &TracePointContext, sk: u64) -> Option<u32> {
 
 /// Reports the change with what the socket holds, with its owner; the namespace.
 #[inline(always)]
-fn report_sock(cfg: &Config, sk: u64, old: i32, new: i32) -> Option<u32> {
-    let o = &cfg.offsets;
-    let family = kread::<u16>(sk, o.skc_family).unwrap_or(0);
-    let mut info = SockInfo {
-        oldstate: old,
-        newstate: new,
-        family,
-        sport: u16::from_be(kread::<u16>(sk, o.inet_sport).unwrap_or(0)),
-        dport: u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0)),
-        _pad: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
-    if family == AF_INET6 {
-        info.saddr = kread(sk, o.skc_v6_rcv_saddr).unwrap_or([0; 16]);
-        info.daddr = kread(sk, o.skc_v6_daddr).unwrap_or([0; 16]);
-    } else {
-        let s: [u8; 4] = kread(sk, o.inet_saddr).unwrap_or([0; 4]);
-        let d: [u8; 4] = kread(sk, o.skc_daddr).unwrap_or([0; 4]);
-        info.saddr[..4].copy_from_slice(&s);
-        info.daddr[..4].copy_from_slice(&d);
-    }
-    let mut ev = stack_event(
-        Hook::SetState,
-        flags::SOCK_INFO,
-        core::mem::size_of::<SockInfo>(),
-    );
-    unsafe {
-        core::ptr::write_unaligned(ev.raw.as_mut_ptr() as *mut SockInfo, info);
-    }
-    attribute(cfg, &mut ev, sk);
-    let netns = ev.hdr.netns;
-    submit(cfg, &mut ev, Hook::SetState);
-    Some(netns)
+fn report_change(cfg: &Config, sk: u64, old: i32, new: i32) -> Option<u32> {
+    let mut info = sock_info(cfg, sk);
+    info.oldstate = old;
+    info.newstate = new;
+    Some(report_sock(cfg, Hook::SetState, sk, info))
 }
 
 #[inline(always)]

@@ -1,9 +1,12 @@
 //! tcp:tcp_receive_reset: an RST was processed on a socket of this host (4.17+;
 //! same layout on 6.1 to 6.18, no `family` on 5.10).
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::Hook;
 
-use crate::common::{attribute, load_record, raw_u64, submit};
+use crate::common::{attribute, config, load_record, raw_u64, report_sock, sock_info, submit};
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
@@ -18,4 +21,14 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
     attribute(p.cfg, p.ev, sk);
     submit(p.cfg, p.ev, Hook::ReceiveReset);
     Some(())
+}
+
+/// The raw tracepoint (see inet_sock_set_state.rs): the socket is the argument.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> u32 {
+    if let Some(cfg) = config() {
+        let sk: u64 = ctx.arg(0);
+        report_sock(cfg, Hook::ReceiveReset, sk, sock_info(cfg, sk));
+    }
+    0
 }

@@ -4,10 +4,15 @@
 //! on other states are normal on lossy paths and would flood the ring on a busy
 //! server, so they are only counted on the socket's ownership entry; the count rides on
 //! the socket's later failure events (a flow that dies after retransmitting).
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::{tcp_state, Hook};
 
-use crate::common::{attribute, load_record, raw_i32, raw_u64, submit, SOCKS};
+use crate::common::{
+    attribute, config, kread, load_record, raw_i32, raw_u64, report_sock, sock_info, submit, SOCKS,
+};
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -19,13 +24,40 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Option<()> {
     let p = load_record(ctx, Hook::RetransmitSkb)?;
     let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
-    if let Some(o) = SOCKS.get_ptr_mut(sk) {
-        unsafe { (*o).retrans += 1 };
-    }
+    count(sk);
     if raw_i32(&p.ev.raw, p.layout.state) != Some(tcp_state::SYN_SENT) {
         return None;
     }
     attribute(p.cfg, p.ev, sk);
     submit(p.cfg, p.ev, Hook::RetransmitSkb);
+    Some(())
+}
+
+#[inline(always)]
+fn count(sk: u64) {
+    if let Some(o) = SOCKS.get_ptr_mut(sk) {
+        unsafe { (*o).retrans += 1 };
+    }
+}
+
+/// The raw tracepoint (see inet_sock_set_state.rs): the socket is the first argument.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_raw(ctx: RawTracePointContext) -> u32 {
+    try_retransmit_raw(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_retransmit_raw(ctx: &RawTracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let sk: u64 = ctx.arg(0);
+    count(sk);
+    let state = kread::<u8>(sk, cfg.offsets.skc_state)? as i32;
+    if state != tcp_state::SYN_SENT {
+        return None;
+    }
+    let mut info = sock_info(cfg, sk);
+    info.state = state;
+    report_sock(cfg, Hook::RetransmitSkb, sk, info);
     Some(())
 }

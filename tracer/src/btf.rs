@@ -265,6 +265,8 @@ impl KernelBtf {
             inet_saddr: get("inet_sock", "inet_saddr"),
             skc_v6_daddr: get("sock", "__sk_common.skc_v6_daddr"),
             skc_v6_rcv_saddr: get("sock", "__sk_common.skc_v6_rcv_saddr"),
+            skc_state: get("sock", "__sk_common.skc_state"),
+            sk_err: get("sock", "sk_err"),
         }
     }
 }

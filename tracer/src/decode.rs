@@ -215,8 +215,9 @@ fn connect_error(raw: &[u8], r: &mut Record) {
     r.errno_name = errno_name(e);
 }
 
-/// A state change read from the socket (the raw-tracepoint state hook).
-fn sock_change(raw: &[u8], r: &mut Record) {
+/// The fields a raw-tracepoint socket hook read from the socket: the same record as
+/// its tracepoint's.
+fn sock_fields(raw: &[u8], hook: Hook, r: &mut Record) {
     let s: SockInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const SockInfo) };
     let addr = |a: [u8; 16]| match s.family as i32 {
         libc::AF_INET6 => ip6(a),
@@ -224,8 +225,20 @@ fn sock_change(raw: &[u8], r: &mut Record) {
     };
     r.src = Some(SocketAddr::new(addr(s.saddr), s.sport));
     r.dst = Some(SocketAddr::new(addr(s.daddr), s.dport));
-    r.old_state = Some(tcp_state_name(s.oldstate));
-    r.new_state = Some(tcp_state_name(s.newstate));
+    match hook {
+        Hook::SetState => {
+            r.old_state = Some(tcp_state_name(s.oldstate));
+            r.new_state = Some(tcp_state_name(s.newstate));
+        }
+        Hook::ErrorReport => {
+            r.errno = Some(s.error);
+            r.errno_name = errno_name(s.error);
+        }
+        _ => {}
+    }
+    if s.state != 0 {
+        r.state = Some(tcp_state_name(s.state));
+    }
 }
 
 pub fn comm(b: &[u8; 16]) -> String {
@@ -300,7 +313,7 @@ impl Decoder {
             return Ok(r);
         }
         if h.flags & flags::SOCK_INFO != 0 {
-            sock_change(raw, &mut r);
+            sock_fields(raw, hook, &mut r);
             return Ok(r);
         }
         let hf = self.fields.get(&hook).ok_or(DecodeError::NoLayout(hook))?;
@@ -540,6 +553,8 @@ mod tests {
         let info = |family: i32, saddr: [u8; 16], daddr: [u8; 16]| SockInfo {
             oldstate: tracer_common::tcp_state::SYN_SENT,
             newstate: tracer_common::tcp_state::CLOSE,
+            state: 0,
+            error: 0,
             family: family as u16,
             sport: 45678,
             dport: 8080,
@@ -577,8 +592,28 @@ mod tests {
                 (r.old_state, r.new_state),
                 (Some("SYN_SENT"), Some("CLOSE"))
             );
+            assert_eq!(r.state, None);
             assert_eq!(r.owner.as_ref().map(|o| o.pid), Some(4121));
         }
+        // Other hooks: their own fields only.
+        let mut s = info(libc::AF_INET, v4[0], v4[1]);
+        (s.error, s.state) = (libc::ETIMEDOUT, 0);
+        let mut bytes = event(Hook::ErrorReport, |r| unsafe {
+            std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s)
+        });
+        bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO;
+        let r = d.decode(&bytes).unwrap();
+        assert_eq!(
+            (r.kind, r.errno, r.old_state),
+            (Kind::Error, Some(110), None)
+        );
+        (s.error, s.state) = (0, tracer_common::tcp_state::SYN_SENT);
+        let mut bytes = event(Hook::RetransmitSkb, |r| unsafe {
+            std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s)
+        });
+        bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO;
+        let r = d.decode(&bytes).unwrap();
+        assert_eq!((r.state, r.errno), (Some("SYN_SENT"), None));
     }
 
     #[test]

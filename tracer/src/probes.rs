@@ -194,6 +194,12 @@ fn raw_sock_program(hook: Hook, offsets: &KernelOffsets, floor: bool) -> Option<
         (Hook::SetState, true) => "floor_raw_set_state",
         (Hook::DestroySock, false) => "tcp_destroy_sock_raw",
         (Hook::DestroySock, true) => "floor_raw_destroy_sock",
+        (Hook::ReceiveReset, false) => "tcp_receive_reset_raw",
+        (Hook::ReceiveReset, true) => "floor_raw_receive_reset",
+        (Hook::RetransmitSkb, false) => "tcp_retransmit_skb_raw",
+        (Hook::RetransmitSkb, true) => "floor_raw_retransmit_skb",
+        (Hook::ErrorReport, false) => "inet_sk_error_report_raw",
+        (Hook::ErrorReport, true) => "floor_raw_error_report",
         _ => return None,
     })
 }
@@ -218,16 +224,16 @@ fn attach(
     floor: bool,
 ) -> Result<&'static str> {
     let (cat, name) = hook.tracepoint();
+    let format = info
+        .formats
+        .get(&hook)
+        .ok_or_else(|| anyhow!("no tracepoint {cat}:{name}"))?;
     if let Some(program) = raw_sock_program(hook, offsets, floor) {
         match attach_raw(ebpf, program, name) {
             Ok(p) => return Ok(p),
             Err(e) => log::warn!("{e:#}; using the tracepoint instead"),
         }
     }
-    let format = info
-        .formats
-        .get(&hook)
-        .ok_or_else(|| anyhow!("no tracepoint {cat}:{name}"))?;
     if hook == Hook::KfreeSkb {
         if format.field("reason").is_none() {
             return Err(anyhow!(

@@ -539,7 +539,7 @@ fn main() {
         // Pair the runs of each repetition (the order rotated, the pairing is by rep).
         results.push(m);
     }
-    md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`. The floor column attaches empty programs to the same hooks instead (`rstrace bench-floor`): the cost of the kernel running any program there, which no change to rstrace's programs can remove.\n\n");
+    md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`. The floor column attaches empty programs to the same hooks instead, of the same types (`rstrace bench-floor`; raw tracepoints where rstrace uses them): the cost of the kernel running any such program there, which no change to the programs' code can remove.\n\n");
     md.push_str("| storm | baseline ops/s, median (range) | floor / baseline | watch / baseline, median (range) | record / baseline, median (range) |\n|---|---|---|---|---|\n");
     let range = |v: &[f64]| {
         let (lo, hi) = v
