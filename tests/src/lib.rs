@@ -310,6 +310,23 @@ pub fn time_scale() -> u32 {
         .max(1)
 }
 
+/// The program `rstrace doctor` attaches to `tracepoint` (such as "tcp:tcp_destroy_sock")
+/// with the environment `env`; None when it does not attach.
+pub fn attached_program(tracepoint: &str, env: &[(&str, &str)]) -> Option<String> {
+    let out = Command::new(rstrace_bin())
+        .args(["doctor", "--json"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("running {} doctor: {e}", rstrace_bin().display()));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    v["hooks"]
+        .as_array()
+        .expect("doctor --json has hooks")
+        .iter()
+        .find(|h| h["tracepoint"] == tracepoint)
+        .and_then(|h| h["program"].as_str().map(str::to_string))
+}
+
 pub fn capability(name: &str) -> bool {
     static CAPS: OnceLock<HashMap<String, bool>> = OnceLock::new();
     let caps = CAPS.get_or_init(|| {
@@ -351,9 +368,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
+        Agent::start_env(extra, &[])
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(rstrace_bin())
             .args(["watch", "--json", "--events"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

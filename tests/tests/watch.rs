@@ -10,7 +10,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{capability, ip, owner_pid, port, require_root, s, Agent, Peer, Topology};
+use tests::{
+    attached_program, capability, ip, owner_pid, port, require_root, s, Agent, Peer, Topology,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -18,13 +20,42 @@ fn netns(v: &Value) -> u64 {
     v.get("netns").and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Forces the tracepoint programs, which replace the raw tracepoint ones where the
+/// kernel's BTF lacks a socket field.
+const TRACEPOINTS: [(&str, &str); 1] = [("RSTRACE_TRACEPOINTS", "1")];
+
+/// Checks which program `rstrace` attaches to the state hook with `env`.
+fn state_hook_program(env: &[(&str, &str)]) {
+    let program = attached_program("sock:inet_sock_set_state", env);
+    let want = if !env.is_empty() {
+        "inet_sock_set_state"
+    } else if capability("netns") {
+        // BTF is there: the raw tracepoint.
+        "inet_sock_set_state_raw"
+    } else {
+        "inet_sock_set_state"
+    };
+    assert_eq!(program.as_deref(), Some(want));
+}
+
 #[test]
 fn closed_port_is_refused_with_reset_evidence_on_both_ends() {
-    if !require_root() {
-        return;
+    if require_root() {
+        closed_port_case(&[]);
     }
+}
+
+#[test]
+fn closed_port_evidence_is_the_same_from_the_tracepoint_fallback() {
+    if require_root() {
+        closed_port_case(&TRACEPOINTS);
+    }
+}
+
+fn closed_port_case(env: &[(&str, &str)]) {
+    state_hook_program(env);
     let t = Topology::new();
-    let agent = Agent::start(&["--addr", &t.server_ip]);
+    let agent = Agent::start_env(&["--addr", &t.server_ip], env);
     let client = Peer::spawn(&t.client, &["connect", &format!("{}:8080", t.server_ip)]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
@@ -61,6 +92,16 @@ fn closed_port_is_refused_with_reset_evidence_on_both_ends() {
     });
     assert_eq!(owner_pid(&recv), Some(cpid), "{recv}");
     assert_eq!(netns(&recv), t.client.inode, "{recv}");
+    assert_eq!(ip(s(&recv, "src")), t.client_ip, "{recv}");
+    assert_eq!(ip(s(&recv, "dst")), t.server_ip, "{recv}");
+    let died = agent.wait_for("client socket dies in SYN_SENT", 5 * SEC, |v| {
+        s(v, "kind") == "state" && s(v, "new_state") == "CLOSE" && port(s(v, "dst")) == 8080
+    });
+    assert_eq!(s(&died, "old_state"), "SYN_SENT", "{died}");
+    assert_eq!(ip(s(&died, "src")), t.client_ip, "{died}");
+    assert_ne!(port(s(&died, "src")), 0, "{died}");
+    assert_eq!(port(s(&died, "src")), port(s(&recv, "src")), "{died}");
+    assert_eq!(owner_pid(&died), Some(cpid), "{died}");
     if capability("drop_reasons") && !drop_reported {
         // The SYN was dropped before the RST that answered it was sent and received.
         let dup: Vec<Value> = agent
@@ -83,16 +124,27 @@ fn closed_port_is_refused_with_reset_evidence_on_both_ends() {
     assert_eq!(owner_pid(&err), Some(cpid), "{err}");
     assert_eq!(s(&err, "errno_name"), "ECONNREFUSED");
     assert_eq!(s(&err, "owner_source"), "socket");
+    assert_eq!(s(&err, "src"), s(&died, "src"), "{err}");
 }
 
 #[test]
 fn firewall_drop_times_out_with_syn_retransmits() {
-    if !require_root() {
-        return;
+    if require_root() {
+        firewall_drop_case(&[]);
     }
+}
+
+#[test]
+fn firewall_drop_evidence_is_the_same_from_the_tracepoint_fallback() {
+    if require_root() {
+        firewall_drop_case(&TRACEPOINTS);
+    }
+}
+
+fn firewall_drop_case(env: &[(&str, &str)]) {
     let t = Topology::new();
     t.server.nft_input("tcp dport 8081 drop");
-    let agent = Agent::start(&["--addr", &t.server_ip]);
+    let agent = Agent::start_env(&["--addr", &t.server_ip], env);
     let client = Peer::spawn(
         &t.client,
         &["connect", &format!("{}:8081", t.server_ip), "--syncnt", "1"],
@@ -123,6 +175,9 @@ fn firewall_drop_times_out_with_syn_retransmits() {
         "retransmit fires in a timer: {retrans}"
     );
     assert_eq!(netns(&retrans), t.client.inode);
+    assert_eq!(s(&retrans, "state"), "SYN_SENT", "{retrans}");
+    assert_eq!(ip(s(&retrans, "src")), t.client_ip, "{retrans}");
+    assert_ne!(port(s(&retrans, "src")), 0, "{retrans}");
 
     if capability("errno") {
         let err = agent.wait_for("ETIMEDOUT", 5 * SEC, |v| {

@@ -183,10 +183,14 @@ impl Probes {
     }
 }
 
+/// Set, the socket hooks are attached as tracepoints even where they could be raw
+/// tracepoints (diagnostics; the tests of the fallback).
+const TRACEPOINTS_ENV: &str = "RSTRACE_TRACEPOINTS";
+
 /// The raw tracepoint programs of the socket hooks, real and empty, when the kernel's
 /// BTF gave every socket field they read (see inet_sock_set_state.rs).
 fn raw_sock_program(hook: Hook, offsets: &KernelOffsets, floor: bool) -> Option<&'static str> {
-    if !offsets.sock_fields_known() {
+    if !offsets.sock_fields_known() || std::env::var_os(TRACEPOINTS_ENV).is_some() {
         return None;
     }
     Some(match (hook, floor) {
