@@ -21,8 +21,8 @@ use aya_ebpf::{
 use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey};
 
 use crate::common::{
-    attribute, config, ctx_field, current_owner, kread, load_record, raw_i32, raw_u16, raw_u64,
-    report_sock, sock_info, sock_netns, submit, CONNECTS, LISTENERS, SOCKS,
+    attribute, config, connect_slot, ctx_field, current_owner, kread, load_record, raw_i32,
+    raw_u16, raw_u64, report_sock, sock_info, sock_netns, submit, LISTENERS, SOCKS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -133,8 +133,10 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
             let _ = SOCKS.insert(c.sk, current_owner(sock_netns(cfg, c.sk)), 0);
             // The connect reached SYN_SENT: the TCP hooks tell its story.
             let tid = bpf_get_current_pid_tgid() as u32;
-            if let Some(p) = CONNECTS.get_ptr_mut(tid) {
-                unsafe { *p = 0 };
+            if let Some(s) = connect_slot(tid) {
+                if s.tid == tid {
+                    s.uaddr = 0;
+                }
             }
         }
         (st::CLOSE, st::LISTEN) => {

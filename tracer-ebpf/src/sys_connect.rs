@@ -11,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::{fixed, flags, ConnectInfo, Hook};
 
 use crate::common::{
-    config, ctx_field, current_owner, kread, load_record, raw_u64, submit, CONNECTS,
+    config, connect_slot, ctx_field, current_owner, kread, load_record, raw_u64, submit,
 };
 
 const AF_INET: u16 = 2;
@@ -32,7 +32,10 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     };
     if let Some(uaddr) = uaddr {
         let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = CONNECTS.insert(tid, uaddr, 0);
+        if let Some(s) = connect_slot(tid) {
+            s.tid = tid;
+            s.uaddr = uaddr;
+        }
     }
     0
 }
@@ -46,10 +49,16 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let uaddr = unsafe { CONNECTS.get(tid) }.copied();
-    let _ = CONNECTS.remove(tid);
+    let s = connect_slot(tid)?;
+    if s.tid != tid {
+        return None;
+    }
+    let uaddr = s.uaddr;
+    s.uaddr = 0;
     // 0: the socket reached SYN_SENT, so the TCP hooks tell the rest.
-    let uaddr = uaddr.filter(|&a| a != 0)?;
+    if uaddr == 0 {
+        return None;
+    }
     let cfg = config()?;
     let ret = if cfg.layouts[Hook::ConnectExit as usize].fixed != 0 {
         ctx_field::<i64>(ctx, fixed::CONNECT_RET)
