@@ -199,7 +199,8 @@ impl Host {
         v
     }
 
-    /// The last listener on `port` in `netns` closed within `window_ns` before `at_ns`.
+    /// The last listener on `port` in `netns` that was open at `at_ns` and closed within
+    /// `window_ns` before it (or just after: events of other CPUs arrive out of order).
     pub fn recently_closed(
         &self,
         netns: u32,
@@ -210,6 +211,7 @@ impl Host {
         self.closed.iter().rev().find(|c| {
             c.listener.netns == netns
                 && c.listener.addr.port() == port
+                && c.listener.since_ns <= at_ns
                 && c.closed_ns <= at_ns + 1_000_000
                 && at_ns.saturating_sub(c.closed_ns) <= window_ns
         })
@@ -315,6 +317,16 @@ mod tests {
             .recently_closed(1, 8080, 10_000_000_000, 5_000_000_000)
             .is_none());
         assert!(h.recently_closed(1, 9090, 30, 5_000_000_000).is_none());
+        // Opened after the moment asked about (and closed just after it): it was not
+        // listening then.
+        h.on_record(&state(1, "0.0.0.0:9000", "CLOSE", "LISTEN", 1_000_100, 7));
+        h.on_record(&state(1, "0.0.0.0:9000", "LISTEN", "CLOSE", 1_000_300, 7));
+        assert!(h
+            .recently_closed(1, 9000, 1_000_000, 5_000_000_000)
+            .is_none());
+        assert!(h
+            .recently_closed(1, 9000, 1_000_200, 5_000_000_000)
+            .is_some());
     }
 
     #[test]
