@@ -474,7 +474,12 @@ impl Agent {
         };
         // The pipes close with the process, so the readers end after the last line.
         for r in self.readers.drain(..) {
-            let _ = r.join();
+            if let Err(panic) = r.join() {
+                // Invalid output: fail the test (unless it is failing already).
+                if !thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
         }
         st
     }

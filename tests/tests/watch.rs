@@ -24,18 +24,29 @@ fn netns(v: &Value) -> u64 {
 /// kernel's BTF lacks a socket field.
 const TRACEPOINTS: [(&str, &str); 1] = [("RSTRACE_TRACEPOINTS", "1")];
 
-/// Checks which program `rstrace` attaches to the state hook with `env`.
-fn state_hook_program(env: &[(&str, &str)]) {
-    let program = attached_program("sock:inet_sock_set_state", env);
-    let want = if !env.is_empty() {
-        "inet_sock_set_state"
-    } else if capability("netns") {
-        // BTF is there: the raw tracepoint.
-        "inet_sock_set_state_raw"
-    } else {
-        "inet_sock_set_state"
-    };
-    assert_eq!(program.as_deref(), Some(want));
+/// Checks which programs `rstrace` attaches to the socket hooks with `env`: raw
+/// tracepoints where BTF is there (doctor's `netns` capability comes from BTF), unless
+/// forced to the tracepoints.
+fn socket_hook_programs(env: &[(&str, &str)]) {
+    let raw = env.is_empty() && capability("netns");
+    for (tracepoint, program) in [
+        ("sock:inet_sock_set_state", "inet_sock_set_state"),
+        ("tcp:tcp_destroy_sock", "tcp_destroy_sock"),
+        ("tcp:tcp_receive_reset", "tcp_receive_reset"),
+        ("tcp:tcp_retransmit_skb", "tcp_retransmit_skb"),
+        ("sock:inet_sk_error_report", "inet_sk_error_report"),
+    ] {
+        let Some(got) = attached_program(tracepoint, env) else {
+            // Not on this kernel (inet_sk_error_report before 5.13).
+            assert!(!capability("errno") || tracepoint != "sock:inet_sk_error_report");
+            continue;
+        };
+        let is_raw = got.starts_with(&format!("{program}_raw"));
+        assert!(
+            got.starts_with(program) && is_raw == raw,
+            "{tracepoint}: {got} attached, wanted {program} (raw: {raw})"
+        );
+    }
 }
 
 #[test]
@@ -53,9 +64,16 @@ fn closed_port_evidence_is_the_same_from_the_tracepoint_fallback() {
 }
 
 fn closed_port_case(env: &[(&str, &str)]) {
-    state_hook_program(env);
+    socket_hook_programs(env);
     let t = Topology::new();
     let agent = Agent::start_env(&["--addr", &t.server_ip], env);
+    // Printed before "watching", so already read.
+    let fell_back: Vec<String> = agent
+        .stderr()
+        .into_iter()
+        .filter(|l| l.contains("using the tracepoint instead"))
+        .collect();
+    assert!(fell_back.is_empty(), "{fell_back:?}");
     let client = Peer::spawn(&t.client, &["connect", &format!("{}:8080", t.server_ip)]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);

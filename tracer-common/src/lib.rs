@@ -282,7 +282,7 @@ pub struct RecordLayout {
     pub ret: u16,
     /// 1 when the record has the [`fixed`] layout, read without a helper call.
     pub fixed: u16,
-    /// inet_sk_error_report's errno.
+    /// inet_sk_error_report's errno; tcp_retransmit_skb's result (6.18+).
     pub error: u16,
     pub dport: u16,
     pub _pad: u16,
@@ -357,6 +357,7 @@ pub struct KernelOffsets {
     /// sock -> __sk_common.skc_state (u8), sk_err (int).
     pub skc_state: u32,
     pub sk_err: u32,
+    pub _pad: u32,
 }
 
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -384,6 +385,7 @@ impl KernelOffsets {
         skc_v6_rcv_saddr: NO_OFFSET,
         skc_state: NO_OFFSET,
         sk_err: NO_OFFSET,
+        _pad: 0,
     };
 
     /// Whether the socket hooks can run as raw tracepoints (everything they read from
@@ -452,6 +454,11 @@ const _: () = assert!(core::mem::size_of::<Event>() == 88 + RAW_MAX);
 const _: () = assert!(core::mem::size_of::<DropInfo>() <= RAW_MAX);
 const _: () = assert!(core::mem::size_of::<ConnectInfo>() <= RAW_MAX);
 const _: () = assert!(core::mem::size_of::<SockInfo>() <= RAW_MAX);
+// Config is copied to the kernel as bytes: no implicit padding.
+const _: () = assert!(
+    core::mem::offset_of!(Config, keep_drop)
+        == core::mem::offset_of!(Config, offsets) + core::mem::size_of::<KernelOffsets>()
+);
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);

@@ -41,32 +41,49 @@ pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(6553
 #[map]
 pub static LISTENERS: HashMap<ListenKey, SockOwner> = HashMap::with_max_entries(8192, 0);
 
-/// A connect() in progress: its thread and sockaddr pointer; the pointer is set to 0
-/// once the socket reaches SYN_SENT (see sys_connect.rs).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnectSlot {
-    pub tid: u32,
-    pub _pad: u32,
-    pub uaddr: u64,
+const CONNECT_SLOTS: u32 = 32768;
+/// User addresses are below 2^56 (5-level paging included); the bits above hold the
+/// part of the thread id the slot's index does not.
+const CONNECT_TID_SHIFT: u32 = 56;
+const CONNECT_ADDR_MASK: u64 = (1 << CONNECT_TID_SHIFT) - 1;
+
+/// A connect() in progress per thread, at tid % CONNECT_SLOTS: an array element is
+/// found without a hash or lock (an LRU hash by thread cost ~440 ns per connect hook).
+/// Each slot is one word, read and written whole: the sockaddr pointer, tagged with
+/// tid / CONNECT_SLOTS (tids stay below 2^22), 0 when empty or once the socket reached
+/// SYN_SENT. Two threads sharing a slot (tids equal modulo its size, both in connect()
+/// at once) are told apart by the tag: the displaced one's report is missed, never
+/// misattributed. (A per-CPU slot was cheaper still but wrong under preemption, and
+/// the 5.10 guest had soft lockups with it.)
+#[map]
+pub static CONNECTS: Array<u64> = Array::with_max_entries(CONNECT_SLOTS, 0);
+
+/// The slot of thread `tid`, and the tag its entries carry.
+#[inline(always)]
+fn connect_slot(tid: u32) -> Option<(*mut u64, u64)> {
+    let slot = CONNECTS.get_ptr_mut(tid % CONNECT_SLOTS)?;
+    Some((slot, ((tid / CONNECT_SLOTS) as u64) << CONNECT_TID_SHIFT))
 }
 
-const CONNECT_SLOTS: u32 = 32768;
-
-/// One slot per thread, at tid % CONNECT_SLOTS: an array element is found without a
-/// hash or lock (an LRU hash by thread cost ~440 ns per connect hook). A thread only
-/// writes its own slot. Two threads sharing one (tids equal modulo the size, both in
-/// connect() at once) are told apart by the tid: the displaced one's report is missed,
-/// never misattributed. (A per-CPU slot was cheaper still but wrong under preemption,
-/// and the 5.10 guest had soft lockups with it.)
-#[map]
-pub static CONNECTS: Array<ConnectSlot> = Array::with_max_entries(CONNECT_SLOTS, 0);
-
+/// Remembers the sockaddr pointer of this thread's connect().
 #[inline(always)]
-pub fn connect_slot(tid: u32) -> Option<&'static mut ConnectSlot> {
-    CONNECTS
-        .get_ptr_mut(tid % CONNECT_SLOTS)
-        .map(|p| unsafe { &mut *p })
+pub fn connect_begin(tid: u32, uaddr: u64) {
+    if let Some((slot, tag)) = connect_slot(tid) {
+        unsafe { core::ptr::write_volatile(slot, tag | (uaddr & CONNECT_ADDR_MASK)) };
+    }
+}
+
+/// Takes this thread's sockaddr pointer, if its slot holds one.
+#[inline(always)]
+pub fn connect_take(tid: u32) -> Option<u64> {
+    let (slot, tag) = connect_slot(tid)?;
+    let v = unsafe { core::ptr::read_volatile(slot) };
+    let uaddr = v & CONNECT_ADDR_MASK;
+    if v & !CONNECT_ADDR_MASK != tag || uaddr == 0 {
+        return None;
+    }
+    unsafe { core::ptr::write_volatile(slot, 0) };
+    Some(uaddr)
 }
 
 #[map]

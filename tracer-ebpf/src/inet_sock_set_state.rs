@@ -21,7 +21,7 @@ use aya_ebpf::{
 use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey};
 
 use crate::common::{
-    attribute, config, connect_slot, ctx_field, current_owner, kread, load_record, raw_i32,
+    attribute, config, connect_take, ctx_field, current_owner, kread, load_record, raw_i32,
     raw_u16, raw_u64, report_sock, sock_info, sock_netns, submit, LISTENERS, SOCKS,
 };
 
@@ -133,11 +133,7 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
             let _ = SOCKS.insert(c.sk, current_owner(sock_netns(cfg, c.sk)), 0);
             // The connect reached SYN_SENT: the TCP hooks tell its story.
             let tid = bpf_get_current_pid_tgid() as u32;
-            if let Some(s) = connect_slot(tid) {
-                if s.tid == tid {
-                    s.uaddr = 0;
-                }
-            }
+            let _ = connect_take(tid);
         }
         (st::CLOSE, st::LISTEN) => {
             let owner = current_owner(sock_netns(cfg, c.sk));

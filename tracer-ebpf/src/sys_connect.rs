@@ -11,7 +11,8 @@ use aya_ebpf::{
 use tracer_common::{fixed, flags, ConnectInfo, Hook};
 
 use crate::common::{
-    config, connect_slot, ctx_field, current_owner, kread, load_record, raw_u64, submit,
+    config, connect_begin, connect_take, ctx_field, current_owner, kread, load_record, raw_u64,
+    submit,
 };
 
 const AF_INET: u16 = 2;
@@ -31,11 +32,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         load_record(&ctx, Hook::ConnectEnter).and_then(|p| raw_u64(&p.ev.raw, p.layout.uservaddr))
     };
     if let Some(uaddr) = uaddr {
-        let tid = bpf_get_current_pid_tgid() as u32;
-        if let Some(s) = connect_slot(tid) {
-            s.tid = tid;
-            s.uaddr = uaddr;
-        }
+        connect_begin(bpf_get_current_pid_tgid() as u32, uaddr);
     }
     0
 }
@@ -48,17 +45,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let s = connect_slot(tid)?;
-    if s.tid != tid {
-        return None;
-    }
-    let uaddr = s.uaddr;
-    s.uaddr = 0;
-    // 0: the socket reached SYN_SENT, so the TCP hooks tell the rest.
-    if uaddr == 0 {
-        return None;
-    }
+    // None also once the socket reached SYN_SENT: the TCP hooks tell the rest.
+    let uaddr = connect_take(bpf_get_current_pid_tgid() as u32)?;
     let cfg = config()?;
     let ret = if cfg.layouts[Hook::ConnectExit as usize].fixed != 0 {
         ctx_field::<i64>(ctx, fixed::CONNECT_RET)

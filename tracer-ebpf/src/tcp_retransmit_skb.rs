@@ -23,6 +23,10 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Option<()> {
     let p = load_record(ctx, Hook::RetransmitSkb)?;
+    // 6.18+ also fires for attempts that failed locally (err != 0): nothing left.
+    if raw_i32(&p.ev.raw, p.layout.error).is_some_and(|e| e != 0) {
+        return None;
+    }
     let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
     count(sk);
     if raw_i32(&p.ev.raw, p.layout.state) != Some(tcp_state::SYN_SENT) {
@@ -44,6 +48,17 @@ fn count(sk: u64) {
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb_raw(ctx: RawTracePointContext) -> u32 {
     try_retransmit_raw(&ctx);
+    0
+}
+
+/// 6.18+: a third argument, the attempt's result; failed attempts (the segment never
+/// left the host) are not retransmits. A raw tracepoint may not read past its
+/// argument count, hence a second entry point.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_raw_err(ctx: RawTracePointContext) -> u32 {
+    if ctx.arg::<u64>(2) as i32 == 0 {
+        try_retransmit_raw(&ctx);
+    }
     0
 }
 

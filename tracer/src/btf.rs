@@ -267,6 +267,7 @@ impl KernelBtf {
             skc_v6_rcv_saddr: get("sock", "__sk_common.skc_v6_rcv_saddr"),
             skc_state: get("sock", "__sk_common.skc_state"),
             sk_err: get("sock", "sk_err"),
+            _pad: 0,
         }
     }
 }

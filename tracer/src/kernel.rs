@@ -212,7 +212,12 @@ pub fn record_layout(f: &Format) -> RecordLayout {
         uservaddr: off("uservaddr"),
         ret: off("ret"),
         fixed: 0,
-        error: off("error"),
+        // inet_sk_error_report's `error`; tcp_retransmit_skb's `err` (6.18+).
+        error: if f.field("error").is_some() {
+            off("error")
+        } else {
+            off("err")
+        },
         dport: off("dport"),
         _pad: 0,
     }

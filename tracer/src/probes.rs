@@ -12,7 +12,7 @@ use aya::{
 };
 use tracer_common::{maps, Config, Hook, KernelOffsets};
 
-use crate::kernel::KernelInfo;
+use crate::{kernel::KernelInfo, tracefs::Format};
 
 /// What a missing hook costs, for the one warning printed about it.
 pub fn hook_loss(hook: Hook) -> &'static str {
@@ -189,10 +189,16 @@ const TRACEPOINTS_ENV: &str = "RSTRACE_TRACEPOINTS";
 
 /// The raw tracepoint programs of the socket hooks, real and empty, when the kernel's
 /// BTF gave every socket field they read (see inet_sock_set_state.rs).
-fn raw_sock_program(hook: Hook, offsets: &KernelOffsets, floor: bool) -> Option<&'static str> {
-    if !offsets.sock_fields_known() || std::env::var_os(TRACEPOINTS_ENV).is_some() {
+fn raw_sock_program(
+    hook: Hook,
+    format: &Format,
+    offsets: &KernelOffsets,
+    floor: bool,
+) -> Option<&'static str> {
+    if !offsets.sock_fields_known() || std::env::var(TRACEPOINTS_ENV).is_ok_and(|v| v == "1") {
         return None;
     }
+    let has_err = format.field("err").is_some();
     Some(match (hook, floor) {
         (Hook::SetState, false) => "inet_sock_set_state_raw",
         (Hook::SetState, true) => "floor_raw_set_state",
@@ -200,6 +206,7 @@ fn raw_sock_program(hook: Hook, offsets: &KernelOffsets, floor: bool) -> Option<
         (Hook::DestroySock, true) => "floor_raw_destroy_sock",
         (Hook::ReceiveReset, false) => "tcp_receive_reset_raw",
         (Hook::ReceiveReset, true) => "floor_raw_receive_reset",
+        (Hook::RetransmitSkb, false) if has_err => "tcp_retransmit_skb_raw_err",
         (Hook::RetransmitSkb, false) => "tcp_retransmit_skb_raw",
         (Hook::RetransmitSkb, true) => "floor_raw_retransmit_skb",
         (Hook::ErrorReport, false) => "inet_sk_error_report_raw",
@@ -232,7 +239,7 @@ fn attach(
         .formats
         .get(&hook)
         .ok_or_else(|| anyhow!("no tracepoint {cat}:{name}"))?;
-    if let Some(program) = raw_sock_program(hook, offsets, floor) {
+    if let Some(program) = raw_sock_program(hook, format, offsets, floor) {
         match attach_raw(ebpf, program, name) {
             Ok(p) => return Ok(p),
             Err(e) => log::warn!("{e:#}; using the tracepoint instead"),
