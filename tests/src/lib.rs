@@ -310,9 +310,10 @@ pub fn time_scale() -> u32 {
         .max(1)
 }
 
-/// The program `rstrace doctor` attaches to `tracepoint` (such as "tcp:tcp_destroy_sock")
-/// with the environment `env`; None when it does not attach.
-pub fn attached_program(tracepoint: &str, env: &[(&str, &str)]) -> Option<String> {
+/// The program `rstrace doctor` attaches to each tracepoint (such as
+/// "tcp:tcp_destroy_sock") with the environment `env`; hooks that do not attach are
+/// left out.
+pub fn attached_programs(env: &[(&str, &str)]) -> HashMap<String, String> {
     let out = Command::new(rstrace_bin())
         .args(["doctor", "--json"])
         .envs(env.iter().copied())
@@ -323,8 +324,13 @@ pub fn attached_program(tracepoint: &str, env: &[(&str, &str)]) -> Option<String
         .as_array()
         .expect("doctor --json has hooks")
         .iter()
-        .find(|h| h["tracepoint"] == tracepoint)
-        .and_then(|h| h["program"].as_str().map(str::to_string))
+        .filter_map(|h| {
+            Some((
+                h["tracepoint"].as_str()?.to_string(),
+                h["program"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 pub fn capability(name: &str) -> bool {

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    attached_program, capability, ip, owner_pid, port, require_root, s, Agent, Peer, Topology,
+    attached_programs, capability, ip, owner_pid, port, require_root, s, Agent, Peer, Topology,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -29,6 +29,7 @@ const TRACEPOINTS: [(&str, &str); 1] = [("RSTRACE_TRACEPOINTS", "1")];
 /// forced to the tracepoints.
 fn socket_hook_programs(env: &[(&str, &str)]) {
     let raw = env.is_empty() && capability("netns");
+    let attached = attached_programs(env);
     for (tracepoint, program) in [
         ("sock:inet_sock_set_state", "inet_sock_set_state"),
         ("tcp:tcp_destroy_sock", "tcp_destroy_sock"),
@@ -36,7 +37,7 @@ fn socket_hook_programs(env: &[(&str, &str)]) {
         ("tcp:tcp_retransmit_skb", "tcp_retransmit_skb"),
         ("sock:inet_sk_error_report", "inet_sk_error_report"),
     ] {
-        let Some(got) = attached_program(tracepoint, env) else {
+        let Some(got) = attached.get(tracepoint) else {
             // Not on this kernel (inet_sk_error_report before 5.13).
             assert!(!capability("errno") || tracepoint != "sock:inet_sk_error_report");
             continue;
