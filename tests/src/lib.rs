@@ -63,7 +63,7 @@ pub fn require_root() -> bool {
     true
 }
 
-fn sh(args: &[&str]) {
+fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -73,6 +73,7 @@ fn sh(args: &[&str]) {
         "{args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A named network namespace (`ip netns add`), deleted on drop.
@@ -182,6 +183,30 @@ impl Topology {
             server_ip,
             subnet: id,
         }
+    }
+
+    /// Makes the client's neighbour entry for the server permanent. Once the server's
+    /// link goes down, the client's entry is otherwise flushed and re-resolved, and
+    /// when that fails before TCP gives up (slow machines), the connection ends with
+    /// EHOSTUNREACH instead of timing out.
+    pub fn pin_server_neighbour(&self) {
+        let link = sh(&["ip", "-n", &self.server.name, "-j", "link", "show", "veth1"]);
+        let v: Value = serde_json::from_str(&link).expect("ip -j link");
+        let mac = v[0]["address"].as_str().expect("veth1 has an address");
+        sh(&[
+            "ip",
+            "-n",
+            &self.client.name,
+            "neigh",
+            "replace",
+            &self.server_ip,
+            "lladdr",
+            mac,
+            "nud",
+            "permanent",
+            "dev",
+            "veth0",
+        ]);
     }
 
     /// Another address of the topology's /24 (nobody has it unless a test adds it).

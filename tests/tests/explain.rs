@@ -411,6 +411,7 @@ fn black_holed(t: &Topology, p: u16, then: &str) -> (Peer, Peer) {
     t.client.exec(&["sysctl", "-qw", "net.ipv4.tcp_retries2=2"]);
     let mut client = Peer::spawn(&t.client, &["connect", &addr(t, p), "--then", then]);
     client.wait_line(5 * SEC, |l| l == "errno=0");
+    t.pin_server_neighbour();
     t.server.exec(&["ip", "link", "set", "veth1", "down"]);
     (server, client)
 }
