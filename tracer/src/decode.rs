@@ -144,6 +144,14 @@ fn sockaddr(b: &[u8]) -> Option<SocketAddr> {
 }
 
 /// IPv4-mapped IPv6 addresses are shown as IPv4, as `ss` does.
+/// An address the programs wrote in 16 bytes: IPv4 in the first four for AF_INET.
+fn ip_of(family: u16, a: [u8; 16]) -> IpAddr {
+    match family as i32 {
+        libc::AF_INET => IpAddr::from(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+        _ => ip6(a),
+    }
+}
+
 fn ip6(a: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(a);
     match v6.to_ipv4_mapped() {
@@ -199,10 +207,7 @@ fn endpoints(raw: &[u8], hf: &HookFields) -> (Option<SocketAddr>, Option<SocketA
 
 fn connect_error(raw: &[u8], r: &mut Record) {
     let c: ConnectInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const ConnectInfo) };
-    let ip = match c.family as i32 {
-        libc::AF_INET => IpAddr::from(Ipv4Addr::new(c.addr[0], c.addr[1], c.addr[2], c.addr[3])),
-        _ => ip6(c.addr),
-    };
+    let ip = ip_of(c.family, c.addr);
     let unspecified: IpAddr = if ip.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
     } else {
@@ -219,12 +224,8 @@ fn connect_error(raw: &[u8], r: &mut Record) {
 /// its tracepoint's.
 fn sock_fields(raw: &[u8], hook: Hook, r: &mut Record) {
     let s: SockInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const SockInfo) };
-    let addr = |a: [u8; 16]| match s.family as i32 {
-        libc::AF_INET6 => ip6(a),
-        _ => IpAddr::from(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
-    };
-    r.src = Some(SocketAddr::new(addr(s.saddr), s.sport));
-    r.dst = Some(SocketAddr::new(addr(s.daddr), s.dport));
+    r.src = Some(SocketAddr::new(ip_of(s.family, s.saddr), s.sport));
+    r.dst = Some(SocketAddr::new(ip_of(s.family, s.daddr), s.dport));
     match hook {
         Hook::SetState => {
             r.old_state = Some(tcp_state_name(s.oldstate));
@@ -379,12 +380,8 @@ impl Decoder {
             syms.resolve(d.location).into()
         }));
         if d.parsed != 0 {
-            let addr = |a: [u8; 16]| match d.family as i32 {
-                libc::AF_INET => IpAddr::from(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
-                _ => ip6(a),
-            };
-            r.src = Some(SocketAddr::new(addr(d.saddr), d.sport));
-            r.dst = Some(SocketAddr::new(addr(d.daddr), d.dport));
+            r.src = Some(SocketAddr::new(ip_of(d.family, d.saddr), d.sport));
+            r.dst = Some(SocketAddr::new(ip_of(d.family, d.daddr), d.dport));
             r.tcp_flags = Some(tcp_flags_str(d.tcp_flags));
         }
     }
