@@ -47,7 +47,13 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let sk: u64 = ctx.arg(0);
     let protocol = kread::<u16>(sk, cfg.offsets.sk_protocol);
-    let sport = u16::from_be(kread::<u16>(sk, cfg.offsets.inet_sport).unwrap_or(0));
+    // Only the listener transitions use the port (their key); the others (every
+    // connect, every death) skip the read.
+    let sport = if old == st::LISTEN || new == st::LISTEN {
+        u16::from_be(kread::<u16>(sk, cfg.offsets.inet_sport).unwrap_or(0))
+    } else {
+        0
+    };
     let c = Change {
         sk,
         old,
@@ -63,6 +69,7 @@ struct Change {
     sk: u64,
     old: i32,
     new: i32,
+    /// Read for the listener transitions only (0 for the others, raw program).
     sport: u16,
     protocol: Option<u16>,
 }
