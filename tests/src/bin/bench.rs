@@ -397,6 +397,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// (median, min, max) of repeated measurements.
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+    (median(&mut v), lo, hi)
+}
+
 struct Workload {
     name: &'static str,
     load: Load,
@@ -541,26 +549,12 @@ fn main() {
     }
     md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`. The floor column attaches empty programs to the same hooks instead, of the same types (`rstrace bench-floor`; raw tracepoints where rstrace uses them): the cost of the kernel running any such program there, which no change to the programs' code can remove.\n\n");
     md.push_str("| storm | baseline ops/s, median (range) | floor / baseline | watch / baseline, median (range) | record / baseline, median (range) |\n|---|---|---|---|---|\n");
-    let range = |v: &[f64]| {
-        let (lo, hi) = v
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-        (lo, hi)
-    };
     let mut targets: Vec<(String, bool, String)> = Vec::new();
     for m in &results {
-        let mut base = m.base.clone();
-        let (blo, bhi) = range(&base);
-        let bmed = median(&mut base);
-        let mut f = m.ratios(Mode::Floor);
-        let (flo, fhi) = range(&f);
-        let fmed = median(&mut f);
-        let mut w = m.ratios(Mode::Watch);
-        let (wlo, whi) = range(&w);
-        let wmed = median(&mut w);
-        let mut r = m.ratios(Mode::Record);
-        let (rlo, rhi) = range(&r);
-        let rmed = median(&mut r);
+        let (bmed, blo, bhi) = spread(m.base.clone());
+        let (fmed, flo, fhi) = spread(m.ratios(Mode::Floor));
+        let (wmed, wlo, whi) = spread(m.ratios(Mode::Watch));
+        let (rmed, rlo, rhi) = spread(m.ratios(Mode::Record));
         md.push_str(&format!("| {} | {bmed:.0} ({blo:.0}..{bhi:.0}) | {fmed:.3} ({flo:.3}..{fhi:.3}) | {wmed:.3} ({wlo:.3}..{whi:.3}) | {rmed:.3} ({rlo:.3}..{rhi:.3}) |\n", m.name));
         let need = if m.name.starts_with("short") {
             Some(0.98)
@@ -792,9 +786,8 @@ fn main() {
         w.push(v["write_per_s"].as_f64().unwrap_or(0.0));
         e.push(v["explain_per_s"].as_f64().unwrap_or(0.0));
     }
-    let (wlo, whi) = range(&w);
-    let (elo, ehi) = range(&e);
-    let (wm, em) = (median(&mut w), median(&mut e));
+    let (wm, wlo, whi) = spread(w);
+    let (em, elo, ehi) = spread(e);
     md.push_str(&format!(
         "\n## Capture files\n\n| figure | median (range) |\n|---|---|\n| write, records/s on one core (1.2 M records of a refusal storm, fsync every second) | {wm:.0} ({wlo:.0}..{whi:.0}) |\n| explain, records/s | {em:.0} ({elo:.0}..{ehi:.0}) |\n| bytes per event, `rstrace record` during the refused storm above | {bpe:.1} |\n"
     ));
