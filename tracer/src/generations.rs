@@ -49,6 +49,13 @@ impl<V> Generations<V> {
     pub fn get(&self, key: u64) -> Option<&V> {
         self.young.get(&key).or_else(|| self.old.get(&key))
     }
+
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        match self.young.get_mut(&key) {
+            Some(v) => Some(v),
+            None => self.old.get_mut(&key),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -129,6 +129,14 @@ fn outcome(errno: Option<i32>, s: &Story) -> &'static str {
     }
 }
 
+/// An explained flow, remembered to absorb its late evidence.
+struct Done {
+    until: u64,
+    /// The story's `slots`: evidence that fills one again is a new connection.
+    slots: u16,
+    established: bool,
+}
+
 struct Burst {
     first: Explanation,
     until: u64,
@@ -143,7 +151,7 @@ pub struct Engine {
     /// deadline (or was explained) is stale and skipped.
     due: BinaryHeap<Reverse<(u64, FlowKey)>>,
     last_sweep_ns: u64,
-    done: Generations<u64>,
+    done: Generations<Done>,
     bursts: FastMap<(&'static str, u16, u32), Burst>,
     wants_context: bool,
     clock: Option<crate::decode::Clock>,
@@ -195,12 +203,24 @@ impl Engine {
             return;
         }
         let Some(key) = FlowKey::of(&r) else { return };
-        if self
-            .done
-            .get(self.done.key(&key))
-            .is_some_and(|&until| r.mono_ns <= until)
-        {
-            return;
+        if let Some(open) = self.stories.get(&key) {
+            if open.repeats(&r) {
+                // A new connection on the same 4-tuple: the open story is complete.
+                let story = self.stories.remove(&key).expect("present");
+                self.conclude(key, story, r.mono_ns, out);
+            }
+        } else {
+            let done = self.done.key(&key);
+            if let Some(d) = self.done.get_mut(done) {
+                if r.mono_ns <= d.until {
+                    let bit = Story::slot_of(&key, &r, d.established);
+                    if d.slots & bit == 0 {
+                        // Late evidence of the flow just explained.
+                        d.slots |= bit;
+                        return;
+                    }
+                }
+            }
         }
         let now = r.mono_ns;
         let kind = r.kind;
@@ -252,6 +272,26 @@ impl Engine {
         }
     }
 
+    /// Explains `story` (taken out of the open ones) and remembers its flow for a
+    /// while, to absorb its late evidence.
+    fn conclude(&mut self, key: FlowKey, story: Story, now: u64, out: &mut Vec<Explanation>) {
+        let e = self.explain(&story);
+        let done = self.done.key(&key);
+        self.done.insert(
+            done,
+            Done {
+                until: story.last_ns.max(now) + DONE_FOR,
+                slots: story.slots,
+                established: story.was_established(),
+            },
+            now,
+        );
+        if let Some(mut e) = self.emit(e, out) {
+            e.evidence = self.timed(&story.evidence);
+            out.push(e);
+        }
+    }
+
     fn schedule(&mut self, key: FlowKey, deadline: u64) {
         if let Some(s) = self.stories.get_mut(&key) {
             s.deadline = Some(deadline);
@@ -279,14 +319,7 @@ impl Engine {
                 self.schedule(key, now + CONTEXT_WAIT);
                 continue;
             }
-            let e = self.explain(&story);
-            let done = self.done.key(&key);
-            self.done
-                .insert(done, story.last_ns.max(now) + DONE_FOR, now);
-            if let Some(mut e) = self.emit(e, out) {
-                e.evidence = self.timed(&story.evidence);
-                out.push(e);
-            }
+            self.conclude(key, story, now, out);
         }
         if self.stories.len() > MAX_STORIES {
             let mut oldest: Vec<(u64, FlowKey)> =

@@ -57,6 +57,23 @@ pub struct Story {
     pub deadline: Option<u64>,
     /// Asked the host view for fresh namespace addresses once.
     pub waited_for_context: bool,
+    /// The once-per-connection events seen (`slot` bits): a second one means a new
+    /// connection on the same 4-tuple.
+    pub slots: u16,
+}
+
+/// Bits of `Story::slots`: an event a connection produces once per end. Ports repeat
+/// within a second in a storm, so a 4-tuple alone does not tell connections apart;
+/// a second death, errno or refusal on it does.
+pub mod slot {
+    pub const DEATH: u16 = 1;
+    pub const ERRNO: u16 = 2;
+    pub const RST_RECEIVED: u16 = 4;
+    pub const CONNECT_ERROR: u16 = 8;
+    pub const REFUSAL_SENT: u16 = 16;
+    pub const SYN_DROPPED_NO_SOCKET: u16 = 32;
+    /// Bits of the first endpoint of the flow key; the second's are shifted by this.
+    pub const SIDE_SHIFT: u32 = 8;
 }
 
 impl Story {
@@ -68,10 +85,47 @@ impl Story {
             evidence: Vec::new(),
             deadline: None,
             waited_for_context: false,
+            slots: 0,
         }
     }
 
+    /// The slot bit `r` fills in a story of flow `key`, 0 for evidence that can repeat
+    /// within one connection (retransmits, soft errors, drops of a flow).
+    pub fn slot_of(key: &FlowKey, r: &Record, established: bool) -> u16 {
+        let bit = match r.kind {
+            Kind::State if r.new_state == Some("CLOSE") => slot::DEATH,
+            Kind::Error if r.errno.is_some_and(|e| e != 0) => slot::ERRNO,
+            Kind::RstReceived => slot::RST_RECEIVED,
+            Kind::ConnectError => slot::CONNECT_ERROR,
+            // Segments in flight after an abort each get an RST: only the refusal of a
+            // SYN is once per connection.
+            Kind::RstSent
+                if !established
+                    && (r.state.is_none() || r.state == Some("LISTEN"))
+                    && r.reason.as_deref().is_none_or(|x| x == "NO_SOCKET") =>
+            {
+                slot::REFUSAL_SENT
+            }
+            Kind::Drop if r.tcp_flags == Some("S") && r.reason.as_deref() == Some("NO_SOCKET") => {
+                slot::SYN_DROPPED_NO_SOCKET
+            }
+            _ => 0,
+        };
+        if r.src == Some(key.0) {
+            bit
+        } else {
+            bit << slot::SIDE_SHIFT
+        }
+    }
+
+    /// `r` is evidence of another connection on the same 4-tuple: this story already
+    /// holds the once-per-connection event it stands for.
+    pub fn repeats(&self, r: &Record) -> bool {
+        self.slots & Story::slot_of(&self.key, r, self.was_established()) != 0
+    }
+
     pub fn add(&mut self, r: Record) {
+        self.slots |= Story::slot_of(&self.key, &r, self.was_established());
         self.last_ns = self.last_ns.max(r.mono_ns);
         if self.evidence.len() < MAX_EVIDENCE {
             self.evidence.push(r);

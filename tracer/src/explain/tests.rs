@@ -213,7 +213,7 @@ fn firewall_drop_waits_for_the_local_clients_timeout() {
     e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
     e.push(syn_retransmit(1_000), &mut out);
     e.push(drop_syn(1_000, "NETFILTER_DROP"), &mut out);
-    e.advance(2_900, &mut out);
+    e.advance(2_900 * MS, &mut out);
     assert!(out.is_empty(), "explained before the errno: {out:#?}");
     e.push(error(3_000, libc::ETIMEDOUT), &mut out);
     e.advance(3_100 * MS, &mut out);
@@ -391,6 +391,88 @@ fn bursts_collapse_into_one_line_with_a_count() {
     assert_eq!(out[1].count, 49);
     assert_eq!(out[1].window_ms, Some(2_000));
     assert!(out.iter().all(|x| x.cause == "nothing_listening"));
+}
+
+/// A refusal on one 4-tuple, as the kernel shows it when both ends are here: the
+/// server's RST and SYN drop, the client's RST, death and errno.
+fn refusal_on(e: &mut Engine, at_ms: u64, c: &str, out: &mut Vec<Explanation>) {
+    let mut rst = rec(Kind::RstSent, at_ms, S, c, SNS);
+    rst.reason = Some("NO_SOCKET".into());
+    e.push(rst, out);
+    let mut drop = rec(Kind::Drop, at_ms, c, S, SNS);
+    drop.reason = Some("NO_SOCKET".into());
+    drop.tcp_flags = Some("S");
+    e.push(drop, out);
+    e.push(client_owned(rec(Kind::RstReceived, at_ms, c, S, CNS)), out);
+    let mut death = client_owned(rec(Kind::State, at_ms, c, S, CNS));
+    death.old_state = Some("SYN_SENT");
+    death.new_state = Some("CLOSE");
+    e.push(death, out);
+    let mut err = client_owned(rec(Kind::Error, at_ms, c, S, CNS));
+    err.errno = Some(libc::ECONNREFUSED);
+    e.push(err, out);
+}
+
+fn total(out: &[Explanation]) -> u64 {
+    out.iter().map(|x| x.count).sum()
+}
+
+#[test]
+fn connections_reusing_a_four_tuple_are_each_counted() {
+    // A storm cycles through the ephemeral ports: the same 4-tuple fails again while
+    // its previous story is still open (1 ms apart) or just explained (400 ms apart).
+    for gap_ms in [1u64, 400] {
+        let mut e = Engine::default();
+        let mut out = Vec::new();
+        addresses(&mut e, &mut out);
+        for i in 0..30u64 {
+            let at = 10 + i * gap_ms;
+            refusal_on(&mut e, at, C, &mut out);
+            e.advance(at * MS, &mut out);
+        }
+        e.finish(&mut out);
+        assert_eq!(total(&out), 30, "gap {gap_ms} ms: {out:#?}");
+        assert!(
+            out.iter().all(|x| x.cause == "nothing_listening"),
+            "{out:#?}"
+        );
+        // Each story holds one connection's evidence.
+        assert!(out.iter().all(|x| x.evidence.len() <= 5), "{out:#?}");
+    }
+}
+
+#[test]
+fn connect_errors_to_one_destination_are_each_counted() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    for i in 0..20u64 {
+        let mut r = client_owned(rec(Kind::ConnectError, 10 + i, "0.0.0.0:0", S, CNS));
+        r.errno = Some(libc::ENETUNREACH);
+        e.push(r, &mut out);
+    }
+    e.finish(&mut out);
+    assert_eq!(total(&out), 20, "{out:#?}");
+}
+
+#[test]
+fn late_evidence_of_an_explained_flow_is_absorbed_not_counted() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    // The client's side first; the server's RST arrives after the explanation.
+    e.push(
+        client_owned(rec(Kind::RstReceived, 10, C, S, CNS)),
+        &mut out,
+    );
+    e.push(error(10, libc::ECONNREFUSED), &mut out);
+    e.advance(500 * MS, &mut out);
+    assert_eq!(total(&out), 1);
+    let mut rst = rec(Kind::RstSent, 10, S, C, SNS);
+    rst.reason = Some("NO_SOCKET".into());
+    e.push(rst, &mut out);
+    e.finish(&mut out);
+    assert_eq!(total(&out), 1, "{out:#?}");
 }
 
 #[test]
