@@ -12,6 +12,7 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOSSES: &str = "LOSSES";
     pub const CONFIG: &str = "CONFIG";
+    pub const LISTENERS: &str = "LISTENERS";
 }
 
 /// Bytes of a tracepoint record copied into an event (the largest record read today,
@@ -251,6 +252,17 @@ pub struct SockOwner {
     pub comm: [u8; 16],
 }
 
+/// Value of the listener map: the owner of a listening port and its socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenOwner {
+    pub owner: SockOwner,
+    /// The listening socket; 0 for an entry the agent made at start-up for a
+    /// listener that was already there (its socket address is not visible from
+    /// userspace).
+    pub sk: u64,
+}
+
 /// Key of the listener map: a listening port in a namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -462,6 +474,7 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ListenOwner>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -469,4 +482,5 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for SockOwner {}
     unsafe impl aya::Pod for ListenKey {}
+    unsafe impl aya::Pod for ListenOwner {}
 }

@@ -17,8 +17,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    flags, Config, Event, EventHeader, Hook, ListenKey, RecordLayout, SockInfo, SockOwner,
-    DEFAULT_RING_BYTES, NO_FIELD, NO_OFFSET, RAW_MAX,
+    flags, Config, Event, EventHeader, Hook, ListenKey, ListenOwner, RecordLayout, SockInfo,
+    SockOwner, DEFAULT_RING_BYTES, NO_FIELD, NO_OFFSET, RAW_MAX,
 };
 
 #[map]
@@ -37,9 +37,12 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
 /// Owner of each listening port, so that accepted sockets (created in softirq)
-/// inherit the listener's process rather than whatever task ran.
+/// inherit the listener's process rather than whatever task ran. The first listener
+/// of a port keeps the entry: a listen() that fails with EADDRINUSE (LISTEN, then
+/// CLOSE) or a second SO_REUSEPORT socket must not replace or remove it. The agent
+/// adds the listeners that were there before it started.
 #[map]
-pub static LISTENERS: HashMap<ListenKey, SockOwner> = HashMap::with_max_entries(8192, 0);
+pub static LISTENERS: HashMap<ListenKey, ListenOwner> = HashMap::with_max_entries(8192, 0);
 
 const CONNECT_SLOTS: u32 = 32768;
 /// User addresses are below 2^56 (5-level paging included); the bits above hold the

@@ -18,7 +18,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey};
+use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey, ListenOwner};
 
 use crate::common::{
     attribute, config, connect_take, ctx_field, current_owner, kread, load_record, raw_i32,
@@ -26,6 +26,8 @@ use crate::common::{
 };
 
 const IPPROTO_TCP: u16 = 6;
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -144,21 +146,36 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
         }
         (st::CLOSE, st::LISTEN) => {
             let owner = current_owner(sock_netns(cfg, c.sk));
+            let known = unsafe { SOCKS.get(c.sk) }.is_some();
             let _ = SOCKS.insert(c.sk, owner, 0);
-            let _ = LISTENERS.insert(listen_key(owner.netns, c.sport), owner, 0);
+            // Only the first listener of the port: see LISTENERS. A socket listening
+            // again (already known) is the same listener.
+            let _ = LISTENERS.insert(
+                listen_key(owner.netns, c.sport),
+                ListenOwner { owner, sk: c.sk },
+                if known { BPF_ANY } else { BPF_NOEXIST },
+            );
             report(c.sk);
         }
         (st::LISTEN, st::SYN_RECV) => {
             let key = listen_key(sock_netns(cfg, c.sk), c.sport);
             if let Some(l) = unsafe { LISTENERS.get(key) } {
-                let mut owner = *l;
+                let mut owner = l.owner;
                 owner.retrans = 0;
                 let _ = SOCKS.insert(c.sk, owner, 0);
             }
         }
         (st::LISTEN, st::CLOSE) => {
+            let known = unsafe { SOCKS.get(c.sk) }.is_some();
             if let Some(netns) = report(c.sk) {
-                let _ = LISTENERS.remove(listen_key(netns, c.sport));
+                let key = listen_key(netns, c.sport);
+                // The entry's own socket, or (entry made by the agent) a listener that
+                // was there before rstrace: one opened since is in SOCKS.
+                let ours = unsafe { LISTENERS.get(key) }
+                    .is_some_and(|l| l.sk == c.sk || (l.sk == 0 && !known));
+                if ours {
+                    let _ = LISTENERS.remove(key);
+                }
             }
         }
         // A socket that dies without the FIN handshake: refused, timed out, reset or

@@ -40,6 +40,15 @@ impl Enricher {
         }
         // Drops are oriented by packet, not by socket; loss and overflow have no tuple.
         let socket_tuple = !matches!(r.kind, Kind::Drop | Kind::Loss | Kind::Overflow);
+        if socket_tuple && r.owner.is_none() {
+            // A socket from before the agent: the kernel never saw its owner.
+            if let (Some(ns), Some(s), Some(d)) = (r.netns, r.src, r.dst) {
+                if let Some(o) = host.existing_owner(ns, s, d) {
+                    r.owner = Some(o.clone());
+                    r.owner_source = Some("proc");
+                }
+            }
+        }
         if socket_tuple {
             if let (Some(s), Some(d)) = (r.src, r.dst) {
                 let key = self.sockets.key(&(s, d));

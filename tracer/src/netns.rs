@@ -158,6 +158,63 @@ pub fn in_netns<T: Send + 'static>(
 
 /// Listening TCP sockets of the current namespace, through sock_diag.
 pub fn dump_listeners() -> Result<Vec<Listener>> {
+    Ok(dump(StateFlags::LISTEN, usize::MAX)?
+        .into_iter()
+        .map(|h| Listener {
+            addr: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+            depth: h.recv_queue,
+            backlog: h.send_queue,
+            inode: h.inode,
+        })
+        .collect())
+}
+
+/// A connected TCP socket, as sock_diag shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connected {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// TCP state number.
+    pub state: u8,
+    pub inode: u32,
+}
+
+/// At most this many connected sockets are read per namespace when it is first seen:
+/// their owners cost a walk of every process's descriptors, and the sockets opened
+/// after the agent started are attributed in the kernel anyway.
+pub const MAX_CONNECTED: usize = 65_536;
+
+/// Connected TCP sockets of the current namespace that have an owner (TIME_WAIT and
+/// orphans have none), up to `max`.
+pub fn dump_connected(max: usize) -> Result<Vec<Connected>> {
+    let states = StateFlags::ESTABLISHED
+        | StateFlags::SYN_SENT
+        | StateFlags::SYN_RECV
+        | StateFlags::FIN_WAIT1
+        | StateFlags::FIN_WAIT2
+        | StateFlags::CLOSE_WAIT
+        | StateFlags::LAST_ACK
+        | StateFlags::CLOSING;
+    Ok(dump(states, max)?
+        .into_iter()
+        .filter(|h| h.inode != 0)
+        .map(|h| Connected {
+            src: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+            dst: SocketAddr::new(
+                h.socket_id.destination_address,
+                h.socket_id.destination_port,
+            ),
+            state: h.state,
+            inode: h.inode,
+        })
+        .collect())
+}
+
+/// TCP sockets of the current namespace in `states`, both families, up to `max`.
+fn dump(
+    states: StateFlags,
+    max: usize,
+) -> Result<Vec<netlink_packet_sock_diag::inet::InetResponseHeader>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto()?;
     socket.connect(&NlAddr::new(0, 0))?;
@@ -171,7 +228,7 @@ pub fn dump_listeners() -> Result<Vec<Listener>> {
                 family,
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::LISTEN,
+                states,
                 socket_id: if family == AF_INET {
                     SocketId::new_v4()
                 } else {
@@ -185,6 +242,8 @@ pub fn dump_listeners() -> Result<Vec<Listener>> {
         packet.serialize(&mut buf);
         socket.send(&buf, 0)?;
         let mut rx = vec![0u8; 64 * 1024];
+        // The dump is read to its end even past `max`, so that the next request on
+        // this socket does not read the rest of this one.
         'recv: loop {
             let n = socket.recv(&mut &mut rx[..], 0)?;
             let mut off = 0;
@@ -193,17 +252,10 @@ pub fn dump_listeners() -> Result<Vec<Listener>> {
                     .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
                 let len = msg.header.length as usize;
                 match msg.payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                        let h = &r.header;
-                        out.push(Listener {
-                            addr: SocketAddr::new(
-                                h.socket_id.source_address,
-                                h.socket_id.source_port,
-                            ),
-                            depth: h.recv_queue,
-                            backlog: h.send_queue,
-                            inode: h.inode,
-                        });
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
+                        if out.len() < max =>
+                    {
+                        out.push(r.header);
                     }
                     NetlinkPayload::Done(_) => break 'recv,
                     NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
@@ -225,6 +277,7 @@ pub fn socket_owners(wanted: &[u32]) -> HashMap<u32, Proc> {
     if wanted.is_empty() {
         return out;
     }
+    let wanted: std::collections::HashSet<u32> = wanted.iter().copied().collect();
     let Ok(procs) = procfs::process::all_processes() else {
         return out;
     };
@@ -324,30 +377,58 @@ pub fn overflowing(listeners: &[Listener]) -> Vec<Listener> {
 /// Listeners of a namespace with the processes holding them.
 pub type OwnedListeners = Vec<(Listener, Option<Proc>)>;
 
+/// Connected sockets of a namespace with the processes holding them.
+pub type OwnedSockets = Vec<(Connected, Proc)>;
+
 /// What the monitor thread reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
     Overflow(Overflow),
     /// A namespace's addresses and listeners (with owners), when first seen and
-    /// whenever its addresses change.
+    /// whenever its addresses change; its connected sockets when first seen.
     Namespace {
         netns: u32,
         /// CLOCK_MONOTONIC ns just before the namespace was read: later events win.
         at_ns: u64,
         addrs: Vec<IpAddr>,
         listeners: OwnedListeners,
+        sockets: OwnedSockets,
     },
+    /// Every namespace present at start-up was described.
+    Started,
 }
 
-/// Addresses and owned listeners of one namespace.
-fn describe(ns: &NetnsRef) -> Result<(Vec<IpAddr>, OwnedListeners)> {
-    let (addrs, listeners) = in_netns(&ns.path, || Ok((local_addresses()?, dump_listeners()?)))?;
+/// Addresses and owned listeners of one namespace, and its owned connected sockets
+/// when `with_sockets` (one walk of /proc for both).
+fn describe(
+    ns: &NetnsRef,
+    with_sockets: bool,
+) -> Result<(Vec<IpAddr>, OwnedListeners, OwnedSockets)> {
+    let (addrs, listeners, connected) = in_netns(&ns.path, move || {
+        let connected = if with_sockets {
+            dump_connected(MAX_CONNECTED).unwrap_or_else(|e| {
+                log::debug!("listing connected sockets: {e:#}");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        Ok((local_addresses()?, dump_listeners()?, connected))
+    })?;
     let inodes: Vec<u32> = listeners
         .iter()
         .map(|l| l.inode)
+        .chain(connected.iter().map(|c| c.inode))
         .filter(|&i| i != 0)
         .collect();
     let mut owners = socket_owners(&inodes);
+    let sockets = connected
+        .into_iter()
+        .filter_map(|c| {
+            let o = owners.get(&c.inode)?.clone();
+            Some((c, o))
+        })
+        .collect();
     let listeners = listeners
         .into_iter()
         .map(|l| {
@@ -355,7 +436,7 @@ fn describe(ns: &NetnsRef) -> Result<(Vec<IpAddr>, OwnedListeners)> {
             (l, o)
         })
         .collect();
-    Ok((addrs, listeners))
+    Ok((addrs, listeners, sockets))
 }
 
 /// Watches the namespaces until `stop`: describes each new one (and re-describes
@@ -372,6 +453,7 @@ pub fn run_monitor(
     let mut last_scan: Option<Instant> = None;
     let mut last_full: Option<Instant> = None;
     let mut prev: HashMap<u32, TcpCounters> = HashMap::new();
+    let mut started = false;
     while !stop.load(Ordering::Relaxed) {
         let forced = rescan.swap(false, Ordering::Relaxed);
         if forced || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
@@ -388,10 +470,10 @@ pub fn run_monitor(
                     continue;
                 }
                 let at_ns = crate::decode::Clock::now().mono_ns;
-                match describe(ns) {
-                    Ok((addrs, listeners)) => {
+                let new = !described.contains_key(&netns);
+                match describe(ns, new) {
+                    Ok((addrs, listeners, sockets)) => {
                         let changed = described.get(&netns) != Some(&addrs);
-                        let new = !described.contains_key(&netns);
                         described.insert(netns, addrs.clone());
                         if (new || changed)
                             && !report(Observation::Namespace {
@@ -399,6 +481,7 @@ pub fn run_monitor(
                                 at_ns,
                                 addrs,
                                 listeners,
+                                sockets,
                             })
                         {
                             return;
@@ -467,6 +550,12 @@ pub fn run_monitor(
                 if !report(Observation::Overflow(o)) {
                     return;
                 }
+            }
+        }
+        if !started {
+            started = true;
+            if !report(Observation::Started) {
+                return;
             }
         }
         // Sleep in short steps so that a rescan request is served promptly.

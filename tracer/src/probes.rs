@@ -6,11 +6,11 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{maps, Config, Hook, KernelOffsets};
+use tracer_common::{maps, Config, Hook, KernelOffsets, ListenKey, ListenOwner};
 
 use crate::{kernel::KernelInfo, tracefs::Format};
 
@@ -53,6 +53,7 @@ pub struct ProgramStat {
 pub struct Maps {
     pub ring: RingBuf<MapData>,
     pub losses: PerCpuArray<MapData, u64>,
+    pub listeners: HashMap<MapData, ListenKey, ListenOwner>,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -166,7 +167,16 @@ impl Probes {
                 .take_map(maps::LOSSES)
                 .ok_or_else(|| anyhow!("no LOSSES map"))?,
         )?;
-        Ok(Maps { ring, losses })
+        let listeners = HashMap::try_from(
+            self.ebpf
+                .take_map(maps::LISTENERS)
+                .ok_or_else(|| anyhow!("no LISTENERS map"))?,
+        )?;
+        Ok(Maps {
+            ring,
+            losses,
+            listeners,
+        })
     }
 
     /// One warning per hook that could not be attached, naming what is lost.

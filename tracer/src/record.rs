@@ -65,6 +65,9 @@ pub enum Kind {
     Addresses,
     /// Context: a process that owned a listener has exited.
     ProcessExit,
+    /// Context: a connected socket that existed when rstrace first saw its namespace,
+    /// with the process holding it (its events carry no owner from the kernel).
+    Socket,
 }
 
 impl Kind {
@@ -83,6 +86,7 @@ impl Kind {
             Kind::Listener => "LISTENER",
             Kind::Addresses => "ADDRESSES",
             Kind::ProcessExit => "EXIT",
+            Kind::Socket => "SOCKET",
         }
     }
 }

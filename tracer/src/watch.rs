@@ -18,7 +18,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracer_common::{Hook, KernelOffsets};
+use tracer_common::{Hook, KernelOffsets, ListenKey, ListenOwner, SockOwner};
 
 use crate::{
     btf::KernelBtf,
@@ -127,12 +127,14 @@ pub fn overflow_record(o: Overflow, clock: &Clock) -> Record {
     r
 }
 
-/// Context records for a namespace: its addresses, then its listeners.
+/// Context records for a namespace: its addresses, its listeners, then the connected
+/// sockets that were there before the agent.
 pub fn namespace_records(
     netns: u32,
     now: u64,
     addrs: Vec<std::net::IpAddr>,
     listeners: netns::OwnedListeners,
+    sockets: netns::OwnedSockets,
     clock: &Clock,
 ) -> Vec<Record> {
     let mut a = Record::new(Kind::Addresses, now, clock.format(now));
@@ -151,7 +153,81 @@ pub fn namespace_records(
         r.owner = owner;
         out.push(r);
     }
+    for (c, owner) in sockets {
+        let mut r = Record::new(Kind::Socket, now, clock.format(now));
+        r.netns = Some(netns);
+        r.src = Some(c.src);
+        r.dst = Some(c.dst);
+        r.state = Some(crate::record::tcp_state_name(c.state as i32));
+        r.owner = Some(owner);
+        r.owner_source = Some("proc");
+        out.push(r);
+    }
     out
+}
+
+fn on_observation<W: io::Write>(
+    o: Observation,
+    pipe: &mut Pipeline<W>,
+    listener_map: &mut aya::maps::HashMap<aya::maps::MapData, ListenKey, ListenOwner>,
+    clock: &Clock,
+) -> io::Result<()> {
+    match o {
+        Observation::Overflow(o) => pipe.push(overflow_record(o, clock)),
+        Observation::Namespace {
+            netns,
+            at_ns,
+            addrs,
+            listeners,
+            sockets,
+        } => {
+            seed_listeners(listener_map, netns, at_ns, &listeners);
+            namespace_records(netns, at_ns, addrs, listeners, sockets, clock)
+                .into_iter()
+                .try_for_each(|r| pipe.push(r))
+        }
+        Observation::Started => Ok(()),
+    }
+}
+
+/// Enters listeners found in /proc into the kernel's listener map, so that the
+/// connections they accept from now on carry their owner. An entry the kernel already
+/// has (a listener opened since the agent started) is left alone.
+fn seed_listeners(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, ListenKey, ListenOwner>,
+    netns: u32,
+    at_ns: u64,
+    listeners: &netns::OwnedListeners,
+) {
+    const BPF_NOEXIST: u64 = 1;
+    for (l, owner) in listeners {
+        let Some(p) = owner else { continue };
+        let mut comm = [0u8; 16];
+        let n = p.comm.len().min(15);
+        comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
+        let key = ListenKey {
+            netns,
+            port: l.addr.port(),
+            _pad: 0,
+        };
+        let value = ListenOwner {
+            owner: SockOwner {
+                since_ns: at_ns,
+                tgid: p.pid,
+                netns,
+                retrans: 0,
+                _pad: 0,
+                comm,
+            },
+            sk: 0,
+        };
+        match map.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => log::debug!("entering listener {} of netns {netns}: {e}", l.addr),
+        }
+    }
 }
 
 fn loss_record(hook: Hook, lost: u64, why: &str, clock: &Clock) -> Record {
@@ -191,6 +267,7 @@ fn drain<W: io::Write>(
 
 async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let maps = session.probes.take_maps()?;
+    let mut listener_map = maps.listeners;
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info);
     let sink: Box<dyn io::Write> = if cfg.quiet {
@@ -237,6 +314,25 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             netns::run_monitor(interval, stop, rescan, |o| otx.blocking_send(o).is_ok())
         })
     };
+    // The context of the sockets and listeners already there goes first: the events
+    // read after it (the ring holds those of the start-up meanwhile) find their owners.
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(o) = orx.recv().await {
+            match o {
+                Observation::Started => return Ok(()),
+                o => on_observation(o, &mut pipe, &mut listener_map, &clock)?,
+            }
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await;
+    match started {
+        Ok(r) => r?,
+        Err(_) => log::warn!(
+            "the namespaces present at start-up took over 30 s to read; early events may \
+             lack their owners"
+        ),
+    }
     let attached = session
         .probes
         .status
@@ -258,12 +354,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
                 res
             }
             _ = poll_tick.tick() => drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events),
-            Some(o) = orx.recv() => match o {
-                Observation::Overflow(o) => pipe.push(overflow_record(o, &clock)),
-                Observation::Namespace { netns, at_ns, addrs, listeners } => {
-                    namespace_records(netns, at_ns, addrs, listeners, &clock).into_iter().try_for_each(|r| pipe.push(r))
-                }
-            },
+            Some(o) = orx.recv() => on_observation(o, &mut pipe, &mut listener_map, &clock),
             _ = tick.tick() => {
                 let r = pipe.advance(now_ns());
                 if pipe.engine.take_context_request() {
@@ -296,6 +387,13 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     drop(orx);
     let _ = monitor.join();
+    // What is still in the ring, the stories waiting for evidence and the bursts
+    // still counting are explained before exit: the totals equal the failures.
+    let result = result.and_then(|()| {
+        drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events)?;
+        pipe.finish()?;
+        Ok(())
+    });
     let _ = pipe.out.flush();
     eprintln!("rstrace: read {events} events, {lost} lost");
     if let Some(path) = &cfg.stats {

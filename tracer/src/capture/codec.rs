@@ -55,7 +55,7 @@ fn unzigzag(v: u64) -> i64 {
 }
 
 /// Stable kind codes of the capture format (never renumbered).
-const KINDS: [(Kind, u8); 13] = [
+const KINDS: [(Kind, u8); 14] = [
     (Kind::RstSent, 1),
     (Kind::RstReceived, 2),
     (Kind::SynRetransmit, 3),
@@ -69,6 +69,7 @@ const KINDS: [(Kind, u8); 13] = [
     (Kind::Addresses, 11),
     (Kind::ProcessExit, 12),
     (Kind::ConnectError, 13),
+    (Kind::Socket, 14),
 ];
 
 fn kind_code(k: Kind) -> u8 {

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::record::{errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock};
 
-const KINDS: [Kind; 13] = [
+const KINDS: [Kind; 14] = [
     Kind::RstSent,
     Kind::RstReceived,
     Kind::SynRetransmit,
@@ -26,6 +26,7 @@ const KINDS: [Kind; 13] = [
     Kind::Addresses,
     Kind::ProcessExit,
     Kind::ConnectError,
+    Kind::Socket,
 ];
 
 fn arb_ip() -> impl Strategy<Value = IpAddr> {

@@ -8,12 +8,15 @@ use std::{
 };
 
 use crate::{
-    record::{Kind, Proc, Record},
+    record::{Kind, Proc, Record, Sock},
     FastMap,
 };
 
 /// How many closed listeners and overflows are remembered.
 const HISTORY: usize = 1024;
+/// Connected sockets from before the agent remembered with their owners; past this,
+/// later ones are not (their events then have no owner, as before the agent knew).
+pub const MAX_EXISTING: usize = 262_144;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listening {
@@ -21,6 +24,8 @@ pub struct Listening {
     pub addr: SocketAddr,
     pub owner: Option<Proc>,
     pub since_ns: u64,
+    /// The listening socket, when its opening was seen (not for a snapshot's).
+    pub sock: Option<Sock>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +47,9 @@ pub struct Host {
     addrs: FastMap<u32, Vec<IpAddr>>,
     exited: FastMap<u32, u64>,
     overflows: VecDeque<OverflowSeen>,
+    /// Owners of connected sockets that existed before the agent saw their namespace,
+    /// by (netns, local, remote), until they die.
+    existing: FastMap<(u32, SocketAddr, SocketAddr), (Proc, &'static str)>,
 }
 
 /// Whether a listener bound to `bound` accepts connections to `dst` (same port).
@@ -79,6 +87,7 @@ impl Host {
                             owner: r.owner.clone(),
                             // A snapshot says the listener exists, not since when.
                             since_ns: 0,
+                            sock: None,
                         });
                     } else if let Some(l) =
                         v.iter_mut().find(|l| l.addr == addr && l.owner.is_none())
@@ -87,38 +96,66 @@ impl Host {
                     }
                 }
             }
+            Kind::Socket => {
+                if let (Some(ns), Some(s), Some(d), Some(o)) = (r.netns, r.src, r.dst, &r.owner) {
+                    if self.existing.len() < MAX_EXISTING || self.existing.contains_key(&(ns, s, d))
+                    {
+                        let state = r.state.unwrap_or("ESTABLISHED");
+                        self.existing.insert((ns, s, d), (o.clone(), state));
+                    }
+                }
+            }
             Kind::State => {
                 let (Some(ns), Some(addr)) = (r.netns, r.src) else {
                     return;
                 };
+                if r.new_state == Some("CLOSE") && r.old_state != Some("LISTEN") {
+                    if let Some(d) = r.dst {
+                        self.existing.remove(&(ns, addr, d));
+                    }
+                }
                 match (r.old_state, r.new_state) {
                     (Some("CLOSE"), Some("LISTEN")) => {
                         let v = self.listeners.entry(ns).or_default();
-                        v.retain(|l| l.addr != addr);
+                        // Another socket on the address stays: SO_REUSEPORT, or a
+                        // listen() about to fail with EADDRINUSE (which the kernel
+                        // shows as LISTEN, then CLOSE).
+                        v.retain(|l| l.addr != addr || l.sock != r.sock);
                         v.push(Listening {
                             netns: ns,
                             addr,
                             owner: r.owner.clone(),
                             since_ns: r.mono_ns,
+                            sock: r.sock,
                         });
                     }
                     (Some("LISTEN"), Some("CLOSE")) => {
                         let v = self.listeners.entry(ns).or_default();
+                        let by_sock = r.sock.is_some() && v.iter().any(|l| l.sock == r.sock);
                         let mut gone: Vec<Listening> = Vec::new();
                         v.retain(|l| {
-                            if l.addr == addr {
-                                gone.push(l.clone());
-                                false
+                            let this = if by_sock {
+                                l.sock == r.sock
                             } else {
-                                true
+                                l.addr == addr && (l.sock.is_none() || r.sock.is_none())
+                            };
+                            if this {
+                                gone.push(l.clone());
                             }
+                            !this
                         });
+                        // The address is still served (a failed listen() beside the
+                        // real listener, or one of a SO_REUSEPORT group): no gap.
+                        if v.iter().any(|l| l.addr == addr) {
+                            return;
+                        }
                         if gone.is_empty() {
                             gone.push(Listening {
                                 netns: ns,
                                 addr,
                                 owner: r.owner.clone(),
                                 since_ns: 0,
+                                sock: r.sock,
                             });
                         }
                         for mut l in gone {
@@ -237,7 +274,24 @@ impl Host {
             r.owner = l.owner.clone();
             out.push(r);
         }
+        let mut sockets: Vec<_> = self.existing.iter().collect();
+        sockets.sort_by_key(|(k, _)| **k);
+        for ((ns, s, d), (owner, state)) in sockets {
+            let mut r = Record::new(Kind::Socket, now, time.to_string());
+            r.netns = Some(*ns);
+            r.src = Some(*s);
+            r.dst = Some(*d);
+            r.state = Some(state);
+            r.owner = Some(owner.clone());
+            r.owner_source = Some("proc");
+            out.push(r);
+        }
         out
+    }
+
+    /// The process holding a socket that existed before the agent saw its namespace.
+    pub fn existing_owner(&self, netns: u32, src: SocketAddr, dst: SocketAddr) -> Option<&Proc> {
+        self.existing.get(&(netns, src, dst)).map(|(p, _)| p)
     }
 
     /// When the process exited, if it did.
@@ -327,6 +381,43 @@ mod tests {
         assert!(h
             .recently_closed(1, 9000, 1_000_200, 5_000_000_000)
             .is_some());
+    }
+
+    #[test]
+    fn a_failed_listen_beside_a_live_listener_changes_nothing() {
+        let d: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        // The live listener seen opening (with its socket), or known from a snapshot.
+        for seen_opening in [true, false] {
+            let mut h = Host::default();
+            if seen_opening {
+                let mut open = state(1, "0.0.0.0:8080", "CLOSE", "LISTEN", 10, 7);
+                open.sock = Some(Sock(0xa));
+                h.on_record(&open);
+            } else {
+                let mut l = Record::new(Kind::Listener, 10, String::new());
+                l.netns = Some(1);
+                l.src = Some("0.0.0.0:8080".parse().unwrap());
+                l.owner = Some(Proc {
+                    pid: 7,
+                    comm: "srv".into(),
+                });
+                h.on_record(&l);
+            }
+            // listen() on the same address by another socket fails with EADDRINUSE.
+            let mut try_open = state(1, "0.0.0.0:8080", "CLOSE", "LISTEN", 20, 9);
+            try_open.sock = Some(Sock(0xb));
+            let mut fail = state(1, "0.0.0.0:8080", "LISTEN", "CLOSE", 21, 9);
+            fail.sock = Some(Sock(0xb));
+            h.on_record(&try_open);
+            h.on_record(&fail);
+            let l = h.listener_for(1, d).expect("the live listener stays");
+            assert_eq!(
+                l.owner.as_ref().unwrap().pid,
+                7,
+                "seen opening: {seen_opening}"
+            );
+            assert!(h.recently_closed(1, 8080, 30, 5_000_000_000).is_none());
+        }
     }
 
     #[test]

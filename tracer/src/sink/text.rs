@@ -150,6 +150,9 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         Kind::ProcessExit => {
             let _ = write!(s, "{owner} exited");
         }
+        Kind::Socket => {
+            let _ = write!(s, "{owner} holds {src} -> {dst}");
+        }
     }
     if let Some(n) = r.retransmits {
         let _ = write!(s, " after {n} retransmits");
