@@ -491,7 +491,12 @@ impl Agent {
     /// SIGINT, then the exit status (SIGKILL after 10 s). Once it returns, `records`
     /// and `stderr` hold everything the agent printed.
     pub fn stop(&mut self) -> ExitStatus {
-        self.signal(libc::SIGINT);
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// `stop` with signal `sig` (and no other before SIGKILL).
+    pub fn stop_with(&mut self, sig: i32) -> ExitStatus {
+        self.signal(sig);
         let deadline = Instant::now() + Duration::from_secs(10);
         let st = loop {
             if let Some(st) = self.child.try_wait().expect("wait") {

@@ -146,7 +146,7 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
         }
         (st::CLOSE, st::LISTEN) => {
             let owner = current_owner(sock_netns(cfg, c.sk));
-            let known = unsafe { SOCKS.get(c.sk) }.is_some();
+            let known = is_known(c.sk);
             let _ = SOCKS.insert(c.sk, owner, 0);
             // Only the first listener of the port: see LISTENERS. A socket listening
             // again (already known) is the same listener.
@@ -166,7 +166,7 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
             }
         }
         (st::LISTEN, st::CLOSE) => {
-            let known = unsafe { SOCKS.get(c.sk) }.is_some();
+            let known = is_known(c.sk);
             if let Some(netns) = report(c.sk) {
                 let key = listen_key(netns, c.sport);
                 // The entry's own socket, or (entry made by the agent) a listener that
@@ -185,6 +185,14 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
         }
         _ => {}
     }
+}
+
+/// Whether the ownership map has `sk`. Reads a field (set on every entry) so that the
+/// compiler keeps the null check: merging the bare pointer into a later condition is
+/// pointer arithmetic on a maybe-null map value, which the verifier rejects.
+#[inline(always)]
+fn is_known(sk: u64) -> bool {
+    unsafe { SOCKS.get(sk) }.is_some_and(|o| o.since_ns != 0)
 }
 
 #[inline(always)]

@@ -2,17 +2,23 @@
 //! each end of a scenario is its own process with its own pid.
 //!
 //!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread | --close]
+//!                                        [--fork-accept] [--failed-listen]
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
-//!                                         [--send N] [--then read|keepalive|write]
+//!                                         [--after FILE] [--send N]
+//!                                         [--then read|keepalive|write]
 //!
 //! `listen` prints `ready` once listening and then serves until killed; with
 //! `--linger0` it accepts connections and closes each with SO_LINGER 0, with
 //! `--close-unread` it closes each once data has arrived, without reading it (both
 //! send an RST), with `--close` it closes each at once, gracefully; it prints `closed`
-//! each time.
+//! each time. `--fork-accept` makes it pre-fork: the process that listens forks a
+//! child (printing `child=PID`) that accepts and serves; the parent only waits.
+//! `--failed-listen` has a child try to listen on the same address too, bound
+//! beforehand with SO_REUSEADDR, which fails with EADDRINUSE (printing
+//! `failed-listen errno=N`) while the parent listens on.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
 //! connects are non-blocking and the sockets kept open for MS milliseconds. After a
-//! connection, `--send` writes N bytes and `--then` waits for the connection to fail:
+//! connection, `--after` waits (up to 60 s) until FILE exists, `--send` writes N bytes and `--then` waits for the connection to fail:
 //! `read` blocks in recv, `keepalive` does the same with fast keepalives, `write`
 //! writes a byte every 100 ms; each prints `failed errno=N` (bounded to 60 s).
 use std::{
@@ -71,7 +77,7 @@ enum Serve {
     Close,
 }
 
-fn listen(addr: SocketAddrV4, backlog: i32, serve: Serve) -> Result<()> {
+fn bound(addr: SocketAddrV4) -> Result<OwnedFd> {
     let fd = tcp_socket(0)?;
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
     let sa = sockaddr(addr);
@@ -85,10 +91,57 @@ fn listen(addr: SocketAddrV4, backlog: i32, serve: Serve) -> Result<()> {
     {
         bail!("bind {addr}: {}", std::io::Error::last_os_error());
     }
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+    Ok(fd)
+}
+
+/// Forks; the child dies with its parent (so that ending the peer by pid ends both).
+fn fork_child() -> Result<bool> {
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+struct Listen {
+    backlog: i32,
+    serve: Serve,
+    fork_accept: bool,
+    failed_listen: bool,
+}
+
+fn listen(addr: SocketAddrV4, l: Listen) -> Result<()> {
+    let fd = bound(addr)?;
+    let second = l.failed_listen.then(|| bound(addr)).transpose()?;
+    if unsafe { libc::listen(fd.as_raw_fd(), l.backlog) } != 0 {
         bail!("listen: {}", std::io::Error::last_os_error());
     }
+    if let Some(second) = second {
+        if fork_child()? {
+            let r = unsafe { libc::listen(second.as_raw_fd(), l.backlog) };
+            say(&format!(
+                "failed-listen errno={}",
+                if r == 0 { 0 } else { errno() }
+            ));
+            std::process::exit(0);
+        }
+        drop(second);
+        let mut status = 0;
+        unsafe { libc::wait(&mut status) };
+    }
+    if l.fork_accept {
+        if !fork_child()? {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        say(&format!("child={}", std::process::id()));
+    }
     say("ready");
+    let serve = l.serve;
     loop {
         if serve == Serve::Idle {
             std::thread::sleep(Duration::from_secs(3600));
@@ -115,7 +168,7 @@ fn listen(addr: SocketAddrV4, backlog: i32, serve: Serve) -> Result<()> {
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                unsafe { libc::poll(&mut p, 1, 5000) };
+                unsafe { libc::poll(&mut p, 1, 60_000) };
             }
             Serve::Close => {}
             Serve::Idle => unreachable!(),
@@ -174,6 +227,7 @@ struct Connect {
     syncnt: Option<i32>,
     count: u32,
     hold: Option<u64>,
+    after: Option<String>,
     send: usize,
     then: Option<String>,
 }
@@ -199,6 +253,15 @@ fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
         };
         let e = if r == 0 { 0 } else { errno() };
         say(&format!("errno={e}"));
+        if let (0, Some(f)) = (e, &c.after) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !std::path::Path::new(f).exists() {
+                if Instant::now() > deadline {
+                    bail!("{f} did not appear within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if e == 0 && c.send > 0 {
             let data = vec![b'x'; c.send];
             unsafe {
@@ -240,6 +303,7 @@ fn main() -> Result<()> {
         syncnt: opt("--syncnt").map(|v| v.parse()).transpose()?,
         count: opt("--count").map(|v| v.parse()).transpose()?.unwrap_or(1),
         hold: opt("--hold").map(|v| v.parse()).transpose()?,
+        after: opt("--after"),
         send: opt("--send").map(|v| v.parse()).transpose()?.unwrap_or(0),
         then: opt("--then"),
     };
@@ -250,6 +314,8 @@ fn main() -> Result<()> {
         }
         None => false,
     };
+    let fork_accept = flag("--fork-accept");
+    let failed_listen = flag("--failed-listen");
     let serve = if flag("--linger0") {
         Serve::Linger0
     } else if flag("--close-unread") {
@@ -267,7 +333,15 @@ fn main() -> Result<()> {
     };
     let addr: SocketAddrV4 = addr.parse().map_err(|e| anyhow!("{addr}: {e}"))?;
     match mode.as_str() {
-        "listen" => listen(addr, backlog, serve),
+        "listen" => listen(
+            addr,
+            Listen {
+                backlog,
+                serve,
+                fork_accept,
+                failed_listen,
+            },
+        ),
         "connect" => connect(addr, c),
         m => bail!("unknown mode {m}"),
     }

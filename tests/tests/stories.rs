@@ -1,0 +1,231 @@
+//! True stories on a server that was already running: sockets and listeners from
+//! before the agent, a listen() that fails beside a live listener, and storms whose
+//! 4-tuples repeat, counted exactly, up to the moment the agent is stopped.
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::{capability, owner_pid, pid_of, port, require_root, s, Agent, Peer, Topology};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn failures(records: &[Value], p: u16) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+        .cloned()
+        .collect()
+}
+
+fn dump(v: &[Value]) -> String {
+    v.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A refusal storm from one client whose ephemeral ports are narrowed to a few dozen,
+/// so that every 4-tuple fails many times within a second, stopped by SIGTERM alone
+/// right after: the counts of the lines add up to the refused connects.
+#[test]
+fn a_storm_reusing_its_ports_is_counted_exactly_up_to_sigterm() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    // 64 ports, of which connect() uses one parity: 32 distinct 4-tuples.
+    t.client
+        .exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40063"]);
+    let mut agent = Agent::start(&["--port", "8301"]);
+    let n = 600;
+    let client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &format!("{}:8301", t.server_ip),
+            "--count",
+            &n.to_string(),
+        ],
+    );
+    let lines = client.wait(60 * SEC);
+    let refused = lines.iter().filter(|l| *l == "errno=111").count();
+    assert_eq!(refused, n, "every connect refused: {lines:?}");
+    // No second signal: SIGTERM alone must flush what is pending.
+    let st = agent.stop_with(libc::SIGTERM);
+    assert!(st.success(), "exit status {st}");
+    let all = failures(&agent.records(), 8301);
+    let counted: u64 = all.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(
+        counted,
+        n as u64,
+        "counted failures vs refused connects:\n{}",
+        dump(&all)
+    );
+    assert!(
+        all.iter().all(|v| s(v, "cause") == "nothing_listening"),
+        "{}",
+        dump(&all)
+    );
+}
+
+/// Both ends of a connection opened before the agent started: the reset that ends it
+/// names the client as the process that failed and the server as the one that reset,
+/// from /proc (the kernel never saw these sockets being made).
+#[test]
+fn a_reset_on_a_connection_from_before_the_agent_names_both_ends() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8302;
+    let mut server = Peer::spawn(
+        &t.server,
+        &["listen", &format!("{}:{p}", t.server_ip), "--close-unread"],
+    );
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let go = std::env::temp_dir().join(format!("rstrace-go-{}-{p}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
+    let go_arg = go.to_string_lossy().into_owned();
+    let mut client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &format!("{}:{p}", t.server_ip),
+            "--after",
+            &go_arg,
+            "--send",
+            "100",
+            "--then",
+            "read",
+        ],
+    );
+    client.wait_line(10 * SEC, |l| l == "errno=0");
+    let cpid = client.pid as u64;
+    let mut agent = Agent::start(&["--port", &p.to_string()]);
+    std::fs::write(&go, b"").unwrap();
+    let lines = client.wait(20 * SEC);
+    let _ = std::fs::remove_file(&go);
+    assert_eq!(lines, vec!["errno=0", "failed errno=104"]);
+    let want = if capability("rst_sent_reason") {
+        "reset_unread_data"
+    } else {
+        "reset_by_application"
+    };
+    agent.wait_for("the reset's explanation", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p
+    });
+    agent.stop();
+    let records = agent.records();
+    let all = failures(&records, p);
+    assert!(all.iter().all(|v| s(v, "cause") == want), "{}", dump(&all));
+    let e = &all[0];
+    assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(e, "culprit"), Some(server.pid as u64), "{e}");
+    // The RST's own record names the server, found through /proc.
+    let rst = records
+        .iter()
+        .find(|v| s(v, "kind") == "rst_sent" && port(s(v, "src")) == p)
+        .unwrap_or_else(|| panic!("no rst_sent from port {p}: {}", dump(&records)));
+    assert_eq!(owner_pid(rst), Some(server.pid as u64), "{rst}");
+    // From /proc, directly or through another event of the same socket.
+    assert!(matches!(s(rst, "owner_source"), "proc" | "socket"), "{rst}");
+}
+
+/// A server listening before the agent started, and one started after: the
+/// connections they accept afterwards are owned by the server either way (the
+/// listener enters the kernel's map from /proc at start-up).
+#[test]
+fn connections_accepted_by_a_server_from_before_the_agent_have_its_owner() {
+    if !require_root() {
+        return;
+    }
+    for (p, server_first) in [(8303u16, true), (8304, false)] {
+        let t = Topology::new();
+        let listen = |t: &Topology| {
+            let mut server = Peer::spawn(
+                &t.server,
+                &["listen", &format!("{}:{p}", t.server_ip), "--linger0"],
+            );
+            server.wait_line(5 * SEC, |l| l == "ready");
+            server
+        };
+        let early = server_first.then(|| listen(&t));
+        let mut agent = Agent::start(&["--port", &p.to_string()]);
+        let server = early.unwrap_or_else(|| listen(&t));
+        let client = Peer::spawn(
+            &t.client,
+            &["connect", &format!("{}:{p}", t.server_ip), "--then", "read"],
+        );
+        let cpid = client.pid as u64;
+        client.wait(10 * SEC);
+        agent.wait_for("the reset's explanation", 10 * SEC, |v| {
+            s(v, "kind") == "failure" && port(s(v, "dst")) == p
+        });
+        agent.stop();
+        let records = agent.records();
+        let rst = records
+            .iter()
+            .find(|v| s(v, "kind") == "rst_sent" && port(s(v, "src")) == p)
+            .unwrap_or_else(|| panic!("no rst_sent from port {p}: {}", dump(&records)));
+        assert_eq!(
+            owner_pid(rst),
+            Some(server.pid as u64),
+            "server first: {server_first}: {rst}"
+        );
+        assert_eq!(
+            s(rst, "owner_source"),
+            "kernel",
+            "server first: {server_first}: {rst}"
+        );
+        let all = failures(&records, p);
+        let e = &all[0];
+        assert_eq!(pid_of(e, "culprit"), Some(server.pid as u64), "{e}");
+        assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
+    }
+}
+
+/// A listen() that fails with EADDRINUSE beside a live listener (the kernel shows it
+/// as the socket entering LISTEN, then CLOSE) changes neither the listener's owner nor
+/// the explanation of later failures.
+#[test]
+fn a_failed_listen_beside_a_live_listener_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8305;
+    let mut agent = Agent::start(&["--port", &p.to_string()]);
+    let mut server = Peer::spawn(
+        &t.server,
+        &[
+            "listen",
+            &format!("{}:{p}", t.server_ip),
+            "--linger0",
+            "--failed-listen",
+        ],
+    );
+    server.wait_line(5 * SEC, |l| l == "failed-listen errno=98");
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &format!("{}:{p}", t.server_ip), "--then", "read"],
+    );
+    client.wait(10 * SEC);
+    agent.wait_for("the reset's explanation", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p
+    });
+    agent.stop();
+    let records = agent.records();
+    let rst = records
+        .iter()
+        .find(|v| s(v, "kind") == "rst_sent" && port(s(v, "src")) == p)
+        .unwrap_or_else(|| panic!("no rst_sent from port {p}: {}", dump(&records)));
+    assert_eq!(owner_pid(rst), Some(server.pid as u64), "{rst}");
+    assert_eq!(s(rst, "owner_source"), "kernel", "{rst}");
+    let all = failures(&records, p);
+    let want = if capability("rst_sent_reason") {
+        "reset_linger_zero"
+    } else {
+        "reset_by_application"
+    };
+    assert!(all.iter().all(|v| s(v, "cause") == want), "{}", dump(&all));
+}
