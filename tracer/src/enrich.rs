@@ -38,8 +38,19 @@ impl Enricher {
         if r.kind == Kind::Error && r.errno == Some(0) && r.dst.is_none_or(|d| d.port() == 0) {
             return false;
         }
-        // Drops are oriented by packet, not by socket; loss and overflow have no tuple.
-        let socket_tuple = !matches!(r.kind, Kind::Drop | Kind::Loss | Kind::Overflow);
+        // Drops are oriented by packet, not by socket; loss and overflow have no tuple;
+        // context records are the host model's (a socket from before the agent is
+        // remembered there for its whole life, not for a generation).
+        let socket_tuple = !matches!(
+            r.kind,
+            Kind::Drop
+                | Kind::Loss
+                | Kind::Overflow
+                | Kind::Socket
+                | Kind::Listener
+                | Kind::Addresses
+                | Kind::ProcessExit
+        );
         if socket_tuple && r.owner.is_none() {
             // A socket from before the agent: the kernel never saw its owner.
             if let (Some(ns), Some(s), Some(d)) = (r.netns, r.src, r.dst) {
