@@ -145,14 +145,19 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
             let _ = connect_take(tid);
         }
         (st::CLOSE, st::LISTEN) => {
-            let owner = current_owner(sock_netns(cfg, c.sk));
             let known = is_known(c.sk);
-            let _ = SOCKS.insert(c.sk, owner, 0);
+            // One copy of the owner on the stack: the 6.1 verifier caps the combined
+            // stack of the program and its calls at 512 bytes.
+            let entry = ListenOwner {
+                owner: current_owner(sock_netns(cfg, c.sk)),
+                sk: c.sk,
+            };
+            let _ = SOCKS.insert(c.sk, &entry.owner, 0);
             // Only the first listener of the port: see LISTENERS. A socket listening
             // again (already known) is the same listener.
             let _ = LISTENERS.insert(
-                listen_key(owner.netns, c.sport),
-                ListenOwner { owner, sk: c.sk },
+                listen_key(entry.owner.netns, c.sport),
+                &entry,
                 if known { BPF_ANY } else { BPF_NOEXIST },
             );
             report(c.sk);
@@ -160,9 +165,8 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
         (st::LISTEN, st::SYN_RECV) => {
             let key = listen_key(sock_netns(cfg, c.sk), c.sport);
             if let Some(l) = unsafe { LISTENERS.get(key) } {
-                let mut owner = l.owner;
-                owner.retrans = 0;
-                let _ = SOCKS.insert(c.sk, owner, 0);
+                // Straight from the map value (a listener counts no retransmits).
+                let _ = SOCKS.insert(c.sk, &l.owner, 0);
             }
         }
         (st::LISTEN, st::CLOSE) => {

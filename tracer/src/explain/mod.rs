@@ -514,6 +514,38 @@ impl Engine {
                 ),
                 "sysctl net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog; check: nstat -az TcpExtTCPReqQFullDrop".to_string(),
             ),
+            _ if listener.is_none() => {
+                // The queue drained before the counters' poll read the listeners: name
+                // the namespace's listeners as the candidates, never a port 0.
+                let ns = r.netns.unwrap_or(0);
+                let mut candidates: Vec<String> = self
+                    .host
+                    .listeners(ns)
+                    .iter()
+                    .map(|l| match &l.owner {
+                        Some(p) => format!("{} ({}[{}])", l.addr, p.comm, p.pid),
+                        None => l.addr.to_string(),
+                    })
+                    .collect();
+                candidates.sort();
+                candidates.dedup();
+                (
+                    "accept_queue_overflow",
+                    format!(
+                        "{} connection attempts were dropped in netns {ns}: an accept queue was full (it drained before its listener could be read; {})",
+                        r.drops.unwrap_or(0),
+                        if candidates.is_empty() {
+                            "no listener is known there".to_string()
+                        } else {
+                            format!("listeners there: {}", candidates.join(", "))
+                        }
+                    ),
+                    format!(
+                        "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check in netns {ns}: ss -tlnp (Recv-Q above Send-Q means full) and nstat -az TcpExtListenOverflows",
+                        r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
+                    ),
+                )
+            }
             _ => (
                 "accept_queue_overflow",
                 format!(
@@ -545,10 +577,10 @@ impl Engine {
             errno_name: None,
             errno_inferred: false,
             outcome: "overflow",
-            explanation: format!(
-                "{} {reason}",
-                listener.map_or("listen queue".to_string(), |l| format!("listener {l}:"))
-            ),
+            explanation: match listener {
+                Some(l) => format!("listener {l}: {reason}"),
+                None => reason,
+            },
             fix,
             count: 1,
             window_ms: None,

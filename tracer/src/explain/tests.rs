@@ -330,6 +330,34 @@ fn established_timeout_after_retransmits() {
 }
 
 #[test]
+fn an_accept_overflow_without_its_listener_names_the_candidates_not_port_0() {
+    let out = run(|e, o| {
+        listen(e, 1, "10.0.0.2:8080", SNS, 880, o);
+        listen(e, 2, "0.0.0.0:9090", SNS, 881, o);
+        let mut ov = Record::new(Kind::Overflow, 500 * MS, String::new());
+        ov.netns = Some(SNS);
+        ov.queue_kind = Some("accept");
+        ov.drops = Some(7);
+        e.push(ov, o);
+    });
+    assert_eq!(causes(&out), vec!["accept_queue_overflow"]);
+    let x = &out[0];
+    for want in [
+        "7 connection attempts were dropped in netns 200",
+        "10.0.0.2:8080 (python3[880])",
+        "0.0.0.0:9090 (python3[881])",
+    ] {
+        assert!(x.explanation.contains(want), "{want}: {}", x.explanation);
+    }
+    assert!(
+        !x.explanation.contains("unknown process"),
+        "{}",
+        x.explanation
+    );
+    assert!(!x.fix.contains(":0'"), "{}", x.fix);
+}
+
+#[test]
 fn accept_overflow_explains_the_record_and_the_timeouts_it_causes() {
     let out = run(|e, o| {
         listen(e, 1, "10.0.0.2:8080", SNS, 880, o);
