@@ -335,11 +335,12 @@ fn full_ring_buffer_is_reported_as_loss_records() {
     );
 }
 
-fn our_programs_loaded() -> usize {
+/// Ids of the BPF programs loaded on the host.
+fn loaded_program_ids() -> std::collections::HashSet<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("tcp_send_reset"))
-        .count()
+        .map(|p| p.id())
+        .collect()
 }
 
 #[test]
@@ -347,17 +348,31 @@ fn sigterm_exits_cleanly_and_detaches_everything() {
     if !require_root() {
         return;
     }
-    let before = our_programs_loaded();
+    let before = loaded_program_ids();
     let mut agent = Agent::start(&[]);
-    assert_eq!(our_programs_loaded(), before + 1);
-    agent.signal(libc::SIGTERM);
-    let st = agent.stop();
-    assert!(st.success(), "exit status {st}");
-    assert_eq!(
-        our_programs_loaded(),
-        before,
-        "programs left loaded after exit"
+    let ours: Vec<u32> = loaded_program_ids().difference(&before).copied().collect();
+    // One program per attached hook at least (5.10 attaches 9 of 10).
+    assert!(
+        ours.len() >= 9,
+        "only {} programs loaded: {ours:?}",
+        ours.len()
     );
+    // SIGTERM alone: no SIGINT follows it.
+    let st = agent.stop_with(libc::SIGTERM);
+    assert!(st.success(), "exit status {st}");
+    // The kernel frees a program after its last reference, asynchronously.
+    let deadline = std::time::Instant::now() + 5 * SEC;
+    let left = loop {
+        let left: Vec<u32> = loaded_program_ids()
+            .into_iter()
+            .filter(|id| ours.contains(id))
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
 }
 
 #[test]
