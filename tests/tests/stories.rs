@@ -229,3 +229,72 @@ fn a_failed_listen_beside_a_live_listener_changes_nothing() {
     };
     assert!(all.iter().all(|v| s(v, "cause") == want), "{}", dump(&all));
 }
+
+/// A pre-fork server: the process that listens forks a worker that accepts and closes
+/// with unread data. The reset is the worker's, whether the server started before the
+/// agent or after it (the listener's process is only the fallback).
+#[test]
+fn a_pre_fork_servers_worker_is_named_not_the_process_that_listened() {
+    if !require_root() {
+        return;
+    }
+    for (p, server_first) in [(8306u16, true), (8307, false)] {
+        let t = Topology::new();
+        let listen = |t: &Topology| {
+            let mut server = Peer::spawn(
+                &t.server,
+                &[
+                    "listen",
+                    &format!("{}:{p}", t.server_ip),
+                    "--fork-accept",
+                    "--close-unread",
+                ],
+            );
+            let child = server.wait_line(5 * SEC, |l| l.starts_with("child="));
+            let child: u64 = child["child=".len()..].parse().unwrap();
+            server.wait_line(5 * SEC, |l| l == "ready");
+            (server, child)
+        };
+        let early = server_first.then(|| listen(&t));
+        let mut agent = Agent::start(&["--port", &p.to_string()]);
+        let (server, worker) = early.unwrap_or_else(|| listen(&t));
+        assert_ne!(worker, server.pid as u64);
+        let client = Peer::spawn(
+            &t.client,
+            &[
+                "connect",
+                &format!("{}:{p}", t.server_ip),
+                "--send",
+                "100",
+                "--then",
+                "read",
+            ],
+        );
+        let cpid = client.pid as u64;
+        assert_eq!(client.wait(10 * SEC), vec!["errno=0", "failed errno=104"]);
+        agent.wait_for("the reset's explanation", 10 * SEC, |v| {
+            s(v, "kind") == "failure" && port(s(v, "dst")) == p
+        });
+        agent.stop();
+        let records = agent.records();
+        let rst = records
+            .iter()
+            .find(|v| s(v, "kind") == "rst_sent" && port(s(v, "src")) == p)
+            .unwrap_or_else(|| panic!("no rst_sent from port {p}: {}", dump(&records)));
+        assert_eq!(
+            owner_pid(rst),
+            Some(worker),
+            "server first: {server_first}: {rst}"
+        );
+        let all = failures(&records, p);
+        let want = if capability("rst_sent_reason") {
+            "reset_unread_data"
+        } else {
+            "reset_by_application"
+        };
+        assert!(all.iter().all(|v| s(v, "cause") == want), "{}", dump(&all));
+        let e = &all[0];
+        assert_eq!(pid_of(e, "culprit"), Some(worker), "{e}");
+        assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
+    }
+}

@@ -36,10 +36,12 @@ pub enum Hook {
     DestroySock = 7,
     ConnectEnter = 8,
     ConnectExit = 9,
+    AcceptExit = 10,
+    Accept4Exit = 11,
 }
 
 impl Hook {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     pub const ALL: [Hook; Hook::COUNT] = [
         Hook::SendReset,
         Hook::ReceiveReset,
@@ -51,6 +53,8 @@ impl Hook {
         Hook::DestroySock,
         Hook::ConnectEnter,
         Hook::ConnectExit,
+        Hook::AcceptExit,
+        Hook::Accept4Exit,
     ];
 
     pub fn from_u8(v: u8) -> Option<Hook> {
@@ -70,6 +74,8 @@ impl Hook {
             Hook::DestroySock => "tcp_destroy_sock",
             Hook::ConnectEnter => "sys_enter_connect",
             Hook::ConnectExit => "sys_exit_connect",
+            Hook::AcceptExit => "sys_exit_accept",
+            Hook::Accept4Exit => "sys_exit_accept4",
         }
     }
 
@@ -86,6 +92,8 @@ impl Hook {
             Hook::DestroySock => "floor_destroy_sock",
             Hook::ConnectEnter => "floor_enter_connect",
             Hook::ConnectExit => "floor_exit_connect",
+            Hook::AcceptExit => "floor_exit_accept",
+            Hook::Accept4Exit => "floor_exit_accept4",
         }
     }
 
@@ -102,6 +110,8 @@ impl Hook {
             Hook::DestroySock => ("tcp", "tcp_destroy_sock"),
             Hook::ConnectEnter => ("syscalls", "sys_enter_connect"),
             Hook::ConnectExit => ("syscalls", "sys_exit_connect"),
+            Hook::AcceptExit => ("syscalls", "sys_exit_accept"),
+            Hook::Accept4Exit => ("syscalls", "sys_exit_accept4"),
         }
     }
 }
@@ -313,6 +323,8 @@ pub mod fixed {
     pub const DESTROY_SKADDR: usize = 8;
     pub const CONNECT_USERVADDR: usize = 24;
     pub const CONNECT_RET: usize = 16;
+    /// sys_exit_accept/accept4's return value (every sys_exit record has it there).
+    pub const ACCEPT_RET: usize = 16;
 }
 
 impl RecordLayout {
@@ -369,6 +381,15 @@ pub struct KernelOffsets {
     /// sock -> __sk_common.skc_state (u8), sk_err (int).
     pub skc_state: u32,
     pub sk_err: u32,
+    /// From a descriptor to its socket (the accept hooks): task_struct -> files,
+    /// files_struct -> fdt, fdtable -> fd (struct file **) and max_fds, file ->
+    /// private_data (struct socket *), socket -> sk.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
     pub _pad: u32,
 }
 
@@ -397,6 +418,12 @@ impl KernelOffsets {
         skc_v6_rcv_saddr: NO_OFFSET,
         skc_state: NO_OFFSET,
         sk_err: NO_OFFSET,
+        task_files: NO_OFFSET,
+        files_fdt: NO_OFFSET,
+        fdtable_fd: NO_OFFSET,
+        fdtable_max_fds: NO_OFFSET,
+        file_private_data: NO_OFFSET,
+        socket_sk: NO_OFFSET,
         _pad: 0,
     };
 

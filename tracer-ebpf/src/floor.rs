@@ -26,6 +26,8 @@ floor!(
     floor_destroy_sock,
     floor_enter_connect,
     floor_exit_connect,
+    floor_exit_accept,
+    floor_exit_accept4,
 );
 
 macro_rules! raw_floor {

@@ -8,6 +8,7 @@ mod floor;
 mod inet_sk_error_report;
 mod inet_sock_set_state;
 mod kfree_skb;
+mod sys_accept;
 mod sys_connect;
 mod tcp_destroy_sock;
 mod tcp_receive_reset;

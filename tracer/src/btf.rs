@@ -267,6 +267,12 @@ impl KernelBtf {
             skc_v6_rcv_saddr: get("sock", "__sk_common.skc_v6_rcv_saddr"),
             skc_state: get("sock", "__sk_common.skc_state"),
             sk_err: get("sock", "sk_err"),
+            task_files: get("task_struct", "files"),
+            files_fdt: get("files_struct", "fdt"),
+            fdtable_fd: get("fdtable", "fd"),
+            fdtable_max_fds: get("fdtable", "max_fds"),
+            file_private_data: get("file", "private_data"),
+            socket_sk: get("socket", "sk"),
             _pad: 0,
         }
     }

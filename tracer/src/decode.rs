@@ -298,7 +298,12 @@ impl Decoder {
             Hook::RetransmitSkb => Kind::SynRetransmit,
             Hook::RetransmitSynack => Kind::SynackRetransmit,
             Hook::KfreeSkb => Kind::Drop,
-            Hook::SetState | Hook::DestroySock | Hook::ConnectEnter => Kind::State,
+            // These report nothing; only ownership.
+            Hook::SetState
+            | Hook::DestroySock
+            | Hook::ConnectEnter
+            | Hook::AcceptExit
+            | Hook::Accept4Exit => Kind::State,
             Hook::ErrorReport => Kind::Error,
             Hook::ConnectExit => Kind::ConnectError,
         };

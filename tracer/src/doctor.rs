@@ -34,7 +34,7 @@ fn wanted_fields(hook: Hook) -> &'static [&'static str] {
             "error", "sport", "dport", "family", "protocol", "saddr", "daddr",
         ],
         Hook::ConnectEnter => &["uservaddr"],
-        Hook::ConnectExit => &["ret"],
+        Hook::ConnectExit | Hook::AcceptExit | Hook::Accept4Exit => &["ret"],
     }
 }
 
@@ -157,6 +157,15 @@ pub fn gather() -> Report {
             detail: "connect() failing before any packet (no route, prohibit)",
         },
         Capability { name: "ownership", available: attached(Hook::SetState), detail: "the process owning each socket, listener changes" },
+        Capability {
+            name: "accept_owner",
+            available: attached(Hook::SetState)
+                && (attached(Hook::AcceptExit) || attached(Hook::Accept4Exit))
+                && [offsets.task_files, offsets.files_fdt, offsets.fdtable_fd, offsets.fdtable_max_fds, offsets.file_private_data, offsets.socket_sk]
+                    .iter()
+                    .all(|&o| o != NO_OFFSET),
+            detail: "accepted connections owned by the process that accepted them (pre-fork workers)",
+        },
         Capability { name: "netns", available: offsets.sk_net != NO_OFFSET && offsets.net_inum != NO_OFFSET, detail: "network namespace of each event (BTF)" },
         Capability {
             name: "accept_queue",

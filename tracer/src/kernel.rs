@@ -190,6 +190,7 @@ pub fn fixed_layout(hook: Hook, f: &Format) -> bool {
         Hook::DestroySock => has_layout(f, &[("skaddr", DESTROY_SKADDR, 8)]),
         Hook::ConnectEnter => has_layout(f, &[("uservaddr", CONNECT_USERVADDR, 8)]),
         Hook::ConnectExit => has_layout(f, &[("ret", CONNECT_RET, 8)]),
+        Hook::AcceptExit | Hook::Accept4Exit => has_layout(f, &[("ret", ACCEPT_RET, 8)]),
         _ => false,
     }
 }

@@ -28,6 +28,9 @@ pub fn hook_loss(hook: Hook) -> &'static str {
         Hook::ConnectEnter | Hook::ConnectExit => {
             "connect() failures before any packet (no route, prohibit, policy)"
         }
+        Hook::AcceptExit | Hook::Accept4Exit => {
+            "which process accepted a connection (pre-fork workers are named as their listener's process)"
+        }
     }
 }
 
