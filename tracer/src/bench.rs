@@ -51,7 +51,8 @@ pub fn floor(stats: PathBuf) -> Result<()> {
         io::Result::Ok(())
     })?;
     let json = serde_json::json!({ "programs": probes.program_stats() });
-    std::fs::write(&stats, json.to_string()).with_context(|| format!("writing {}", stats.display()))
+    crate::private_file::write(&stats, json.to_string().as_bytes())
+        .with_context(|| format!("writing {}", stats.display()))
 }
 
 /// The records of `n` refused connections, as both ends on this host produce them.
@@ -121,7 +122,14 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
         ..Default::default()
     };
     let started = Instant::now();
-    let mut w = CaptureWriter::create(&path, header, RotatePolicy::NEVER, Duration::from_secs(1))?;
+    // Repeated runs write the same file.
+    let mut w = CaptureWriter::create(
+        &path,
+        true,
+        header,
+        RotatePolicy::NEVER,
+        Duration::from_secs(1),
+    )?;
     for r in &records {
         w.write(r)?;
         if w.records % 4096 == 0 {

@@ -23,6 +23,7 @@ mod kallsyms;
 mod kernel;
 mod netns;
 mod pipeline;
+mod private_file;
 mod privileges;
 mod probes;
 mod record;
@@ -161,11 +162,15 @@ struct CaptureArgs {
     /// Most time recorded events may wait before reaching the disk, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     flush_interval: u64,
+    /// Replace an existing capture file (a new file is renamed over it; without this
+    /// an existing file is an error). Symlinks are refused even so.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
 struct RecordArgs {
-    /// The capture file (created mode 0600).
+    /// The capture file (created mode 0600; an existing one is an error, see --force).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// Ring buffer size in bytes: a power of two, at least 4096.
@@ -211,6 +216,7 @@ impl CaptureArgs {
         }
         Ok(watch::RecordTo {
             path,
+            replace: self.force,
             rotate: capture::RotatePolicy {
                 max_bytes: (self.rotate_mib > 0).then_some(self.rotate_mib << 20),
                 keep: self.keep,

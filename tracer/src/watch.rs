@@ -55,6 +55,8 @@ pub struct WatchConfig {
 #[derive(Clone, Debug)]
 pub struct RecordTo {
     pub path: PathBuf,
+    /// Replace an existing file at `path` (--force).
+    pub replace: bool,
     pub rotate: RotatePolicy,
     pub flush_every: Duration,
 }
@@ -282,6 +284,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         let header = Header::new(&session.info, clock);
         pipe.capture = Some(CaptureWriter::create(
             &rec.path,
+            rec.replace,
             header,
             rec.rotate,
             rec.flush_every,
@@ -402,7 +405,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             "lost": lost,
             "programs": session.probes.program_stats(),
         });
-        std::fs::write(path, stats.to_string())
+        crate::private_file::write(path, stats.to_string().as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(w) = pipe.capture.as_mut() {

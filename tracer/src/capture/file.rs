@@ -3,9 +3,9 @@
 //! and a CRC32 so that a cut-off or damaged file still reads up to its last good
 //! chunk, skipping damaged ones.
 use std::{
-    fs::{self, File, OpenOptions},
+    ffi::OsString,
+    fs::{self, File},
     io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -14,7 +14,12 @@ use anyhow::{bail, Context as _, Result};
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::codec::{decode_chunk, get_varint, put_varint, ChunkEncoder};
-use crate::{kernel::KernelInfo, record::Record, tracefs::Field};
+use crate::{
+    kernel::KernelInfo,
+    private_file::{self, file_id, Dir, FileId},
+    record::Record,
+    tracefs::Field,
+};
 
 pub const MAGIC: &[u8; 8] = b"RSTRACE\0";
 /// Format version written; readers accept every version up to theirs.
@@ -262,8 +267,13 @@ impl RotatePolicy {
 }
 
 pub struct CaptureWriter {
+    /// The capture's directory, opened once: every rotation renames within it.
+    dir: Dir,
+    name: OsString,
     path: PathBuf,
     file: File,
+    /// The file being written, to tell whether `name` still refers to it.
+    id: FileId,
     header: Header,
     enc: ChunkEncoder,
     chunk_started: Option<Instant>,
@@ -274,27 +284,25 @@ pub struct CaptureWriter {
     pub chunks: u64,
 }
 
-fn create(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
 impl CaptureWriter {
+    /// Creates the capture file: an existing `path` is an error unless `replace`, and
+    /// is then replaced by a new file (crate::private_file has the rules).
     pub fn create(
         path: &Path,
+        replace: bool,
         header: Header,
         rotate: RotatePolicy,
         flush_every: Duration,
     ) -> Result<CaptureWriter> {
-        let mut file = create(path).with_context(|| format!("creating {}", path.display()))?;
+        let (dir, name) = Dir::of(path)?;
         let h = header.encode();
-        file.write_all(&h)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let file = dir
+            .create(&name, replace, &h)
+            .with_context(|| format!("creating the capture file {}", path.display()))?;
         Ok(CaptureWriter {
+            id: file_id(&file)?,
+            dir,
+            name,
             path: path.to_path_buf(),
             file,
             header,
@@ -349,24 +357,16 @@ impl CaptureWriter {
     }
 
     /// Starts a new file, shifting the old ones (FILE -> FILE.1 -> FILE.2 ...), and
-    /// opens it with `context` so that it explains on its own.
+    /// opens it with `context` so that it explains on its own. A rotation name holding
+    /// anything but one of rstrace's own files stops the recording.
     pub fn rotate(&mut self, context: &[Record]) -> io::Result<()> {
         self.flush()?;
-        let name = |i: usize| -> PathBuf {
-            let mut p = self.path.clone().into_os_string();
-            p.push(format!(".{i}"));
-            PathBuf::from(p)
-        };
-        if self.rotate.keep == 0 {
-            fs::remove_file(&self.path)?;
-        } else {
-            let _ = fs::remove_file(name(self.rotate.keep));
-            for i in (1..self.rotate.keep).rev() {
-                let _ = fs::rename(name(i), name(i + 1));
-            }
-            fs::rename(&self.path, name(1))?;
-        }
-        let mut file = create(&self.path)?;
+        self.shift().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("rotating {}: {e}; recording stopped", self.path.display()),
+            )
+        })?;
         let mut header = self.header.clone();
         let now = crate::decode::Clock::now();
         header.clock_mono_ns = now.mono_ns;
@@ -375,13 +375,50 @@ impl CaptureWriter {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let h = header.encode();
-        file.write_all(&h)?;
+        // A name planted since the shift makes this fail: nothing is overwritten.
+        let file = self.dir.create(&self.name, false, &h)?;
+        self.id = file_id(&file)?;
         self.file = file;
         self.written = h.len() as u64;
         for r in context {
             self.enc.push(r);
         }
         self.flush()
+    }
+
+    /// Renames the files one place down. The checks make an attacker's planted link
+    /// an error; they are not what keeps it safe: renameat and unlinkat act on the
+    /// name and never follow it, whatever is swapped in after the check.
+    fn shift(&self) -> io::Result<()> {
+        let rotated = |i: usize| {
+            let mut n = self.name.clone();
+            n.push(format!(".{i}"));
+            n
+        };
+        match self.dir.stat(&self.name)? {
+            Some(st) if private_file::id(&st) == self.id => {}
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{} is no longer the file this recording writes (moved or replaced)",
+                    self.path.display()
+                )))
+            }
+        }
+        let keep = self.rotate.keep;
+        if keep == 0 {
+            return self.dir.unlink(&self.name);
+        }
+        if self.dir.own_file(&rotated(keep))? {
+            self.dir.unlink(&rotated(keep))?;
+        }
+        for i in (1..keep).rev() {
+            if self.dir.own_file(&rotated(i))? {
+                self.dir.own_file(&rotated(i + 1))?;
+                self.dir.rename(&rotated(i), &rotated(i + 1))?;
+            }
+        }
+        self.dir.own_file(&rotated(1))?;
+        self.dir.rename(&self.name, &rotated(1))
     }
 }
 

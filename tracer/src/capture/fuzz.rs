@@ -44,7 +44,13 @@ fn seed(dir: &Path, connections: u64) -> Result<Vec<u8>> {
         kernel: "fuzz".into(),
         ..Default::default()
     };
-    let mut w = CaptureWriter::create(&path, header, RotatePolicy::NEVER, Duration::from_secs(60))?;
+    let mut w = CaptureWriter::create(
+        &path,
+        true,
+        header,
+        RotatePolicy::NEVER,
+        Duration::from_secs(60),
+    )?;
     for (i, r) in records.iter().enumerate() {
         w.write(r)?;
         if i % 50 == 49 {
@@ -133,7 +139,7 @@ pub fn run(seconds: u64, seed_value: u64, crashes: &Path) -> Result<()> {
         if outcome.is_err() {
             std::fs::create_dir_all(crashes)?;
             let path = crashes.join(format!("crash-{seed_value}-{runs}.rst"));
-            std::fs::write(&path, &input)?;
+            crate::private_file::write(&path, &input)?;
             let _ = std::fs::remove_dir_all(&dir);
             bail!(
                 "the reader panicked after {runs} inputs; input saved to {}",

@@ -148,8 +148,15 @@ fn small_file(dir: &std::path::Path, chunks: u64) -> (Vec<u8>, Vec<usize>, Vec<R
         hostname: "h".into(),
         ..Default::default()
     };
-    let mut w =
-        CaptureWriter::create(&path, header, RotatePolicy::NEVER, Duration::from_secs(60)).unwrap();
+    // Called twice on the same name by some tests.
+    let mut w = CaptureWriter::create(
+        &path,
+        true,
+        header,
+        RotatePolicy::NEVER,
+        Duration::from_secs(60),
+    )
+    .unwrap();
     let mut ends = Vec::new();
     let mut all = Vec::new();
     for c in 0..chunks {
@@ -266,6 +273,7 @@ fn rotation_keeps_a_bounded_number_of_self_contained_files() {
     };
     let mut w = CaptureWriter::create(
         &path,
+        false,
         header,
         RotatePolicy {
             max_bytes: Some(200),
