@@ -302,3 +302,241 @@ fn rotation_keeps_a_bounded_number_of_self_contained_files() {
         "a new file starts with the context"
     );
 }
+
+mod hostile_paths {
+    //! Names another user may have planted where a capture is written.
+    use std::{
+        fs,
+        os::unix::fs::{symlink, MetadataExt, PermissionsExt},
+        path::Path,
+    };
+
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            format: 1,
+            ..Default::default()
+        }
+    }
+
+    fn create(path: &Path, replace: bool, rotate: RotatePolicy) -> anyhow::Result<CaptureWriter> {
+        CaptureWriter::create(path, replace, header(), rotate, Duration::from_secs(60))
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn fresh(name: &str) -> std::path::PathBuf {
+        let d = tmp().join(name);
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn an_existing_file_is_refused_and_left_as_it_was() {
+        let d = fresh("existing");
+        let path = d.join("cap");
+        fs::write(&path, "earlier data").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = create(&path, false, RotatePolicy::NEVER).err().unwrap();
+        assert!(format!("{e:#}").contains("already exists"), "{e:#}");
+        assert!(format!("{e:#}").contains("--force"), "{e:#}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "earlier data");
+        assert_eq!(mode(&path), 0o644);
+    }
+
+    #[test]
+    fn force_renames_a_new_file_over_the_name_and_never_writes_the_old_one() {
+        let d = fresh("force");
+        let path = d.join("cap");
+        let other = d.join("other");
+        fs::write(&other, "another file's data").unwrap();
+        fs::set_permissions(&other, fs::Permissions::from_mode(0o644)).unwrap();
+        // The name is a hard link to another file: truncating it in place would
+        // destroy that file.
+        fs::hard_link(&other, &path).unwrap();
+        let ino = fs::metadata(&other).unwrap().ino();
+        let mut w = create(&path, true, RotatePolicy::NEVER).unwrap();
+        w.write(&sample(1)).unwrap();
+        w.flush().unwrap();
+        assert_eq!(fs::read_to_string(&other).unwrap(), "another file's data");
+        assert_eq!(mode(&other), 0o644);
+        assert_ne!(fs::metadata(&path).unwrap().ino(), ino, "a new file");
+        assert_eq!(mode(&path), 0o600);
+        let (records, _) = read_all(fs::read(&path).unwrap()).unwrap();
+        assert_eq!(records, vec![sample(1)]);
+        let names: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+    }
+
+    #[test]
+    fn a_symlink_is_refused_even_with_force_and_its_target_untouched() {
+        let d = fresh("symlink");
+        let target = d.join("target");
+        fs::write(&target, "root's file").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = d.join("cap");
+        symlink(&target, &link).unwrap();
+        // Dangling too: following it would create the target.
+        let dangling = d.join("dangling");
+        symlink(d.join("created-through-link"), &dangling).unwrap();
+        for replace in [false, true] {
+            for p in [&link, &dangling] {
+                let e = create(p, replace, RotatePolicy::NEVER).err().unwrap();
+                assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+            }
+        }
+        assert_eq!(fs::read_to_string(&target).unwrap(), "root's file");
+        assert_eq!(mode(&target), 0o644);
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!d.join("created-through-link").exists());
+    }
+
+    /// Writes until the writer has rotated `n` times.
+    fn rotate_times(w: &mut CaptureWriter, n: usize) -> std::io::Result<()> {
+        let mut done = 0;
+        let mut i = 0;
+        while done < n {
+            w.write(&sample(i))?;
+            w.flush()?;
+            i += 1;
+            if w.wants_rotation() {
+                w.rotate(&[])?;
+                done += 1;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rotation_onto_a_planted_symlink_stops_with_an_error() {
+        let policy = RotatePolicy {
+            max_bytes: Some(200),
+            keep: 3,
+        };
+        // At the first rotation name, and at one reached only by shifting.
+        for (planted, rotations_before) in [("cap.1", 0), ("cap.2", 0), ("cap.3", 2)] {
+            let d = fresh(&format!("rotate-{planted}"));
+            let target = d.join("target");
+            fs::write(&target, "root's file").unwrap();
+            let path = d.join("cap");
+            let mut w = create(&path, false, policy).unwrap();
+            rotate_times(&mut w, rotations_before).unwrap();
+            symlink(&target, d.join(planted)).unwrap();
+            let e = rotate_times(&mut w, 1).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{planted}: {e}");
+            assert!(
+                e.to_string().contains("recording stopped"),
+                "{planted}: {e}"
+            );
+            assert_eq!(fs::read_to_string(&target).unwrap(), "root's file");
+            assert!(
+                fs::symlink_metadata(d.join(planted))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink(),
+                "{planted}: the link is left where it was"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_refuses_a_name_that_is_not_a_regular_file_or_not_its_own() {
+        let d = fresh("rotate-dir");
+        let path = d.join("cap");
+        let policy = RotatePolicy {
+            max_bytes: Some(200),
+            keep: 2,
+        };
+        let mut w = create(&path, false, policy).unwrap();
+        fs::create_dir(d.join("cap.1")).unwrap();
+        let e = rotate_times(&mut w, 1).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+
+        // A file of another user's (uid 65534 owns it here), at the name the oldest
+        // file would be dropped from.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // Giving a file away needs root.
+        }
+        let d = fresh("rotate-foreign");
+        let path = d.join("cap");
+        let mut w = create(&path, false, policy).unwrap();
+        fs::write(d.join("cap.2"), "nobody's").unwrap();
+        std::os::unix::fs::chown(d.join("cap.2"), Some(65534), Some(65534)).unwrap();
+        let e = rotate_times(&mut w, 1).unwrap_err();
+        assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+        assert_eq!(fs::read_to_string(d.join("cap.2")).unwrap(), "nobody's");
+    }
+
+    #[test]
+    fn a_capture_replaced_under_the_writer_stops_rotation() {
+        let d = fresh("replaced");
+        let path = d.join("cap");
+        let policy = RotatePolicy {
+            max_bytes: Some(200),
+            keep: 2,
+        };
+        let mut w = create(&path, false, policy).unwrap();
+        fs::rename(&path, d.join("moved")).unwrap();
+        fs::write(&path, "someone else's").unwrap();
+        let e = rotate_times(&mut w, 1).unwrap_err();
+        assert!(e.to_string().contains("no longer the file"), "{e}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "someone else's");
+    }
+
+    /// Run by `every_file_is_0600_whatever_the_umask` in a process of its own, since
+    /// the umask is per process and would change other tests' files.
+    #[test]
+    fn umask_child() {
+        let (Ok(umask), Ok(dir)) = (
+            std::env::var("RSTRACE_TEST_UMASK"),
+            std::env::var("RSTRACE_TEST_DIR"),
+        ) else {
+            return;
+        };
+        unsafe { libc::umask(u32::from_str_radix(&umask, 8).unwrap()) };
+        let d = Path::new(&dir);
+        let rotating = RotatePolicy {
+            max_bytes: Some(200),
+            keep: 2,
+        };
+        let mut w = create(&d.join("cap"), false, rotating).unwrap();
+        rotate_times(&mut w, 3).unwrap();
+        let forced = d.join("forced");
+        fs::write(&forced, "old").unwrap();
+        create(&forced, true, RotatePolicy::NEVER).unwrap();
+    }
+
+    #[test]
+    fn every_file_is_0600_whatever_the_umask() {
+        // 000 would let a loose creation mode through; 277 would take the owner's write
+        // bit from 0600.
+        for umask in ["000", "277"] {
+            let d = fresh(&format!("umask-{umask}"));
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "capture::tests::hostile_paths::umask_child"])
+                .env("RSTRACE_TEST_UMASK", umask)
+                .env("RSTRACE_TEST_DIR", &d)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "umask {umask}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for n in ["cap", "cap.1", "cap.2", "forced"] {
+                assert_eq!(mode(&d.join(n)), 0o600, "{n} with umask {umask}");
+            }
+        }
+    }
+}
