@@ -1,6 +1,17 @@
 //! Capture files against the real kernel: what `explain` says of a recording must be
 //! what `watch` printed live, and a recording cut off by kill -9 still explains.
-use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fs::Permissions,
+    io::{BufRead, BufReader},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use serde_json::Value;
 use tests::{capability, pid_of, port, require_root, rstrace_bin, s, Agent, Peer, Topology};
@@ -142,4 +153,185 @@ fn a_recording_killed_with_sigkill_still_explains() {
         .expect("the refusal survives kill -9");
     assert_eq!(s(e, "cause"), "nothing_listening");
     assert_eq!(pid_of(e, "process"), Some(cpid));
+}
+
+/// An unprivileged user to plant files as: `rstrace-test`, created (a system user
+/// without a home) if missing. Returns its uid and gid.
+fn unprivileged_user() -> (u32, u32) {
+    const NAME: &str = "rstrace-test";
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, NAME]).output().unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+    };
+    if id("-u").is_none() {
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(NAME)
+            .output()
+            .expect("useradd");
+        assert!(
+            out.status.success() || id("-u").is_some(),
+            "useradd {NAME}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (id("-u").unwrap(), id("-g").unwrap())
+}
+
+/// A fresh directory under /tmp with `mode`.
+fn shared_dir(name: &str, mode: u32) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rstrace-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, Permissions::from_mode(mode)).unwrap();
+    d
+}
+
+/// `rstrace record -o FILE ARGS` with umask 000 and `env`, which must fail on its own
+/// (it is killed if still recording after a minute); returns its stderr.
+fn record_fails(file: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(rstrace_bin())
+        .args(["record", "-o"])
+        .arg(file)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + 60 * SEC;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "rstrace record did not fail: {status:?}, {stderr}"
+    );
+    stderr
+}
+
+/// `rstrace record -o FILE ARGS` with umask 000 and `env`, stopped with SIGINT once
+/// it is recording; returns its stderr.
+fn record_briefly(file: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(rstrace_bin())
+        .args(["record", "-o"])
+        .arg(file)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stderr = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stderr += &line;
+        stderr += "\n";
+        if line.contains("watching") {
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            break;
+        }
+    }
+    for line in lines {
+        stderr += &line.unwrap();
+        stderr += "\n";
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "rstrace record failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_symlink_another_user_planted_is_refused_and_its_target_untouched() {
+    if !require_root() {
+        return;
+    }
+    let (uid, gid) = unprivileged_user();
+    // World-writable with the sticky bit, like /tmp and /var/tmp.
+    let dir = shared_dir("sticky", 0o1777);
+    let target = scratch("roots-file");
+    std::fs::write(&target, "root's data\n").unwrap();
+    std::fs::set_permissions(&target, Permissions::from_mode(0o644)).unwrap();
+    let link = dir.join("attack.rst");
+    let planted = Command::new("ln")
+        .arg("-s")
+        .args([&target, &link])
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .unwrap();
+    assert!(planted.success());
+    assert_eq!(std::fs::symlink_metadata(&link).unwrap().uid(), uid);
+    for args in [&[][..], &["--force"]] {
+        let stderr = record_fails(&link, args, &[]);
+        assert!(
+            stderr.contains("is a symbolic link, which rstrace never follows"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "root's data\n");
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o644, 0));
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_existing_file_is_refused_and_force_replaces_it_with_a_new_0600_file() {
+    if !require_root() {
+        return;
+    }
+    let (uid, gid) = unprivileged_user();
+    // World-writable without the sticky bit: a warning.
+    let dir = shared_dir("open", 0o777);
+    let file = dir.join("incident.rst");
+    let other = dir.join("other");
+    std::fs::write(&file, "an earlier file\n").unwrap();
+    std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+    std::fs::hard_link(&file, &other).unwrap();
+
+    let stderr = record_fails(&file, &[], &[]);
+    assert!(
+        stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("writable by every user"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "an earlier file\n");
+
+    // Through sudo the file goes to the user who ran it; umask 000 changes nothing.
+    let (u, g) = (uid.to_string(), gid.to_string());
+    record_briefly(&file, &["--force"], &[("SUDO_UID", &u), ("SUDO_GID", &g)]);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+    assert!(std::fs::read(&file).unwrap().starts_with(b"RSTRACE\0"));
+    // The old file was replaced, never written: its other name still holds it.
+    assert_eq!(
+        std::fs::read_to_string(&other).unwrap(),
+        "an earlier file\n"
+    );
+    assert_eq!(std::fs::metadata(&other).unwrap().mode() & 0o7777, 0o644);
+    let _ = std::fs::remove_dir_all(&dir);
 }
