@@ -283,6 +283,48 @@ fn neighbour_and_route_failures() {
 }
 
 #[test]
+fn an_established_flow_whose_next_hop_stopped_answering() {
+    let out = run(|e, o| {
+        let mut d = rec(Kind::Drop, 2_000, C, S, CNS);
+        d.reason = Some("NEIGH_FAILED".into());
+        d.tcp_flags = Some("PA");
+        e.push(d, o);
+        let mut death = client_owned(rec(Kind::State, 3_000, C, S, CNS));
+        death.old_state = Some("ESTABLISHED");
+        death.new_state = Some("CLOSE");
+        e.push(death, o);
+        e.push(error(3_000, libc::EHOSTUNREACH), o);
+    });
+    assert_eq!(causes(&out), vec!["neighbour_unreachable"], "{out:#?}");
+    assert_eq!(out[0].errno_name, Some("EHOSTUNREACH"));
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert!(
+        out[0]
+            .explanation
+            .contains("10.0.0.2 (or the gateway towards it) stopped answering"),
+        "{}",
+        out[0].explanation
+    );
+}
+
+#[test]
+fn an_icmp_reject_reports_the_final_errno_not_the_soft_error() {
+    let out = run(|e, o| {
+        let mut d = drop_syn(0, "NETFILTER_DROP");
+        d.location = Some("nft_do_chain+0x3e8".into());
+        e.push(d, o);
+        e.push(error(1, 0), o);
+        e.push(syn_retransmit(1_000), o);
+        e.push(drop_syn(1_000, "NETFILTER_DROP"), o);
+        e.push(error(1_001, 0), o);
+        e.push(error(1_001, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].errno_name, Some("ECONNREFUSED"), "{out:#?}");
+    assert_eq!(out[0].outcome, "refused");
+}
+
+#[test]
 fn application_resets_by_reason() {
     for (reason, want) in [
         ("TCP_ABORT_ON_CLOSE", "reset_unread_data"),

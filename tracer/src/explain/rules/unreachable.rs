@@ -105,14 +105,28 @@ impl Rule for NeighbourUnreachable {
         if !neigh && !silent_unreach {
             return None;
         }
-        let server = c.server?;
+        // An established flow tells no direction: its peer is where the errno's socket
+        // (or the dropped segments) went.
+        let peer = c
+            .server
+            .or_else(|| c.story.errno_record().and_then(|r| r.dst))
+            .or_else(|| c.story.drops("NEIGH_FAILED").find_map(|d| d.dst))?;
+        let reason = if c.story.was_established() {
+            format!(
+                "{} (or the gateway towards it) stopped answering ARP/neighbour discovery during the connection: the host went down or left the link",
+                peer.ip()
+            )
+        } else {
+            format!(
+                "{} (or the gateway towards it) never answered ARP/neighbour discovery on the local link: the host is down or not on that subnet",
+                peer.ip()
+            )
+        };
+        let server = peer;
         Some(Finding {
             cause: self.id(),
             confidence: if neigh { 0.9 } else { 0.6 },
-            reason: format!(
-                "{} (or the gateway towards it) never answered ARP/neighbour discovery on the local link: the host is down or not on that subnet",
-                server.ip()
-            ),
+            reason,
             fix: format!("ip neigh show {0}; ping -c1 {0}; check the host is up and the address and subnet are right", server.ip()),
             culprit: None,
         })
