@@ -447,12 +447,7 @@ impl Engine {
                 s.errno_record().and_then(|r| r.dst).or(Some(s.key.1)),
             ),
         };
-        let victim = s
-            .errno_record()
-            .and_then(|r| r.owner.clone())
-            .or_else(|| s.client_process().cloned())
-            .or_else(|| s.rst_received().and_then(|r| r.owner.clone()))
-            .or_else(|| s.dead_socket_owner().cloned());
+        let victim = s.victim().cloned();
         let who = match &victim {
             Some(p) => format!("{}[{}]", p.comm, p.pid),
             None => src.map_or("?".into(), |a| a.to_string()),

@@ -270,6 +270,38 @@ impl Story {
             .find_map(|r| r.netns)
     }
 
+    /// The local end that failed: the socket the errno was handed to, else the one
+    /// that received an RST, else the connecting side's.
+    pub fn failed_end(&self) -> Option<SocketAddr> {
+        self.errno_record()
+            .and_then(|r| r.src)
+            .or_else(|| self.rst_received().and_then(|r| r.src))
+            .or_else(|| self.client_record().and_then(|r| r.src))
+    }
+
+    /// The process that failed: the owner of the failed end's socket. Never another
+    /// socket's owner (in a reset that is the side that reset it: the culprit).
+    pub fn victim(&self) -> Option<&Proc> {
+        match self.failed_end() {
+            Some(end) => self
+                .evidence
+                .iter()
+                .filter(|r| {
+                    r.src == Some(end)
+                        && matches!(
+                            r.kind,
+                            Kind::Error
+                                | Kind::ConnectError
+                                | Kind::RstReceived
+                                | Kind::SynRetransmit
+                                | Kind::State
+                        )
+                })
+                .find_map(|r| r.owner.as_ref()),
+            None => self.client_process().or_else(|| self.dead_socket_owner()),
+        }
+    }
+
     /// The owner of a socket of this story that died (->CLOSE).
     pub fn dead_socket_owner(&self) -> Option<&Proc> {
         self.evidence

@@ -325,6 +325,59 @@ fn an_icmp_reject_reports_the_final_errno_not_the_soft_error() {
 }
 
 #[test]
+fn the_side_that_reset_is_the_culprit_never_the_process_that_failed() {
+    // A client killed with unread data resets its connection; the server's socket
+    // gets the RST and the errno. Its owner unknown (a socket from before the agent)
+    // must not make the client the one that failed.
+    let cli = |mut r: Record| {
+        r.owner = Some(Proc {
+            pid: 77,
+            comm: "redis-cli".into(),
+        });
+        r
+    };
+    for server_owner_known in [false, true] {
+        let srv = |mut r: Record| {
+            if server_owner_known {
+                r.owner = Some(Proc {
+                    pid: 88,
+                    comm: "redis-server".into(),
+                });
+            }
+            r
+        };
+        let out = run(|e, o| {
+            let mut rst = cli(rec(Kind::RstSent, 10, C, S, CNS));
+            rst.reason = Some("TCP_ABORT_ON_CLOSE".into());
+            rst.state = Some("CLOSE");
+            e.push(rst, o);
+            let mut gone = cli(rec(Kind::State, 10, C, S, CNS));
+            gone.old_state = Some("ESTABLISHED");
+            gone.new_state = Some("CLOSE");
+            e.push(gone, o);
+            e.push(srv(rec(Kind::RstReceived, 10, S, C, SNS)), o);
+            let mut died = srv(rec(Kind::State, 10, S, C, SNS));
+            died.old_state = Some("ESTABLISHED");
+            died.new_state = Some("CLOSE");
+            e.push(died, o);
+            let mut err = srv(rec(Kind::Error, 10, S, C, SNS));
+            err.errno = Some(libc::ECONNRESET);
+            e.push(err, o);
+        });
+        assert_eq!(causes(&out), vec!["reset_unread_data"], "{out:#?}");
+        let x = &out[0];
+        assert_eq!(x.culprit.as_ref().map(|p| p.pid), Some(77), "{x:#?}");
+        assert_eq!(
+            x.process.as_ref().map(|p| p.pid),
+            server_owner_known.then_some(88),
+            "{x:#?}"
+        );
+        assert_eq!(x.src, Some(S.parse().unwrap()), "the failing end first");
+        assert!(!x.explanation.starts_with("redis-cli"), "{}", x.explanation);
+    }
+}
+
+#[test]
 fn application_resets_by_reason() {
     for (reason, want) in [
         ("TCP_ABORT_ON_CLOSE", "reset_unread_data"),
