@@ -105,6 +105,13 @@ impl Netns {
         self.exec(&["nft", &format!("add rule inet rstrace_test input {rule}")]);
     }
 
+    /// Adds a rule to an output filter chain of the namespace's own nftables table.
+    pub fn nft_output(&self, rule: &str) {
+        self.exec(&["nft", "add table inet rstrace_test"]);
+        self.exec(&["nft", "add chain inet rstrace_test output { type filter hook output priority 0; policy accept; }"]);
+        self.exec(&["nft", &format!("add rule inet rstrace_test output {rule}")]);
+    }
+
     /// Runs a command inside the namespace, asserting it succeeds.
     pub fn exec(&self, args: &[&str]) {
         let mut full = vec!["ip", "netns", "exec", &self.name];

@@ -298,3 +298,45 @@ fn a_pre_fork_servers_worker_is_named_not_the_process_that_listened() {
         assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
     }
 }
+
+/// SYNs dropped by the client's own OUTPUT chain: the dropped packets carry their
+/// socket, so the timeout names the client and its namespace, and says where the rule is.
+#[test]
+fn syns_dropped_on_their_way_out_name_the_client() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8308;
+    t.client.nft_output(&format!("tcp dport {p} drop"));
+    let mut agent = Agent::start(&["--port", &p.to_string()]);
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &format!("{}:{p}", t.server_ip), "--syncnt", "1"],
+    );
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(30 * SEC), vec!["errno=110"]);
+    agent.wait_for("the timeout's explanation", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p && v.get("errno_name").is_some()
+    });
+    agent.stop();
+    let records = agent.records();
+    let all = failures(&records, p);
+    assert_eq!(all.len(), 1, "one failure: {}", dump(&all));
+    let e = &all[0];
+    assert_eq!(s(e, "cause"), "firewall_drop", "{e}");
+    assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
+    assert_eq!(s(e, "errno_name"), "ETIMEDOUT", "{e}");
+    assert!(
+        s(e, "explanation").contains(&format!(
+            "in netns {} (the client's own output filter)",
+            t.client.inode
+        )),
+        "{e}"
+    );
+    let drop = records
+        .iter()
+        .find(|v| s(v, "kind") == "drop" && port(s(v, "dst")) == p)
+        .unwrap_or_else(|| panic!("no drop: {}", dump(&records)));
+    assert_eq!(owner_pid(drop), Some(cpid), "{drop}");
+}

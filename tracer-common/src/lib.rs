@@ -390,7 +390,8 @@ pub struct KernelOffsets {
     pub fdtable_max_fds: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
-    pub _pad: u32,
+    /// sk_buff -> sk: the sending socket of a packet dropped on its way out.
+    pub skb_sk: u32,
 }
 
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -424,7 +425,7 @@ impl KernelOffsets {
         fdtable_max_fds: NO_OFFSET,
         file_private_data: NO_OFFSET,
         socket_sk: NO_OFFSET,
-        _pad: 0,
+        skb_sk: NO_OFFSET,
     };
 
     /// Whether the socket hooks can run as raw tracepoints (everything they read from

@@ -65,7 +65,15 @@ fn try_kfree_skb(ctx: &RawTracePointContext, reason: u32, rx_sk: u64) -> Option<
         // Parsed, and not TCP.
         return None;
     }
-    attribute(cfg, ev, rx_sk);
+    // The receiving socket (6.11+), else the packet's own: a packet dropped on its way
+    // out (the sender's OUTPUT chain) carries its sending socket, whose owner and
+    // namespace are the client's.
+    let sk = if rx_sk != 0 {
+        rx_sk
+    } else {
+        kread::<u64>(skb, cfg.offsets.skb_sk).unwrap_or(0)
+    };
+    attribute(cfg, ev, sk);
     if ev.hdr.netns == 0 {
         ev.hdr.netns = skb_netns(cfg, skb);
     }

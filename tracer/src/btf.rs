@@ -273,7 +273,7 @@ impl KernelBtf {
             fdtable_max_fds: get("fdtable", "max_fds"),
             file_private_data: get("file", "private_data"),
             socket_sk: get("socket", "sk"),
-            _pad: 0,
+            skb_sk: get("sk_buff", "sk"),
         }
     }
 }

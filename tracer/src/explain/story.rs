@@ -42,6 +42,11 @@ impl FlowKey {
     }
 }
 
+/// A SYN dropped on its way out of this host: it carries its sending socket's owner.
+pub fn dropped_on_its_way_out(r: &Record) -> bool {
+    r.kind == Kind::Drop && r.owner.is_some() && r.tcp_flags == Some("S")
+}
+
 pub const ECONNREFUSED: i32 = libc::ECONNREFUSED;
 pub const ETIMEDOUT: i32 = libc::ETIMEDOUT;
 pub const EHOSTUNREACH: i32 = libc::EHOSTUNREACH;
@@ -247,14 +252,14 @@ impl Story {
         let c = self.client()?;
         self.evidence.iter().find(|r| {
             r.src == Some(c)
-                && matches!(
+                && (matches!(
                     r.kind,
                     Kind::Error
                         | Kind::ConnectError
                         | Kind::RstReceived
                         | Kind::SynRetransmit
                         | Kind::State
-                )
+                ) || self::dropped_on_its_way_out(r))
         })
     }
 

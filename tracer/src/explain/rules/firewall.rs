@@ -93,11 +93,16 @@ impl Rule for FirewallDrop {
             return None;
         }
         let ns = first.netns;
+        let outgoing = if crate::explain::story::dropped_on_its_way_out(first) {
+            " (the client's own output filter)"
+        } else {
+            ""
+        };
         Some(Finding {
             cause: self.id(),
             confidence: 0.95,
             reason: format!(
-                "a firewall rule{} drops SYNs to port {} ({} dropped at {})",
+                "a firewall rule{}{outgoing} drops SYNs to port {} ({} dropped at {})",
                 ns.map_or(String::new(), |n| format!(" in netns {n}")),
                 c.server_port(),
                 drops.len(),
