@@ -560,3 +560,122 @@ pub fn port(addr: &str) -> u16 {
 pub fn ip(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(a, _)| a)
 }
+
+/// Whether the real daemons' tests can run: the Debian packages `cargo xtask test`
+/// installs (nginx-light, redis-server, redis-tools, socat, curl) are there. Where they
+/// cannot be (the QEMU guests), `RSTRACE_TEST_NO_DAEMONS=1` skips those tests, saying
+/// so; anywhere else a missing daemon fails the test.
+pub fn require_daemons(bins: &[&str]) -> bool {
+    if std::env::var("RSTRACE_TEST_NO_DAEMONS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped (RSTRACE_TEST_NO_DAEMONS=1): needs {bins:?}");
+        return false;
+    }
+    for b in bins {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file()))
+            || std::path::Path::new("/usr/sbin").join(b).is_file();
+        assert!(
+            found,
+            "{b} is not installed: run `cargo xtask test` (it installs the test daemons), \
+             or set RSTRACE_TEST_NO_DAEMONS=1 to skip these tests"
+        );
+    }
+    true
+}
+
+/// A real daemon (or client) run in a namespace with `ip netns exec`, which execs it:
+/// its pid is ours. On drop it gets `stop_signal`, then SIGKILL after 5 s, and so do
+/// the children it forked (pre-fork workers) that are still there.
+pub struct Daemon {
+    child: Child,
+    pub pid: u32,
+    pub stop_signal: i32,
+}
+
+impl Daemon {
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Daemon {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+        Daemon {
+            pid: child.id(),
+            child,
+            stop_signal: libc::SIGTERM,
+        }
+    }
+
+    /// The processes it forked, from /proc.
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.pid)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// Waits for it to exit by itself; its exit status.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit within {timeout:?}",
+                self.pid
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The children of `pid`, from /proc/PID/task/*/children.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let kids = self.children();
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(self.stop_signal);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+                thread::sleep(Duration::from_millis(20));
+            }
+            if self.child.try_wait().ok().flatten().is_none() {
+                self.signal(libc::SIGKILL);
+                let _ = self.child.wait();
+            }
+        }
+        // Workers outliving their master (it was killed): ours too, by pid.
+        for k in kids {
+            unsafe { libc::kill(k as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Polls `f` until it is true, for at most `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

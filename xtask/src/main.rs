@@ -227,6 +227,7 @@ fn main() -> Result<()> {
             ]))
         }
         Task::Test { filter } => {
+            setup::debian_packages(setup::TEST_PACKAGES)?;
             // Unit tests (no root needed).
             let mut unit = cargo();
             unit.args([

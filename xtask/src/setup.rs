@@ -12,8 +12,19 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run;
 
-/// Debian packages the tests and the agent use.
+/// Debian packages the agent and every task use.
 const PACKAGES: &[&str] = &["iproute2", "iptables", "nftables"];
+/// Real daemons and clients the tests run in their namespaces (their own instances,
+/// started and stopped by pid; the image's policy-rc.d keeps the packages' services
+/// from starting on the host).
+pub const TEST_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "redis-server",
+    "redis-tools",
+    "socat",
+    "apache2-utils",
+    "curl",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn cache_dir() -> PathBuf {
@@ -83,7 +94,26 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
     run(&mut apt(&["update", "-qq"]))?;
     let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
     install.args(&missing);
-    run(&mut install)
+    // The daemons' packages start their services when installed: not here, where the
+    // tests run their own instances. A policy-rc.d that forbids it (the image has
+    // one; elsewhere one is put in place for the install only).
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = is_root() && !policy.exists();
+    if ours {
+        fs::write(
+            policy,
+            "#!/bin/sh\n# rstrace xtask: no service starts during its install\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        let mut perms = fs::metadata(policy)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        fs::set_permissions(policy, perms)?;
+    }
+    let result = run(&mut install);
+    if ours {
+        let _ = fs::remove_file(policy);
+    }
+    result
 }
 
 fn is_root() -> bool {

@@ -555,7 +555,7 @@ const INIT: &str = r#"#!/bin/sh
 # rstrace vm-test guest: mount what the tests and rstrace need, load the modules,
 # print rstrace doctor, run the tests, report `=== rc=N`, power off.
 /bin/busybox --install -s /bin
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_BACKTRACE=1 RSTRACE_BIN=/rstrace/bin/rstrace RSTRACE_TEST_TIME_SCALE=5
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_BACKTRACE=1 RSTRACE_BIN=/rstrace/bin/rstrace RSTRACE_TEST_TIME_SCALE=5 RSTRACE_TEST_NO_DAEMONS=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
