@@ -575,3 +575,30 @@ fn syn_queue_overflow_is_reported_for_the_namespace() {
     assert_eq!(e["server_netns"], t.server.inode, "{e}");
     assert!(s(&e, "fix").contains("tcp_syncookies"), "{e}");
 }
+
+#[test]
+fn an_established_flow_whose_next_hop_stops_answering() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let agent = start(8119);
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8119)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    // TCP gives up after ~13 s, well after the neighbour entry failed (~3 s): the
+    // application then gets the neighbour's EHOSTUNREACH, not ETIMEDOUT.
+    t.client.exec(&["sysctl", "-qw", "net.ipv4.tcp_retries2=5"]);
+    let mut client = Peer::spawn(&t.client, &["connect", &addr(&t, 8119), "--then", "write"]);
+    let cpid = client.pid as u64;
+    client.wait_line(5 * SEC, |l| l == "errno=0");
+    t.server.exec(&["ip", "link", "set", "veth1", "down"]);
+    assert_eq!(client.wait(60 * SEC), vec!["errno=0", "failed errno=113"]);
+    if !capability("drop_reasons") {
+        eprintln!("skipped: without drop reasons the neighbour failure leaves no evidence");
+        return;
+    }
+    let e = explained(&agent, 8119, "neighbour_unreachable", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(s(&e, "errno_name"), "EHOSTUNREACH", "{e}");
+    assert!(s(&e, "explanation").contains("stopped answering"), "{e}");
+}

@@ -35,7 +35,10 @@ fn a_storm_reusing_its_ports_is_counted_exactly_up_to_sigterm() {
     // 64 ports, of which connect() uses one parity: 32 distinct 4-tuples.
     t.client
         .exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40063"]);
-    let mut agent = Agent::start(&["--port", "8301"]);
+    let capture = std::env::temp_dir().join(format!("rstrace-storm-{}.rst", std::process::id()));
+    let _ = std::fs::remove_file(&capture);
+    let capture_arg = capture.to_string_lossy().into_owned();
+    let mut agent = Agent::start(&["--port", "8301", "--record", &capture_arg]);
     let n = 600;
     let client = Peer::spawn(
         &t.client,
@@ -65,6 +68,25 @@ fn a_storm_reusing_its_ports_is_counted_exactly_up_to_sigterm() {
         "{}",
         dump(&all)
     );
+    // Explained again from the capture, offline: the same total.
+    let out = std::process::Command::new(tests::rstrace_bin())
+        .args(["explain", "--json", "--port", "8301"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| s(v, "kind") == "failure")
+        .map(|v| v["count"].as_u64().unwrap_or(0))
+        .sum();
+    let _ = std::fs::remove_file(&capture);
+    assert_eq!(replayed, n as u64, "counted from the capture");
 }
 
 /// Both ends of a connection opened before the agent started: the reset that ends it
