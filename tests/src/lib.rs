@@ -9,7 +9,7 @@ use std::{
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex, OnceLock,
+        mpsc, Arc, Mutex,
     },
     thread,
     time::{Duration, Instant},
@@ -327,10 +327,6 @@ pub fn rstrace_bin() -> PathBuf {
         })
 }
 
-/// Whether the running kernel gives rstrace this evidence, by the name `rstrace doctor
-/// --json` lists under `capabilities` (rst_sent_reason, rst_for_closed_port,
-/// drop_reasons, errno, ...). Tests assert evidence a kernel cannot give only when this
-/// is true, and what the kernel does give always. Asked once per test process.
 /// How much slower than real hardware the tests run (5 under QEMU's emulation, set
 /// by `cargo xtask vm-test`): latency bounds that are product requirements on real
 /// hardware are scaled by it there.
@@ -365,33 +361,62 @@ pub fn attached_programs(env: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The running kernel's (major, minor) version.
+pub fn kernel_version() -> (u32, u32) {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::uname(&mut u) }, 0, "uname");
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether the running kernel gives this evidence (by the names `rstrace doctor
+/// --json` lists under `capabilities`), from its version and what was measured on
+/// these machines (shared/KERNELS.md): never from rstrace itself, so that a doctor
+/// wrongly saying "missing" cannot make a test expect less. The test
+/// `doctor_agrees_with_what_this_kernel_gives` holds doctor to the same table.
 pub fn capability(name: &str) -> bool {
-    static CAPS: OnceLock<HashMap<String, bool>> = OnceLock::new();
-    let caps = CAPS.get_or_init(|| {
-        let out = Command::new(rstrace_bin())
-            .args(["doctor", "--json"])
-            .output()
-            .unwrap_or_else(|e| panic!("running {} doctor: {e}", rstrace_bin().display()));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "rstrace doctor --json printed invalid JSON ({e}); stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        v["capabilities"]
-            .as_array()
-            .expect("doctor --json has capabilities")
-            .iter()
-            .filter_map(|c| Some((c["name"].as_str()?.to_string(), c["available"].as_bool()?)))
-            .collect()
-    });
-    let available = *caps
-        .get(name)
-        .unwrap_or_else(|| panic!("rstrace doctor lists no capability {name:?}"));
+    let v = kernel_version();
+    let available = match name {
+        // sk_rst_reason, and tcp_send_reset for SYNs to closed ports, since 6.10.
+        "rst_sent_reason" | "rst_for_closed_port" => v >= (6, 10),
+        // kfree_skb's reason (5.17) and its rx_sk (6.11).
+        "drop_reasons" | "drop_addresses" => v >= (5, 17),
+        "drop_listener" => v >= (6, 11),
+        // sock:inet_sk_error_report (5.13).
+        "errno" => v >= (5, 13),
+        "rst_received" | "syn_retransmits" | "synack_retransmits" | "connect_errors"
+        | "ownership" | "accept_owner" | "netns" | "accept_queue" | "backlog_counters" => true,
+        other => panic!("no known fact for capability {other:?}: add it to tests::capability"),
+    };
     if !available {
         eprintln!("capability {name} unavailable on this kernel: its assertions are skipped");
     }
     available
+}
+
+/// What `rstrace doctor --json` says of each capability.
+pub fn doctor_capabilities() -> Vec<(String, bool)> {
+    let out = Command::new(rstrace_bin())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {} doctor: {e}", rstrace_bin().display()));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rstrace doctor --json printed invalid JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["capabilities"]
+        .as_array()
+        .expect("doctor --json has capabilities")
+        .iter()
+        .filter_map(|c| Some((c["name"].as_str()?.to_string(), c["available"].as_bool()?)))
+        .collect()
 }
 
 /// A running `rstrace watch --json --events` (explanations and evidence records),

@@ -454,3 +454,24 @@ fn without_privileges_it_says_what_it_needs() {
     assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// doctor says what this kernel gives, no less and no more than what is known of it
+/// (the tests expect evidence from that table, not from doctor).
+#[test]
+fn doctor_agrees_with_what_this_kernel_gives() {
+    if !require_root() {
+        return;
+    }
+    let said = tests::doctor_capabilities();
+    assert!(said.len() >= 15, "doctor lists {} capabilities", said.len());
+    let wrong: Vec<String> = said
+        .iter()
+        .filter(|(name, available)| tests::capability(name) != *available)
+        .map(|(name, available)| format!("{name}: doctor says {available}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "doctor disagrees with Linux {:?}: {wrong:?}",
+        tests::kernel_version()
+    );
+}
