@@ -54,10 +54,35 @@ pub mod net {
     }
 }
 
-/// True when the tests can run; otherwise prints why they are skipped.
+/// Says that (part of) the running test was skipped, and why: on stderr and, when
+/// `RSTRACE_TEST_SKIPS` names a file, in that file, which `cargo xtask test` prints at
+/// the end (a passing test's stderr is not shown).
+pub fn skip(why: &str) {
+    let test = thread::current().name().unwrap_or("?").to_string();
+    let line = format!("skipped in {test}: {why}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("RSTRACE_TEST_SKIPS") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// True when the real-kernel tests can run. Without root they fail, unless
+/// `RSTRACE_TEST_ALLOW_SKIPS=1` says skipping them is intended (then each says so).
 pub fn require_root() -> bool {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: real-kernel tests need root (run `cargo xtask test`)");
+        assert!(
+            std::env::var("RSTRACE_TEST_ALLOW_SKIPS").is_ok_and(|v| v == "1"),
+            "real-kernel tests need root (run `cargo xtask test`); \
+             RSTRACE_TEST_ALLOW_SKIPS=1 skips them instead"
+        );
+        skip("not root");
         return false;
     }
     true
@@ -394,7 +419,10 @@ pub fn capability(name: &str) -> bool {
         other => panic!("no known fact for capability {other:?}: add it to tests::capability"),
     };
     if !available {
-        eprintln!("capability {name} unavailable on this kernel: its assertions are skipped");
+        skip(&format!(
+            "Linux {}.{} lacks {name}: the assertions that need it",
+            v.0, v.1
+        ));
     }
     available
 }
@@ -528,7 +556,10 @@ impl Agent {
 
     /// `stop` with signal `sig` (and no other before SIGKILL).
     pub fn stop_with(&mut self, sig: i32) -> ExitStatus {
-        self.signal(sig);
+        // Once reaped, its pid may be another process's: signal only a live child.
+        if self.child.try_wait().expect("wait").is_none() {
+            self.signal(sig);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         let st = loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
@@ -592,7 +623,7 @@ pub fn ip(addr: &str) -> &str {
 /// so; anywhere else a missing daemon fails the test.
 pub fn require_daemons(bins: &[&str]) -> bool {
     if std::env::var("RSTRACE_TEST_NO_DAEMONS").is_ok_and(|v| v == "1") {
-        eprintln!("skipped (RSTRACE_TEST_NO_DAEMONS=1): needs {bins:?}");
+        skip(&format!("RSTRACE_TEST_NO_DAEMONS=1, and it needs {bins:?}"));
         return false;
     }
     for b in bins {

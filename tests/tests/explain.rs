@@ -8,14 +8,15 @@ use tests::{capability, pid_of, port, require_root, s, time_scale, Agent, Peer, 
 
 const SEC: Duration = Duration::from_secs(1);
 
-/// Waits for the explanation of the failure on `p` and checks that every explanation
-/// given for that port has the expected cause.
-fn explained(agent: &Agent, p: u16, cause: &str, timeout: Duration) -> Value {
+/// Waits for the explanation of the failure on `p`, stops the agent (so that its
+/// output is complete: late evidence has arrived or never will) and checks that every
+/// explanation given for that port has the expected cause. Further waits on the
+/// agent read what it printed before it stopped.
+fn explained(agent: &mut Agent, p: u16, cause: &str, timeout: Duration) -> Value {
     let first = agent.wait_for(&format!("{cause} explanation for port {p}"), timeout, |v| {
         s(v, "kind") == "failure" && port(s(v, "dst")) == p
     });
-    // Evidence from other CPUs may still be on its way: give it a moment.
-    std::thread::sleep(Duration::from_millis(300));
+    agent.stop();
     let all: Vec<Value> = agent
         .records()
         .into_iter()
@@ -48,7 +49,7 @@ fn nothing_listening_is_explained_within_a_second() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8100);
+    let mut agent = start(8100);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8100)]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
@@ -59,7 +60,7 @@ fn nothing_listening_is_explained_within_a_second() {
         latency < SEC * time_scale(),
         "explained {latency:?} after the errno"
     );
-    let e2 = explained(&agent, 8100, "nothing_listening", SEC);
+    let e2 = explained(&mut agent, 8100, "nothing_listening", SEC);
     assert_eq!(e, e2);
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
     assert_eq!(s(&e, "outcome"), "refused");
@@ -88,13 +89,13 @@ fn listener_on_another_address() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8101);
+    let mut agent = start(8101);
     let mut server = Peer::spawn(&t.server, &["listen", "127.0.0.1:8101"]);
     server.wait_line(5 * SEC, |l| l == "ready");
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8101)]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
-    let e = explained(&agent, 8101, "listener_other_address", 5 * SEC);
+    let e = explained(&mut agent, 8101, "listener_other_address", 5 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
     assert!(s(&e, "explanation").contains("only on 127.0.0.1"), "{e}");
@@ -106,14 +107,14 @@ fn listener_in_another_namespace() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8102);
+    let mut agent = start(8102);
     // The service runs in the client's namespace, not the server's.
     let mut other = Peer::spawn(&t.client, &["listen", "0.0.0.0:8102"]);
     other.wait_line(5 * SEC, |l| l == "ready");
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8102)]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
-    let e = explained(&agent, 8102, "listener_other_netns", 5 * SEC);
+    let e = explained(&mut agent, 8102, "listener_other_netns", 5 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(pid_of(&e, "culprit"), Some(other.pid as u64), "{e}");
     assert!(
@@ -128,12 +129,12 @@ fn wrong_port_lists_the_ports_that_listen() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8103);
+    let mut agent = start(8103);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8003)]);
     server.wait_line(5 * SEC, |l| l == "ready");
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8103)]);
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
-    let e = explained(&agent, 8103, "wrong_port", 5 * SEC);
+    let e = explained(&mut agent, 8103, "wrong_port", 5 * SEC);
     assert!(s(&e, "explanation").contains("listens on port 8003"), "{e}");
 }
 
@@ -143,7 +144,7 @@ fn service_restart_names_the_process_that_exited() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8104);
+    let mut agent = start(8104);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8104)]);
     server.wait_line(5 * SEC, |l| l == "ready");
     let spid = server.pid as u64;
@@ -151,7 +152,7 @@ fn service_restart_names_the_process_that_exited() {
     std::thread::sleep(Duration::from_millis(600));
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8104)]);
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
-    let e = explained(&agent, 8104, "service_restarting", 5 * SEC);
+    let e = explained(&mut agent, 8104, "service_restarting", 5 * SEC);
     assert_eq!(pid_of(&e, "culprit"), Some(spid), "{e}");
     assert!(
         s(&e, "explanation").contains(&format!("peer[{spid}] listened there until it exited")),
@@ -166,7 +167,7 @@ fn firewall_drop_times_out() {
     }
     let t = Topology::new();
     t.server.nft_input("tcp dport 8105 drop");
-    let agent = start(8105);
+    let mut agent = start(8105);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8105), "--syncnt", "1"]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
@@ -176,7 +177,7 @@ fn firewall_drop_times_out() {
     } else {
         "syn_unanswered"
     };
-    let e = explained(&agent, 8105, want, 2 * SEC);
+    let e = explained(&mut agent, 8105, want, 2 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(s(&e, "outcome"), "timed out");
     if want == "firewall_drop" {
@@ -193,10 +194,10 @@ fn firewall_reject_with_reset_is_not_a_tcp_refusal() {
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8106)]);
     server.wait_line(5 * SEC, |l| l == "ready");
     t.server.nft_input("tcp dport 8106 reject with tcp reset");
-    let agent = start(8106);
+    let mut agent = start(8106);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8106)]);
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
-    let e = explained(&agent, 8106, "firewall_reject", 5 * SEC);
+    let e = explained(&mut agent, 8106, "firewall_reject", 5 * SEC);
     if capability("drop_reasons") {
         assert!(s(&e, "explanation").contains("forged TCP reset"), "{e}");
     } else {
@@ -216,16 +217,14 @@ fn firewall_reject_with_icmp() {
     let t = Topology::new();
     t.server
         .nft_input("tcp dport 8107 reject with icmp type host-unreachable");
-    let agent = start(8107);
+    let mut agent = start(8107);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8107)]);
     assert_eq!(client.wait(15 * SEC), vec!["errno=113"]);
     if !capability("drop_reasons") && !capability("errno") {
-        eprintln!(
-            "skipped: without drop reasons and errno events an ICMP reject leaves no evidence"
-        );
+        tests::skip("without drop reasons and errno events an ICMP reject leaves no evidence");
         return;
     }
-    let e = explained(&agent, 8107, "firewall_reject", 5 * SEC);
+    let e = explained(&mut agent, 8107, "firewall_reject", 5 * SEC);
     assert!(s(&e, "explanation").contains("ICMP"), "{e}");
 }
 
@@ -250,13 +249,13 @@ fn unanswered_syns_blame_the_path() {
         "nud",
         "permanent",
     ]);
-    let agent = start(8108);
+    let mut agent = start(8108);
     let client = Peer::spawn(
         &t.client,
         &["connect", &format!("{ghost}:8108"), "--syncnt", "1"],
     );
     assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
-    let e = explained(&agent, 8108, "syn_unanswered", 2 * SEC);
+    let e = explained(&mut agent, 8108, "syn_unanswered", 2 * SEC);
     let retransmits = e["evidence"]
         .as_array()
         .unwrap()
@@ -275,15 +274,15 @@ fn neighbour_never_answers() {
     }
     let t = Topology::new();
     let absent = t.host_ip(9);
-    let agent = start(8109);
+    let mut agent = start(8109);
     let client = Peer::spawn(&t.client, &["connect", &format!("{absent}:8109")]);
     assert_eq!(client.wait(20 * SEC), vec!["errno=113"]);
     if !capability("drop_reasons") && !capability("errno") {
         // Nothing tells a neighbour failure from unanswered SYNs there.
-        explained(&agent, 8109, "syn_unanswered", 2 * SEC);
+        explained(&mut agent, 8109, "syn_unanswered", 2 * SEC);
         return;
     }
-    let e = explained(&agent, 8109, "neighbour_unreachable", 2 * SEC);
+    let e = explained(&mut agent, 8109, "neighbour_unreachable", 2 * SEC);
     assert!(
         s(&e, "fix").contains(&format!("ip neigh show {absent}")),
         "{e}"
@@ -298,17 +297,17 @@ fn no_route_and_prohibit_route_fail_before_any_packet() {
     let t = Topology::new();
     t.client
         .exec(&["ip", "route", "add", "prohibit", "203.0.113.0/24"]);
-    let agent = start(8110);
+    let mut agent = start(8110);
     let client = Peer::spawn(&t.client, &["connect", "198.51.100.1:8110"]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(5 * SEC), vec!["errno=101"]);
-    let e = explained(&agent, 8110, "no_route", 2 * SEC);
+    let e = explained(&mut agent, 8110, "no_route", 2 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(e["netns"], t.client.inode);
-    let agent = start(8111);
+    let mut agent = start(8111);
     let client = Peer::spawn(&t.client, &["connect", "203.0.113.5:8111"]);
     assert_eq!(client.wait(5 * SEC), vec!["errno=13"]);
-    explained(&agent, 8111, "connect_prohibited", 2 * SEC);
+    explained(&mut agent, 8111, "connect_prohibited", 2 * SEC);
 }
 
 #[test]
@@ -317,7 +316,7 @@ fn accept_queue_overflow_explains_the_clients_timeouts() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8112);
+    let mut agent = start(8112);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8112), "--backlog", "1"]);
     server.wait_line(5 * SEC, |l| l == "ready");
     let client = Peer::spawn(
@@ -333,14 +332,17 @@ fn accept_queue_overflow_explains_the_clients_timeouts() {
             "1",
         ],
     );
-    let e = explained(&agent, 8112, "accept_queue_overflow", 10 * SEC);
+    let e = agent.wait_for("the overflow explained", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && s(v, "outcome") == "overflow" && port(s(v, "dst")) == 8112
+    });
+    assert_eq!(s(&e, "cause"), "accept_queue_overflow", "{e}");
     assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
     let timeout = agent.wait_for("a client timeout explained", 10 * SEC, |v| {
         s(v, "kind") == "failure" && s(v, "outcome") == "timed out" && port(s(v, "dst")) == 8112
     });
     assert_eq!(s(&timeout, "cause"), "accept_queue_overflow", "{timeout}");
     assert_eq!(pid_of(&timeout, "process"), Some(client.pid as u64));
-    explained(&agent, 8112, "accept_queue_overflow", SEC);
+    explained(&mut agent, 8112, "accept_queue_overflow", SEC);
 }
 
 #[test]
@@ -349,7 +351,7 @@ fn close_with_unread_data_resets() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8113);
+    let mut agent = start(8113);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8113), "--close-unread"]);
     server.wait_line(5 * SEC, |l| l == "ready");
     let client = Peer::spawn(
@@ -371,7 +373,7 @@ fn close_with_unread_data_resets() {
     } else {
         "reset_by_application"
     };
-    let e = explained(&agent, 8113, want, 5 * SEC);
+    let e = explained(&mut agent, 8113, want, 5 * SEC);
     assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
 }
@@ -382,7 +384,7 @@ fn linger_zero_resets() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8114);
+    let mut agent = start(8114);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8114), "--linger0"]);
     server.wait_line(5 * SEC, |l| l == "ready");
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8114), "--then", "read"]);
@@ -398,7 +400,7 @@ fn linger_zero_resets() {
     } else {
         "reset_by_application"
     };
-    let e = explained(&agent, 8114, want, 5 * SEC);
+    let e = explained(&mut agent, 8114, want, 5 * SEC);
     assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
 }
@@ -422,7 +424,7 @@ fn firewall_dropping_an_established_flow() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8118);
+    let mut agent = start(8118);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8118)]);
     server.wait_line(5 * SEC, |l| l == "ready");
     t.client.exec(&["sysctl", "-qw", "net.ipv4.tcp_retries2=2"]);
@@ -432,10 +434,10 @@ fn firewall_dropping_an_established_flow() {
     assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
     if !capability("drop_reasons") {
         // The firewall is invisible there: a flow that stopped being answered.
-        explained(&agent, 8118, "flow_timeout", 5 * SEC);
+        explained(&mut agent, 8118, "flow_timeout", 5 * SEC);
         return;
     }
-    let e = explained(&agent, 8118, "firewall_drop", 5 * SEC);
+    let e = explained(&mut agent, 8118, "firewall_drop", 5 * SEC);
     assert!(
         s(&e, "explanation").contains("established connection"),
         "{e}"
@@ -448,11 +450,11 @@ fn established_flow_times_out_when_black_holed() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8115);
+    let mut agent = start(8115);
     let (_server, client) = black_holed(&t, 8115, "write");
     let cpid = client.pid as u64;
     assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
-    let e = explained(&agent, 8115, "flow_timeout", 5 * SEC);
+    let e = explained(&mut agent, 8115, "flow_timeout", 5 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
 }
 
@@ -462,11 +464,11 @@ fn keepalive_finds_the_peer_gone() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8116);
+    let mut agent = start(8116);
     let (_server, client) = black_holed(&t, 8116, "keepalive");
     let cpid = client.pid as u64;
     assert_eq!(client.wait(30 * SEC), vec!["errno=0", "failed errno=110"]);
-    let e = explained(&agent, 8116, "keepalive_timeout", 5 * SEC);
+    let e = explained(&mut agent, 8116, "keepalive_timeout", 5 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
 }
 
@@ -476,13 +478,15 @@ fn a_storm_of_refusals_collapses_into_a_count() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8117);
+    let mut agent = start(8117);
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8117), "--count", "40"]);
     let results = client.wait(20 * SEC);
     assert_eq!(results.len(), 40);
     let summary = agent.wait_for("a collapsed summary", 5 * SEC, |v| {
         s(v, "kind") == "failure" && v.get("window_ms").is_some()
     });
+    // Counted once the agent stopped: nothing more can come.
+    agent.stop();
     let lines: Vec<Value> = agent
         .records()
         .into_iter()
@@ -504,7 +508,7 @@ fn data_after_the_peer_closed_resets() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8119);
+    let mut agent = start(8119);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8119), "--close"]);
     server.wait_line(5 * SEC, |l| l == "ready");
     // The client keeps writing after the server closed: the server's kernel resets.
@@ -529,7 +533,7 @@ fn data_after_the_peer_closed_resets() {
             cause == "reset_after_shutdown" || cause == "reset_time_wait",
             "{e}"
         );
-        explained(&agent, 8119, cause, SEC);
+        explained(&mut agent, 8119, cause, SEC);
         if cause == "reset_after_shutdown" {
             assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
         }
@@ -538,7 +542,7 @@ fn data_after_the_peer_closed_resets() {
             cause == "reset_by_peer" || cause == "reset_by_application",
             "{e}"
         );
-        explained(&agent, 8119, cause, SEC);
+        explained(&mut agent, 8119, cause, SEC);
     }
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
 }
@@ -582,7 +586,7 @@ fn an_established_flow_whose_next_hop_stops_answering() {
         return;
     }
     let t = Topology::new();
-    let agent = start(8119);
+    let mut agent = start(8119);
     let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, 8119)]);
     server.wait_line(5 * SEC, |l| l == "ready");
     // TCP gives up after ~13 s, well after the neighbour entry failed (~3 s): the
@@ -594,10 +598,10 @@ fn an_established_flow_whose_next_hop_stops_answering() {
     t.server.exec(&["ip", "link", "set", "veth1", "down"]);
     assert_eq!(client.wait(60 * SEC), vec!["errno=0", "failed errno=113"]);
     if !capability("drop_reasons") {
-        eprintln!("skipped: without drop reasons the neighbour failure leaves no evidence");
+        tests::skip("without drop reasons the neighbour failure leaves no evidence");
         return;
     }
-    let e = explained(&agent, 8119, "neighbour_unreachable", 5 * SEC);
+    let e = explained(&mut agent, 8119, "neighbour_unreachable", 5 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
     assert_eq!(s(&e, "errno_name"), "EHOSTUNREACH", "{e}");
     assert!(s(&e, "explanation").contains("stopped answering"), "{e}");

@@ -264,12 +264,16 @@ fn main() -> Result<()> {
             if bins.is_empty() {
                 bail!("no integration test binaries were built");
             }
+            // What the tests skipped, and why, is printed at the end.
+            let skips = root.join("target/test-skips.txt");
+            let _ = std::fs::remove_file(&skips);
             let envs = [
                 (
                     "RSTRACE_BIN",
                     root.join("target/debug/rstrace").into_os_string(),
                 ),
                 ("RUST_BACKTRACE", OsString::from("1")),
+                ("RSTRACE_TEST_SKIPS", skips.clone().into_os_string()),
             ];
             for bin in bins {
                 let mut args = vec![OsString::from("--test-threads=1")];
@@ -279,6 +283,12 @@ fn main() -> Result<()> {
                 println!("running {} (as root)", bin.display());
                 run(&mut as_root(&bin, &args, &envs))?;
             }
+            let skipped = std::fs::read_to_string(&skips).unwrap_or_default();
+            println!(
+                "real-kernel tests: {} skip(s) on this kernel",
+                skipped.lines().count()
+            );
+            print!("{skipped}");
             Ok(())
         }
     }
