@@ -1,6 +1,7 @@
 //! A test peer: a TCP client or server run inside a test's network namespace, so that
 //! each end of a scenario is its own process with its own pid.
 //!
+//!   peer [--cpu N] spin SECONDS
 //!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread | --close]
 //!                                        [--fork-accept] [--failed-listen]
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
@@ -16,6 +17,8 @@
 //! `--failed-listen` has a child try to listen on the same address too, bound
 //! beforehand with SO_REUSEADDR, which fails with EADDRINUSE (printing
 //! `failed-listen errno=N`) while the parent listens on.
+//! `spin` burns CPU (a bystander for softirqs to interrupt) for SECONDS; `--cpu` pins
+//! any mode to one CPU.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
 //! connects are non-blocking and the sockets kept open for MS milliseconds. After a
 //! connection, `--after` waits (up to 60 s) until FILE exists, `--send` writes N bytes and `--then` waits for the connection to fail:
@@ -287,6 +290,32 @@ fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
     Ok(())
 }
 
+/// Runs on `cpu` only.
+fn pin_to(cpu: usize) -> Result<()> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        bail!(
+            "sched_setaffinity {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Burns CPU for `secs` seconds (a bystander that softirqs interrupt), then exits.
+fn spin(secs: u64) -> Result<()> {
+    say("spinning");
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut opt = |name: &str| -> Option<String> {
@@ -295,6 +324,7 @@ fn main() -> Result<()> {
         (i < args.len()).then(|| args.remove(i))
     };
     let netns = opt("--netns");
+    let cpu: Option<usize> = opt("--cpu").map(|v| v.parse()).transpose()?;
     let backlog = opt("--backlog")
         .map(|v| v.parse())
         .transpose()?
@@ -327,6 +357,14 @@ fn main() -> Result<()> {
     };
     if let Some(ns) = &netns {
         join_netns(ns)?;
+    }
+    if let Some(cpu) = cpu {
+        pin_to(cpu)?;
+    }
+    if let [mode, secs] = args.as_slice() {
+        if mode == "spin" {
+            return spin(secs.parse()?);
+        }
     }
     let [mode, addr] = args.as_slice() else {
         bail!("usage: peer [--netns NAME] listen|connect ADDR:PORT [options]");
