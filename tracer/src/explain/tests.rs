@@ -308,6 +308,37 @@ fn an_established_flow_whose_next_hop_stopped_answering() {
 }
 
 #[test]
+fn an_icmp_error_from_off_host_is_an_icmp_reject() {
+    // A router or firewall elsewhere answered the SYN with ICMP: nothing on this host
+    // dropped it, the client only saw soft errors, then the fatal one.
+    for (errno, name) in [
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+    ] {
+        let out = run(|e, o| {
+            let mut r = syn_retransmit(1_000);
+            r.dst = Some("192.0.2.9:8080".parse().unwrap());
+            let mut soft = error(1, 0);
+            soft.dst = r.dst;
+            let mut fatal = error(1_001, errno);
+            fatal.dst = r.dst;
+            e.push(soft, o);
+            e.push(r, o);
+            e.push(fatal, o);
+        });
+        assert_eq!(causes(&out), vec!["icmp_reject"], "{out:#?}");
+        assert_eq!(out[0].errno_name, Some(name));
+        assert!(
+            out[0]
+                .explanation
+                .contains(&format!("an ICMP error answered the SYN ({name})")),
+            "{}",
+            out[0].explanation
+        );
+    }
+}
+
+#[test]
 fn an_icmp_reject_reports_the_final_errno_not_the_soft_error() {
     let out = run(|e, o| {
         let mut d = drop_syn(0, "NETFILTER_DROP");
