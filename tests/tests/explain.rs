@@ -214,18 +214,30 @@ fn firewall_reject_with_icmp() {
     if !require_root() {
         return;
     }
-    let t = Topology::new();
-    t.server
-        .nft_input("tcp dport 8107 reject with icmp type host-unreachable");
-    let mut agent = start(8107);
-    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8107)]);
-    assert_eq!(client.wait(15 * SEC), vec!["errno=113"]);
-    if !capability("drop_reasons") && !capability("errno") {
-        tests::skip("without drop reasons and errno events an ICMP reject leaves no evidence");
-        return;
+    // nft's default ICMP reject (port unreachable) refuses; host-unreachable fails.
+    for (p, how, errno, name) in [
+        (8107u16, "host-unreachable", 113, "EHOSTUNREACH"),
+        (8121, "port-unreachable", 111, "ECONNREFUSED"),
+    ] {
+        let t = Topology::new();
+        t.server
+            .nft_input(&format!("tcp dport {p} reject with icmp type {how}"));
+        let mut agent = start(p);
+        let client = Peer::spawn(&t.client, &["connect", &addr(&t, p)]);
+        let cpid = client.pid as u64;
+        assert_eq!(client.wait(15 * SEC), vec![format!("errno={errno}")]);
+        if !capability("drop_reasons") {
+            tests::skip("without drop reasons an ICMP reject is not told from a refusal");
+            return;
+        }
+        let e = explained(&mut agent, p, "firewall_reject", 5 * SEC);
+        assert!(s(&e, "explanation").contains("ICMP"), "{e}");
+        assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+        if capability("errno") {
+            // The application's errno, not the soft error (0) reported before it.
+            assert_eq!(s(&e, "errno_name"), name, "{e}");
+        }
     }
-    let e = explained(&mut agent, 8107, "firewall_reject", 5 * SEC);
-    assert!(s(&e, "explanation").contains("ICMP"), "{e}");
 }
 
 #[test]
