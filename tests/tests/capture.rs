@@ -311,3 +311,129 @@ fn an_existing_file_is_refused_and_force_replaces_it_with_a_new_0600_file() {
     assert_eq!(std::fs::metadata(&other).unwrap().mode() & 0o7777, 0o644);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs rstrace as nobody (65534), without privileges; its stdout.
+fn as_nobody(args: &[&str], file: &Path) -> String {
+    let out = Command::new(rstrace_bin())
+        .args(args)
+        .arg(file)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rstrace {args:?} as nobody failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The offline commands, run without privileges on a capture recorded through sudo (so
+/// given to that user): explain, summary and export agree on a storm of refusals, and
+/// --since/--until select by time.
+#[test]
+fn summary_export_and_time_filters_work_offline_without_privileges() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let file = scratch("offline.rst");
+    let started = std::time::SystemTime::now();
+    let mut agent = Agent::start_env(
+        &["--addr", &t.server_ip, "--record", file.to_str().unwrap()],
+        &[("SUDO_UID", "65534"), ("SUDO_GID", "65534")],
+    );
+    let c = Peer::spawn(
+        &t.client,
+        &["connect", &format!("{}:8205", t.server_ip), "--count", "7"],
+    );
+    assert_eq!(c.wait(20 * SEC).len(), 7);
+    agent.wait_for("the refusals explained", 5 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == 8205
+    });
+    assert!(agent.stop().success());
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), 65534);
+
+    let explained = json_lines(&as_nobody(&["explain", "--json", "--port", "8205"], &file));
+    let total: u64 = explained
+        .iter()
+        .filter(|v| s(v, "kind") == "failure")
+        .map(|v| v["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 7, "explain: {explained:#?}");
+
+    let summary: Value =
+        serde_json::from_str(&as_nobody(&["summary", "--json", "--port", "8205"], &file))
+            .expect("summary --json");
+    assert_eq!(summary["failures"], 7, "{summary}");
+    assert_eq!(summary["by_cause"]["nothing_listening"], 7, "{summary}");
+    assert_eq!(
+        summary["by_port"]["8205"]["nothing_listening"], 7,
+        "{summary}"
+    );
+    let text = as_nobody(&["summary", "--port", "8205"], &file);
+    assert!(text.contains("nothing_listening"), "{text}");
+
+    let exported = json_lines(&as_nobody(&["export", "--port", "8205"], &file));
+    let kinds: BTreeSet<&str> = exported.iter().map(|v| s(v, "kind")).collect();
+    assert!(kinds.contains("rst_received"), "{kinds:?}");
+    assert!(
+        !kinds.contains("failure"),
+        "export prints records, not explanations"
+    );
+    assert_eq!(
+        exported
+            .iter()
+            .filter(|v| s(v, "kind") == "rst_received")
+            .count(),
+        7
+    );
+
+    // The recording lies between `started` and now (RFC 3339, UTC).
+    let rfc3339 = |t: std::time::SystemTime| {
+        // Civil date from days since the epoch (Howard Hinnant's algorithm).
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    };
+    let before = rfc3339(started - Duration::from_secs(60));
+    let after = rfc3339(std::time::SystemTime::now() + Duration::from_secs(60));
+    let count = |args: &[&str]| -> usize {
+        json_lines(&as_nobody(args, &file))
+            .iter()
+            .filter(|v| s(v, "kind") == "failure")
+            .count()
+    };
+    assert!(count(&["explain", "--json", "--port", "8205", "--since", &before]) > 0);
+    assert!(count(&["explain", "--json", "--port", "8205", "--until", &after]) > 0);
+    assert_eq!(
+        count(&["explain", "--json", "--port", "8205", "--since", &after]),
+        0
+    );
+    assert_eq!(
+        count(&["explain", "--json", "--port", "8205", "--until", &before]),
+        0
+    );
+    let _ = std::fs::remove_file(&file);
+}
