@@ -362,3 +362,32 @@ fn syns_dropped_on_their_way_out_name_the_client() {
         .unwrap_or_else(|| panic!("no drop: {}", dump(&records)));
     assert_eq!(owner_pid(drop), Some(cpid), "{drop}");
 }
+
+/// Namespaces that appear after the agent started (containers started during an
+/// incident): their addresses and listeners are learnt in time to explain the first
+/// failure in them.
+#[test]
+fn a_namespace_that_appears_after_the_agent_is_explained_like_the_others() {
+    if !require_root() {
+        return;
+    }
+    let p = 8309;
+    let mut agent = Agent::start(&["--port", &p.to_string()]);
+    let t = Topology::new();
+    let mut lo = Peer::spawn(&t.server, &["listen", &format!("127.0.0.1:{p}")]);
+    lo.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.client, &["connect", &format!("{}:{p}", t.server_ip)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    agent.wait_for("the refusal's explanation", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p
+    });
+    agent.stop();
+    let all = failures(&agent.records(), p);
+    assert_eq!(all.len(), 1, "{}", dump(&all));
+    let e = &all[0];
+    assert_eq!(s(e, "cause"), "listener_other_address", "{e}");
+    assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(e, "culprit"), Some(lo.pid as u64), "{e}");
+    assert_eq!(e["server_netns"], t.server.inode, "{e}");
+}
