@@ -316,6 +316,11 @@ fn no_route_and_prohibit_route_fail_before_any_packet() {
     let e = explained(&mut agent, 8110, "no_route", 2 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(e["netns"], t.client.inode);
+    let ce = agent.wait_for("the connect_error record", SEC, |v| {
+        s(v, "kind") == "connect_error" && port(s(v, "dst")) == 8110
+    });
+    assert_eq!(tests::owner_pid(&ce), Some(cpid), "{ce}");
+    assert_eq!(ce["errno"], 101, "{ce}");
     let mut agent = start(8111);
     let client = Peer::spawn(&t.client, &["connect", "203.0.113.5:8111"]);
     assert_eq!(client.wait(5 * SEC), vec!["errno=13"]);
@@ -590,6 +595,11 @@ fn syn_queue_overflow_is_reported_for_the_namespace() {
     });
     assert_eq!(e["server_netns"], t.server.inode, "{e}");
     assert!(s(&e, "fix").contains("tcp_syncookies"), "{e}");
+    // The listener retransmits the SYN-ACKs the client never answers: its own.
+    let sa = agent.wait_for("a SYN-ACK retransmit", 10 * SEC * time_scale(), |v| {
+        s(v, "kind") == "synack_retransmit" && port(s(v, "src")) == 8120
+    });
+    assert_eq!(tests::owner_pid(&sa), Some(server.pid as u64), "{sa}");
 }
 
 #[test]

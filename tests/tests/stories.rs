@@ -391,3 +391,33 @@ fn a_namespace_that_appears_after_the_agent_is_explained_like_the_others() {
     assert_eq!(pid_of(e, "culprit"), Some(lo.pid as u64), "{e}");
     assert_eq!(e["server_netns"], t.server.inode, "{e}");
 }
+
+/// The context records: a namespace's addresses, and the exit of a process that owned
+/// a listener (what "service restarting" rests on), as `watch --events` prints them.
+#[test]
+fn context_records_give_namespace_addresses_and_listener_owners_exits() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let mut agent = Agent::start(&[]);
+    let mut server = Peer::spawn(&t.server, &["listen", &format!("{}:8310", t.server_ip)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let spid = server.pid as u64;
+    drop(server); // SIGKILL: its listener closes as it exits.
+    let exit = agent.wait_for("the listener owner's exit", 10 * SEC, |v| {
+        s(v, "kind") == "process_exit" && owner_pid(v) == Some(spid)
+    });
+    assert!(exit.get("mono_ns").is_some(), "{exit}");
+    let a = agent.wait_for("the server namespace's addresses", 10 * SEC, |v| {
+        s(v, "kind") == "addresses" && v["netns"] == t.server.inode
+    });
+    let addrs: Vec<&str> = a["addrs"]
+        .as_array()
+        .expect("addrs")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(addrs.contains(&t.server_ip.as_str()), "{a}");
+    agent.stop();
+}
