@@ -421,3 +421,60 @@ fn context_records_give_namespace_addresses_and_listener_owners_exits() {
     assert!(addrs.contains(&t.server_ip.as_str()), "{a}");
     agent.stop();
 }
+
+/// A socket whose owner the kernel hooks never saw (made before the agent, with the
+/// start-up scan off so that only the on-demand lookup can find it): its SYN
+/// retransmits carry no owner, and the owner is looked up in /proc while the socket
+/// still exists, so that the timeout names the client.
+#[test]
+fn an_unknown_sockets_owner_is_looked_up_while_it_exists() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8311;
+    t.server.nft_input(&format!("tcp dport {p} drop"));
+    // 4 SYN retries: about 15 s of retransmits, most of them after the agent started.
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &format!("{}:{p}", t.server_ip), "--syncnt", "4"],
+    );
+    let cpid = client.pid as u64;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut agent = Agent::start_env(
+        &["--port", &p.to_string()],
+        &[("RSTRACE_NO_STARTUP_SOCKETS", "1")],
+    );
+    assert_eq!(client.wait(40 * SEC), vec!["errno=110"]);
+    agent.wait_for("the timeout's explanation", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p
+    });
+    agent.stop();
+    let records = agent.records();
+    let retransmits: Vec<&Value> = records
+        .iter()
+        .filter(|v| s(v, "kind") == "syn_retransmit" && port(s(v, "dst")) == p)
+        .collect();
+    assert!(!retransmits.is_empty(), "{}", dump(&records));
+    // The kernel did not know it; once looked up, later events carry it from /proc.
+    assert_eq!(
+        owner_pid(retransmits[0]),
+        None,
+        "the kernel knew the owner after all: the test proves nothing\n{}",
+        dump(&records)
+    );
+    for v in &retransmits[1..] {
+        if owner_pid(v).is_some() {
+            assert_eq!(owner_pid(v), Some(cpid), "{v}");
+            assert_eq!(s(v, "owner_source"), "proc", "{v}");
+        }
+    }
+    let found = records
+        .iter()
+        .find(|v| s(v, "kind") == "socket" && port(s(v, "dst")) == p)
+        .unwrap_or_else(|| panic!("no socket record from a lookup:\n{}", dump(&records)));
+    assert_eq!(owner_pid(found), Some(cpid), "{found}");
+    let all = failures(&records, p);
+    assert_eq!(all.len(), 1, "{}", dump(&all));
+    assert_eq!(pid_of(&all[0], "process"), Some(cpid), "{}", all[0]);
+}

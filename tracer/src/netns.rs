@@ -210,18 +210,64 @@ pub fn dump_connected(max: usize) -> Result<Vec<Connected>> {
         .collect())
 }
 
+/// The connected TCP socket of the current namespace with this 4-tuple, if any (one
+/// exact sock_diag request, not a dump).
+pub fn lookup_connected(src: SocketAddr, dst: SocketAddr) -> Result<Option<Connected>> {
+    let family = if src.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut id = if src.is_ipv4() {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    id.source_address = src.ip();
+    id.source_port = src.port();
+    id.destination_address = dst.ip();
+    id.destination_port = dst.port();
+    // INET_DIAG_NOCOOKIE: any socket with that 4-tuple.
+    id.cookie = [0xff; 8];
+    let found = query(family, StateFlags::all(), Some(id), 1)?;
+    Ok(found.into_iter().find(|h| h.inode != 0).map(|h| Connected {
+        src,
+        dst,
+        state: h.state,
+        inode: h.inode,
+    }))
+}
+
 /// TCP sockets of the current namespace in `states`, both families, up to `max`.
 fn dump(
     states: StateFlags,
+    max: usize,
+) -> Result<Vec<netlink_packet_sock_diag::inet::InetResponseHeader>> {
+    let mut out = query(AF_INET, states, None, max)?;
+    out.extend(query(
+        AF_INET6,
+        states,
+        None,
+        max.saturating_sub(out.len()),
+    )?);
+    Ok(out)
+}
+
+/// One sock_diag request: a dump of `family`'s sockets in `states`, or with `exact`
+/// the one socket of that id (the kernel answers ENOENT when there is none).
+fn query(
+    family: u8,
+    states: StateFlags,
+    exact: Option<SocketId>,
     max: usize,
 ) -> Result<Vec<netlink_packet_sock_diag::inet::InetResponseHeader>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto()?;
     socket.connect(&NlAddr::new(0, 0))?;
     let mut out = Vec::new();
-    for family in [AF_INET, AF_INET6] {
+    {
         let mut hdr = NetlinkHeader::default();
-        hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        hdr.flags = if exact.is_some() {
+            NLM_F_REQUEST
+        } else {
+            NLM_F_REQUEST | NLM_F_DUMP
+        };
         let mut packet = NetlinkMessage::new(
             hdr,
             SockDiagMessage::InetRequest(InetRequest {
@@ -229,11 +275,13 @@ fn dump(
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::empty(),
                 states,
-                socket_id: if family == AF_INET {
-                    SocketId::new_v4()
-                } else {
-                    SocketId::new_v6()
-                },
+                socket_id: exact.clone().unwrap_or_else(|| {
+                    if family == AF_INET {
+                        SocketId::new_v4()
+                    } else {
+                        SocketId::new_v6()
+                    }
+                }),
             })
             .into(),
         );
@@ -243,7 +291,8 @@ fn dump(
         socket.send(&buf, 0)?;
         let mut rx = vec![0u8; 64 * 1024];
         // The dump is read to its end even past `max`, so that the next request on
-        // this socket does not read the rest of this one.
+        // this socket does not read the rest of this one. An exact request gets one
+        // answer: the socket, or an error (ENOENT: none).
         'recv: loop {
             let n = socket.recv(&mut &mut rx[..], 0)?;
             let mut off = 0;
@@ -252,12 +301,16 @@ fn dump(
                     .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
                 let len = msg.header.length as usize;
                 match msg.payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
-                        if out.len() < max =>
-                    {
-                        out.push(r.header);
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        if out.len() < max {
+                            out.push(r.header);
+                        }
+                        if exact.is_some() {
+                            break 'recv;
+                        }
                     }
                     NetlinkPayload::Done(_) => break 'recv,
+                    NetlinkPayload::Error(_) if exact.is_some() => break 'recv,
                     NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
                     _ => {}
                 }
@@ -396,6 +449,12 @@ pub enum Observation {
     },
     /// Every namespace present at start-up was described.
     Started,
+    /// Owners of sockets looked up on demand (their events had none).
+    Sockets {
+        netns: u32,
+        at_ns: u64,
+        sockets: OwnedSockets,
+    },
 }
 
 /// Addresses and owned listeners of one namespace, and its owned connected sockets
@@ -446,6 +505,7 @@ pub fn run_monitor(
     interval: Duration,
     stop: Arc<AtomicBool>,
     rescan: Arc<AtomicBool>,
+    lookups: std::sync::mpsc::Receiver<Lookup>,
     mut report: impl FnMut(Observation) -> bool,
 ) {
     let mut namespaces: HashMap<u32, NetnsRef> = HashMap::new();
@@ -454,6 +514,8 @@ pub fn run_monitor(
     let mut last_full: Option<Instant> = None;
     let mut prev: HashMap<u32, TcpCounters> = HashMap::new();
     let mut started = false;
+    // Diagnostics (and the tests of the on-demand lookups): no start-up socket scan.
+    let startup_sockets = std::env::var(NO_STARTUP_SOCKETS_ENV).map_or(true, |v| v != "1");
     while !stop.load(Ordering::Relaxed) {
         let forced = rescan.swap(false, Ordering::Relaxed);
         if forced || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
@@ -471,7 +533,7 @@ pub fn run_monitor(
                 }
                 let at_ns = crate::decode::Clock::now().mono_ns;
                 let new = !described.contains_key(&netns);
-                match describe(ns, new) {
+                match describe(ns, new && startup_sockets) {
                     Ok((addrs, listeners, sockets)) => {
                         let changed = described.get(&netns) != Some(&addrs);
                         described.insert(netns, addrs.clone());
@@ -558,15 +620,74 @@ pub fn run_monitor(
                 return;
             }
         }
-        // Sleep in short steps so that a rescan request is served promptly.
+        // Sleep in short steps so that a rescan request or a lookup is served promptly.
         let until = Instant::now() + interval;
         while Instant::now() < until
             && !stop.load(Ordering::Relaxed)
             && !rescan.load(Ordering::Relaxed)
         {
+            let batch: Vec<Lookup> = lookups.try_iter().take(MAX_LOOKUPS).collect();
+            if !batch.is_empty() {
+                for o in look_up(&namespaces, batch) {
+                    if !report(o) {
+                        return;
+                    }
+                }
+            }
             thread::sleep(Duration::from_millis(10).min(interval));
         }
     }
+}
+
+/// A socket whose owner the kernel did not know: (netns, local end, remote end).
+pub type Lookup = (u32, SocketAddr, SocketAddr);
+
+/// Set to 1, the connected sockets already there are not read (their owners are then
+/// looked up on demand only).
+pub const NO_STARTUP_SOCKETS_ENV: &str = "RSTRACE_NO_STARTUP_SOCKETS";
+
+/// Lookups served in one walk of /proc.
+const MAX_LOOKUPS: usize = 256;
+
+/// The owners of the sockets asked about that still exist, one namespace's at a time.
+fn look_up(namespaces: &HashMap<u32, NetnsRef>, batch: Vec<Lookup>) -> Vec<Observation> {
+    let mut by_ns: HashMap<u32, Vec<(SocketAddr, SocketAddr)>> = HashMap::new();
+    for (ns, s, d) in batch {
+        by_ns.entry(ns).or_default().push((s, d));
+    }
+    let mut found: Vec<(u32, Connected)> = Vec::new();
+    for (netns, tuples) in by_ns {
+        let Some(ns) = namespaces.get(&netns) else {
+            continue;
+        };
+        let at = in_netns(&ns.path, move || {
+            Ok(tuples
+                .into_iter()
+                .filter_map(|(s, d)| lookup_connected(s, d).ok().flatten())
+                .collect::<Vec<_>>())
+        });
+        match at {
+            Ok(v) => found.extend(v.into_iter().map(|c| (netns, c))),
+            Err(e) => log::debug!("looking up sockets in netns {netns}: {e:#}"),
+        }
+    }
+    let inodes: Vec<u32> = found.iter().map(|(_, c)| c.inode).collect();
+    let owners = socket_owners(&inodes);
+    let at_ns = crate::decode::Clock::now().mono_ns;
+    let mut per_ns: HashMap<u32, OwnedSockets> = HashMap::new();
+    for (netns, c) in found {
+        if let Some(o) = owners.get(&c.inode) {
+            per_ns.entry(netns).or_default().push((c, o.clone()));
+        }
+    }
+    per_ns
+        .into_iter()
+        .map(|(netns, sockets)| Observation::Sockets {
+            netns,
+            at_ns,
+            sockets,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -29,7 +29,17 @@ pub struct Pipeline<W: io::Write> {
     explained: Vec<Explanation>,
     /// Listener owners to check for exit, and when.
     exits: Vec<(Proc, u64)>,
+    /// Live: where to ask for the owner of a socket the kernel did not know (answered
+    /// with `socket` context records, so that a replay sees the same).
+    pub lookups: Option<std::sync::mpsc::SyncSender<crate::netns::Lookup>>,
+    /// Sockets already asked about, and when (bounded).
+    asked: crate::FastMap<crate::netns::Lookup, u64>,
 }
+
+/// A socket is asked about once in this long.
+const ASK_AGAIN_NS: u64 = 10_000_000_000;
+/// At most this many sockets are remembered as asked about.
+const MAX_ASKED: usize = 4096;
 
 /// How long after its listener closed a process is checked for having exited.
 const EXIT_CHECK_NS: u64 = 200_000_000;
@@ -48,6 +58,8 @@ impl<W: io::Write> Pipeline<W> {
             clock,
             explained: Vec::new(),
             exits: Vec::new(),
+            lookups: None,
+            asked: crate::FastMap::default(),
         }
     }
 
@@ -58,6 +70,7 @@ impl<W: io::Write> Pipeline<W> {
         if !self.enricher.process(&mut r, &self.engine.host) {
             return Ok(());
         }
+        self.ask_owner(&r);
         if self.live
             && r.kind == Kind::State
             && r.old_state == Some("LISTEN")
@@ -75,6 +88,44 @@ impl<W: io::Write> Pipeline<W> {
         }
         self.engine.push(r, &mut self.explained);
         self.drain()
+    }
+
+    /// Asks for the owner of a local socket's event that has none (a socket the kernel
+    /// hooks did not see made: its ownership entry evicted, or passed from another
+    /// process), while the socket may still exist.
+    fn ask_owner(&mut self, r: &Record) {
+        let Some(tx) = &self.lookups else { return };
+        if r.owner.is_some()
+            || r.sock.is_none()
+            || !matches!(
+                r.kind,
+                Kind::RstSent | Kind::RstReceived | Kind::SynRetransmit | Kind::State
+            )
+            || r.old_state == Some("LISTEN")
+            || r.new_state == Some("LISTEN")
+        {
+            return;
+        }
+        let (Some(ns), Some(s), Some(d)) = (r.netns, r.src, r.dst) else {
+            return;
+        };
+        if s.port() == 0 || d.port() == 0 {
+            return;
+        }
+        let key = (ns, s, d);
+        if self
+            .asked
+            .get(&key)
+            .is_some_and(|&t| r.mono_ns < t + ASK_AGAIN_NS)
+        {
+            return;
+        }
+        if self.asked.len() >= MAX_ASKED {
+            self.asked.clear();
+        }
+        self.asked.insert(key, r.mono_ns);
+        // A full queue (a storm of unknown sockets) drops the question, not the event.
+        let _ = tx.try_send(key);
     }
 
     pub fn advance(&mut self, now: u64) -> io::Result<()> {

@@ -155,7 +155,18 @@ pub fn namespace_records(
         r.owner = owner;
         out.push(r);
     }
-    for (c, owner) in sockets {
+    out.extend(socket_records(netns, now, sockets, clock));
+    out
+}
+
+/// Context records for connected sockets and the processes holding them.
+fn socket_records(
+    netns: u32,
+    now: u64,
+    sockets: netns::OwnedSockets,
+    clock: &Clock,
+) -> impl Iterator<Item = Record> + '_ {
+    sockets.into_iter().map(move |(c, owner)| {
         let mut r = Record::new(Kind::Socket, now, clock.format(now));
         r.netns = Some(netns);
         r.src = Some(c.src);
@@ -163,9 +174,8 @@ pub fn namespace_records(
         r.state = Some(crate::record::tcp_state_name(c.state as i32));
         r.owner = Some(owner);
         r.owner_source = Some("proc");
-        out.push(r);
-    }
-    out
+        r
+    })
 }
 
 fn on_observation<W: io::Write>(
@@ -188,6 +198,11 @@ fn on_observation<W: io::Write>(
                 .into_iter()
                 .try_for_each(|r| pipe.push(r))
         }
+        Observation::Sockets {
+            netns,
+            at_ns,
+            sockets,
+        } => socket_records(netns, at_ns, sockets, clock).try_for_each(|r| pipe.push(r)),
         Observation::Started => Ok(()),
     }
 }
@@ -310,11 +325,16 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let rescan = Arc::new(AtomicBool::new(false));
     let (otx, mut orx) = mpsc::channel::<Observation>(1024);
+    // Owners the kernel did not know, looked up in /proc by the monitor thread.
+    let (lookup_tx, lookup_rx) = std::sync::mpsc::sync_channel(1024);
+    pipe.lookups = Some(lookup_tx);
     let monitor = {
         let (stop, rescan) = (stop.clone(), rescan.clone());
         let interval = cfg.overflow_interval;
         std::thread::spawn(move || {
-            netns::run_monitor(interval, stop, rescan, |o| otx.blocking_send(o).is_ok())
+            netns::run_monitor(interval, stop, rescan, lookup_rx, |o| {
+                otx.blocking_send(o).is_ok()
+            })
         })
     };
     // The context of the sockets and listeners already there goes first: the events

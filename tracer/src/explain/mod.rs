@@ -420,9 +420,27 @@ impl Engine {
             .or_else(|| self.host.netns_of(s.server()?.ip(), s.client_netns()))
     }
 
-    /// The server's namespace is unknown although its address might be on this host.
+    /// The server's namespace is unknown although its address might be on this host,
+    /// or a local socket's owner is unknown (live, it is being looked up in /proc).
     fn needs_context(&self, s: &Story) -> bool {
-        s.connect_error().is_none() && s.server().is_some() && self.server_netns(s).is_none()
+        (s.connect_error().is_none() && s.server().is_some() && self.server_netns(s).is_none())
+            || s.evidence.iter().any(|r| {
+                r.owner.is_none()
+                    && r.sock.is_some()
+                    && self.owner_of(r).is_none()
+                    && matches!(
+                        r.kind,
+                        Kind::RstSent | Kind::RstReceived | Kind::SynRetransmit | Kind::State
+                    )
+                    && r.old_state != Some("LISTEN")
+                    && r.new_state != Some("LISTEN")
+            })
+    }
+
+    /// The owner the host model learnt since for the socket of `r` (a `socket` context
+    /// record that came after it).
+    fn owner_of(&self, r: &Record) -> Option<&Proc> {
+        self.host.existing_owner(r.netns?, r.src?, r.dst?)
     }
 
     fn explain(&self, s: &Story) -> Explanation {
@@ -447,7 +465,14 @@ impl Engine {
                 s.errno_record().and_then(|r| r.dst).or(Some(s.key.1)),
             ),
         };
-        let victim = s.victim().cloned();
+        let victim = s.victim().cloned().or_else(|| {
+            let end = s.failed_end()?;
+            s.evidence
+                .iter()
+                .filter(|r| r.src == Some(end))
+                .find_map(|r| self.owner_of(r))
+                .cloned()
+        });
         let who = match &victim {
             Some(p) => format!("{}[{}]", p.comm, p.pid),
             None => src.map_or("?".into(), |a| a.to_string()),

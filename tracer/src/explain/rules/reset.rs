@@ -30,7 +30,11 @@ impl Rule for ApplicationReset {
 
     fn check(&self, c: &Ctx) -> Option<Finding> {
         let rst = app_rst(c)?;
-        let owner = rst.owner.clone();
+        let owner = rst.owner.clone().or_else(|| {
+            c.host
+                .existing_owner(rst.netns?, rst.src?, rst.dst?)
+                .cloned()
+        });
         let (cause, reason, fix) = match rst.reason.as_deref() {
             Some("TCP_ABORT_ON_CLOSE") => (
                 "reset_unread_data",
