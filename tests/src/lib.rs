@@ -727,6 +727,25 @@ impl Drop for Daemon {
     }
 }
 
+/// Sends SIGKILL to a process the test started when dropped (on panic too), unless
+/// it has exited and been reaped by then.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // A reaped pid may be another process's: only a child still alive (or a
+        // zombie) of ours is signalled.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(std::process::id()) {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Polls `f` until it is true, for at most `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

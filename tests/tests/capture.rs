@@ -144,7 +144,7 @@ fn a_recording_killed_with_sigkill_still_explains() {
     c.wait(10 * SEC);
     agent.wait_for("live explanation", 5 * SEC, |v| s(v, "kind") == "failure");
     // Chunks reach the disk within a second.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500) * tests::time_scale());
     agent.signal(libc::SIGKILL);
     let replay = explain(&file, &t.server_ip);
     let e = replay

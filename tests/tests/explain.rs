@@ -149,7 +149,7 @@ fn service_restart_names_the_process_that_exited() {
     server.wait_line(5 * SEC, |l| l == "ready");
     let spid = server.pid as u64;
     drop(server); // SIGKILL: the listener closes as the process exits.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(600) * time_scale());
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8104)]);
     assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
     let e = explained(&mut agent, 8104, "service_restarting", 5 * SEC);

@@ -387,6 +387,8 @@ fn text_output_explains_with_the_owning_process_and_fix() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Stopped by pid if the test panics before it does.
+    let _stop = tests::KillOnDrop(child.id());
     let mut err = BufReader::new(child.stderr.take().unwrap());
     // Warnings about hooks this kernel lacks (5.10: kfree_skb) come first.
     let mut warnings = Vec::new();
