@@ -206,7 +206,9 @@ impl Story {
         };
         match (death.old_state, self.rst_received().is_some()) {
             (Some("SYN_SENT"), true) => Some(ECONNREFUSED),
-            (Some("SYN_SENT"), false) if by_kernel && self.syn_retransmits() > 0 => Some(ETIMEDOUT),
+            // Given up by the kernel's timer: retransmitted, or (SYNs dropped on their
+            // way out, which no retransmit event reports) not even sent.
+            (Some("SYN_SENT"), false) if by_kernel => Some(ETIMEDOUT),
             (Some("ESTABLISHED" | "CLOSE_WAIT"), true) => Some(libc::ECONNRESET),
             // A kernel-initiated death of an established socket, with no RST either
             // way, is a timeout (retransmissions, zero-window probes, user timeout).

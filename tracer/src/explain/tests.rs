@@ -708,6 +708,16 @@ fn kernels_without_errno_events_are_explained_from_how_the_socket_died() {
     assert_eq!(causes(&out), vec!["syn_unanswered"], "{out:#?}");
     assert_eq!(out[0].outcome, "timed out");
     assert_eq!(out[0].errno_name, Some("ETIMEDOUT"));
+    // SYNs dropped on their way out are never retransmitted as far as the events
+    // say: the kernel's timer still gave the connect up.
+    let out = run(|e, o| {
+        let mut d = died(7_000, "SYN_SENT", 0);
+        d.dst = Some("192.0.2.9:8080".parse().unwrap());
+        e.push(d, o);
+    });
+    assert_eq!(causes(&out), vec!["syn_unanswered"], "{out:#?}");
+    assert_eq!(out[0].errno_name, Some("ETIMEDOUT"));
+    assert!(out[0].errno_inferred);
 }
 
 #[test]
