@@ -25,6 +25,7 @@ mod netns;
 mod pipeline;
 mod private_file;
 mod privileges;
+mod probe;
 mod probes;
 mod record;
 mod sink;
@@ -83,6 +84,15 @@ enum Command {
         #[arg(long, default_value = "fuzz-crashes")]
         crashes: PathBuf,
     },
+    /// Run the connection runbook against HOST:PORT and explain the result: resolve,
+    /// connect with the kernel evidence attached, trace the path when SYNs go
+    /// unanswered, list the firewall rules and listeners for the port.
+    ///
+    /// Exit codes: 0 reachable, 2 refused, 3 timed out, 4 unresolvable, 5 unreachable
+    /// (no route, host or network unreachable, other connect failures), 1 usage or
+    /// internal error. With --count, 0 only when every run reached the target, else
+    /// the code of the last failed run.
+    Probe(ProbeArgs),
     /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
     Doctor {
         /// Machine-readable report.
@@ -149,6 +159,59 @@ struct WatchArgs {
     stats: Option<PathBuf>,
     #[command(flatten)]
     capture: CaptureArgs,
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// HOST:PORT, [IPv6]:PORT or NAME:PORT.
+    #[arg(value_name = "TARGET")]
+    target: probe::Target,
+    /// Probe from inside this named network namespace (as `ip netns exec NAME`,
+    /// including its /etc/netns/NAME/hosts).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// One JSON object per run (and a summary with --count); schema: docs/events.md.
+    #[arg(long)]
+    json: bool,
+    /// Seconds a connect may take (SYN retransmits are capped to fit), 1 to 120.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    timeout: f64,
+    /// Probe this many times and summarise (like a blackbox probe).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: u32,
+    /// Seconds between runs with --count.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    interval: f64,
+    /// Most hops the path trace tries.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_hops: u32,
+}
+
+impl ProbeArgs {
+    fn config(self, verbose: bool) -> Result<probe::ProbeConfig> {
+        if !(1.0..=120.0).contains(&self.timeout) {
+            bail!("--timeout must be between 1 and 120 seconds");
+        }
+        if !(0.0..=3600.0).contains(&self.interval) {
+            bail!("--interval must be between 0 and 3600 seconds");
+        }
+        if !(1..=100_000).contains(&self.count) {
+            bail!("--count must be between 1 and 100000");
+        }
+        if !(1..=64).contains(&self.max_hops) {
+            bail!("--max-hops must be between 1 and 64");
+        }
+        Ok(probe::ProbeConfig {
+            target: self.target,
+            netns: self.netns,
+            json: self.json,
+            verbose,
+            timeout: Duration::from_secs_f64(self.timeout),
+            count: self.count,
+            interval: Duration::from_secs_f64(self.interval),
+            max_hops: self.max_hops,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -274,8 +337,17 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs the command; its exit code.
+fn run(cli: Cli) -> Result<u8> {
+    if let Command::Probe(a) = cli.command {
+        return probe::run(a.config(cli.verbose > 0)?);
+    }
+    run_other(cli).map(|()| 0)
+}
+
+fn run_other(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Probe(_) => unreachable!("handled by run"),
         Command::Watch(a) => {
             let mut cfg: watch::WatchConfig = a.try_into()?;
             cfg.verbose = cli.verbose > 0;
@@ -320,7 +392,7 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             if e.chain().any(|c| {
                 c.downcast_ref::<io::Error>()

@@ -178,7 +178,7 @@ fn socket_records(
     })
 }
 
-fn on_observation<W: io::Write>(
+pub(crate) fn on_observation<W: io::Write>(
     o: Observation,
     pipe: &mut Pipeline<W>,
     listener_map: &mut aya::maps::HashMap<aya::maps::MapData, ListenKey, ListenOwner>,
