@@ -173,7 +173,8 @@ struct ProbeArgs {
     /// One JSON object per run (and a summary with --count); schema: docs/events.md.
     #[arg(long)]
     json: bool,
-    /// Seconds a connect may take (SYN retransmits are capped to fit), 1 to 120.
+    /// Seconds the probe may take, start-up and resolution included (the connect
+    /// gets what is left, at least 1 s; SYN retransmits are capped to fit), 1 to 120.
     #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
     timeout: f64,
     /// Probe this many times and summarise (like a blackbox probe).
@@ -210,6 +211,7 @@ impl ProbeArgs {
             count: self.count,
             interval: Duration::from_secs_f64(self.interval),
             max_hops: self.max_hops,
+            started: std::time::Instant::now(),
         })
     }
 }

@@ -155,6 +155,9 @@ pub struct Engine {
     bursts: FastMap<(&'static str, u16, u32), Burst>,
     wants_context: bool,
     clock: Option<crate::decode::Clock>,
+    /// Collapse bursts of a cause into a count (off for `probe`, which needs the
+    /// explanation of each of its own connections, among its path-trace SYNs').
+    pub collapse: bool,
 }
 
 impl Default for Engine {
@@ -168,6 +171,7 @@ impl Default for Engine {
             bursts: FastMap::default(),
             wants_context: false,
             clock: None,
+            collapse: true,
         }
     }
 }
@@ -393,6 +397,10 @@ impl Engine {
     /// `explain` and `overflow` leave both empty.
     #[must_use]
     fn emit(&mut self, mut e: Explanation, out: &mut Vec<Explanation>) -> Option<Explanation> {
+        if !self.collapse {
+            e.time = self.time(e.mono_ns);
+            return Some(e);
+        }
         let key = e.collapse_key();
         if let Some(b) = self.bursts.get_mut(&key) {
             if e.mono_ns <= b.until {

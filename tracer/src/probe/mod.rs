@@ -64,6 +64,9 @@ pub struct ProbeConfig {
     pub count: u32,
     pub interval: Duration,
     pub max_hops: u32,
+    /// When the probe started: the timeout bounds the whole probe (loading the
+    /// programs and resolving included), not only the connect.
+    pub started: Instant,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +154,7 @@ impl Tracer {
         );
         pipe.live = true;
         pipe.collected = Some(Vec::new());
+        pipe.engine.collapse = false;
         let stop = Arc::new(AtomicBool::new(false));
         let rescan = Arc::new(AtomicBool::new(false));
         let (tx, observations) = mpsc::sync_channel(1024);
@@ -225,15 +229,35 @@ impl Tracer {
         let _ = self.pipe.finish();
         let all = self.pipe.collected.replace(Vec::new()).unwrap_or_default();
         let me = std::process::id();
-        all.into_iter()
+        for e in &all {
+            log::debug!(
+                "explained: {} {:?} -> {:?}: {}",
+                e.cause,
+                e.src,
+                e.dst,
+                e.explanation
+            );
+        }
+        let port = a.dst.port();
+        let mut out: Vec<Explanation> = all
+            .iter()
             .filter(|e| {
                 let ours = e.src.is_some_and(|s| s.port() == a.src_port)
                     || (a.immediate && e.process.as_ref().is_some_and(|p| p.pid == me));
-                let overflow =
-                    e.outcome == "overflow" && e.dst.is_some_and(|d| d.port() == a.dst.port());
-                (ours && e.dst.map(|d| d.port()) == Some(a.dst.port())) || overflow
+                ours && e.outcome != "overflow" && e.dst.map(|d| d.port()) == Some(port)
             })
-            .collect()
+            .cloned()
+            .collect();
+        // The listener's latest overflow report (one per counter poll while the
+        // queue stays full: the last says it all).
+        if let Some(o) = all
+            .into_iter()
+            .rev()
+            .find(|e| e.outcome == "overflow" && e.dst.is_some_and(|d| d.port() == port))
+        {
+            out.push(o);
+        }
+        out
     }
 
     /// Namespaces where the kernel dropped evidence of `e` (firewall drops).
@@ -253,12 +277,10 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
+        // The monitor stops at its next check; it is not waited for (it may be
+        // half-way through reading every namespace), so the probe's exit is not late.
         self.stop.store(true, Ordering::Relaxed);
-        // Unblock a monitor waiting to send.
-        while self.observations.try_recv().is_ok() {}
-        if let Some(m) = self.monitor.take() {
-            let _ = m.join();
-        }
+        drop(self.monitor.take());
     }
 }
 
@@ -360,7 +382,7 @@ pub fn run(cfg: ProbeConfig) -> Result<u8> {
     } else {
         base_missing.push(
             "kernel evidence (eBPF programs need root, or CAP_BPF and CAP_PERFMON): the \
-             verdict rests on the errno alone"
+             verdict rests on the errno and the listener table"
                 .to_string(),
         );
         None
@@ -378,10 +400,20 @@ pub fn run(cfg: ProbeConfig) -> Result<u8> {
     let mut stdout = io::stdout().lock();
     let mut runs = Vec::new();
     for i in 0..cfg.count.max(1) {
-        if i > 0 {
+        let run_start = if i > 0 {
             thread::sleep(cfg.interval);
-        }
-        let report = probe_once(&cfg, tracer.as_mut(), &base_missing, &hosts_label, root);
+            Instant::now()
+        } else {
+            cfg.started
+        };
+        let report = probe_once(
+            &cfg,
+            run_start,
+            tracer.as_mut(),
+            &base_missing,
+            &hosts_label,
+            root,
+        );
         if cfg.json {
             serde_json::to_writer(&mut stdout, &report)?;
             writeln!(stdout)?;
@@ -409,12 +441,12 @@ pub fn run(cfg: ProbeConfig) -> Result<u8> {
 
 fn probe_once(
     cfg: &ProbeConfig,
+    started: Instant,
     mut tracer: Option<&mut Tracer>,
     base_missing: &[String],
     hosts_label: &str,
     root: bool,
 ) -> Report {
-    let started = Instant::now();
     let time = Clock::now().format(Clock::now().mono_ns);
     let mut missing = base_missing.to_vec();
     let mut report = Report {
@@ -440,7 +472,13 @@ fn probe_once(
         missing: Vec::new(),
         elapsed_ms: 0,
     };
-    match resolve::resolve(&cfg.target) {
+    // What is left of the timeout, keeping time to explain and report.
+    let left = || {
+        cfg.timeout
+            .saturating_sub(started.elapsed() + Duration::from_millis(250))
+            .max(Duration::from_secs(1))
+    };
+    match resolve::resolve(&cfg.target, left()) {
         Ok(r) => report.resolution = r,
         Err(e) => {
             report.verdict.explanation = format!("{} does not resolve: {e:#}", cfg.target.host);
@@ -465,8 +503,8 @@ fn probe_once(
         let attempt = {
             let tr = &mut tracer;
             let path_thread = &mut path_thread;
-            let (timeout, hops) = (cfg.timeout, cfg.max_hops);
-            net::connect(dst, cfg.timeout, |waited| {
+            let (timeout, hops) = (left(), cfg.max_hops);
+            net::connect(dst, timeout, |waited| {
                 if let Some(t) = tr.as_deref_mut() {
                     t.pump();
                 }

@@ -5,7 +5,7 @@
 use std::{
     fs,
     net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Result};
@@ -117,9 +117,29 @@ pub fn hosts_entries(text: &str, name: &str) -> Vec<(IpAddr, usize)> {
     out
 }
 
-/// Resolves `t` twice (answers that change between lookups are worth a warning:
-/// round-robin records, or a record being changed) and attributes each answer.
-pub fn resolve(t: &Target) -> Result<Resolution> {
+/// getaddrinfo in a thread, so that it can be given up (the resolver's own timeouts
+/// can be many seconds; a probe must end within its own).
+fn lookup(t: &Target) -> std::sync::mpsc::Receiver<Result<Vec<IpAddr>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = t.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(getaddrinfo(&t));
+    });
+    rx
+}
+
+fn wait(
+    rx: &std::sync::mpsc::Receiver<Result<Vec<IpAddr>>>,
+    deadline: Instant,
+) -> Option<Result<Vec<IpAddr>>> {
+    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .ok()
+}
+
+/// Resolves `t` twice at once (answers that differ between lookups are worth a
+/// warning: round-robin records, or a record being changed) within `timeout`, and
+/// attributes each answer.
+pub fn resolve(t: &Target, timeout: Duration) -> Result<Resolution> {
     if let Ok(ip) = t.host.parse::<IpAddr>() {
         return Ok(Resolution {
             answers: vec![Answer {
@@ -130,15 +150,30 @@ pub fn resolve(t: &Target) -> Result<Resolution> {
             ..Default::default()
         });
     }
-    let first = getaddrinfo(t).map_err(|e| anyhow::anyhow!("{}: {e}", t.host))?;
+    let deadline = Instant::now() + timeout;
+    let (one, two) = (lookup(t), lookup(t));
+    let first = match wait(&one, deadline) {
+        Some(r) => r.map_err(|e| anyhow::anyhow!("{}: {e}", t.host))?,
+        None => bail!(
+            "{}: the resolver gave no answer within {} s",
+            t.host,
+            timeout.as_secs_f64()
+        ),
+    };
     let hosts = hosts_entries(&fs::read_to_string(HOSTS).unwrap_or_default(), &t.host);
     // Asked in parallel with the second lookup: a DNS server that does not answer
     // costs its timeout once.
     let dns = (!hosts.is_empty()).then(|| {
         let name = t.host.clone();
-        std::thread::spawn(move || dns_lookup(&name))
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(dns_lookup(&name));
+        });
+        rx
     });
-    let second = getaddrinfo(t).unwrap_or_default();
+    let second = wait(&two, deadline)
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|| first.clone());
     let mut warnings = Vec::new();
     let (mut a, mut b) = (first.clone(), second.clone());
     a.sort();
@@ -165,7 +200,10 @@ pub fn resolve(t: &Target) -> Result<Resolution> {
             },
         })
         .collect();
-    let dns = dns.and_then(|h| h.join().ok()).flatten();
+    // A silent DNS server costs the probe at most this much of its timeout.
+    let dns = dns
+        .and_then(|rx| rx.recv_timeout(Duration::from_millis(700)).ok())
+        .flatten();
     if let Some(d) = &dns {
         let from_hosts: Vec<IpAddr> = hosts.iter().map(|(a, _)| *a).collect();
         if !d.is_empty() && !from_hosts.iter().all(|a| d.contains(a)) {

@@ -28,6 +28,20 @@ fn in_ns(label: &str, cmd: String, probing: Option<&str>) -> String {
     }
 }
 
+/// Adds `cmd` unless a command already given (the explanation's fix) has `key`.
+fn add(commands: &mut Vec<String>, key: &str, cmd: String) {
+    if !commands.iter().any(|c| c.contains(key)) {
+        commands.push(cmd);
+    }
+}
+
+/// Adds `cmd` when the explanation gave no fix.
+fn fallback(commands: &mut Vec<String>, explained: bool, cmd: String) {
+    if !explained {
+        commands.push(cmd);
+    }
+}
+
 pub fn verdict(r: &Report, primary: usize, hosts_label: &str) -> Verdict {
     let a = &r.attempts[primary];
     let port = a.dst.port();
@@ -163,9 +177,10 @@ pub fn verdict(r: &Report, primary: usize, hosts_label: &str) -> Verdict {
         && (matches!(status, "timed out" | "unreachable")
             || r.resolution.warnings.iter().any(|w| w.contains("stale")));
     let probing = r.netns.as_deref();
-    let unit = local
-        .and_then(|l| l.listeners.iter().find_map(|x| x.unit.clone()))
-        .unwrap_or_else(|| "SERVICE".into());
+    let unit = local.and_then(|l| l.listeners.iter().find_map(|x| x.unit.clone()));
+    // The explanation's fix already names the check: the runbook's own commands
+    // are for what it cannot know (no kernel evidence), or concrete (a unit).
+    let explained = !commands.is_empty();
     let runbook = if stale {
         let h = hosts_answer.expect("checked");
         details.insert(
@@ -180,8 +195,9 @@ pub fn verdict(r: &Report, primary: usize, hosts_label: &str) -> Verdict {
         commands.insert(
             0,
             format!(
-                "fix line {} of {hosts_label} (or remove it to use DNS); check: getent hosts NAME",
-                h.hosts_line.unwrap_or(0)
+                "fix line {} of {hosts_label} (or remove it to use DNS); check: getent hosts {}",
+                h.hosts_line.unwrap_or(0),
+                r.target.rsplit_once(':').map_or("", |x| x.0)
             ),
         );
         "fix the record"
@@ -189,13 +205,20 @@ pub fn verdict(r: &Report, primary: usize, hosts_label: &str) -> Verdict {
         match cause.unwrap_or(status) {
             "reachable" => "nothing to fix",
             "nothing_listening" | "service_restarting" | "refused_by_remote" => {
-                commands.push(format!(
-                    "systemctl restart {unit}; journalctl -u {unit} -n 50 (its logs)"
-                ));
+                match &unit {
+                    Some(u) => commands.insert(
+                        0,
+                        format!("systemctl restart {u}; journalctl -u {u} -n 50 (its logs)"),
+                    ),
+                    None if !explained => commands.push(format!(
+                        "start the service; check: ss -tlnp 'sport = :{port}' in the target's namespace, and its logs"
+                    )),
+                    None => {}
+                }
                 "restart the service"
             }
             "listener_other_address" => {
-                commands.push(format!(
+                fallback(&mut commands, explained, format!(
                     "make the service listen on {} or 0.0.0.0 (its bind/listen setting), restart it; check: ss -tlnp 'sport = :{port}'",
                     a.dst.ip()
                 ));
@@ -214,7 +237,7 @@ pub fn verdict(r: &Report, primary: usize, hosts_label: &str) -> Verdict {
                 for f in &blocking {
                     commands.insert(0, in_ns(&f.netns, f.delete_command(), probing));
                 }
-                commands.push(format!("tcptraceroute {} {port}; check the firewall or security group just past the last hop that answered", a.dst.ip()));
+                add(&mut commands, "tcptraceroute", format!("tcptraceroute {} {port}; check the firewall or security group just past the last hop that answered", a.dst.ip()));
                 if blocking.is_empty() {
                     "find where the path drops the SYNs"
                 } else {
@@ -222,12 +245,16 @@ pub fn verdict(r: &Report, primary: usize, hosts_label: &str) -> Verdict {
                 }
             }
             "no_route" | "connect_prohibited" | "unreachable" => {
-                commands.push(format!("ip route get {}", a.dst.ip()));
+                add(
+                    &mut commands,
+                    "ip route get",
+                    format!("ip route get {}", a.dst.ip()),
+                );
                 "fix the route"
             }
             "neighbour_unreachable" => "bring the host up, or fix the address",
             "accept_queue_overflow" | "syn_queue_overflow" => {
-                commands.push(format!(
+                fallback(&mut commands, explained, format!(
                     "raise the listen() backlog and net.core.somaxconn, add workers or accept faster; check: ss -tlnp 'sport = :{port}' (Recv-Q above Send-Q), nstat -az TcpExtListenOverflows"
                 ));
                 "scale the backlog"
