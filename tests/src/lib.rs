@@ -137,6 +137,14 @@ impl Netns {
         self.exec(&["nft", &format!("add rule inet rstrace_test output {rule}")]);
     }
 
+    /// Adds a rule to a forward filter chain of the namespace's own nftables table
+    /// (a router's firewall).
+    pub fn nft_forward(&self, rule: &str) {
+        self.exec(&["nft", "add table inet rstrace_test"]);
+        self.exec(&["nft", "add chain inet rstrace_test forward { type filter hook forward priority 0; policy accept; }"]);
+        self.exec(&["nft", &format!("add rule inet rstrace_test forward {rule}")]);
+    }
+
     /// Runs a command inside the namespace, asserting it succeeds.
     pub fn exec(&self, args: &[&str]) {
         let mut full = vec!["ip", "netns", "exec", &self.name];
@@ -250,6 +258,136 @@ impl Topology {
 impl Default for Topology {
     fn default() -> Self {
         Topology::new()
+    }
+}
+
+/// A client and a server namespace with a router namespace between them: client
+/// `10.232.N.1/24` - router `10.232.N.254` | router `10.233.N.254` - server
+/// `10.233.N.2/24`, with default routes through the router, which forwards.
+pub struct RoutedTopology {
+    pub client: Netns,
+    pub router: Netns,
+    pub server: Netns,
+    pub client_ip: String,
+    pub server_ip: String,
+    /// The router's address on the client's side (the first hop).
+    pub router_ip: String,
+    subnet: u32,
+}
+
+impl RoutedTopology {
+    pub fn new() -> RoutedTopology {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = (std::process::id() % 100) * 2 + n % 2 + 20;
+        // The names are unique even when tests run in parallel (the subnets need not
+        // be: each namespace has its own).
+        let tag = format!("rsr{}-{n}", std::process::id());
+        let client = Netns::new(&format!("{tag}-c"));
+        let router = Netns::new(&format!("{tag}-r"));
+        let server = Netns::new(&format!("{tag}-s"));
+        let link = |a: &Netns, a_if: &str, b: &Netns, b_if: &str| {
+            sh(&[
+                "ip", "-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if,
+                "netns", &b.name,
+            ]);
+        };
+        link(&client, "veth0", &router, "rc");
+        link(&server, "veth0", &router, "rs");
+        let addr = |ns: &Netns, a: &str, dev: &str| {
+            sh(&["ip", "-n", &ns.name, "addr", "add", a, "dev", dev]);
+            sh(&["ip", "-n", &ns.name, "link", "set", dev, "up"]);
+        };
+        let (client_ip, server_ip) = (format!("10.232.{id}.1"), format!("10.233.{id}.2"));
+        let router_ip = format!("10.232.{id}.254");
+        addr(&client, &format!("{client_ip}/24"), "veth0");
+        addr(&router, &format!("{router_ip}/24"), "rc");
+        addr(&router, &format!("10.233.{id}.254/24"), "rs");
+        addr(&server, &format!("{server_ip}/24"), "veth0");
+        sh(&[
+            "ip",
+            "-n",
+            &client.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_ip,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &server.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.233.{id}.254"),
+        ]);
+        router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        RoutedTopology {
+            client,
+            router,
+            server,
+            client_ip,
+            server_ip,
+            router_ip,
+            subnet: id,
+        }
+    }
+
+    /// An address on the server's subnet that nobody has. The router's neighbour
+    /// entry for it is pinned, so SYNs to it leave the router and vanish (no ARP
+    /// failure, no ICMP): a host that is gone.
+    pub fn ghost_ip(&self) -> String {
+        let ghost = format!("10.233.{}.99", self.subnet);
+        sh(&[
+            "ip",
+            "-n",
+            &self.router.name,
+            "neigh",
+            "replace",
+            &ghost,
+            "lladdr",
+            "02:00:00:00:00:63",
+            "nud",
+            "permanent",
+            "dev",
+            "rs",
+        ]);
+        ghost
+    }
+
+    /// An address no route of the router leads to (the client sends it to the
+    /// router, its default route).
+    pub fn unrouted_ip(&self) -> String {
+        format!("10.234.{}.9", self.subnet)
+    }
+}
+
+impl Default for RoutedTopology {
+    fn default() -> Self {
+        RoutedTopology::new()
+    }
+}
+
+/// A hosts file for a named namespace (/etc/netns/NAME/hosts, which `ip netns exec`
+/// and `rstrace probe --netns` bind-mount over /etc/hosts), removed on drop.
+pub struct NetnsHosts {
+    dir: PathBuf,
+}
+
+impl NetnsHosts {
+    pub fn new(ns: &Netns, text: &str) -> NetnsHosts {
+        let dir = PathBuf::from("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).expect("creating /etc/netns/NAME");
+        std::fs::write(dir.join("hosts"), text).expect("writing the namespace's hosts file");
+        NetnsHosts { dir }
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
