@@ -287,7 +287,7 @@ impl Drop for Tracer {
 /// Joins the named namespace as `ip netns exec` does: its network namespace, and its
 /// /etc/netns/NAME/hosts over /etc/hosts in a mount namespace of our own. Called
 /// before any thread starts, so that every thread runs there.
-fn enter_netns(name: &str) -> Result<Option<PathBuf>> {
+fn enter_netns(name: &str) -> Result<(Option<PathBuf>, Option<String>)> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         bail!("--netns {name:?}: not a namespace name");
     }
@@ -304,7 +304,7 @@ fn enter_netns(name: &str) -> Result<Option<PathBuf>> {
     }
     let hosts = Path::new("/etc/netns").join(name).join("hosts");
     if !hosts.exists() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
     let (src, dst, root) = (c(&hosts.to_string_lossy()), c(resolve::HOSTS), c("/"));
@@ -338,14 +338,20 @@ fn enter_netns(name: &str) -> Result<Option<PathBuf>> {
             std::ptr::null(),
         ) != 0
         {
-            bail!(
-                "--netns {name}: bind-mounting {}: {}",
-                hosts.display(),
-                io::Error::last_os_error()
-            );
+            // As `ip netns exec` does: say so, and go on with the host's file.
+            return Ok((
+                None,
+                Some(format!(
+                    "the namespace's hosts file: bind-mounting {} over {}: {}; names \
+                     resolve as on the host",
+                    hosts.display(),
+                    resolve::HOSTS,
+                    io::Error::last_os_error()
+                )),
+            ));
         }
     }
-    Ok(Some(hosts))
+    Ok((Some(hosts), None))
 }
 
 fn status_of(errno: i32) -> (&'static str, u8) {
@@ -365,12 +371,12 @@ fn millis(d: Duration) -> u64 {
 }
 
 pub fn run(cfg: ProbeConfig) -> Result<u8> {
-    let hosts_file = match &cfg.netns {
+    let (hosts_file, hosts_missing) = match &cfg.netns {
         Some(n) => enter_netns(n)?,
-        None => None,
+        None => (None, None),
     };
     let root = unsafe { libc::geteuid() } == 0;
-    let mut base_missing = Vec::new();
+    let mut base_missing: Vec<String> = hosts_missing.into_iter().collect();
     let mut tracer = if crate::privileges::check().is_ok() {
         match Tracer::start() {
             Ok(t) => Some(t),
