@@ -70,12 +70,14 @@ fn every_documented_cause_kind_and_command_is_tested() {
     assert!(causes.len() >= 20, "{causes:?}");
     let kinds = first_column(&events, "| kind | source | fires when |");
     assert!(kinds.len() >= 14, "{kinds:?}");
-    let commands: Vec<String> = ["watch", "record", "explain", "summary", "export", "doctor"]
-        .iter()
-        .filter(|c| readme.contains(&format!("rstrace {c}")))
-        .map(|c| c.to_string())
-        .collect();
-    assert_eq!(commands.len(), 6, "the README shows {commands:?}");
+    let commands: Vec<String> = [
+        "watch", "record", "explain", "summary", "export", "doctor", "probe",
+    ]
+    .iter()
+    .filter(|c| readme.contains(&format!("rstrace {c}")))
+    .map(|c| c.to_string())
+    .collect();
+    assert_eq!(commands.len(), 7, "the README shows {commands:?}");
     for (what, ids) in [
         ("cause", causes),
         ("record kind", kinds),
