@@ -174,17 +174,6 @@ pub fn resolve(t: &Target, timeout: Duration) -> Result<Resolution> {
     let second = wait(&two, deadline)
         .and_then(|r| r.ok())
         .unwrap_or_else(|| first.clone());
-    let mut warnings = Vec::new();
-    let (mut a, mut b) = (first.clone(), second.clone());
-    a.sort();
-    b.sort();
-    if a != b {
-        warnings.push(format!(
-            "the answers changed between two lookups: {} then {}",
-            list(&first),
-            list(&second)
-        ));
-    }
     let answers: Vec<Answer> = first
         .iter()
         .map(|&addr| match hosts.iter().find(|(h, _)| *h == addr) {
@@ -204,22 +193,45 @@ pub fn resolve(t: &Target, timeout: Duration) -> Result<Resolution> {
     let dns = dns
         .and_then(|rx| rx.recv_timeout(Duration::from_millis(700)).ok())
         .flatten();
-    if let Some(d) = &dns {
-        let from_hosts: Vec<IpAddr> = hosts.iter().map(|(a, _)| *a).collect();
-        if !d.is_empty() && !from_hosts.iter().all(|a| d.contains(a)) {
-            warnings.push(format!(
-                "{HOSTS} maps {} to {} but DNS answers {}: the hosts entry may be stale",
-                t.host,
-                list(&from_hosts),
-                list(d)
-            ));
-        }
-    }
+    let warnings = warnings(&t.host, &first, &second, &hosts, dns.as_deref());
     Ok(Resolution {
         answers,
         dns,
         warnings,
     })
+}
+
+/// What is worth a warning: answers that changed between the two lookups, and a
+/// hosts-file entry that DNS contradicts (the stale record).
+pub fn warnings(
+    name: &str,
+    first: &[IpAddr],
+    second: &[IpAddr],
+    hosts: &[(IpAddr, usize)],
+    dns: Option<&[IpAddr]>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (first.to_vec(), second.to_vec());
+    a.sort();
+    b.sort();
+    if a != b {
+        out.push(format!(
+            "the answers changed between two lookups: {} then {}",
+            list(first),
+            list(second)
+        ));
+    }
+    if let Some(d) = dns {
+        let from_hosts: Vec<IpAddr> = hosts.iter().map(|(a, _)| *a).collect();
+        if !d.is_empty() && !from_hosts.iter().all(|a| d.contains(a)) {
+            out.push(format!(
+                "{HOSTS} maps {name} to {} but DNS answers {}: the hosts entry may be stale",
+                list(&from_hosts),
+                list(d)
+            ));
+        }
+    }
+    out
 }
 
 fn list(a: &[IpAddr]) -> String {
@@ -348,6 +360,33 @@ mod tests {
             vec![("10.0.0.7".parse().unwrap(), 3)]
         );
         assert!(hosts_entries(text, "web").is_empty());
+    }
+
+    #[test]
+    fn changed_answers_and_contradicting_dns_are_warned_about() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (old, new) = (ip("10.0.0.7"), ip("10.0.0.8"));
+        // Same answers in another order, DNS agreeing: nothing to say.
+        let w = warnings(
+            "db",
+            &[old, new],
+            &[new, old],
+            &[(old, 3)],
+            Some(&[old, new]),
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let w = warnings("db", &[old], &[new], &[], None);
+        assert_eq!(
+            w,
+            vec!["the answers changed between two lookups: 10.0.0.7 then 10.0.0.8"]
+        );
+        let w = warnings("db", &[old], &[old], &[(old, 3)], Some(&[new]));
+        assert_eq!(
+            w,
+            vec!["/etc/hosts maps db to 10.0.0.7 but DNS answers 10.0.0.8: the hosts entry may be stale"]
+        );
+        // DNS without an answer for the name contradicts nothing.
+        assert!(warnings("db", &[old], &[old], &[(old, 3)], Some(&[])).is_empty());
     }
 
     #[test]
