@@ -323,7 +323,8 @@ impl RoutedTopology {
             "via",
             &format!("10.233.{id}.254"),
         ]);
-        router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // Through /proc rather than sysctl(8): the QEMU guests' busybox lacks options.
+        router.exec(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         RoutedTopology {
             client,
             router,
