@@ -282,6 +282,48 @@ fn reject_rule_is_named_with_its_chain() {
 }
 
 #[test]
+fn icmp_reject_on_the_router_names_the_router_and_its_rule() {
+    if !require_root() {
+        return;
+    }
+    let t = RoutedTopology::new();
+    let mut server = Peer::spawn(&t.server, &["listen", "0.0.0.0:8209"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    t.router
+        .nft_forward("tcp dport 8209 reject with icmp type admin-prohibited");
+    let p = probe(&t.client.name, &format!("{}:8209", t.server_ip), &[]);
+    assert_eq!(p.code, 5, "{:#}", p.json);
+    let icmp = &p.json["attempts"][0]["icmp"][0];
+    assert_eq!(s(icmp, "from"), t.router_ip, "{:#}", p.json);
+    assert_eq!(s(icmp, "name"), "administratively prohibited", "{icmp:#}");
+    if !capability("drop_reasons") {
+        tests::skip("without drop reasons an ICMP reject is not told from the path's");
+        return;
+    }
+    assert_verdict(
+        &p,
+        "unreachable",
+        Some("firewall_reject"),
+        "open the port",
+        5,
+    );
+    assert!(
+        commands(&p).contains(&format!(
+            "ip netns exec {} nft delete rule inet rstrace_test forward handle",
+            t.router.name
+        )),
+        "{:#}",
+        p.json
+    );
+    assert!(
+        p.text
+            .contains("reject with icmp admin-prohibited [reject]"),
+        "{}",
+        p.text
+    );
+}
+
+#[test]
 fn no_route_on_the_router_is_unreachable_and_names_the_router() {
     if !require_root() {
         return;

@@ -32,7 +32,7 @@ pub struct Rule {
 
 impl Rule {
     pub fn blocks(&self) -> bool {
-        matches!(self.verdict.as_str(), "drop" | "reject") || self.verdict.starts_with("reject")
+        self.verdict == "drop" || self.verdict.starts_with("reject")
     }
 
     /// The command that removes it (run in its namespace).
