@@ -158,6 +158,17 @@ fn nothing_listening_is_refused() {
         "restart the service",
         2,
     );
+    // It looked, and says where: the probing namespace and the target's.
+    let checked = p.json["firewall_checked"].to_string();
+    assert!(
+        checked.contains(&t.client.name) && checked.contains(&t.server.name),
+        "{checked}"
+    );
+    assert!(
+        p.text.contains("firewall: no rule for the port in netns"),
+        "{}",
+        p.text
+    );
     assert!(
         s(verdict(&p), "explanation").contains("nothing listens on port 8201"),
         "{:#}",

@@ -116,6 +116,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<net::Path>,
     pub firewall: Vec<Rule>,
+    /// Where the firewall rules were read (namespaces).
+    pub firewall_checked: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<Local>,
     pub verdict: Verdict,
@@ -465,6 +467,7 @@ fn probe_once(
         attempts: Vec::new(),
         path: None,
         firewall: Vec::new(),
+        firewall_checked: Vec::new(),
         local: None,
         verdict: Verdict {
             status: "unresolvable",
@@ -610,6 +613,7 @@ fn probe_once(
                 };
                 let (rules, miss) = firewall::rules_in(path, &label, a.dst.port());
                 report.firewall.extend(rules);
+                report.firewall_checked.push(label);
                 missing.extend(miss);
             }
         }

@@ -354,6 +354,13 @@ pub fn text(r: &Report, verbose: bool) -> String {
             );
         }
     }
+    if r.firewall.is_empty() && !r.firewall_checked.is_empty() {
+        let _ = writeln!(
+            s,
+            "firewall: no rule for the port in {}",
+            r.firewall_checked.join(", ")
+        );
+    }
     if !r.firewall.is_empty() {
         let _ = writeln!(s, "firewall rules for the port:");
         for f in &r.firewall {
