@@ -164,8 +164,10 @@ impl Tracer {
         // within the probe.
         let monitor = {
             let (stop, rescan) = (stop.clone(), rescan.clone());
+            // The probe's own sockets are all known to the kernel: no lookups.
+            let (_, lookups) = mpsc::sync_channel(1);
             thread::spawn(move || {
-                netns::run_monitor(Duration::from_millis(100), stop, rescan, |o| {
+                netns::run_monitor(Duration::from_millis(100), stop, rescan, lookups, |o| {
                     tx.send(o).is_ok()
                 })
             })
