@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{capability, pid_of, port, require_root, s, time_scale, Agent, Peer, Topology};
+use tests::{
+    capability, pid_of, port, require_root, rstrace_bin, s, time_scale, Agent, Peer, Topology,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -574,4 +576,115 @@ fn syn_queue_overflow_is_reported_for_the_namespace() {
     });
     assert_eq!(e["server_netns"], t.server.inode, "{e}");
     assert!(s(&e, "fix").contains("tcp_syncookies"), "{e}");
+}
+
+/// A capture file for this test process (removed first if left over).
+fn recording(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rstrace-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// `rstrace explain --json` of a recording: its explanations for port `p`.
+fn replayed(file: &std::path::Path, p: u16) -> Vec<Value> {
+    let out = std::process::Command::new(rstrace_bin())
+        .args(["explain", "--json", "--port", &p.to_string()])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "explain failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
+        .filter(|v: &Value| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+        .collect()
+}
+
+/// Stops the agent and checks that its recording explains port `p` as it did live:
+/// same causes, processes, culprits and sentences.
+fn replay_matches_live(agent: &mut Agent, file: &std::path::Path, p: u16) {
+    assert!(agent.stop().success());
+    let key = |v: &Value| {
+        (
+            s(v, "cause").to_string(),
+            pid_of(v, "process"),
+            pid_of(v, "culprit"),
+            s(v, "explanation").to_string(),
+            v["count"].as_u64(),
+        )
+    };
+    let live: Vec<_> = agent
+        .records()
+        .iter()
+        .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+        .map(key)
+        .collect();
+    let replay: Vec<_> = replayed(file, p).iter().map(key).collect();
+    assert!(!live.is_empty());
+    assert_eq!(replay, live, "replay differs from live");
+}
+
+/// A server killed with connections in its accept queue (it never accepts): every
+/// queued client is reset, and the explanation names the server and the queue, not an
+/// application's SO_LINGER 0 close. The server starts before the agent or after it.
+fn listener_gone_with_queue(p: u16, server_first: bool, sig: i32) {
+    let t = Topology::new();
+    let file = recording(&format!("gone-{p}.rst"));
+    let server_addr = addr(&t, p);
+    let spawn_server = || {
+        let mut server = Peer::spawn(&t.server, &["listen", &server_addr, "--backlog", "8"]);
+        server.wait_line(5 * SEC, |l| l == "ready");
+        server
+    };
+    let early = server_first.then(spawn_server);
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let server = early.unwrap_or_else(spawn_server);
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--count", "3", "--hold", "20000"],
+    );
+    let cpid = client.pid as u64;
+    // All three handshakes complete into the queue (nobody accepts).
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(server.pid as i32, sig) };
+    let e = explained(&agent, p, "listener_closed_with_queue", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert_eq!(s(&e, "outcome"), "reset", "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "peer[{}] exited while 3 connections waited in the accept queue of {server_addr} (never accepted)",
+            server.pid
+        )),
+        "{e}"
+    );
+    // The other two are counted into the first's burst.
+    let counted = agent.wait_for("the burst's count", 5 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p && v["count"] == 2
+    });
+    assert_eq!(s(&counted, "cause"), "listener_closed_with_queue");
+    replay_matches_live(&mut agent, &file, p);
+    drop(client);
+}
+
+#[test]
+fn a_server_killed_with_a_full_accept_queue_resets_the_queued_clients() {
+    if !require_root() {
+        return;
+    }
+    listener_gone_with_queue(8130, false, libc::SIGKILL);
+}
+
+#[test]
+fn a_server_from_before_the_agent_terminated_with_queued_clients() {
+    if !require_root() {
+        return;
+    }
+    listener_gone_with_queue(8131, true, libc::SIGTERM);
 }

@@ -2,7 +2,7 @@
 //! capture -> enrich -> print evidence -> explain -> filter -> print explanations.
 //! Everything the stages use arrives as records, so a replay of the captured records
 //! gives what live gave.
-use std::{io, path::Path};
+use std::io;
 
 use crate::{
     capture::CaptureWriter,
@@ -29,6 +29,17 @@ pub struct Pipeline<W: io::Write> {
     explained: Vec<Explanation>,
     /// Listener owners to check for exit, and when.
     exits: Vec<(Proc, u64)>,
+}
+
+/// Whether the process is gone or a zombie (dead, not yet reaped by its parent).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => true,
+    }
 }
 
 /// How long after its listener closed a process is checked for having exited.
@@ -63,7 +74,9 @@ impl<W: io::Write> Pipeline<W> {
             && r.old_state == Some("LISTEN")
             && r.new_state == Some("CLOSE")
         {
-            if let Some(p) = &r.owner {
+            // A listener from before the agent has no owner from the kernel; its
+            // close runs in the closing process, which is the one to check.
+            if let Some(p) = r.owner.as_ref().or(r.task.as_ref()) {
                 self.exits.push((p.clone(), r.mono_ns + EXIT_CHECK_NS));
             }
         }
@@ -86,7 +99,7 @@ impl<W: io::Write> Pipeline<W> {
             .collect();
         self.exits.retain(|(_, t)| *t > now);
         for p in due {
-            if !Path::new(&format!("/proc/{}", p.pid)).exists() {
+            if exited(p.pid) {
                 let mut r = Record::new(Kind::ProcessExit, now, self.clock.format(now));
                 r.owner = Some(p);
                 self.push(r)?;

@@ -32,7 +32,16 @@ pub struct Listening {
 pub struct Closed {
     pub listener: Listening,
     pub closed_ns: u64,
+    /// The process that closed it (the exiting one, when it died).
+    pub closer: Option<Proc>,
+    /// Connections of its accept queue the close reset: the kernel kills each
+    /// never-accepted child in the same call, right after LISTEN->CLOSE.
+    pub queued_reset: u32,
 }
+
+/// How soon after its listener's close a child's death belongs to that close (they are
+/// one call in the kernel, inet_csk_listen_stop).
+pub const QUEUE_RESET_WINDOW_NS: u64 = 10_000_000;
 
 #[derive(Clone, Debug)]
 pub struct OverflowSeen {
@@ -113,6 +122,9 @@ impl Host {
                     if let Some(d) = r.dst {
                         self.existing.remove(&(ns, addr, d));
                     }
+                    if let Some(c) = self.queue_reset_by(ns, addr, r) {
+                        c.queued_reset += 1;
+                    }
                 }
                 match (r.old_state, r.new_state) {
                     (Some("CLOSE"), Some("LISTEN")) => {
@@ -165,6 +177,8 @@ impl Host {
                             self.closed.push_back(Closed {
                                 listener: l,
                                 closed_ns: r.mono_ns,
+                                closer: r.task.clone().or_else(|| r.owner.clone()),
+                                queued_reset: 0,
                             });
                         }
                         while self.closed.len() > HISTORY {
@@ -251,6 +265,35 @@ impl Host {
                 && c.listener.since_ns <= at_ns
                 && c.closed_ns <= at_ns + 1_000_000
                 && at_ns.saturating_sub(c.closed_ns) <= window_ns
+        })
+    }
+
+    /// The listener whose close killed the socket `local` that died in `r` (a child
+    /// still in its accept queue): closed just before, on that address, by the task
+    /// the death runs in. An accepted connection the application aborts later is not.
+    fn queue_reset_by(&mut self, netns: u32, local: SocketAddr, r: &Record) -> Option<&mut Closed> {
+        if !matches!(r.old_state, Some("ESTABLISHED" | "SYN_RECV" | "CLOSE_WAIT")) {
+            return None;
+        }
+        let task = r.task.as_ref()?.pid;
+        self.closed.iter_mut().rev().find(|c| {
+            c.listener.netns == netns
+                && accepts(c.listener.addr, local)
+                && c.closer.as_ref().is_some_and(|p| p.pid == task)
+                && r.mono_ns >= c.closed_ns
+                && r.mono_ns - c.closed_ns <= QUEUE_RESET_WINDOW_NS
+        })
+    }
+
+    /// The listener on `local` in `netns` whose close at about `at_ns` reset queued
+    /// connections (see `queue_reset_by`).
+    pub fn closed_with_queue(&self, netns: u32, local: SocketAddr, at_ns: u64) -> Option<&Closed> {
+        self.closed.iter().rev().find(|c| {
+            c.queued_reset > 0
+                && c.listener.netns == netns
+                && accepts(c.listener.addr, local)
+                && at_ns >= c.closed_ns
+                && at_ns - c.closed_ns <= QUEUE_RESET_WINDOW_NS
         })
     }
 

@@ -33,6 +33,9 @@ const SERVER_ONLY_DROP: u64 = 1_200 * MS;
 const FLOW_DROP: u64 = 30_000 * MS;
 /// Reset of an established connection: wait for the receiving side.
 const AFTER_RESET: u64 = 100 * MS;
+/// A connection reset because its listener closed: wait past the pipeline's check
+/// (200 ms after the close) of whether the listener's process exited.
+const AFTER_LISTENER_GONE: u64 = 500 * MS;
 /// Extra wait once, for the namespaces' addresses, when the server is not placed.
 const CONTEXT_WAIT: u64 = 300 * MS;
 /// Explained flows absorb their late evidence this long.
@@ -233,6 +236,14 @@ impl Engine {
         // The socket died: whatever the application was told (if this kernel reports
         // errnos at all) comes in the same call chain.
         let died = kind == Kind::State && r.new_state == Some("CLOSE");
+        let listener_gone = if died {
+            r.netns
+                .zip(r.src)
+                .and_then(|(ns, src)| self.host.closed_with_queue(ns, src, now))
+                .map(|c| c.closed_ns + AFTER_LISTENER_GONE)
+        } else {
+            None
+        };
         let story = self
             .stories
             .entry(key)
@@ -264,6 +275,12 @@ impl Engine {
             // 1 s; dropped segments of an established flow by its errno or reset.
             let wait = if syn { SERVER_ONLY_DROP } else { FLOW_DROP };
             story.deadline.get_or_insert(story.first_ns + wait);
+        }
+        if let Some(t) = listener_gone {
+            story.not_before = story.not_before.max(t);
+        }
+        if let Some(d) = story.deadline {
+            story.deadline = Some(d.max(story.not_before));
         }
         if story.deadline != before {
             if let Some(d) = story.deadline {

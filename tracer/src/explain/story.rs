@@ -60,6 +60,8 @@ pub struct Story {
     /// The once-per-connection events seen (`slot` bits): a second one means a new
     /// connection on the same 4-tuple.
     pub slots: u16,
+    /// Not explained before this (0: no such bound).
+    pub not_before: u64,
 }
 
 /// Bits of `Story::slots`: an event a connection produces once per end. Ports repeat
@@ -86,6 +88,7 @@ impl Story {
             deadline: None,
             waited_for_context: false,
             slots: 0,
+            not_before: 0,
         }
     }
 

@@ -667,3 +667,97 @@ fn an_established_socket_killed_by_a_timer_without_resets_timed_out() {
     );
     assert_eq!(out[0].outcome, "timed out");
 }
+
+fn python3(pid: u32) -> Option<Proc> {
+    Some(Proc {
+        pid,
+        comm: "python3".into(),
+    })
+}
+
+/// A queued child of the listener on S reset as the kernel shows it: the child dies
+/// (in the task that closes the listener), sends an RST with TCP_STATE, and the client
+/// gets ECONNRESET. `task` is the task the child's death runs in.
+fn child_reset(e: &mut Engine, at_us: u64, client: &str, task: u32, out: &mut Vec<Explanation>) {
+    let at = |r: &mut Record| r.mono_ns = at_us * 1_000;
+    let mut death = rec(Kind::State, 0, S, client, SNS);
+    at(&mut death);
+    death.old_state = Some("ESTABLISHED");
+    death.new_state = Some("CLOSE");
+    death.owner = python3(880);
+    death.task = python3(task);
+    e.push(death, out);
+    let mut rst = rec(Kind::RstSent, 0, S, client, SNS);
+    at(&mut rst);
+    rst.state = Some("CLOSE");
+    rst.reason = Some("TCP_STATE".into());
+    rst.owner = python3(880);
+    rst.task = python3(task);
+    e.push(rst, out);
+    let mut got = client_owned(rec(Kind::RstReceived, 0, client, S, CNS));
+    at(&mut got);
+    e.push(got, out);
+    let mut err = client_owned(rec(Kind::Error, 0, client, S, CNS));
+    at(&mut err);
+    err.errno = Some(libc::ECONNRESET);
+    e.push(err, out);
+}
+
+fn listener_gone(exits: bool, closes_ms: Option<u64>, task: u32) -> Vec<Explanation> {
+    run(|e, o| {
+        listen(e, 1, S, SNS, 880, o);
+        if let Some(t) = closes_ms {
+            let mut close = rec(Kind::State, t, S, "0.0.0.0:0", SNS);
+            close.old_state = Some("LISTEN");
+            close.new_state = Some("CLOSE");
+            close.owner = python3(880);
+            close.task = python3(880);
+            e.push(close, o);
+        }
+        child_reset(e, 100_010, C, task, o);
+        child_reset(e, 100_020, "10.0.0.1:40001", task, o);
+        // The pipeline reports the exit 200 ms after the close: the story waits for it.
+        e.advance(250 * MS, o);
+        if exits {
+            let mut exit = Record::new(Kind::ProcessExit, 300 * MS, String::new());
+            exit.owner = python3(880);
+            e.push(exit, o);
+        }
+        e.advance(1_000 * MS, o);
+    })
+}
+
+#[test]
+fn a_listener_gone_with_its_queue_is_not_a_linger_zero_close() {
+    let out = listener_gone(true, Some(100), 880);
+    assert_eq!(
+        causes(&out),
+        vec!["listener_closed_with_queue"; 2],
+        "{out:#?}"
+    );
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert_eq!(
+        out[0].explanation,
+        "curl[4121] -> 10.0.0.2:8080 reset: python3[880] exited while 2 connections waited in the accept queue of 10.0.0.2:8080 (never accepted): closing the listener reset each of them (RST reason TCP_STATE, in the same instant; not an application's abort)"
+    );
+    // Still running: it closed the socket.
+    let out = listener_gone(false, Some(100), 880);
+    assert!(
+        out[0]
+            .explanation
+            .contains("python3[880] closed its listening socket while 2 connections"),
+        "{}",
+        out[0].explanation
+    );
+    // No listener close, a close long before, or the resets in another task: an
+    // application's SO_LINGER 0 close.
+    for (closes, task) in [(None, 880), (Some(50), 880), (Some(100), 990)] {
+        let out = listener_gone(true, closes, task);
+        assert_eq!(
+            causes(&out),
+            vec!["reset_linger_zero"; 2],
+            "{closes:?} {task}"
+        );
+    }
+}

@@ -74,6 +74,7 @@ pub static RULES: &[&dyn Rule] = &[
     &refusal::RefusedDespiteListener,
     &refusal::RefusedByRemote,
     &firewall::SynUnanswered,
+    &reset::ListenerGoneWithQueue,
     &reset::ApplicationReset,
     &reset::KeepaliveTimeout,
     &reset::FlowTimeout,
