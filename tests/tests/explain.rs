@@ -688,3 +688,74 @@ fn a_server_from_before_the_agent_terminated_with_queued_clients() {
     }
     listener_gone_with_queue(8131, true, libc::SIGTERM);
 }
+
+/// An IPv4 client refused by an IPv6-only listener on the same port, the listener
+/// started after the agent: `[::]` with IPV6_V6ONLY, across veth.
+#[test]
+fn an_ipv4_client_of_a_v6only_listener_is_a_family_mismatch() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8132;
+    let file = recording("family-v6only.rst");
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let mut server = Peer::spawn(&t.server, &["listen", &format!("[::]:{p}"), "--v6only"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    // The kernel's NO_SOCKET (an RST reason from 6.10, a drop reason from 5.17) is what
+    // tells V6ONLY from a firewall; without either it stays a firewall inference.
+    let want = if capability("rst_sent_reason") || capability("drop_reasons") {
+        "family_mismatch"
+    } else {
+        "firewall_reject"
+    };
+    let e = explained(&agent, p, want, 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    if want == "family_mismatch" {
+        assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+        assert!(
+            s(&e, "explanation").contains(&format!(
+                "peer[{}] listens on [::]:{p} only for IPv6 (IPV6_V6ONLY, or net.ipv6.bindv6only=1), and the client connected over IPv4 to {}",
+                server.pid, t.server_ip
+            )),
+            "{e}"
+        );
+        assert!(s(&e, "fix").contains("without IPV6_V6ONLY"), "{e}");
+    }
+    replay_matches_live(&mut agent, &file, p);
+}
+
+/// The same with a listener on `::1` started before the agent (known from the
+/// start-up snapshot), and a client of 127.0.0.1 in its namespace.
+#[test]
+fn an_ipv4_client_of_a_listener_on_ipv6_loopback_from_before_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8133;
+    let mut server = Peer::spawn(&t.server, &["listen", &format!("[::1]:{p}")]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let file = recording("family-loopback.rst");
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let client = Peer::spawn(&t.server, &["connect", &format!("127.0.0.1:{p}")]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&agent, p, "family_mismatch", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "listens on [::1]:{p} on an IPv6 address only, and the client connected over IPv4 to 127.0.0.1"
+        )),
+        "{e}"
+    );
+    assert!(
+        s(&e, "fix").contains(&format!("connect over IPv6 (to [::1]:{p})")),
+        "{e}"
+    );
+    replay_matches_live(&mut agent, &file, p);
+}

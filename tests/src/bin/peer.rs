@@ -2,7 +2,7 @@
 //! each end of a scenario is its own process with its own pid.
 //!
 //!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread | --close]
-//!                                        [--fork-accept] [--failed-listen]
+//!                                        [--fork-accept] [--failed-listen] [--v6only]
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
 //!                                         [--after FILE] [--send N]
 //!                                         [--then read|keepalive|write]
@@ -15,7 +15,8 @@
 //! child (printing `child=PID`) that accepts and serves; the parent only waits.
 //! `--failed-listen` has a child try to listen on the same address too, bound
 //! beforehand with SO_REUSEADDR, which fails with EADDRINUSE (printing
-//! `failed-listen errno=N`) while the parent listens on.
+//! `failed-listen errno=N`) while the parent listens on. ADDR may be IPv6 (`[::]:80`);
+//! `--v6only` sets IPV6_V6ONLY on such a listener.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
 //! connects are non-blocking and the sockets kept open for MS milliseconds. After a
 //! connection, `--after` waits (up to 60 s) until FILE exists, `--send` writes N bytes and `--then` waits for the connection to fail:
@@ -24,7 +25,7 @@
 use std::{
     io::Write,
     mem::size_of,
-    net::SocketAddrV4,
+    net::{SocketAddr, SocketAddrV4},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -77,18 +78,38 @@ enum Serve {
     Close,
 }
 
-fn bound(addr: SocketAddrV4) -> Result<OwnedFd> {
-    let fd = tcp_socket(0)?;
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
-    let sa = sockaddr(addr);
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sa as *const _ as *const _,
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    } != 0
-    {
+fn bound(addr: SocketAddr, v6only: bool) -> Result<OwnedFd> {
+    let r = match addr {
+        SocketAddr::V4(a) => {
+            let fd = tcp_socket(0)?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            let sa = sockaddr(a);
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const _,
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            (fd, r)
+        }
+        SocketAddr::V6(a) => {
+            let fd = net::socket6(libc::SOCK_STREAM).context("socket")?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as i32)?;
+            let sa = net::sockaddr6(a);
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const _,
+                    size_of::<libc::sockaddr_in6>() as u32,
+                )
+            };
+            (fd, r)
+        }
+    };
+    let (fd, r) = r;
+    if r != 0 {
         bail!("bind {addr}: {}", std::io::Error::last_os_error());
     }
     Ok(fd)
@@ -111,11 +132,12 @@ struct Listen {
     serve: Serve,
     fork_accept: bool,
     failed_listen: bool,
+    v6only: bool,
 }
 
-fn listen(addr: SocketAddrV4, l: Listen) -> Result<()> {
-    let fd = bound(addr)?;
-    let second = l.failed_listen.then(|| bound(addr)).transpose()?;
+fn listen(addr: SocketAddr, l: Listen) -> Result<()> {
+    let fd = bound(addr, l.v6only)?;
+    let second = l.failed_listen.then(|| bound(addr, l.v6only)).transpose()?;
     if unsafe { libc::listen(fd.as_raw_fd(), l.backlog) } != 0 {
         bail!("listen: {}", std::io::Error::last_os_error());
     }
@@ -316,6 +338,7 @@ fn main() -> Result<()> {
     };
     let fork_accept = flag("--fork-accept");
     let failed_listen = flag("--failed-listen");
+    let v6only = flag("--v6only");
     let serve = if flag("--linger0") {
         Serve::Linger0
     } else if flag("--close-unread") {
@@ -331,7 +354,7 @@ fn main() -> Result<()> {
     let [mode, addr] = args.as_slice() else {
         bail!("usage: peer [--netns NAME] listen|connect ADDR:PORT [options]");
     };
-    let addr: SocketAddrV4 = addr.parse().map_err(|e| anyhow!("{addr}: {e}"))?;
+    let addr: SocketAddr = addr.parse().map_err(|e| anyhow!("{addr}: {e}"))?;
     match mode.as_str() {
         "listen" => listen(
             addr,
@@ -340,9 +363,13 @@ fn main() -> Result<()> {
                 serve,
                 fork_accept,
                 failed_listen,
+                v6only,
             },
         ),
-        "connect" => connect(addr, c),
+        "connect" => match addr {
+            SocketAddr::V4(a) => connect(a, c),
+            SocketAddr::V6(_) => bail!("connect takes an IPv4 address"),
+        },
         m => bail!("unknown mode {m}"),
     }
 }

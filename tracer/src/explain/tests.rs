@@ -761,3 +761,80 @@ fn a_listener_gone_with_its_queue_is_not_a_linger_zero_close() {
         );
     }
 }
+
+#[test]
+fn an_ipv4_client_of_an_ipv6_only_listener_is_a_family_mismatch() {
+    // [::] with V6ONLY: the server's kernel found no socket (NO_SOCKET) for the SYN.
+    let out = run(|e, o| {
+        listen(e, 1, "[::]:8080", SNS, 880, o);
+        refusal(e, 10, o);
+    });
+    assert_eq!(causes(&out), vec!["family_mismatch"], "{out:#?}");
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+    assert_eq!(
+        out[0].explanation,
+        "curl[4121] -> 10.0.0.2:8080 refused: python3[880] listens on [::]:8080 only for IPv6 (IPV6_V6ONLY, or net.ipv6.bindv6only=1), and the client connected over IPv4 to 10.0.0.2 (the server's kernel found no socket for the SYN: NO_SOCKET): address-family mismatch"
+    );
+    assert!(
+        out[0].fix.contains("[::]:8080 without IPV6_V6ONLY"),
+        "{}",
+        out[0].fix
+    );
+    // The same from a kernel that drops the SYN with NO_SOCKET and sends no RST event (6.1).
+    let out = run(|e, o| {
+        listen(e, 1, "[::]:8080", SNS, 880, o);
+        e.push(drop_syn(10, "NO_SOCKET"), o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        e.push(error(10, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(causes(&out), vec!["family_mismatch"], "{out:#?}");
+    // Without the kernel's word (5.10), [::] may be dual-stack: a firewall stays likelier.
+    let out = run(|e, o| {
+        listen(e, 1, "[::]:8080", SNS, 880, o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        e.push(error(10, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(causes(&out), vec!["firewall_reject"]);
+    // Bound to an IPv6 address: no V6ONLY needed.
+    let out = run(|e, o| {
+        listen(e, 1, "[::1]:8080", SNS, 880, o);
+        refusal(e, 10, o);
+    });
+    assert_eq!(causes(&out), vec!["family_mismatch"]);
+    assert!(
+        out[0]
+            .explanation
+            .contains("listens on [::1]:8080 on an IPv6 address only"),
+        "{}",
+        out[0].explanation
+    );
+    assert!(
+        out[0].fix.contains("connect over IPv6 (to [::1]:8080)"),
+        "{}",
+        out[0].fix
+    );
+    // An IPv4 listener on another address beside it: the address is what is wrong.
+    let out = run(|e, o| {
+        listen(e, 1, "[::1]:8080", SNS, 880, o);
+        listen(e, 1, "127.0.0.1:8080", SNS, 881, o);
+        refusal(e, 10, o);
+    });
+    assert_eq!(causes(&out), vec!["listener_other_address"]);
+}
+
+#[test]
+fn localhost_resolving_to_ipv6_first_stays_a_listener_on_another_address() {
+    // The classic dual-stack case: the client tries ::1, the service is on 127.0.0.1.
+    let (c6, s6) = ("[::1]:40000", "[::1]:8080");
+    let out = run(|e, o| {
+        listen(e, 1, "127.0.0.1:8080", CNS, 880, o);
+        let mut rst = rec(Kind::RstSent, 10, s6, c6, CNS);
+        rst.reason = Some("NO_SOCKET".into());
+        e.push(rst, o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, c6, s6, CNS)), o);
+        let mut err = client_owned(rec(Kind::Error, 10, c6, s6, CNS));
+        err.errno = Some(libc::ECONNREFUSED);
+        e.push(err, o);
+    });
+    assert_eq!(causes(&out), vec!["listener_other_address"], "{out:#?}");
+}

@@ -67,6 +67,7 @@ pub static RULES: &[&dyn Rule] = &[
     &unreachable::NeighbourUnreachable,
     &firewall::IcmpReject,
     &refusal::ServiceRestarting,
+    &refusal::FamilyMismatch,
     &refusal::ListenerOtherAddress,
     &refusal::ListenerOtherNetns,
     &refusal::WrongPort,

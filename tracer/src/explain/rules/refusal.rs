@@ -72,6 +72,85 @@ impl Rule for ServiceRestarting {
     }
 }
 
+/// An IPv4 client refused by a server whose listeners on that port are all IPv6-only:
+/// bound to an IPv6 address (`::1`), or to `[::]` with IPV6_V6ONLY (or
+/// net.ipv6.bindv6only=1). The V6ONLY flag is not in the records; the server's own
+/// kernel shows it by finding no socket for the SYN (RST or drop reason NO_SOCKET)
+/// while `[::]` listens on the port: the one thing that makes `[::]` refuse IPv4.
+/// Kernels without that evidence (before 5.17) keep the firewall inference.
+pub struct FamilyMismatch;
+
+impl Rule for FamilyMismatch {
+    fn id(&self) -> &'static str {
+        "family_mismatch"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        if !server.is_ipv4() {
+            return None;
+        }
+        let on_port: Vec<_> = c
+            .host
+            .listeners(ns)
+            .iter()
+            .filter(|l| l.addr.port() == server.port())
+            .collect();
+        // Every listener on the port is IPv6 (an IPv4 one elsewhere is another cause).
+        if on_port.is_empty() || !on_port.iter().all(|l| is_v6(l.addr)) {
+            return None;
+        }
+        let no_socket = c
+            .story
+            .rsts_sent()
+            .chain(c.story.drops("NO_SOCKET"))
+            .any(|r| r.reason.as_deref() == Some("NO_SOCKET"));
+        let l = match c.host.listener_for(ns, server) {
+            // `[::]` takes IPv4 unless V6ONLY: only the kernel's NO_SOCKET says it is.
+            Some(l) if no_socket && l.since_ns <= c.at_ns => l,
+            Some(_) => return None,
+            None => on_port[0],
+        };
+        let port = server.port();
+        let how = if l.addr.ip().is_unspecified() {
+            "only for IPv6 (IPV6_V6ONLY, or net.ipv6.bindv6only=1)"
+        } else {
+            "on an IPv6 address only"
+        };
+        let evidence = if no_socket {
+            " (the server's kernel found no socket for the SYN: NO_SOCKET)"
+        } else {
+            ""
+        };
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.9,
+            reason: format!(
+                "{} listens on {} {how}, and the client connected over IPv4 to {}{evidence}: address-family mismatch",
+                who(&l.owner),
+                l.addr,
+                server.ip(),
+            ),
+            fix: format!(
+                "listen on both families: [::]:{port} without IPV6_V6ONLY (sysctl net.ipv6.bindv6only=0), or a second socket on 0.0.0.0:{port}; or connect over IPv6 (to {}); check: {}",
+                if l.addr.ip().is_unspecified() {
+                    format!("an IPv6 address of the server, port {port}")
+                } else {
+                    l.addr.to_string()
+                },
+                ss_cmd(port, Some(ns)),
+            ),
+            culprit: l.owner.clone(),
+        })
+    }
+}
+
+/// An IPv6 socket address that is not an IPv4-mapped one.
+fn is_v6(a: std::net::SocketAddr) -> bool {
+    a.ip().to_canonical().is_ipv6()
+}
+
 pub struct ListenerOtherAddress;
 
 impl Rule for ListenerOtherAddress {
