@@ -240,7 +240,7 @@ impl Engine {
             r.netns
                 .zip(r.src)
                 .and_then(|(ns, src)| self.host.closed_with_queue(ns, src, now))
-                .map(|c| c.closed_ns + AFTER_LISTENER_GONE)
+                .map(|c| (c.closed_ns + AFTER_LISTENER_GONE, r.src))
         } else {
             None
         };
@@ -276,8 +276,9 @@ impl Engine {
             let wait = if syn { SERVER_ONLY_DROP } else { FLOW_DROP };
             story.deadline.get_or_insert(story.first_ns + wait);
         }
-        if let Some(t) = listener_gone {
+        if let Some((t, server)) = listener_gone {
             story.not_before = story.not_before.max(t);
+            story.listener_end = server;
         }
         if let Some(d) = story.deadline {
             story.deadline = Some(d.max(story.not_before));
@@ -469,7 +470,12 @@ impl Engine {
             .and_then(|r| r.owner.clone())
             .or_else(|| s.client_process().cloned())
             .or_else(|| s.rst_received().and_then(|r| r.owner.clone()))
-            .or_else(|| s.dead_socket_owner().cloned());
+            // A queued connection's dead socket is the server's: the client is remote.
+            .or_else(|| {
+                s.dead_socket_owner()
+                    .filter(|_| s.listener_end.is_none())
+                    .cloned()
+            });
         let who = match &victim {
             Some(p) => format!("{}[{}]", p.comm, p.pid),
             None => src.map_or("?".into(), |a| a.to_string()),

@@ -62,6 +62,9 @@ pub struct Story {
     pub slots: u16,
     /// Not explained before this (0: no such bound).
     pub not_before: u64,
+    /// The server's end, when the story is a queued connection its listener's close
+    /// reset: with a remote client nothing else tells which end connected.
+    pub listener_end: Option<SocketAddr>,
 }
 
 /// Bits of `Story::slots`: an event a connection produces once per end. Ports repeat
@@ -89,6 +92,7 @@ impl Story {
             waited_for_context: false,
             slots: 0,
             not_before: 0,
+            listener_end: None,
         }
     }
 
@@ -141,6 +145,17 @@ impl Story {
 
     /// The connecting end, from the first evidence that tells direction.
     pub fn client(&self) -> Option<SocketAddr> {
+        self.client_seen().or_else(|| {
+            let s = self.listener_end?;
+            Some(if s == self.key.0 {
+                self.key.1
+            } else {
+                self.key.0
+            })
+        })
+    }
+
+    fn client_seen(&self) -> Option<SocketAddr> {
         self.evidence.iter().find_map(|r| match r.kind {
             Kind::SynRetransmit | Kind::ConnectError => r.src,
             Kind::State if r.old_state == Some("SYN_SENT") => r.src,

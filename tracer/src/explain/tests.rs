@@ -694,6 +694,10 @@ fn child_reset(e: &mut Engine, at_us: u64, client: &str, task: u32, out: &mut Ve
     rst.owner = python3(880);
     rst.task = python3(task);
     e.push(rst, out);
+    if client.starts_with("192.0.2.") {
+        // A remote client: nothing of its side here.
+        return;
+    }
     let mut got = client_owned(rec(Kind::RstReceived, 0, client, S, CNS));
     at(&mut got);
     e.push(got, out);
@@ -747,6 +751,23 @@ fn a_listener_gone_with_its_queue_is_not_a_linger_zero_close() {
         out[0]
             .explanation
             .contains("python3[880] closed its listening socket while 2 connections"),
+        "{}",
+        out[0].explanation
+    );
+    // A remote client: the server's side alone tells which end connected.
+    let out = run(|e, o| {
+        listen(e, 1, S, SNS, 880, o);
+        unlisten(e, 100, S, SNS, 880, o);
+        child_reset(e, 100_010, "192.0.2.7:50000", 880, o);
+    });
+    assert_eq!(causes(&out), vec!["listener_closed_with_queue"], "{out:#?}");
+    assert_eq!(out[0].process, None);
+    assert_eq!(out[0].src, Some("192.0.2.7:50000".parse().unwrap()));
+    assert_eq!(out[0].dst, Some(S.parse().unwrap()));
+    assert!(
+        out[0]
+            .explanation
+            .starts_with("192.0.2.7:50000 -> 10.0.0.2:8080 reset: python3[880] closed its listening socket while 1 connection waited"),
         "{}",
         out[0].explanation
     );
