@@ -759,3 +759,101 @@ fn an_ipv4_client_of_a_listener_on_ipv6_loopback_from_before_the_agent() {
     );
     replay_matches_live(&mut agent, &file, p);
 }
+
+/// Narrows the client namespace's ephemeral ports to four (40000-40003).
+fn four_ports(t: &Topology) {
+    t.client
+        .exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40003"]);
+}
+
+/// A client whose four ephemeral ports towards the server are all held by open
+/// connections (the server, started before the agent, never accepts them): its next
+/// connect() fails with EADDRNOTAVAIL before sending anything, and the explanation
+/// names it, the destination, the range and the sockets holding it.
+#[test]
+fn connects_without_a_free_local_port_are_port_exhaustion() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    four_ports(&t);
+    let p = 8134;
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, p)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let file = recording("ports-established.rst");
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let mut holder = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--count", "4", "--hold", "20000"],
+    );
+    for _ in 0..4 {
+        holder.wait_line(5 * SEC, |l| l == "errno=115");
+    }
+    // The four handshakes complete (the sockets are then ESTABLISHED).
+    std::thread::sleep(Duration::from_millis(300));
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p), "--count", "2"]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=99", "errno=99"]);
+    let e = explained(&agent, p, "local_ports_exhausted", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(s(&e, "errno_name"), "EADDRNOTAVAIL", "{e}");
+    assert!(
+        e.get("errno_inferred").is_none(),
+        "the errno is the kernel's: {e}"
+    );
+    assert_eq!(e["netns"], t.client.inode);
+    assert_eq!(
+        s(&e, "explanation"),
+        format!(
+            "peer[{cpid}] -> {0} failed: no free local port for a connection to {0} in netns {1} (connect() failed with EADDRNOTAVAIL before sending anything): the ephemeral port range 40000-40003 (4 ports; net.ipv4.ip_local_port_range) is used up: 4 sockets hold ports towards {0}, 4 ESTABLISHED, 0 in TIME_WAIT, 0 in other states",
+            addr(&t, p),
+            t.client.inode
+        ),
+        "{e}"
+    );
+    assert!(s(&e, "fix").starts_with("reuse connections"), "{e}");
+    replay_matches_live(&mut agent, &file, p);
+}
+
+/// The same with the ports held in TIME_WAIT (the client closed first; over veth,
+/// unlike loopback, tcp_tw_reuse=2 does not reuse them), the server after the agent.
+#[test]
+fn connects_with_every_port_in_time_wait_are_port_exhaustion() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    four_ports(&t);
+    let p = 8135;
+    let file = recording("ports-time-wait.rst");
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    // It closes each connection once the client's FIN arrives: the client, which
+    // closed first, keeps the port in TIME_WAIT.
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, p), "--close-unread"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let first = Peer::spawn(&t.client, &["connect", &addr(&t, p), "--count", "4"]);
+    assert_eq!(first.wait(10 * SEC), vec!["errno=0"; 4]);
+    for _ in 0..4 {
+        server.wait_line(5 * SEC, |l| l == "closed");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=99"]);
+    let e = explained(&agent, p, "local_ports_exhausted", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert!(
+        s(&e, "explanation").ends_with(&format!(
+            "4 sockets hold ports towards {}, 0 ESTABLISHED, 4 in TIME_WAIT, 0 in other states",
+            addr(&t, p)
+        )),
+        "{e}"
+    );
+    assert!(
+        s(&e, "fix").starts_with(
+            "let new connections reuse TIME_WAIT ports: sysctl -w net.ipv4.tcp_tw_reuse=1"
+        ),
+        "{e}"
+    );
+    replay_matches_live(&mut agent, &file, p);
+}

@@ -36,7 +36,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
-use crate::record::Proc;
+use crate::record::{PortUse, Proc};
 
 /// How to enter a network namespace: a /proc/PID/ns/net link or a bind mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,6 +208,45 @@ pub fn dump_connected(max: usize) -> Result<Vec<Connected>> {
             inode: h.inode,
         })
         .collect())
+}
+
+/// At most this many sockets are read for a port-exhaustion report (counts stop
+/// there: a namespace that has them all in use has at most 64 K per address anyway).
+const MAX_PORT_USE: usize = 1 << 20;
+
+/// The port range of the namespace at `path` and its sockets towards `dst` by state
+/// (TIME_WAIT included: it holds its port), for a connect() that found no free port.
+pub fn port_use(path: &Path, dst: SocketAddr) -> Result<PortUse> {
+    in_netns(path, move || {
+        let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .context("reading ip_local_port_range")?;
+        let range = parse_port_range(&text).ok_or_else(|| anyhow!("bad port range {text:?}"))?;
+        let mut p = PortUse {
+            range,
+            ..Default::default()
+        };
+        let want = (dst.ip().to_canonical(), dst.port());
+        for h in dump(StateFlags::all() - StateFlags::LISTEN, MAX_PORT_USE)? {
+            let id = &h.socket_id;
+            if (id.destination_address.to_canonical(), id.destination_port) != want {
+                continue;
+            }
+            match h.state {
+                TCP_ESTABLISHED => p.established += 1,
+                TCP_TIME_WAIT => p.time_wait += 1,
+                _ => p.other += 1,
+            }
+        }
+        Ok(p)
+    })
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_TIME_WAIT: u8 = 6;
+
+fn parse_port_range(s: &str) -> Option<[u16; 2]> {
+    let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+    Some([it.next()??, it.next()??])
 }
 
 /// TCP sockets of the current namespace in `states`, both families, up to `max`.
@@ -588,6 +627,13 @@ mod tests {
             }
         );
         assert!(parse_netstat("IpExt: A\nIpExt: 1\n").is_err());
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some([32768, 60999]));
+        assert_eq!(parse_port_range("40000 40003"), Some([40000, 40003]));
+        assert_eq!(parse_port_range("40000"), None);
     }
 
     #[test]

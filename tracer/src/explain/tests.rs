@@ -859,3 +859,60 @@ fn localhost_resolving_to_ipv6_first_stays_a_listener_on_another_address() {
     });
     assert_eq!(causes(&out), vec!["listener_other_address"], "{out:#?}");
 }
+
+fn no_local_port(
+    state: Option<&'static str>,
+    ports: Option<crate::record::PortUse>,
+) -> Vec<Explanation> {
+    run(|e, o| {
+        let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
+        r.errno = Some(libc::EADDRNOTAVAIL);
+        r.state = state;
+        r.ports = ports;
+        e.push(r, o);
+    })
+}
+
+#[test]
+fn a_connect_without_a_free_local_port_is_port_exhaustion() {
+    let ports = |established, time_wait| crate::record::PortUse {
+        range: [40000, 40003],
+        established,
+        time_wait,
+        other: 0,
+    };
+    let out = no_local_port(Some("SYN_SENT"), Some(ports(3, 1)));
+    assert_eq!(causes(&out), vec!["local_ports_exhausted"], "{out:#?}");
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert_eq!(out[0].errno_name, Some("EADDRNOTAVAIL"));
+    assert!(!out[0].errno_inferred);
+    assert_eq!(
+        out[0].explanation,
+        "curl[4121] -> 10.0.0.2:8080 failed: no free local port for a connection to 10.0.0.2:8080 in netns 100 (connect() failed with EADDRNOTAVAIL before sending anything): the ephemeral port range 40000-40003 (4 ports; net.ipv4.ip_local_port_range) is used up: 4 sockets hold ports towards 10.0.0.2:8080, 3 ESTABLISHED, 1 in TIME_WAIT, 0 in other states"
+    );
+    assert!(
+        out[0]
+            .fix
+            .starts_with("reuse connections (a connection pool, HTTP keep-alive)"),
+        "{}",
+        out[0].fix
+    );
+    assert!(out[0].fix.contains("ip_local_port_range='1024 65535'"));
+    assert!(out[0].fix.contains("tcp_tw_reuse=1"));
+    // Mostly TIME_WAIT: reusing those ports comes first.
+    let out = no_local_port(Some("SYN_SENT"), Some(ports(0, 4)));
+    assert!(
+        out[0]
+            .fix
+            .starts_with("let new connections reuse TIME_WAIT ports"),
+        "{}",
+        out[0].fix
+    );
+    // Past SYN_SENT but the port use not read (it failed, or an older capture).
+    let out = no_local_port(Some("SYN_SENT"), None);
+    assert_eq!(causes(&out), vec!["local_ports_exhausted"]);
+    assert!(out[0].explanation.contains("(not measured here)"));
+    // EADDRNOTAVAIL before SYN_SENT: no usable local address, not the ports.
+    let out = no_local_port(None, None);
+    assert_eq!(causes(&out), vec!["no_route"]);
+}

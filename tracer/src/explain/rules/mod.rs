@@ -3,6 +3,7 @@
 //! sentence's reason and the runbook's fix.
 mod backlog;
 mod firewall;
+mod ports;
 mod refusal;
 mod reset;
 mod unreachable;
@@ -63,6 +64,7 @@ pub static RULES: &[&dyn Rule] = &[
     &backlog::SynQueueOverflow,
     &firewall::FirewallReject,
     &firewall::FirewallDrop,
+    &ports::LocalPortsExhausted,
     &unreachable::NoRoute,
     &unreachable::NeighbourUnreachable,
     &firewall::IcmpReject,
