@@ -633,7 +633,7 @@ fn replay_matches_live(agent: &mut Agent, file: &std::path::Path, p: u16) {
 /// A server killed with connections in its accept queue (it never accepts): every
 /// queued client is reset, and the explanation names the server and the queue, not an
 /// application's SO_LINGER 0 close. The server starts before the agent or after it.
-fn listener_gone_with_queue(p: u16, server_first: bool, sig: i32) {
+fn listener_gone_with_queue(p: u16, server_first: bool, sig: i32, sig_name: &str) {
     let t = Topology::new();
     let file = recording(&format!("gone-{p}.rst"));
     let server_addr = addr(&t, p);
@@ -659,7 +659,7 @@ fn listener_gone_with_queue(p: u16, server_first: bool, sig: i32) {
     assert_eq!(s(&e, "outcome"), "reset", "{e}");
     assert!(
         s(&e, "explanation").contains(&format!(
-            "peer[{}] exited while 3 connections waited in the accept queue of {server_addr} (never accepted)",
+            "peer[{}] was killed by {sig_name} while 3 connections waited in the accept queue of {server_addr} (never accepted)",
             server.pid
         )),
         "{e}"
@@ -678,7 +678,7 @@ fn a_server_killed_with_a_full_accept_queue_resets_the_queued_clients() {
     if !require_root() {
         return;
     }
-    listener_gone_with_queue(8130, false, libc::SIGKILL);
+    listener_gone_with_queue(8130, false, libc::SIGKILL, "SIGKILL");
 }
 
 #[test]
@@ -686,7 +686,7 @@ fn a_server_from_before_the_agent_terminated_with_queued_clients() {
     if !require_root() {
         return;
     }
-    listener_gone_with_queue(8131, true, libc::SIGTERM);
+    listener_gone_with_queue(8131, true, libc::SIGTERM, "SIGTERM");
 }
 
 /// An IPv4 client refused by an IPv6-only listener on the same port, the listener

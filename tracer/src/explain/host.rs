@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    record::{Kind, Proc, Record, Sock},
+    record::{Kind, Proc, Record, Sock, Text},
     FastMap,
 };
 
@@ -54,7 +54,8 @@ pub struct Host {
     listeners: FastMap<u32, Vec<Listening>>,
     closed: VecDeque<Closed>,
     addrs: FastMap<u32, Vec<IpAddr>>,
-    exited: FastMap<u32, u64>,
+    /// When each process exited, and how (`SIGKILL`, `exit 1`) when known.
+    exited: FastMap<u32, (u64, Option<Text>)>,
     overflows: VecDeque<OverflowSeen>,
     /// Owners of connected sockets that existed before the agent saw their namespace,
     /// by (netns, local, remote), until they die.
@@ -195,7 +196,7 @@ impl Host {
             }
             Kind::ProcessExit => {
                 if let Some(p) = &r.owner {
-                    self.exited.insert(p.pid, r.mono_ns);
+                    self.exited.insert(p.pid, (r.mono_ns, r.reason.clone()));
                 }
             }
             Kind::Overflow => {
@@ -339,7 +340,12 @@ impl Host {
 
     /// When the process exited, if it did.
     pub fn exited(&self, pid: u32) -> Option<u64> {
-        self.exited.get(&pid).copied()
+        self.exited.get(&pid).map(|(t, _)| *t)
+    }
+
+    /// How the process ended (`SIGKILL`, `exit 1`), when its exit was seen and told.
+    pub fn exit_status(&self, pid: u32) -> Option<&str> {
+        self.exited.get(&pid)?.1.as_deref()
     }
 
     /// The most recent overflow of the listener on `port` in `netns` within the window.

@@ -725,6 +725,7 @@ fn listener_gone(exits: bool, closes_ms: Option<u64>, task: u32) -> Vec<Explanat
         if exits {
             let mut exit = Record::new(Kind::ProcessExit, 300 * MS, String::new());
             exit.owner = python3(880);
+            exit.reason = Some("SIGKILL".into());
             e.push(exit, o);
         }
         e.advance(1_000 * MS, o);
@@ -743,7 +744,7 @@ fn a_listener_gone_with_its_queue_is_not_a_linger_zero_close() {
     assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
     assert_eq!(
         out[0].explanation,
-        "curl[4121] -> 10.0.0.2:8080 reset: python3[880] exited while 2 connections waited in the accept queue of 10.0.0.2:8080 (never accepted): closing the listener reset each of them (RST reason TCP_STATE, in the same instant; not an application's abort)"
+        "curl[4121] -> 10.0.0.2:8080 reset: python3[880] was killed by SIGKILL while 2 connections waited in the accept queue of 10.0.0.2:8080 (never accepted): closing the listener reset each of them (RST reason TCP_STATE, in the same instant; not an application's abort)"
     );
     // Still running: it closed the socket.
     let out = listener_gone(false, Some(100), 880);

@@ -51,17 +51,20 @@ impl Rule for ListenerGoneWithQueue {
             .owner
             .clone()
             .or_else(|| death.owner.clone());
-        let exited = owner.as_ref().and_then(|p| c.host.exited(p.pid)).is_some();
+        let pid = owner.as_ref().map(|p| p.pid);
+        let exited = pid.and_then(|p| c.host.exited(p)).is_some();
+        let status = pid.and_then(|p| c.host.exit_status(p));
         let n = closed.queued_reset;
         let queued = if n == 1 {
             "1 connection".to_string()
         } else {
             format!("{n} connections")
         };
-        let how = if exited {
-            "exited"
-        } else {
-            "closed its listening socket"
+        let how = match (exited, status) {
+            (true, Some(s)) if s.starts_with("exit") => format!("exited ({s})"),
+            (true, Some(s)) => format!("was killed by {s}"),
+            (true, None) => "exited".to_string(),
+            (false, _) => "closed its listening socket".to_string(),
         };
         Some(Finding {
             cause: self.id(),
