@@ -857,3 +857,37 @@ fn connects_with_every_port_in_time_wait_are_port_exhaustion() {
     );
     replay_matches_live(&mut agent, &file, p);
 }
+
+/// A client that binds a fixed local port before connect(), while that port already
+/// has a connection to the same server: EADDRNOTAVAIL too, but the 4-tuple is in use,
+/// not the range (one explanation, not an unexplained death beside it).
+#[test]
+fn a_connect_from_a_bound_port_already_connected_there() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8136;
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, p)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let agent = start(p);
+    let local = format!("{}:45000", t.client_ip);
+    let mut holder = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--bind", &local, "--hold", "20000"],
+    );
+    holder.wait_line(5 * SEC, |l| l == "errno=115");
+    std::thread::sleep(Duration::from_millis(300));
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p), "--bind", &local]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=99"]);
+    let e = explained(&agent, p, "local_address_in_use", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "the socket was bound to {local} before connect(), and {local} already has a connection to {}",
+            addr(&t, p)
+        )),
+        "{e}"
+    );
+}

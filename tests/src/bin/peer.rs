@@ -6,6 +6,7 @@
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
 //!                                         [--after FILE] [--send N]
 //!                                         [--then read|keepalive|write]
+//!                                         [--bind ADDR:PORT]
 //!
 //! `listen` prints `ready` once listening and then serves until killed; with
 //! `--linger0` it accepts connections and closes each with SO_LINGER 0, with
@@ -18,8 +19,10 @@
 //! `failed-listen errno=N`) while the parent listens on. ADDR may be IPv6 (`[::]:80`);
 //! `--v6only` sets IPV6_V6ONLY on such a listener.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
-//! connects are non-blocking and the sockets kept open for MS milliseconds. After a
-//! connection, `--after` waits (up to 60 s) until FILE exists, `--send` writes N bytes and `--then` waits for the connection to fail:
+//! connects are non-blocking and the sockets kept open for MS milliseconds; `--bind`
+//! binds each socket to ADDR:PORT first (with SO_REUSEADDR). After a connection,
+//! `--after` waits (up to 60 s) until FILE exists, `--send` writes N bytes and `--then`
+//! waits for the connection to fail:
 //! `read` blocks in recv, `keepalive` does the same with fast keepalives, `write`
 //! writes a byte every 100 ms; each prints `failed errno=N` (bounded to 60 s).
 use std::{
@@ -252,6 +255,7 @@ struct Connect {
     after: Option<String>,
     send: usize,
     then: Option<String>,
+    bind: Option<SocketAddrV4>,
 }
 
 fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
@@ -265,6 +269,20 @@ fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
         })?;
         if let Some(n) = c.syncnt {
             setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n)?;
+        }
+        if let Some(local) = c.bind {
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            let la = sockaddr(local);
+            if unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &la as *const _ as *const _,
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            } != 0
+            {
+                bail!("bind {local}: {}", std::io::Error::last_os_error());
+            }
         }
         let r = unsafe {
             libc::connect(
@@ -328,6 +346,9 @@ fn main() -> Result<()> {
         after: opt("--after"),
         send: opt("--send").map(|v| v.parse()).transpose()?.unwrap_or(0),
         then: opt("--then"),
+        bind: opt("--bind")
+            .map(|v| v.parse().map_err(|e| anyhow!("--bind {v}: {e}")))
+            .transpose()?,
     };
     let mut flag = |name: &str| match args.iter().position(|a| a == name) {
         Some(i) => {

@@ -917,3 +917,34 @@ fn a_connect_without_a_free_local_port_is_port_exhaustion() {
     let out = no_local_port(None, None);
     assert_eq!(causes(&out), vec!["no_route"]);
 }
+
+#[test]
+fn a_connect_from_a_bound_port_already_connected_there_is_a_4_tuple_in_use() {
+    // The kernel shows the bound socket's death (its port, not 0), then the errno.
+    let out = run(|e, o| {
+        let mut death = client_owned(rec(Kind::State, 10, C, S, CNS));
+        death.old_state = Some("SYN_SENT");
+        death.new_state = Some("CLOSE");
+        death.task = death.owner.clone();
+        e.push(death, o);
+        let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
+        r.task = r.owner.clone();
+        r.errno = Some(libc::EADDRNOTAVAIL);
+        r.state = Some("SYN_SENT");
+        e.push(r, o);
+    });
+    assert_eq!(causes(&out), vec!["local_address_in_use"], "{out:#?}");
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert!(
+        out[0].explanation.contains(
+            "the socket was bound to 10.0.0.1:40000 before connect(), and 10.0.0.1:40000 already has a connection to 10.0.0.2:8080"
+        ),
+        "{}",
+        out[0].explanation
+    );
+    assert!(
+        out[0].fix.contains("IP_BIND_ADDRESS_NO_PORT"),
+        "{}",
+        out[0].fix
+    );
+}

@@ -3,7 +3,11 @@
 //! address and port, open or in TIME_WAIT) and fails with EADDRNOTAVAIL after the
 //! socket reached SYN_SENT. No packet is sent; the kernel's only word is the errno,
 //! reported by the connect() exit hook, with the port use read live through sock_diag.
+//! The same errno for a socket bound to a fixed port beforehand means that port already
+//! has a connection to the destination: its death (SYN_SENT->CLOSE, in the owner's
+//! own call, joined to the errno by the engine) shows the bound address.
 use super::{Ctx, Finding, Rule};
+use crate::record::Kind;
 
 pub struct LocalPortsExhausted;
 
@@ -22,6 +26,24 @@ impl Rule for LocalPortsExhausted {
         }
         let dst = r.dst?;
         let ns = r.netns.map_or(String::new(), |n| format!(" in netns {n}"));
+        let bound = c.story.evidence.iter().find_map(|e| {
+            (e.kind == Kind::State && e.old_state == Some("SYN_SENT"))
+                .then_some(e.src?)
+                .filter(|s| s.port() != 0)
+        });
+        if let Some(src) = bound {
+            return Some(Finding {
+                cause: "local_address_in_use",
+                confidence: 0.9,
+                reason: format!(
+                    "the socket was bound to {src} before connect(), and {src} already has a connection to {dst}: that 4-tuple is in use (connect() failed with EADDRNOTAVAIL before sending anything)"
+                ),
+                fix: format!(
+                    "do not bind() a fixed local port before connect() (let the kernel pick one; to choose only the address, set IP_BIND_ADDRESS_NO_PORT before bind()); if the port must be fixed, wait for its previous connection to end; check: ss -tan src {src} dst {dst}"
+                ),
+                culprit: None,
+            });
+        }
         let (usage, tw_first) = match &r.ports {
             Some(p) => {
                 let size = (p.range[1] as u32 + 1).saturating_sub(p.range[0] as u32);
