@@ -891,3 +891,30 @@ fn a_connect_from_a_bound_port_already_connected_there() {
         "{e}"
     );
 }
+
+/// The classic dual-stack case stays what it was: the client tries ::1 first (as
+/// `localhost` resolves), the service listens on 127.0.0.1 only. The address is what
+/// is wrong, not the family rule's IPv4-client case.
+#[test]
+fn an_ipv6_client_of_a_listener_on_ipv4_loopback_is_a_listener_on_another_address() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8137;
+    let agent = start(p);
+    let mut server = Peer::spawn(&t.server, &["listen", &format!("127.0.0.1:{p}")]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.server, &["connect", &format!("[::1]:{p}")]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&agent, p, "listener_other_address", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "listens on port {p} only on 127.0.0.1, not on ::1"
+        )),
+        "{e}"
+    );
+}

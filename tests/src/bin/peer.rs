@@ -17,7 +17,7 @@
 //! `--failed-listen` has a child try to listen on the same address too, bound
 //! beforehand with SO_REUSEADDR, which fails with EADDRINUSE (printing
 //! `failed-listen errno=N`) while the parent listens on. ADDR may be IPv6 (`[::]:80`);
-//! `--v6only` sets IPV6_V6ONLY on such a listener.
+//! `--v6only` sets IPV6_V6ONLY on such a listener; `connect` takes IPv6 too.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
 //! connects are non-blocking and the sockets kept open for MS milliseconds; `--bind`
 //! binds each socket to ADDR:PORT first (with SO_REUSEADDR). After a connection,
@@ -258,15 +258,38 @@ struct Connect {
     bind: Option<SocketAddrV4>,
 }
 
-fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
-    let sa = sockaddr(addr);
+/// The destination as the sockaddr connect() takes, and its family.
+enum Dest {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+fn connect(addr: SocketAddr, c: Connect) -> Result<()> {
+    let dest = match addr {
+        SocketAddr::V4(a) => Dest::V4(sockaddr(a)),
+        SocketAddr::V6(a) => Dest::V6(net::sockaddr6(a)),
+    };
+    let (sa, sa_len): (*const libc::sockaddr, u32) = match &dest {
+        Dest::V4(s) => (
+            s as *const _ as *const _,
+            size_of::<libc::sockaddr_in>() as u32,
+        ),
+        Dest::V6(s) => (
+            s as *const _ as *const _,
+            size_of::<libc::sockaddr_in6>() as u32,
+        ),
+    };
     let mut kept = Vec::new();
     for _ in 0..c.count {
-        let fd = tcp_socket(if c.hold.is_some() {
+        let flags = if c.hold.is_some() {
             libc::SOCK_NONBLOCK
         } else {
             0
-        })?;
+        };
+        let fd = match addr {
+            SocketAddr::V4(_) => tcp_socket(flags)?,
+            SocketAddr::V6(_) => net::socket6(libc::SOCK_STREAM | flags).context("socket")?,
+        };
         if let Some(n) = c.syncnt {
             setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n)?;
         }
@@ -284,13 +307,7 @@ fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
                 bail!("bind {local}: {}", std::io::Error::last_os_error());
             }
         }
-        let r = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const _,
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
+        let r = unsafe { libc::connect(fd.as_raw_fd(), sa, sa_len) };
         let e = if r == 0 { 0 } else { errno() };
         say(&format!("errno={e}"));
         if let (0, Some(f)) = (e, &c.after) {
@@ -387,10 +404,7 @@ fn main() -> Result<()> {
                 v6only,
             },
         ),
-        "connect" => match addr {
-            SocketAddr::V4(a) => connect(a, c),
-            SocketAddr::V6(_) => bail!("connect takes an IPv4 address"),
-        },
+        "connect" => connect(addr, c),
         m => bail!("unknown mode {m}"),
     }
 }
