@@ -918,3 +918,38 @@ fn an_ipv6_client_of_a_listener_on_ipv4_loopback_is_a_listener_on_another_addres
         "{e}"
     );
 }
+
+/// One of two SO_REUSEPORT listeners killed with connections in its own queue: those
+/// are reset and blamed on it, the port is still served (no restart gap).
+#[test]
+fn one_of_two_reuseport_listeners_killed_with_its_queue() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8138;
+    let agent = start(p);
+    let spawn = || {
+        let mut l = Peer::spawn(&t.server, &["listen", &addr(&t, p), "--reuseport"]);
+        l.wait_line(5 * SEC, |l| l == "ready");
+        l
+    };
+    let (victim, _other) = (spawn(), spawn());
+    // Twelve connections spread over both queues by the reuseport hash (all twelve in
+    // the other queue: 1 in 4096).
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--count", "12", "--hold", "20000"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(victim.pid as i32, libc::SIGKILL) };
+    let e = explained(&agent, p, "listener_closed_with_queue", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(client.pid as u64), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(victim.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").ends_with(
+            "other sockets still listen there (SO_REUSEPORT): only this one's queue was lost"
+        ),
+        "{e}"
+    );
+}

@@ -3,6 +3,7 @@
 //!
 //!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread | --close]
 //!                                        [--fork-accept] [--failed-listen] [--v6only]
+//!                                        [--reuseport]
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
 //!                                         [--after FILE] [--send N]
 //!                                         [--then read|keepalive|write]
@@ -18,6 +19,7 @@
 //! beforehand with SO_REUSEADDR, which fails with EADDRINUSE (printing
 //! `failed-listen errno=N`) while the parent listens on. ADDR may be IPv6 (`[::]:80`);
 //! `--v6only` sets IPV6_V6ONLY on such a listener; `connect` takes IPv6 too.
+//! `--reuseport` sets SO_REUSEPORT, so that several peers listen on one address.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
 //! connects are non-blocking and the sockets kept open for MS milliseconds; `--bind`
 //! binds each socket to ADDR:PORT first (with SO_REUSEADDR). After a connection,
@@ -81,11 +83,12 @@ enum Serve {
     Close,
 }
 
-fn bound(addr: SocketAddr, v6only: bool) -> Result<OwnedFd> {
+fn bound(addr: SocketAddr, v6only: bool, reuseport: bool) -> Result<OwnedFd> {
     let r = match addr {
         SocketAddr::V4(a) => {
             let fd = tcp_socket(0)?;
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, reuseport as i32)?;
             let sa = sockaddr(a);
             let r = unsafe {
                 libc::bind(
@@ -99,6 +102,7 @@ fn bound(addr: SocketAddr, v6only: bool) -> Result<OwnedFd> {
         SocketAddr::V6(a) => {
             let fd = net::socket6(libc::SOCK_STREAM).context("socket")?;
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, reuseport as i32)?;
             setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as i32)?;
             let sa = net::sockaddr6(a);
             let r = unsafe {
@@ -136,11 +140,15 @@ struct Listen {
     fork_accept: bool,
     failed_listen: bool,
     v6only: bool,
+    reuseport: bool,
 }
 
 fn listen(addr: SocketAddr, l: Listen) -> Result<()> {
-    let fd = bound(addr, l.v6only)?;
-    let second = l.failed_listen.then(|| bound(addr, l.v6only)).transpose()?;
+    let fd = bound(addr, l.v6only, l.reuseport)?;
+    let second = l
+        .failed_listen
+        .then(|| bound(addr, l.v6only, l.reuseport))
+        .transpose()?;
     if unsafe { libc::listen(fd.as_raw_fd(), l.backlog) } != 0 {
         bail!("listen: {}", std::io::Error::last_os_error());
     }
@@ -377,6 +385,7 @@ fn main() -> Result<()> {
     let fork_accept = flag("--fork-accept");
     let failed_listen = flag("--failed-listen");
     let v6only = flag("--v6only");
+    let reuseport = flag("--reuseport");
     let serve = if flag("--linger0") {
         Serve::Linger0
     } else if flag("--close-unread") {
@@ -402,6 +411,7 @@ fn main() -> Result<()> {
                 fork_accept,
                 failed_listen,
                 v6only,
+                reuseport,
             },
         ),
         "connect" => connect(addr, c),

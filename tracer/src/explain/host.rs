@@ -37,6 +37,10 @@ pub struct Closed {
     /// Connections of its accept queue the close reset: the kernel kills each
     /// never-accepted child in the same call, right after LISTEN->CLOSE.
     pub queued_reset: u32,
+    /// Another socket still listened on the address (one of a SO_REUSEPORT group, or
+    /// a failed listen() beside the real listener): its queue, if any, was reset, but
+    /// the service had no gap.
+    pub still_served: bool,
 }
 
 /// How soon after its listener's close a child's death belongs to that close (they are
@@ -82,7 +86,8 @@ impl Host {
                 if let (Some(ns), Some(addr)) = (r.netns, r.src) {
                     // A snapshot older than a close we saw must not resurrect it.
                     let closed_since = self.closed.iter().any(|c| {
-                        c.listener.netns == ns
+                        !c.still_served
+                            && c.listener.netns == ns
                             && c.listener.addr == addr
                             && c.closed_ns >= r.mono_ns
                     });
@@ -158,8 +163,10 @@ impl Host {
                             !this
                         });
                         // The address is still served (a failed listen() beside the
-                        // real listener, or one of a SO_REUSEPORT group): no gap.
-                        if v.iter().any(|l| l.addr == addr) {
+                        // real listener, or one of a SO_REUSEPORT group): no gap, but a
+                        // queue of its own may have been reset.
+                        let still_served = v.iter().any(|l| l.addr == addr);
+                        if still_served && gone.is_empty() {
                             return;
                         }
                         if gone.is_empty() {
@@ -180,6 +187,7 @@ impl Host {
                                 closed_ns: r.mono_ns,
                                 closer: r.task.clone().or_else(|| r.owner.clone()),
                                 queued_reset: 0,
+                                still_served,
                             });
                         }
                         while self.closed.len() > HISTORY {
@@ -261,7 +269,8 @@ impl Host {
         window_ns: u64,
     ) -> Option<&Closed> {
         self.closed.iter().rev().find(|c| {
-            c.listener.netns == netns
+            !c.still_served
+                && c.listener.netns == netns
                 && c.listener.addr.port() == port
                 && c.listener.since_ns <= at_ns
                 && c.closed_ns <= at_ns + 1_000_000

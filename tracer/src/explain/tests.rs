@@ -948,3 +948,39 @@ fn a_connect_from_a_bound_port_already_connected_there_is_a_4_tuple_in_use() {
         out[0].fix
     );
 }
+
+#[test]
+fn one_listener_of_a_reuseport_group_gone_with_its_queue() {
+    let out = run(|e, o| {
+        for (pid, sock) in [(880, 0xa), (881, 0xb)] {
+            let mut l = rec(Kind::State, 1, S, "0.0.0.0:0", SNS);
+            l.old_state = Some("CLOSE");
+            l.new_state = Some("LISTEN");
+            l.owner = python3(pid);
+            l.sock = Some(crate::record::Sock(sock));
+            e.push(l, o);
+        }
+        let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
+        close.old_state = Some("LISTEN");
+        close.new_state = Some("CLOSE");
+        close.owner = python3(880);
+        close.task = python3(880);
+        close.sock = Some(crate::record::Sock(0xa));
+        e.push(close, o);
+        child_reset(e, 100_010, C, 880, o);
+        // The port is still served: a later refusal is not blamed on a restart.
+        assert!(e
+            .host
+            .recently_closed(SNS, 8080, 200 * MS, 30_000 * MS)
+            .is_none());
+    });
+    assert_eq!(causes(&out), vec!["listener_closed_with_queue"], "{out:#?}");
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+    assert!(
+        out[0].explanation.ends_with(
+            "other sockets still listen there (SO_REUSEPORT): only this one's queue was lost"
+        ),
+        "{}",
+        out[0].explanation
+    );
+}

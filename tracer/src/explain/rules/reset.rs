@@ -70,9 +70,14 @@ impl Rule for ListenerGoneWithQueue {
             cause: self.id(),
             confidence: 0.9,
             reason: format!(
-                "{} {how} while {queued} waited in the accept queue of {} (never accepted): closing the listener reset each of them (RST reason TCP_STATE, in the same instant; not an application's abort)",
+                "{} {how} while {queued} waited in the accept queue of {} (never accepted): closing the listener reset each of them (RST reason TCP_STATE, in the same instant; not an application's abort){}",
                 who(&owner),
                 closed.listener.addr,
+                if closed.still_served {
+                    "; other sockets still listen there (SO_REUSEPORT): only this one's queue was lost"
+                } else {
+                    ""
+                },
             ),
             fix: format!(
                 "find why the server {}: its exit status (journalctl, the supervisor's log); shut down gracefully (stop listening, then accept and serve or close what is queued) and restart without a gap (systemd socket activation, or SO_REUSEPORT with the new process listening first); clients should retry on ECONNRESET before a request is sent",
