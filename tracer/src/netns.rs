@@ -31,7 +31,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
@@ -138,6 +138,8 @@ pub struct Listener {
     /// Accept queue limit (sk_max_ack_backlog).
     pub backlog: u32,
     pub inode: u32,
+    /// IPv6 sockets: IPV6_V6ONLY (INET_DIAG_SKV6ONLY); None for IPv4 ones.
+    pub v6only: Option<bool>,
 }
 
 /// Runs `f` in a thread that joined the network namespace at `path`.
@@ -160,13 +162,31 @@ pub fn in_netns<T: Send + 'static>(
 pub fn dump_listeners() -> Result<Vec<Listener>> {
     Ok(dump(StateFlags::LISTEN, usize::MAX)?
         .into_iter()
-        .map(|h| Listener {
-            addr: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
-            depth: h.recv_queue,
-            backlog: h.send_queue,
-            inode: h.inode,
+        .map(|r| Listener {
+            addr: SocketAddr::new(
+                r.header.socket_id.source_address,
+                r.header.socket_id.source_port,
+            ),
+            depth: r.header.recv_queue,
+            backlog: r.header.send_queue,
+            inode: r.header.inode,
+            v6only: r.nlas.iter().find_map(|n| match n {
+                Nla::SkV6Only(v) => Some(*v),
+                _ => None,
+            }),
         })
         .collect())
+}
+
+/// IPV6_V6ONLY of the IPv6 listener on `addr` in the namespace at `path` (any of a
+/// SO_REUSEPORT group: they share the flag or could not share the port).
+pub fn listener_v6only(path: &Path, addr: SocketAddr) -> Result<Option<bool>> {
+    in_netns(path, move || {
+        Ok(dump_listeners()?
+            .into_iter()
+            .find(|l| l.addr == addr)
+            .and_then(|l| l.v6only))
+    })
 }
 
 /// A connected TCP socket, as sock_diag shows it.
@@ -197,6 +217,7 @@ pub fn dump_connected(max: usize) -> Result<Vec<Connected>> {
         | StateFlags::CLOSING;
     Ok(dump(states, max)?
         .into_iter()
+        .map(|r| r.header)
         .filter(|h| h.inode != 0)
         .map(|h| Connected {
             src: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
@@ -226,7 +247,8 @@ pub fn port_use(path: &Path, dst: SocketAddr) -> Result<PortUse> {
             ..Default::default()
         };
         let want = (dst.ip().to_canonical(), dst.port());
-        for h in dump(StateFlags::all() - StateFlags::LISTEN, MAX_PORT_USE)? {
+        for r in dump(StateFlags::all() - StateFlags::LISTEN, MAX_PORT_USE)? {
+            let h = r.header;
             let id = &h.socket_id;
             if (id.destination_address.to_canonical(), id.destination_port) != want {
                 continue;
@@ -250,10 +272,7 @@ fn parse_port_range(s: &str) -> Option<[u16; 2]> {
 }
 
 /// TCP sockets of the current namespace in `states`, both families, up to `max`.
-fn dump(
-    states: StateFlags,
-    max: usize,
-) -> Result<Vec<netlink_packet_sock_diag::inet::InetResponseHeader>> {
+fn dump(states: StateFlags, max: usize) -> Result<Vec<InetResponse>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto()?;
     socket.connect(&NlAddr::new(0, 0))?;
@@ -294,7 +313,7 @@ fn dump(
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
                         if out.len() < max =>
                     {
-                        out.push(r.header);
+                        out.push(*r);
                     }
                     NetlinkPayload::Done(_) => break 'recv,
                     NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
@@ -648,6 +667,7 @@ mod tests {
             depth,
             backlog,
             inode: port as u32,
+            v6only: None,
         }
     }
 

@@ -199,6 +199,10 @@ pub struct Record {
     /// sockets holding ports towards the destination (live only; not on every record).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortUse>,
+    /// Listeners on an IPv6 address (listener records, CLOSE->LISTEN of `[::]`):
+    /// IPV6_V6ONLY, read through sock_diag; absent when unknown or IPv4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v6only: Option<bool>,
 }
 
 impl Record {
@@ -232,6 +236,7 @@ impl Record {
             addrs: None,
             somaxconn: None,
             ports: None,
+            v6only: None,
         }
     }
 }

@@ -151,6 +151,7 @@ pub fn namespace_records(
         });
         r.owner_source = owner.as_ref().map(|_| "proc");
         r.owner = owner;
+        r.v6only = l.v6only;
         out.push(r);
     }
     for (c, owner) in sockets {
@@ -253,17 +254,52 @@ pub fn run(cfg: WatchConfig) -> Result<()> {
 /// times a second; each read is a sock_diag dump of the namespace).
 const PORT_USE_FOR_NS: u64 = 1_000_000_000;
 
-/// Adds the port range and the sockets holding ports towards the destination to
-/// connect errors for want of a local port, before the record is recorded (so that a
-/// replay explains with the same numbers).
+/// Reads what the kernel's record cannot hold from the socket's namespace, before the
+/// record is recorded (so that a replay explains with the same facts): the port range
+/// and the sockets holding ports towards the destination for connect errors for want
+/// of a local port; IPV6_V6ONLY for listeners opened on an IPv6 address.
 #[derive(Default)]
-struct PortUseReader {
+struct LiveReads {
     /// None: the read failed (not retried within the window either).
     recent: std::collections::HashMap<(u32, std::net::SocketAddr), (u64, Option<PortUse>)>,
 }
 
-impl PortUseReader {
+/// The namespace `ns` of a record owned by `pid`: the process's link while it lives
+/// (and the pid was not reused, which the inode tells), else any process's or a bind
+/// mount's, found by a walk.
+fn netns_path(ns: u32, pid: u32) -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    if std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ns as u64)
+    {
+        return Some(path);
+    }
+    netns::scan_namespaces().remove(&ns).map(|n| n.path)
+}
+
+impl LiveReads {
     fn enrich(&mut self, r: &mut Record) {
+        self.v6only(r);
+        self.ports(r);
+    }
+
+    fn v6only(&mut self, r: &mut Record) {
+        let opened =
+            r.kind == Kind::State && r.old_state == Some("CLOSE") && r.new_state == Some("LISTEN");
+        let (Some(ns), Some(addr), Some(owner)) = (r.netns, r.src, &r.owner) else {
+            return;
+        };
+        if !opened || !addr.is_ipv6() {
+            return;
+        }
+        r.v6only = netns_path(ns, owner.pid).and_then(|path| {
+            netns::listener_v6only(&path, addr)
+                .map_err(|e| log::debug!("listeners of netns {ns}: {e:#}"))
+                .ok()
+                .flatten()
+        });
+    }
+
+    fn ports(&mut self, r: &mut Record) {
         if r.kind != Kind::ConnectError
             || r.state != Some("SYN_SENT")
             || r.errno != Some(libc::EADDRNOTAVAIL)
@@ -280,18 +316,8 @@ impl PortUseReader {
             r.ports = p.clone();
             return;
         }
-        // The failing process's namespace link, unless it exited already (a client
-        // that gives up at once) or its pid was reused (the inode tells): then any
-        // process's, or a bind mount's, found by a walk.
-        let path = std::path::PathBuf::from(format!("/proc/{}/ns/net", owner.pid));
-        let path = if std::fs::metadata(&path)
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ns as u64)
-        {
-            Some(path)
-        } else {
-            netns::scan_namespaces().remove(&ns).map(|n| n.path)
-        };
-        let p = path.and_then(|path| {
+        // A client that gives up at once has exited by now: netns_path walks then.
+        let p = netns_path(ns, owner.pid).and_then(|path| {
             netns::port_use(&path, dst)
                 .map_err(|e| log::debug!("port use of netns {ns}: {e:#}"))
                 .ok()
@@ -307,13 +333,13 @@ fn drain<W: io::Write>(
     decoder: &mut Decoder,
     pipe: &mut Pipeline<W>,
     events: &mut u64,
-    ports: &mut PortUseReader,
+    reads: &mut LiveReads,
 ) -> io::Result<()> {
     while let Some(item) = rb.next() {
         *events += 1;
         match decoder.decode(&item) {
             Ok(mut r) => {
-                ports.enrich(&mut r);
+                reads.enrich(&mut r);
                 pipe.push(r)?
             }
             Err(e) => log::warn!("undecodable event: {e}"),
@@ -327,7 +353,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let mut listener_map = maps.listeners;
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info);
-    let mut ports = PortUseReader::default();
+    let mut reads = LiveReads::default();
     let sink: Box<dyn io::Write> = if cfg.quiet {
         Box::new(io::sink())
     } else {
@@ -407,11 +433,11 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         let step: io::Result<()> = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let res = drain(guard.get_inner_mut(), &mut decoder, &mut pipe, &mut events, &mut ports);
+                let res = drain(guard.get_inner_mut(), &mut decoder, &mut pipe, &mut events, &mut reads);
                 guard.clear_ready();
                 res
             }
-            _ = poll_tick.tick() => drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events, &mut ports),
+            _ = poll_tick.tick() => drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events, &mut reads),
             Some(o) = orx.recv() => on_observation(o, &mut pipe, &mut listener_map, &clock),
             _ = tick.tick() => {
                 let r = pipe.advance(now_ns());
@@ -453,7 +479,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             &mut decoder,
             &mut pipe,
             &mut events,
-            &mut ports,
+            &mut reads,
         )?;
         pipe.finish()?;
         Ok(())

@@ -142,6 +142,7 @@ const LOST: u32 = 1 << 19;
 const ADDRS: u32 = 1 << 20;
 const SOMAXCONN: u32 = 1 << 21;
 const PORTS: u32 = 1 << 22;
+const V6ONLY: u32 = 1 << 23;
 
 /// Builds one chunk: records are encoded against a dictionary that is written first.
 #[derive(Default)]
@@ -252,6 +253,7 @@ impl ChunkEncoder {
         set(r.addrs.is_some(), ADDRS);
         set(r.somaxconn.is_some(), SOMAXCONN);
         set(r.ports.is_some(), PORTS);
+        set(r.v6only.is_some(), V6ONLY);
 
         self.scratch.clear();
         self.scratch.put_u8(kind_code(r.kind));
@@ -337,6 +339,9 @@ impl ChunkEncoder {
             ] {
                 put_varint(&mut self.scratch, v);
             }
+        }
+        if let Some(v) = r.v6only {
+            put_varint(&mut self.scratch, v as u64);
         }
         put_varint(&mut self.body, self.scratch.len() as u64);
         self.body.extend_from_slice(&self.scratch);
@@ -565,6 +570,9 @@ fn decode_fields(
             time_wait: get_varint(b)? as u32,
             other: get_varint(b)? as u32,
         });
+    }
+    if has(V6ONLY) {
+        r.v6only = Some(get_varint(b)? != 0);
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

@@ -26,6 +26,16 @@ pub struct Listening {
     pub since_ns: u64,
     /// The listening socket, when its opening was seen (not for a snapshot's).
     pub sock: Option<Sock>,
+    /// IPV6_V6ONLY of an IPv6 listener, when read.
+    pub v6only: Option<bool>,
+}
+
+impl Listening {
+    /// Whether it takes connections to `dst`: `accepts`, and a `[::]` listener known to
+    /// be IPV6_V6ONLY takes no IPv4.
+    pub fn takes(&self, dst: SocketAddr) -> bool {
+        accepts(self.addr, dst) && !(self.v6only == Some(true) && dst.is_ipv4())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,11 +113,19 @@ impl Host {
                             // A snapshot says the listener exists, not since when.
                             since_ns: 0,
                             sock: None,
+                            v6only: r.v6only,
                         });
-                    } else if let Some(l) =
-                        v.iter_mut().find(|l| l.addr == addr && l.owner.is_none())
-                    {
-                        l.owner = r.owner.clone();
+                    } else {
+                        if let Some(l) = v.iter_mut().find(|l| l.addr == addr && l.owner.is_none())
+                        {
+                            l.owner = r.owner.clone();
+                        }
+                        for l in v
+                            .iter_mut()
+                            .filter(|l| l.addr == addr && l.v6only.is_none())
+                        {
+                            l.v6only = r.v6only;
+                        }
                     }
                 }
             }
@@ -145,6 +163,7 @@ impl Host {
                             owner: r.owner.clone(),
                             since_ns: r.mono_ns,
                             sock: r.sock,
+                            v6only: r.v6only,
                         });
                     }
                     (Some("LISTEN"), Some("CLOSE")) => {
@@ -176,6 +195,7 @@ impl Host {
                                 owner: r.owner.clone(),
                                 since_ns: 0,
                                 sock: r.sock,
+                                v6only: None,
                             });
                         }
                         for mut l in gone {
@@ -243,7 +263,7 @@ impl Host {
 
     /// The listener that would take a connection to `dst` in `netns`.
     pub fn listener_for(&self, netns: u32, dst: SocketAddr) -> Option<&Listening> {
-        self.listeners(netns).iter().find(|l| accepts(l.addr, dst))
+        self.listeners(netns).iter().find(|l| l.takes(dst))
     }
 
     /// Listeners on the port of `dst` in another namespace.
@@ -325,6 +345,7 @@ impl Host {
             r.netns = Some(l.netns);
             r.src = Some(l.addr);
             r.owner = l.owner.clone();
+            r.v6only = l.v6only;
             out.push(r);
         }
         let mut sockets: Vec<_> = self.existing.iter().collect();

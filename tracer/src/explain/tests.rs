@@ -984,3 +984,32 @@ fn one_listener_of_a_reuseport_group_gone_with_its_queue() {
         out[0].explanation
     );
 }
+
+#[test]
+fn a_listener_known_to_be_v6only_needs_no_evidence_from_the_server_kernel() {
+    for (v6only, want) in [(true, "family_mismatch"), (false, "firewall_reject")] {
+        let out = run(|e, o| {
+            // From the namespace's sock_diag snapshot (a listener from before the agent).
+            let mut l = Record::new(Kind::Listener, 0, String::new());
+            l.netns = Some(SNS);
+            l.src = Some("[::]:8080".parse().unwrap());
+            l.owner = python3(880);
+            l.v6only = Some(v6only);
+            e.push(l, o);
+            // 5.10: only the client's side.
+            e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+            e.push(error(10, libc::ECONNREFUSED), o);
+        });
+        assert_eq!(causes(&out), vec![want], "v6only {v6only}");
+        if v6only {
+            assert!(
+                out[0]
+                    .explanation
+                    .contains("python3[880] listens on [::]:8080 only for IPv6 (IPV6_V6ONLY set)"),
+                "{}",
+                out[0].explanation
+            );
+            assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+        }
+    }
+}

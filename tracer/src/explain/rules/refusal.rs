@@ -1,7 +1,6 @@
 //! Refusals by the TCP stack (an RST answering the SYN): which of the classic reasons,
 //! told apart with the listener table of the server's namespace.
 use super::{ago, ss_cmd, who, Ctx, Finding, Rule};
-use crate::explain::host::accepts;
 
 /// How long after a listener closed a refusal is blamed on the restart.
 const RESTART_WINDOW_NS: u64 = 30_000_000_000;
@@ -50,7 +49,7 @@ impl Rule for ServiceRestarting {
         let closed = c
             .host
             .recently_closed(ns, port, c.at_ns, RESTART_WINDOW_NS)?;
-        if !accepts(closed.listener.addr, server) && closed.listener.addr.ip() != server.ip() {
+        if !closed.listener.takes(server) && closed.listener.addr.ip() != server.ip() {
             return None;
         }
         let owner = &closed.listener.owner;
@@ -74,10 +73,10 @@ impl Rule for ServiceRestarting {
 
 /// An IPv4 client refused by a server whose listeners on that port are all IPv6-only:
 /// bound to an IPv6 address (`::1`), or to `[::]` with IPV6_V6ONLY (or
-/// net.ipv6.bindv6only=1). The V6ONLY flag is not in the records; the server's own
-/// kernel shows it by finding no socket for the SYN (RST or drop reason NO_SOCKET)
-/// while `[::]` listens on the port: the one thing that makes `[::]` refuse IPv4.
-/// Kernels without that evidence (before 5.17) keep the firewall inference.
+/// net.ipv6.bindv6only=1). The flag is read through sock_diag (listener records, and
+/// live when the listen() is seen); failing that, the server's own kernel shows it by
+/// finding no socket for the SYN (RST or drop reason NO_SOCKET) while `[::]` listens
+/// on the port: the one thing that makes `[::]` refuse IPv4.
 pub struct FamilyMismatch;
 
 impl Rule for FamilyMismatch {
@@ -107,16 +106,17 @@ impl Rule for FamilyMismatch {
             .chain(c.story.drops("NO_SOCKET"))
             .any(|r| r.reason.as_deref() == Some("NO_SOCKET"));
         let l = match c.host.listener_for(ns, server) {
-            // `[::]` takes IPv4 unless V6ONLY: only the kernel's NO_SOCKET says it is.
+            // `[::]` with V6ONLY not read (older captures): the kernel's NO_SOCKET says
+            // it took no IPv4, the one thing that makes it refuse.
             Some(l) if no_socket && l.since_ns <= c.at_ns => l,
             Some(_) => return None,
             None => on_port[0],
         };
         let port = server.port();
-        let how = if l.addr.ip().is_unspecified() {
-            "only for IPv6 (IPV6_V6ONLY, or net.ipv6.bindv6only=1)"
-        } else {
-            "on an IPv6 address only"
+        let how = match (l.addr.ip().is_unspecified(), l.v6only) {
+            (true, Some(true)) => "only for IPv6 (IPV6_V6ONLY set)",
+            (true, _) => "only for IPv6 (IPV6_V6ONLY, or net.ipv6.bindv6only=1)",
+            (false, _) => "on an IPv6 address only",
         };
         let evidence = if no_socket {
             " (the server's kernel found no socket for the SYN: NO_SOCKET)"
@@ -242,12 +242,7 @@ impl Rule for WrongPort {
             .host
             .listeners(ns)
             .iter()
-            .filter(|l| {
-                accepts(
-                    l.addr,
-                    std::net::SocketAddr::new(server.ip(), l.addr.port()),
-                )
-            })
+            .filter(|l| l.takes(std::net::SocketAddr::new(server.ip(), l.addr.port())))
             .map(|l| l.addr.port())
             .collect();
         ports.sort_unstable();
