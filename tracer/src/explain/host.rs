@@ -47,15 +47,19 @@ pub struct Closed {
     /// Connections of its accept queue the close reset: the kernel kills each
     /// never-accepted child in the same call, right after LISTEN->CLOSE.
     pub queued_reset: u32,
+    /// The last of those resets (the close itself before the first).
+    pub last_reset_ns: u64,
     /// Another socket still listened on the address (one of a SO_REUSEPORT group, or
     /// a failed listen() beside the real listener): its queue, if any, was reset, but
     /// the service had no gap.
     pub still_served: bool,
 }
 
-/// How soon after its listener's close a child's death belongs to that close (they are
-/// one call in the kernel, inet_csk_listen_stop).
-pub const QUEUE_RESET_WINDOW_NS: u64 = 10_000_000;
+/// A child's death belongs to its listener's close when it follows the close, or the
+/// previous child's death, by at most this (they are one call in the kernel,
+/// inet_csk_listen_stop, so a long queue takes long only as a chain of short steps;
+/// under emulation one step took over a millisecond).
+pub const QUEUE_RESET_GAP_NS: u64 = 50_000_000;
 
 #[derive(Clone, Debug)]
 pub struct OverflowSeen {
@@ -148,6 +152,7 @@ impl Host {
                     }
                     if let Some(c) = self.queue_reset_by(ns, addr, r) {
                         c.queued_reset += 1;
+                        c.last_reset_ns = r.mono_ns;
                     }
                 }
                 match (r.old_state, r.new_state) {
@@ -207,6 +212,7 @@ impl Host {
                                 closed_ns: r.mono_ns,
                                 closer: r.task.clone().or_else(|| r.owner.clone()),
                                 queued_reset: 0,
+                                last_reset_ns: r.mono_ns,
                                 still_served,
                             });
                         }
@@ -310,8 +316,8 @@ impl Host {
             c.listener.netns == netns
                 && accepts(c.listener.addr, local)
                 && c.closer.as_ref().is_some_and(|p| p.pid == task)
-                && r.mono_ns >= c.closed_ns
-                && r.mono_ns - c.closed_ns <= QUEUE_RESET_WINDOW_NS
+                && r.mono_ns >= c.last_reset_ns
+                && r.mono_ns - c.last_reset_ns <= QUEUE_RESET_GAP_NS
         })
     }
 
@@ -322,8 +328,7 @@ impl Host {
             c.queued_reset > 0
                 && c.listener.netns == netns
                 && accepts(c.listener.addr, local)
-                && at_ns >= c.closed_ns
-                && at_ns - c.closed_ns <= QUEUE_RESET_WINDOW_NS
+                && (c.closed_ns..=c.last_reset_ns).contains(&at_ns)
         })
     }
 

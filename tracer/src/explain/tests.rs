@@ -774,7 +774,7 @@ fn a_listener_gone_with_its_queue_is_not_a_linger_zero_close() {
     );
     // No listener close, a close long before, or the resets in another task: an
     // application's SO_LINGER 0 close.
-    for (closes, task) in [(None, 880), (Some(50), 880), (Some(100), 990)] {
+    for (closes, task) in [(None, 880), (Some(40), 880), (Some(100), 990)] {
         let out = listener_gone(true, closes, task);
         assert_eq!(
             causes(&out),
@@ -1012,4 +1012,47 @@ fn a_listener_known_to_be_v6only_needs_no_evidence_from_the_server_kernel() {
             assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
         }
     }
+}
+
+#[test]
+fn a_long_queue_is_reset_as_a_chain_and_a_later_abort_is_not_part_of_it() {
+    let out = run(|e, o| {
+        listen(e, 1, S, SNS, 880, o);
+        let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
+        close.old_state = Some("LISTEN");
+        close.new_state = Some("CLOSE");
+        close.owner = python3(880);
+        close.task = python3(880);
+        e.push(close, o);
+        // A slow machine: each reset 30 ms after the previous one, 90 ms in all.
+        for (i, at_ms) in [130u64, 160, 190].into_iter().enumerate() {
+            child_reset(e, at_ms * 1_000, &format!("10.0.0.1:4000{i}"), 880, o);
+        }
+        // 110 ms after the last: the application's own abort of an accepted one.
+        child_reset(e, 300_000, "10.0.0.1:40009", 880, o);
+        e.advance(1_000 * MS, o);
+    });
+    // One client process: the first is printed, the others counted into its burst.
+    let count = |cause: &str| -> u64 {
+        out.iter()
+            .filter(|x| x.cause == cause)
+            .map(|x| x.count)
+            .sum()
+    };
+    assert_eq!(
+        (
+            count("listener_closed_with_queue"),
+            count("reset_linger_zero")
+        ),
+        (3, 1),
+        "{out:#?}"
+    );
+    assert!(
+        out.iter()
+            .find(|x| x.cause == "listener_closed_with_queue")
+            .unwrap()
+            .explanation
+            .contains("while 3 connections waited"),
+        "{out:#?}"
+    );
 }
