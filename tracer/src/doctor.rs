@@ -154,7 +154,7 @@ pub fn gather() -> Report {
         Capability {
             name: "connect_errors",
             available: attached(Hook::ConnectEnter) && attached(Hook::ConnectExit),
-            detail: "connect() failing before any packet (no route, prohibit)",
+            detail: "connect() failing before any packet (no route, prohibit, no free local port)",
         },
         Capability { name: "ownership", available: attached(Hook::SetState), detail: "the process owning each socket, listener changes" },
         Capability { name: "netns", available: offsets.sk_net != NO_OFFSET && offsets.net_inum != NO_OFFSET, detail: "network namespace of each event (BTF)" },
