@@ -20,7 +20,7 @@ use serde_json::Value;
 /// Raw socket helpers shared by the `peer` and `bench` programs.
 pub mod net {
     use std::{
-        net::SocketAddrV4,
+        net::{SocketAddrV4, SocketAddrV6},
         os::fd::{AsRawFd, FromRawFd, OwnedFd},
     };
 
@@ -42,6 +42,27 @@ pub mod net {
             },
             sin_zero: [0; 8],
         }
+    }
+
+    pub fn sockaddr6(a: SocketAddrV6) -> libc::sockaddr_in6 {
+        libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as u16,
+            sin6_port: a.port().to_be(),
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            },
+            sin6_scope_id: a.scope_id(),
+        }
+    }
+
+    /// An IPv6 socket of type `ty`.
+    pub fn socket6(ty: i32) -> std::io::Result<OwnedFd> {
+        let fd = unsafe { libc::socket(libc::AF_INET6, ty, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// An IPv4 socket of type `ty` (SOCK_STREAM | flags, SOCK_DGRAM).

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{capability, pid_of, port, require_root, s, time_scale, Agent, Peer, Topology};
+use tests::{
+    capability, pid_of, port, require_root, rstrace_bin, s, time_scale, Agent, Peer, Topology,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -627,4 +629,391 @@ fn an_established_flow_whose_next_hop_stops_answering() {
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
     assert_eq!(s(&e, "errno_name"), "EHOSTUNREACH", "{e}");
     assert!(s(&e, "explanation").contains("stopped answering"), "{e}");
+}
+
+/// A capture file for this test process (removed first if left over).
+fn recording(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rstrace-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// `rstrace explain --json` of a recording: its explanations for port `p`.
+fn replayed(file: &std::path::Path, p: u16) -> Vec<Value> {
+    let out = std::process::Command::new(rstrace_bin())
+        .args(["explain", "--json", "--port", &p.to_string()])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "explain failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
+        .filter(|v: &Value| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+        .collect()
+}
+
+/// Stops the agent and checks that its recording explains port `p` as it did live:
+/// same causes, processes, culprits and sentences.
+fn replay_matches_live(agent: &mut Agent, file: &std::path::Path, p: u16) {
+    assert!(agent.stop().success());
+    let key = |v: &Value| {
+        (
+            s(v, "cause").to_string(),
+            pid_of(v, "process"),
+            pid_of(v, "culprit"),
+            s(v, "explanation").to_string(),
+            v["count"].as_u64(),
+        )
+    };
+    // Sorted: what is still pending at the end is explained in no set order.
+    let mut live: Vec<_> = agent
+        .records()
+        .iter()
+        .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+        .map(key)
+        .collect();
+    let mut replay: Vec<_> = replayed(file, p).iter().map(key).collect();
+    live.sort();
+    replay.sort();
+    assert!(!live.is_empty());
+    assert_eq!(replay, live, "replay differs from live");
+}
+
+/// A server killed with connections in its accept queue (it never accepts): every
+/// queued client is reset, and the explanation names the server and the queue, not an
+/// application's SO_LINGER 0 close. The server starts before the agent or after it.
+fn listener_gone_with_queue(p: u16, server_first: bool, sig: i32, sig_name: &str) {
+    let t = Topology::new();
+    let file = recording(&format!("gone-{p}.rst"));
+    let server_addr = addr(&t, p);
+    let spawn_server = || {
+        let mut server = Peer::spawn(&t.server, &["listen", &server_addr, "--backlog", "8"]);
+        server.wait_line(5 * SEC, |l| l == "ready");
+        server
+    };
+    let early = server_first.then(spawn_server);
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let server = early.unwrap_or_else(spawn_server);
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--count", "3", "--hold", "20000"],
+    );
+    let cpid = client.pid as u64;
+    // All three handshakes complete into the queue (nobody accepts).
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(server.pid as i32, sig) };
+    let e = explained(&mut agent, p, "listener_closed_with_queue", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert_eq!(s(&e, "outcome"), "reset", "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "peer[{}] was killed by {sig_name} while 3 connections waited in the accept queue of {server_addr} (never accepted)",
+            server.pid
+        )),
+        "{e}"
+    );
+    // The other two are counted into the first's burst.
+    let counted = agent.wait_for("the burst's count", 5 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p && v["count"] == 2
+    });
+    assert_eq!(s(&counted, "cause"), "listener_closed_with_queue");
+    replay_matches_live(&mut agent, &file, p);
+    drop(client);
+}
+
+#[test]
+fn a_server_killed_with_a_full_accept_queue_resets_the_queued_clients() {
+    if !require_root() {
+        return;
+    }
+    listener_gone_with_queue(8130, false, libc::SIGKILL, "SIGKILL");
+}
+
+#[test]
+fn a_server_from_before_the_agent_terminated_with_queued_clients() {
+    if !require_root() {
+        return;
+    }
+    listener_gone_with_queue(8131, true, libc::SIGTERM, "SIGTERM");
+}
+
+/// An IPv4 client refused by an IPv6-only listener on the same port (`[::]` with
+/// IPV6_V6ONLY), across veth; the listener started before the agent (its flag comes
+/// from the start-up sock_diag read) or after it (read when its listen() is seen).
+fn v6only_listener(p: u16, server_first: bool) {
+    let t = Topology::new();
+    let file = recording(&format!("family-v6only-{p}.rst"));
+    let spawn_server = || {
+        let mut server = Peer::spawn(&t.server, &["listen", &format!("[::]:{p}"), "--v6only"]);
+        server.wait_line(5 * SEC, |l| l == "ready");
+        server
+    };
+    let early = server_first.then(spawn_server);
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let server = early.unwrap_or_else(spawn_server);
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&mut agent, p, "family_mismatch", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "peer[{}] listens on [::]:{p} only for IPv6 (IPV6_V6ONLY set), and the client connected over IPv4 to {}",
+            server.pid, t.server_ip
+        )),
+        "{e}"
+    );
+    assert!(s(&e, "fix").contains("without IPV6_V6ONLY"), "{e}");
+    replay_matches_live(&mut agent, &file, p);
+}
+
+#[test]
+fn an_ipv4_client_of_a_v6only_listener_is_a_family_mismatch() {
+    if !require_root() {
+        return;
+    }
+    v6only_listener(8132, false);
+}
+
+#[test]
+fn an_ipv4_client_of_a_v6only_listener_from_before_the_agent() {
+    if !require_root() {
+        return;
+    }
+    v6only_listener(8139, true);
+}
+
+/// The same with a listener on `::1` started before the agent (known from the
+/// start-up snapshot), and a client of 127.0.0.1 in its namespace.
+#[test]
+fn an_ipv4_client_of_a_listener_on_ipv6_loopback_from_before_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8133;
+    let mut server = Peer::spawn(&t.server, &["listen", &format!("[::1]:{p}")]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let file = recording("family-loopback.rst");
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let client = Peer::spawn(&t.server, &["connect", &format!("127.0.0.1:{p}")]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&mut agent, p, "family_mismatch", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "listens on [::1]:{p} on an IPv6 address only, and the client connected over IPv4 to 127.0.0.1"
+        )),
+        "{e}"
+    );
+    assert!(
+        s(&e, "fix").contains(&format!("connect over IPv6 (to [::1]:{p})")),
+        "{e}"
+    );
+    replay_matches_live(&mut agent, &file, p);
+}
+
+/// Narrows the client namespace's ephemeral ports to four (40000-40003).
+fn four_ports(t: &Topology) {
+    t.client
+        .exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40003"]);
+}
+
+/// A client whose four ephemeral ports towards the server are all held by open
+/// connections (the server, started before the agent, never accepts them): its next
+/// connect() fails with EADDRNOTAVAIL before sending anything, and the explanation
+/// names it, the destination, the range and the sockets holding it.
+#[test]
+fn connects_without_a_free_local_port_are_port_exhaustion() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    four_ports(&t);
+    let p = 8134;
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, p)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let file = recording("ports-established.rst");
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    let mut holder = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--count", "4", "--hold", "20000"],
+    );
+    for _ in 0..4 {
+        holder.wait_line(5 * SEC, |l| l == "errno=115");
+    }
+    // The four handshakes complete (the sockets are then ESTABLISHED).
+    std::thread::sleep(Duration::from_millis(300));
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p), "--count", "2"]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=99", "errno=99"]);
+    let e = explained(&mut agent, p, "local_ports_exhausted", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(s(&e, "errno_name"), "EADDRNOTAVAIL", "{e}");
+    assert!(
+        e.get("errno_inferred").is_none(),
+        "the errno is the kernel's: {e}"
+    );
+    assert_eq!(e["netns"], t.client.inode);
+    assert_eq!(
+        s(&e, "explanation"),
+        format!(
+            "peer[{cpid}] -> {0} failed: no free local port for a connection to {0} in netns {1} (connect() failed with EADDRNOTAVAIL before sending anything): the ephemeral port range 40000-40003 (4 ports; net.ipv4.ip_local_port_range) is used up: 4 sockets hold ports towards {0}, 4 ESTABLISHED, 0 in TIME_WAIT, 0 in other states",
+            addr(&t, p),
+            t.client.inode
+        ),
+        "{e}"
+    );
+    assert!(s(&e, "fix").starts_with("reuse connections"), "{e}");
+    replay_matches_live(&mut agent, &file, p);
+}
+
+/// The same with the ports held in TIME_WAIT (the client closed first; over veth,
+/// unlike loopback, tcp_tw_reuse=2 does not reuse them), the server after the agent.
+#[test]
+fn connects_with_every_port_in_time_wait_are_port_exhaustion() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    four_ports(&t);
+    let p = 8135;
+    let file = recording("ports-time-wait.rst");
+    let mut agent = Agent::start(&["--port", &p.to_string(), "--record", file.to_str().unwrap()]);
+    // It closes each connection once the client's FIN arrives: the client, which
+    // closed first, keeps the port in TIME_WAIT.
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, p), "--close-unread"]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let first = Peer::spawn(&t.client, &["connect", &addr(&t, p), "--count", "4"]);
+    assert_eq!(first.wait(10 * SEC), vec!["errno=0"; 4]);
+    for _ in 0..4 {
+        server.wait_line(5 * SEC, |l| l == "closed");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p)]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=99"]);
+    let e = explained(&mut agent, p, "local_ports_exhausted", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert!(
+        s(&e, "explanation").ends_with(&format!(
+            "4 sockets hold ports towards {}, 0 ESTABLISHED, 4 in TIME_WAIT, 0 in other states",
+            addr(&t, p)
+        )),
+        "{e}"
+    );
+    assert!(
+        s(&e, "fix").starts_with(
+            "let new connections reuse TIME_WAIT ports: sysctl -w net.ipv4.tcp_tw_reuse=1"
+        ),
+        "{e}"
+    );
+    replay_matches_live(&mut agent, &file, p);
+}
+
+/// A client that binds a fixed local port before connect(), while that port already
+/// has a connection to the same server: EADDRNOTAVAIL too, but the 4-tuple is in use,
+/// not the range (one explanation, not an unexplained death beside it).
+#[test]
+fn a_connect_from_a_bound_port_already_connected_there() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8136;
+    let mut server = Peer::spawn(&t.server, &["listen", &addr(&t, p)]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let mut agent = start(p);
+    let local = format!("{}:45000", t.client_ip);
+    let mut holder = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--bind", &local, "--hold", "20000"],
+    );
+    holder.wait_line(5 * SEC, |l| l == "errno=115");
+    std::thread::sleep(Duration::from_millis(300));
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, p), "--bind", &local]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=99"]);
+    let e = explained(&mut agent, p, "local_address_in_use", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "the socket was bound to {local} before connect(), and {local} already has a connection to {}",
+            addr(&t, p)
+        )),
+        "{e}"
+    );
+}
+
+/// The classic dual-stack case stays what it was: the client tries ::1 first (as
+/// `localhost` resolves), the service listens on 127.0.0.1 only. The address is what
+/// is wrong, not the family rule's IPv4-client case.
+#[test]
+fn an_ipv6_client_of_a_listener_on_ipv4_loopback_is_a_listener_on_another_address() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8137;
+    let mut agent = start(p);
+    let mut server = Peer::spawn(&t.server, &["listen", &format!("127.0.0.1:{p}")]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let client = Peer::spawn(&t.server, &["connect", &format!("[::1]:{p}")]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    let e = explained(&mut agent, p, "listener_other_address", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(server.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "listens on port {p} only on 127.0.0.1, not on ::1"
+        )),
+        "{e}"
+    );
+}
+
+/// One of two SO_REUSEPORT listeners killed with connections in its own queue: those
+/// are reset and blamed on it, the port is still served (no restart gap).
+#[test]
+fn one_of_two_reuseport_listeners_killed_with_its_queue() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let p = 8138;
+    let mut agent = start(p);
+    let spawn = || {
+        let mut l = Peer::spawn(&t.server, &["listen", &addr(&t, p), "--reuseport"]);
+        l.wait_line(5 * SEC, |l| l == "ready");
+        l
+    };
+    let (victim, _other) = (spawn(), spawn());
+    // Twelve connections spread over both queues by the reuseport hash (all twelve in
+    // the other queue: 1 in 4096).
+    let client = Peer::spawn(
+        &t.client,
+        &["connect", &addr(&t, p), "--count", "12", "--hold", "20000"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(victim.pid as i32, libc::SIGKILL) };
+    let e = explained(&mut agent, p, "listener_closed_with_queue", 5 * SEC);
+    assert_eq!(pid_of(&e, "process"), Some(client.pid as u64), "{e}");
+    assert_eq!(pid_of(&e, "culprit"), Some(victim.pid as u64), "{e}");
+    assert!(
+        s(&e, "explanation").ends_with(
+            "other sockets still listen there (SO_REUSEPORT): only this one's queue was lost"
+        ),
+        "{e}"
+    );
 }

@@ -180,7 +180,9 @@ pub struct ConnectInfo {
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    pub _pad: u32,
+    /// The socket's TCP state when connect() failed: SYN_SENT when it got that far
+    /// (the local port allocation failed), 0 when it failed before.
+    pub state: u32,
     /// Network byte order; IPv4 in the first four bytes.
     pub addr: [u8; 16],
 }

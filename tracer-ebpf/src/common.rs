@@ -49,14 +49,16 @@ const CONNECT_SLOTS: u32 = 32768;
 /// part of the thread id the slot's index does not.
 const CONNECT_TID_SHIFT: u32 = 56;
 const CONNECT_ADDR_MASK: u64 = (1 << CONNECT_TID_SHIFT) - 1;
+const CONNECT_SENT: u64 = 1 << 63;
 
 /// A connect() in progress per thread, at tid % CONNECT_SLOTS: an array element is
 /// found without a hash or lock (an LRU hash by thread cost ~440 ns per connect hook).
 /// Each slot is one word, read and written whole: the sockaddr pointer, tagged with
-/// tid / CONNECT_SLOTS (tids stay below 2^22), 0 when empty or once the socket reached
-/// SYN_SENT. Two threads sharing a slot (tids equal modulo its size, both in connect()
-/// at once) are told apart by the tag: the displaced one's report is missed, never
-/// misattributed. (A per-CPU slot was cheaper still but wrong under preemption, and
+/// tid / CONNECT_SLOTS (tids stay below 2^22, so the tag leaves bit 63 free), 0 when
+/// empty. Bit 63 marks a connect whose socket reached SYN_SENT: its exit is reported
+/// only for the one error that comes after that (no free local port). Two threads
+/// sharing a slot (tids equal modulo its size, both in connect() at once) are told
+/// apart by the tag: the displaced one's report is missed, never misattributed. (A per-CPU slot was cheaper still but wrong under preemption, and
 /// the 5.10 guest had soft lockups with it.)
 #[map]
 pub static CONNECTS: Array<u64> = Array::with_max_entries(CONNECT_SLOTS, 0);
@@ -76,17 +78,30 @@ pub fn connect_begin(tid: u32, uaddr: u64) {
     }
 }
 
-/// Takes this thread's sockaddr pointer, if its slot holds one.
+/// Marks this thread's connect() as past SYN_SENT (the TCP hooks tell the rest, but
+/// for an error inet_hash_connect returns after the transition: no local port).
 #[inline(always)]
-pub fn connect_take(tid: u32) -> Option<u64> {
+pub fn connect_mark_sent(tid: u32) {
+    if let Some((slot, tag)) = connect_slot(tid) {
+        let v = unsafe { core::ptr::read_volatile(slot) };
+        if v & !(CONNECT_ADDR_MASK | CONNECT_SENT) == tag && v & CONNECT_ADDR_MASK != 0 {
+            unsafe { core::ptr::write_volatile(slot, v | CONNECT_SENT) };
+        }
+    }
+}
+
+/// Takes this thread's sockaddr pointer, if its slot holds one, and whether its socket
+/// reached SYN_SENT.
+#[inline(always)]
+pub fn connect_take(tid: u32) -> Option<(u64, bool)> {
     let (slot, tag) = connect_slot(tid)?;
     let v = unsafe { core::ptr::read_volatile(slot) };
     let uaddr = v & CONNECT_ADDR_MASK;
-    if v & !CONNECT_ADDR_MASK != tag || uaddr == 0 {
+    if v & !(CONNECT_ADDR_MASK | CONNECT_SENT) != tag || uaddr == 0 {
         return None;
     }
     unsafe { core::ptr::write_volatile(slot, 0) };
-    Some(uaddr)
+    Some((uaddr, v & CONNECT_SENT != 0))
 }
 
 #[map]

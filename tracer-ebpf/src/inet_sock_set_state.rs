@@ -21,7 +21,7 @@ use aya_ebpf::{
 use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey, ListenOwner};
 
 use crate::common::{
-    attribute, config, connect_take, ctx_field, current_owner, kread, load_record, raw_i32,
+    attribute, config, connect_mark_sent, ctx_field, current_owner, kread, load_record, raw_i32,
     raw_u16, raw_u64, report_sock, sock_info, sock_netns, submit, LISTENERS, SOCKS,
 };
 
@@ -140,9 +140,9 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
     match (c.old, c.new) {
         (st::CLOSE, st::SYN_SENT) => {
             let _ = SOCKS.insert(c.sk, current_owner(sock_netns(cfg, c.sk)), 0);
-            // The connect reached SYN_SENT: the TCP hooks tell its story.
-            let tid = bpf_get_current_pid_tgid() as u32;
-            let _ = connect_take(tid);
+            // The connect reached SYN_SENT: the TCP hooks tell its story, except for a
+            // local port allocation that fails next (no TCP event has the errno).
+            connect_mark_sent(bpf_get_current_pid_tgid() as u32);
         }
         (st::CLOSE, st::LISTEN) => {
             let known = is_known(c.sk);

@@ -1,8 +1,10 @@
 //! syscalls:sys_enter_connect / sys_exit_connect: a connect() refused by routing or
 //! policy (no route, unreachable/prohibit/blackhole routes, cgroup or LSM policy)
 //! fails before the socket reaches SYN_SENT, so no TCP tracepoint fires. The entry
-//! remembers the destination pointer per thread; the exit reports only those errors.
-//! Both run in the calling process, so the current task is the owner.
+//! remembers the destination pointer per thread; the exit reports only those errors,
+//! and EADDRNOTAVAIL after SYN_SENT: no free local port (inet_hash_connect fails after
+//! the CLOSE->SYN_SENT transition, and the SYN_SENT->CLOSE that follows carries no
+//! errno). Both run in the calling process, so the current task is the owner.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
     macros::tracepoint,
@@ -18,9 +20,13 @@ use crate::common::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+const EADDRNOTAVAIL: i64 = 99;
+/// `ConnectInfo::state` of a connect that reached SYN_SENT.
+const TCP_SYN_SENT: u32 = 2;
+
 /// Errors that mean the kernel would not even try: routing and policy.
 fn routing_error(ret: i64) -> bool {
-    matches!(-ret, 1 | 13 | 22 | 99 | 100 | 101 | 113)
+    matches!(-ret, 1 | 13 | 22 | EADDRNOTAVAIL | 100 | 101 | 113)
 }
 
 #[tracepoint]
@@ -45,8 +51,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
-    // None also once the socket reached SYN_SENT: the TCP hooks tell the rest.
-    let uaddr = connect_take(bpf_get_current_pid_tgid() as u32)?;
+    let (uaddr, sent) = connect_take(bpf_get_current_pid_tgid() as u32)?;
     let cfg = config()?;
     let ret = if cfg.layouts[Hook::ConnectExit as usize].fixed != 0 {
         ctx_field::<i64>(ctx, fixed::CONNECT_RET)
@@ -54,7 +59,13 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
         let p = load_record(ctx, Hook::ConnectExit)?;
         raw_u64(&p.ev.raw, p.layout.ret)? as i64
     };
-    if !routing_error(ret) {
+    // Past SYN_SENT the TCP hooks tell the rest, but for the one error they miss.
+    let reported = if sent {
+        -ret == EADDRNOTAVAIL
+    } else {
+        routing_error(ret)
+    };
+    if !reported {
         return None;
     }
     let p = load_record(ctx, Hook::ConnectExit)?;
@@ -65,7 +76,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
         ret,
         family,
         port: u16::from_be_bytes([sa[2], sa[3]]),
-        _pad: 0,
+        state: if sent { TCP_SYN_SENT } else { 0 },
         addr: [0; 16],
     };
     match family {

@@ -218,6 +218,9 @@ fn connect_error(raw: &[u8], r: &mut Record) {
     let e = (-c.ret) as i32;
     r.errno = Some(e);
     r.errno_name = errno_name(e);
+    if c.state != 0 {
+        r.state = Some(tcp_state_name(c.state as i32));
+    }
 }
 
 /// The fields a raw-tracepoint socket hook read from the socket: the same record as

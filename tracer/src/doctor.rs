@@ -154,7 +154,7 @@ pub fn gather() -> Report {
         Capability {
             name: "connect_errors",
             available: attached(Hook::ConnectEnter) && attached(Hook::ConnectExit),
-            detail: "connect() failing before any packet (no route, prohibit)",
+            detail: "connect() failing before any packet (no route, prohibit, no free local port)",
         },
         Capability { name: "ownership", available: attached(Hook::SetState), detail: "the process owning each socket, listener changes" },
         Capability {

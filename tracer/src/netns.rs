@@ -31,12 +31,12 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
-use crate::record::Proc;
+use crate::record::{PortUse, Proc};
 
 /// How to enter a network namespace: a /proc/PID/ns/net link or a bind mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +138,8 @@ pub struct Listener {
     /// Accept queue limit (sk_max_ack_backlog).
     pub backlog: u32,
     pub inode: u32,
+    /// IPv6 sockets: IPV6_V6ONLY (INET_DIAG_SKV6ONLY); None for IPv4 ones.
+    pub v6only: Option<bool>,
 }
 
 /// Runs `f` in a thread that joined the network namespace at `path`.
@@ -160,13 +162,31 @@ pub fn in_netns<T: Send + 'static>(
 pub fn dump_listeners() -> Result<Vec<Listener>> {
     Ok(dump(StateFlags::LISTEN, usize::MAX)?
         .into_iter()
-        .map(|h| Listener {
-            addr: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
-            depth: h.recv_queue,
-            backlog: h.send_queue,
-            inode: h.inode,
+        .map(|r| Listener {
+            addr: SocketAddr::new(
+                r.header.socket_id.source_address,
+                r.header.socket_id.source_port,
+            ),
+            depth: r.header.recv_queue,
+            backlog: r.header.send_queue,
+            inode: r.header.inode,
+            v6only: r.nlas.iter().find_map(|n| match n {
+                Nla::SkV6Only(v) => Some(*v),
+                _ => None,
+            }),
         })
         .collect())
+}
+
+/// IPV6_V6ONLY of the IPv6 listener on `addr` in the namespace at `path` (any of a
+/// SO_REUSEPORT group: they share the flag or could not share the port).
+pub fn listener_v6only(path: &Path, addr: SocketAddr) -> Result<Option<bool>> {
+    in_netns(path, move || {
+        Ok(dump_listeners()?
+            .into_iter()
+            .find(|l| l.addr == addr)
+            .and_then(|l| l.v6only))
+    })
 }
 
 /// A connected TCP socket, as sock_diag shows it.
@@ -197,6 +217,7 @@ pub fn dump_connected(max: usize) -> Result<Vec<Connected>> {
         | StateFlags::CLOSING;
     Ok(dump(states, max)?
         .into_iter()
+        .map(|r| r.header)
         .filter(|h| h.inode != 0)
         .map(|h| Connected {
             src: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
@@ -208,6 +229,46 @@ pub fn dump_connected(max: usize) -> Result<Vec<Connected>> {
             inode: h.inode,
         })
         .collect())
+}
+
+/// At most this many sockets are read for a port-exhaustion report (counts stop
+/// there: a namespace that has them all in use has at most 64 K per address anyway).
+const MAX_PORT_USE: usize = 1 << 20;
+
+/// The port range of the namespace at `path` and its sockets towards `dst` by state
+/// (TIME_WAIT included: it holds its port), for a connect() that found no free port.
+pub fn port_use(path: &Path, dst: SocketAddr) -> Result<PortUse> {
+    in_netns(path, move || {
+        let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .context("reading ip_local_port_range")?;
+        let range = parse_port_range(&text).ok_or_else(|| anyhow!("bad port range {text:?}"))?;
+        let mut p = PortUse {
+            range,
+            ..Default::default()
+        };
+        let want = (dst.ip().to_canonical(), dst.port());
+        for r in dump(StateFlags::all() - StateFlags::LISTEN, MAX_PORT_USE)? {
+            let h = r.header;
+            let id = &h.socket_id;
+            if (id.destination_address.to_canonical(), id.destination_port) != want {
+                continue;
+            }
+            match h.state {
+                TCP_ESTABLISHED => p.established += 1,
+                TCP_TIME_WAIT => p.time_wait += 1,
+                _ => p.other += 1,
+            }
+        }
+        Ok(p)
+    })
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_TIME_WAIT: u8 = 6;
+
+fn parse_port_range(s: &str) -> Option<[u16; 2]> {
+    let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+    Some([it.next()??, it.next()??])
 }
 
 /// The connected TCP socket of the current namespace with this 4-tuple, if any (one
@@ -226,19 +287,20 @@ pub fn lookup_connected(src: SocketAddr, dst: SocketAddr) -> Result<Option<Conne
     // INET_DIAG_NOCOOKIE: any socket with that 4-tuple.
     id.cookie = [0xff; 8];
     let found = query(family, StateFlags::all(), Some(id), 1)?;
-    Ok(found.into_iter().find(|h| h.inode != 0).map(|h| Connected {
-        src,
-        dst,
-        state: h.state,
-        inode: h.inode,
-    }))
+    Ok(found
+        .into_iter()
+        .map(|r| r.header)
+        .find(|h| h.inode != 0)
+        .map(|h| Connected {
+            src,
+            dst,
+            state: h.state,
+            inode: h.inode,
+        }))
 }
 
 /// TCP sockets of the current namespace in `states`, both families, up to `max`.
-fn dump(
-    states: StateFlags,
-    max: usize,
-) -> Result<Vec<netlink_packet_sock_diag::inet::InetResponseHeader>> {
+fn dump(states: StateFlags, max: usize) -> Result<Vec<InetResponse>> {
     let mut out = query(AF_INET, states, None, max)?;
     out.extend(query(
         AF_INET6,
@@ -256,7 +318,7 @@ fn query(
     states: StateFlags,
     exact: Option<SocketId>,
     max: usize,
-) -> Result<Vec<netlink_packet_sock_diag::inet::InetResponseHeader>> {
+) -> Result<Vec<InetResponse>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto()?;
     socket.connect(&NlAddr::new(0, 0))?;
@@ -303,7 +365,7 @@ fn query(
                 match msg.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                         if out.len() < max {
-                            out.push(r.header);
+                            out.push(*r);
                         }
                         if exact.is_some() {
                             break 'recv;
@@ -712,6 +774,13 @@ mod tests {
     }
 
     #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some([32768, 60999]));
+        assert_eq!(parse_port_range("40000 40003"), Some([40000, 40003]));
+        assert_eq!(parse_port_range("40000"), None);
+    }
+
+    #[test]
     fn namespace_links() {
         assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
         assert_eq!(parse_ns_link("mnt:[1]"), None);
@@ -723,6 +792,7 @@ mod tests {
             depth,
             backlog,
             inode: port as u32,
+            v6only: None,
         }
     }
 

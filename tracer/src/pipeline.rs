@@ -2,7 +2,7 @@
 //! capture -> enrich -> print evidence -> explain -> filter -> print explanations.
 //! Everything the stages use arrives as records, so a replay of the captured records
 //! gives what live gave.
-use std::{io, path::Path};
+use std::io;
 
 use crate::{
     capture::CaptureWriter,
@@ -41,6 +41,53 @@ const ASK_AGAIN_NS: u64 = 10_000_000_000;
 /// At most this many sockets are remembered as asked about.
 const MAX_ASKED: usize = 4096;
 
+/// Whether the process is gone or a zombie (dead, not yet reaped by its parent), and
+/// then how it ended when the zombie still tells.
+fn exited(pid: u32) -> Option<Option<String>> {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => zombie_status(&stat),
+        Err(_) => Some(None),
+    }
+}
+
+/// For a zombie's /proc/PID/stat: `Some(how it ended)` (`SIGKILL`, `exit 1`, from its
+/// exit_code, field 52, 3.5+); None for a live process.
+fn zombie_status(stat: &str) -> Option<Option<String>> {
+    // The fields after the command name, which may hold anything but ends with ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    if !matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    // exit_code is field 52; `fields` starts at field 3 (the state).
+    let code: Option<i32> = fields.nth(52 - 4).and_then(|v| v.parse().ok());
+    Some(code.map(|c| match c & 0x7f {
+        0 => format!("exit {}", (c >> 8) & 0xff),
+        sig => signal_name(sig),
+    }))
+}
+
+fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}
+
 /// How long after its listener closed a process is checked for having exited.
 const EXIT_CHECK_NS: u64 = 200_000_000;
 
@@ -76,7 +123,9 @@ impl<W: io::Write> Pipeline<W> {
             && r.old_state == Some("LISTEN")
             && r.new_state == Some("CLOSE")
         {
-            if let Some(p) = &r.owner {
+            // A listener from before the agent has no owner from the kernel; its
+            // close runs in the closing process, which is the one to check.
+            if let Some(p) = r.owner.as_ref().or(r.task.as_ref()) {
                 self.exits.push((p.clone(), r.mono_ns + EXIT_CHECK_NS));
             }
         }
@@ -137,9 +186,10 @@ impl<W: io::Write> Pipeline<W> {
             .collect();
         self.exits.retain(|(_, t)| *t > now);
         for p in due {
-            if !Path::new(&format!("/proc/{}", p.pid)).exists() {
+            if let Some(how) = exited(p.pid) {
                 let mut r = Record::new(Kind::ProcessExit, now, self.clock.format(now));
                 r.owner = Some(p);
+                r.reason = how.map(Into::into);
                 self.push(r)?;
             }
         }
@@ -172,5 +222,32 @@ impl<W: io::Write> Pipeline<W> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A /proc/PID/stat line in state `state` with exit_code (field 52) `code`.
+    fn stat(state: &str, code: i32) -> String {
+        let middle = vec!["0"; 52 - 4].join(" ");
+        format!("4242 (a) b) {state} {middle} {code}\n")
+    }
+
+    #[test]
+    fn a_zombie_tells_how_it_ended() {
+        assert_eq!(zombie_status(&stat("Z", 9)), Some(Some("SIGKILL".into())));
+        assert_eq!(zombie_status(&stat("Z", 15)), Some(Some("SIGTERM".into())));
+        assert_eq!(
+            zombie_status(&stat("Z", 1 << 8)),
+            Some(Some("exit 1".into()))
+        );
+        assert_eq!(zombie_status(&stat("S", 0)), None, "alive");
+        assert_eq!(
+            zombie_status("4242 (a) Z"),
+            Some(None),
+            "no exit_code field"
+        );
     }
 }

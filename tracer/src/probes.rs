@@ -26,7 +26,7 @@ pub fn hook_loss(hook: Hook) -> &'static str {
         Hook::ErrorReport => "errnos handed to applications",
         Hook::DestroySock => "socket lifetimes (ownership entries then age out instead)",
         Hook::ConnectEnter | Hook::ConnectExit => {
-            "connect() failures before any packet (no route, prohibit, policy)"
+            "connect() failures before any packet (no route, prohibit, policy, no free local port)"
         }
         Hook::AcceptExit | Hook::Accept4Exit => {
             "which process accepted a connection (pre-fork workers are named as their listener's process)"

@@ -105,6 +105,19 @@ pub struct Queue {
     pub backlog: u32,
 }
 
+/// Local ports of a namespace and the sockets holding them towards one destination,
+/// read through sock_diag when a connect() found no free port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PortUse {
+    /// net.ipv4.ip_local_port_range (it applies to IPv6 too), inclusive.
+    pub range: [u16; 2],
+    /// Sockets towards the destination, by state.
+    pub established: u32,
+    pub time_wait: u32,
+    /// In any other state (SYN_SENT, FIN_WAIT, CLOSE_WAIT, ...).
+    pub other: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Record {
     /// Schema version.
@@ -182,6 +195,14 @@ pub struct Record {
     /// Overflow records: net.core.somaxconn of the listener's namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub somaxconn: Option<u32>,
+    /// Connect errors for want of a local port: the namespace's port range and the
+    /// sockets holding ports towards the destination (live only; not on every record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortUse>,
+    /// Listeners on an IPv6 address (listener records, CLOSE->LISTEN of `[::]`):
+    /// IPV6_V6ONLY, read through sock_diag; absent when unknown or IPv4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v6only: Option<bool>,
 }
 
 impl Record {
@@ -214,6 +235,8 @@ impl Record {
             lost: None,
             addrs: None,
             somaxconn: None,
+            ports: None,
+            v6only: None,
         }
     }
 }

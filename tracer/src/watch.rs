@@ -30,7 +30,7 @@ use crate::{
     pipeline::Pipeline,
     privileges,
     probes::{read_losses, HookStatus, Probes},
-    record::{Kind, Queue, Record, LOST_RECURSION, LOST_RING_FULL},
+    record::{Kind, PortUse, Queue, Record, LOST_RECURSION, LOST_RING_FULL},
     sink::Output,
     tracefs,
 };
@@ -153,6 +153,7 @@ pub fn namespace_records(
         });
         r.owner_source = owner.as_ref().map(|_| "proc");
         r.owner = owner;
+        r.v6only = l.v6only;
         out.push(r);
     }
     out.extend(socket_records(netns, now, sockets, clock));
@@ -265,17 +266,99 @@ pub fn run(cfg: WatchConfig) -> Result<()> {
     rt.block_on(run_loop(&mut session, cfg))
 }
 
+/// How long a namespace's port use, read for a connect() that found no free port, is
+/// reused for the next ones to the same destination (a retry loop fails thousands of
+/// times a second; each read is a sock_diag dump of the namespace).
+const PORT_USE_FOR_NS: u64 = 1_000_000_000;
+
+/// Reads what the kernel's record cannot hold from the socket's namespace, before the
+/// record is recorded (so that a replay explains with the same facts): the port range
+/// and the sockets holding ports towards the destination for connect errors for want
+/// of a local port; IPV6_V6ONLY for listeners opened on an IPv6 address.
+#[derive(Default)]
+struct LiveReads {
+    /// None: the read failed (not retried within the window either).
+    recent: std::collections::HashMap<(u32, std::net::SocketAddr), (u64, Option<PortUse>)>,
+}
+
+/// The namespace `ns` of a record owned by `pid`: the process's link while it lives
+/// (and the pid was not reused, which the inode tells), else any process's or a bind
+/// mount's, found by a walk.
+fn netns_path(ns: u32, pid: u32) -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    if std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ns as u64)
+    {
+        return Some(path);
+    }
+    netns::scan_namespaces().remove(&ns).map(|n| n.path)
+}
+
+impl LiveReads {
+    fn enrich(&mut self, r: &mut Record) {
+        self.v6only(r);
+        self.ports(r);
+    }
+
+    fn v6only(&mut self, r: &mut Record) {
+        let opened =
+            r.kind == Kind::State && r.old_state == Some("CLOSE") && r.new_state == Some("LISTEN");
+        let (Some(ns), Some(addr), Some(owner)) = (r.netns, r.src, &r.owner) else {
+            return;
+        };
+        if !opened || !addr.is_ipv6() {
+            return;
+        }
+        r.v6only = netns_path(ns, owner.pid).and_then(|path| {
+            netns::listener_v6only(&path, addr)
+                .map_err(|e| log::debug!("listeners of netns {ns}: {e:#}"))
+                .ok()
+                .flatten()
+        });
+    }
+
+    fn ports(&mut self, r: &mut Record) {
+        if r.kind != Kind::ConnectError
+            || r.state != Some("SYN_SENT")
+            || r.errno != Some(libc::EADDRNOTAVAIL)
+        {
+            return;
+        }
+        let (Some(ns), Some(dst), Some(owner)) = (r.netns, r.dst, &r.owner) else {
+            return;
+        };
+        let now = r.mono_ns;
+        self.recent
+            .retain(|_, (at, _)| now.saturating_sub(*at) < PORT_USE_FOR_NS);
+        if let Some((_, p)) = self.recent.get(&(ns, dst)) {
+            r.ports = p.clone();
+            return;
+        }
+        // A client that gives up at once has exited by now: netns_path walks then.
+        let p = netns_path(ns, owner.pid).and_then(|path| {
+            netns::port_use(&path, dst)
+                .map_err(|e| log::debug!("port use of netns {ns}: {e:#}"))
+                .ok()
+        });
+        self.recent.insert((ns, dst), (now, p.clone()));
+        r.ports = p;
+    }
+}
+
 /// Decodes and pushes everything waiting in the ring.
 fn drain<W: io::Write>(
     rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
     decoder: &mut Decoder,
     pipe: &mut Pipeline<W>,
     events: &mut u64,
+    reads: &mut LiveReads,
 ) -> io::Result<()> {
     while let Some(item) = rb.next() {
         *events += 1;
         match decoder.decode(&item) {
-            Ok(r) => pipe.push(r)?,
+            Ok(mut r) => {
+                reads.enrich(&mut r);
+                pipe.push(r)?
+            }
             Err(e) => log::warn!("undecodable event: {e}"),
         }
     }
@@ -287,6 +370,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let mut listener_map = maps.listeners;
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info);
+    let mut reads = LiveReads::default();
     let sink: Box<dyn io::Write> = if cfg.quiet {
         Box::new(io::sink())
     } else {
@@ -372,11 +456,11 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         let step: io::Result<()> = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let res = drain(guard.get_inner_mut(), &mut decoder, &mut pipe, &mut events);
+                let res = drain(guard.get_inner_mut(), &mut decoder, &mut pipe, &mut events, &mut reads);
                 guard.clear_ready();
                 res
             }
-            _ = poll_tick.tick() => drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events),
+            _ = poll_tick.tick() => drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events, &mut reads),
             Some(o) = orx.recv() => on_observation(o, &mut pipe, &mut listener_map, &clock),
             _ = tick.tick() => {
                 let r = pipe.advance(now_ns());
@@ -413,7 +497,13 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     // What is still in the ring, the stories waiting for evidence and the bursts
     // still counting are explained before exit: the totals equal the failures.
     let result = result.and_then(|()| {
-        drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events)?;
+        drain(
+            ring.get_mut(),
+            &mut decoder,
+            &mut pipe,
+            &mut events,
+            &mut reads,
+        )?;
         pipe.finish()?;
         Ok(())
     });

@@ -3,10 +3,12 @@
 //!
 //!   peer [--cpu N] spin SECONDS
 //!   peer [--netns NAME] listen ADDR:PORT [--backlog N] [--linger0 | --close-unread | --close]
-//!                                        [--fork-accept] [--failed-listen]
+//!                                        [--fork-accept] [--failed-listen] [--v6only]
+//!                                        [--reuseport]
 //!   peer [--netns NAME] connect ADDR:PORT [--syncnt N] [--count N] [--hold MS]
 //!                                         [--after FILE] [--send N]
 //!                                         [--then read|keepalive|write]
+//!                                         [--bind ADDR:PORT]
 //!
 //! `listen` prints `ready` once listening and then serves until killed; with
 //! `--linger0` it accepts connections and closes each with SO_LINGER 0, with
@@ -16,18 +18,22 @@
 //! child (printing `child=PID`) that accepts and serves; the parent only waits.
 //! `--failed-listen` has a child try to listen on the same address too, bound
 //! beforehand with SO_REUSEADDR, which fails with EADDRINUSE (printing
-//! `failed-listen errno=N`) while the parent listens on.
+//! `failed-listen errno=N`) while the parent listens on. ADDR may be IPv6 (`[::]:80`);
+//! `--v6only` sets IPV6_V6ONLY on such a listener; `connect` takes IPv6 too.
+//! `--reuseport` sets SO_REUSEPORT, so that several peers listen on one address.
 //! `spin` burns CPU (a bystander for softirqs to interrupt) for SECONDS; `--cpu` pins
 //! any mode to one CPU.
 //! `connect` prints `errno=N` per attempt (0 when connected); with `--hold` the
-//! connects are non-blocking and the sockets kept open for MS milliseconds. After a
-//! connection, `--after` waits (up to 60 s) until FILE exists, `--send` writes N bytes and `--then` waits for the connection to fail:
+//! connects are non-blocking and the sockets kept open for MS milliseconds; `--bind`
+//! binds each socket to ADDR:PORT first (with SO_REUSEADDR). After a connection,
+//! `--after` waits (up to 60 s) until FILE exists, `--send` writes N bytes and `--then`
+//! waits for the connection to fail:
 //! `read` blocks in recv, `keepalive` does the same with fast keepalives, `write`
 //! writes a byte every 100 ms; each prints `failed errno=N` (bounded to 60 s).
 use std::{
     io::Write,
     mem::size_of,
-    net::SocketAddrV4,
+    net::{SocketAddr, SocketAddrV4},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -80,18 +86,40 @@ enum Serve {
     Close,
 }
 
-fn bound(addr: SocketAddrV4) -> Result<OwnedFd> {
-    let fd = tcp_socket(0)?;
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
-    let sa = sockaddr(addr);
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sa as *const _ as *const _,
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    } != 0
-    {
+fn bound(addr: SocketAddr, v6only: bool, reuseport: bool) -> Result<OwnedFd> {
+    let r = match addr {
+        SocketAddr::V4(a) => {
+            let fd = tcp_socket(0)?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, reuseport as i32)?;
+            let sa = sockaddr(a);
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const _,
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            (fd, r)
+        }
+        SocketAddr::V6(a) => {
+            let fd = net::socket6(libc::SOCK_STREAM).context("socket")?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, reuseport as i32)?;
+            setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as i32)?;
+            let sa = net::sockaddr6(a);
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const _,
+                    size_of::<libc::sockaddr_in6>() as u32,
+                )
+            };
+            (fd, r)
+        }
+    };
+    let (fd, r) = r;
+    if r != 0 {
         bail!("bind {addr}: {}", std::io::Error::last_os_error());
     }
     Ok(fd)
@@ -114,11 +142,16 @@ struct Listen {
     serve: Serve,
     fork_accept: bool,
     failed_listen: bool,
+    v6only: bool,
+    reuseport: bool,
 }
 
-fn listen(addr: SocketAddrV4, l: Listen) -> Result<()> {
-    let fd = bound(addr)?;
-    let second = l.failed_listen.then(|| bound(addr)).transpose()?;
+fn listen(addr: SocketAddr, l: Listen) -> Result<()> {
+    let fd = bound(addr, l.v6only, l.reuseport)?;
+    let second = l
+        .failed_listen
+        .then(|| bound(addr, l.v6only, l.reuseport))
+        .transpose()?;
     if unsafe { libc::listen(fd.as_raw_fd(), l.backlog) } != 0 {
         bail!("listen: {}", std::io::Error::last_os_error());
     }
@@ -233,27 +266,59 @@ struct Connect {
     after: Option<String>,
     send: usize,
     then: Option<String>,
+    bind: Option<SocketAddrV4>,
 }
 
-fn connect(addr: SocketAddrV4, c: Connect) -> Result<()> {
-    let sa = sockaddr(addr);
+/// The destination as the sockaddr connect() takes, and its family.
+enum Dest {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+fn connect(addr: SocketAddr, c: Connect) -> Result<()> {
+    let dest = match addr {
+        SocketAddr::V4(a) => Dest::V4(sockaddr(a)),
+        SocketAddr::V6(a) => Dest::V6(net::sockaddr6(a)),
+    };
+    let (sa, sa_len): (*const libc::sockaddr, u32) = match &dest {
+        Dest::V4(s) => (
+            s as *const _ as *const _,
+            size_of::<libc::sockaddr_in>() as u32,
+        ),
+        Dest::V6(s) => (
+            s as *const _ as *const _,
+            size_of::<libc::sockaddr_in6>() as u32,
+        ),
+    };
     let mut kept = Vec::new();
     for _ in 0..c.count {
-        let fd = tcp_socket(if c.hold.is_some() {
+        let flags = if c.hold.is_some() {
             libc::SOCK_NONBLOCK
         } else {
             0
-        })?;
+        };
+        let fd = match addr {
+            SocketAddr::V4(_) => tcp_socket(flags)?,
+            SocketAddr::V6(_) => net::socket6(libc::SOCK_STREAM | flags).context("socket")?,
+        };
         if let Some(n) = c.syncnt {
             setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, n)?;
         }
-        let r = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const _,
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
+        if let Some(local) = c.bind {
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+            let la = sockaddr(local);
+            if unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &la as *const _ as *const _,
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            } != 0
+            {
+                bail!("bind {local}: {}", std::io::Error::last_os_error());
+            }
+        }
+        let r = unsafe { libc::connect(fd.as_raw_fd(), sa, sa_len) };
         let e = if r == 0 { 0 } else { errno() };
         say(&format!("errno={e}"));
         if let (0, Some(f)) = (e, &c.after) {
@@ -336,6 +401,9 @@ fn main() -> Result<()> {
         after: opt("--after"),
         send: opt("--send").map(|v| v.parse()).transpose()?.unwrap_or(0),
         then: opt("--then"),
+        bind: opt("--bind")
+            .map(|v| v.parse().map_err(|e| anyhow!("--bind {v}: {e}")))
+            .transpose()?,
     };
     let mut flag = |name: &str| match args.iter().position(|a| a == name) {
         Some(i) => {
@@ -346,6 +414,8 @@ fn main() -> Result<()> {
     };
     let fork_accept = flag("--fork-accept");
     let failed_listen = flag("--failed-listen");
+    let v6only = flag("--v6only");
+    let reuseport = flag("--reuseport");
     let serve = if flag("--linger0") {
         Serve::Linger0
     } else if flag("--close-unread") {
@@ -369,7 +439,7 @@ fn main() -> Result<()> {
     let [mode, addr] = args.as_slice() else {
         bail!("usage: peer [--netns NAME] listen|connect ADDR:PORT [options]");
     };
-    let addr: SocketAddrV4 = addr.parse().map_err(|e| anyhow!("{addr}: {e}"))?;
+    let addr: SocketAddr = addr.parse().map_err(|e| anyhow!("{addr}: {e}"))?;
     match mode.as_str() {
         "listen" => listen(
             addr,
@@ -378,6 +448,8 @@ fn main() -> Result<()> {
                 serve,
                 fork_accept,
                 failed_listen,
+                v6only,
+                reuseport,
             },
         ),
         "connect" => connect(addr, c),

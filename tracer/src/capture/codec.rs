@@ -8,8 +8,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
 use crate::record::{
-    errno_name, tcp_flags_parse, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock,
-    Text,
+    errno_name, tcp_flags_parse, tcp_flags_str, tcp_state_name, Kind, PortUse, Proc, Queue, Record,
+    Sock, Text,
 };
 use crate::FastMap;
 
@@ -141,6 +141,8 @@ const HOOK: u32 = 1 << 18;
 const LOST: u32 = 1 << 19;
 const ADDRS: u32 = 1 << 20;
 const SOMAXCONN: u32 = 1 << 21;
+const PORTS: u32 = 1 << 22;
+const V6ONLY: u32 = 1 << 23;
 
 /// Builds one chunk: records are encoded against a dictionary that is written first.
 #[derive(Default)]
@@ -250,6 +252,8 @@ impl ChunkEncoder {
         set(r.lost.is_some(), LOST);
         set(r.addrs.is_some(), ADDRS);
         set(r.somaxconn.is_some(), SOMAXCONN);
+        set(r.ports.is_some(), PORTS);
+        set(r.v6only.is_some(), V6ONLY);
 
         self.scratch.clear();
         self.scratch.put_u8(kind_code(r.kind));
@@ -324,6 +328,20 @@ impl ChunkEncoder {
         }
         if let Some(n) = r.somaxconn {
             put_varint(&mut self.scratch, n as u64);
+        }
+        if let Some(p) = &r.ports {
+            for v in [
+                p.range[0] as u64,
+                p.range[1] as u64,
+                p.established as u64,
+                p.time_wait as u64,
+                p.other as u64,
+            ] {
+                put_varint(&mut self.scratch, v);
+            }
+        }
+        if let Some(v) = r.v6only {
+            put_varint(&mut self.scratch, v as u64);
         }
         put_varint(&mut self.body, self.scratch.len() as u64);
         self.body.extend_from_slice(&self.scratch);
@@ -542,6 +560,19 @@ fn decode_fields(
     }
     if has(SOMAXCONN) {
         r.somaxconn = Some(get_varint(b)? as u32);
+    }
+    if has(PORTS) {
+        let lo = get_varint(b)? as u16;
+        let hi = get_varint(b)? as u16;
+        r.ports = Some(PortUse {
+            range: [lo, hi],
+            established: get_varint(b)? as u32,
+            time_wait: get_varint(b)? as u32,
+            other: get_varint(b)? as u32,
+        });
+    }
+    if has(V6ONLY) {
+        r.v6only = Some(get_varint(b)? != 0);
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

@@ -70,6 +70,8 @@ prop_compose! {
         strings in (proptest::option::of(".{0,40}"), proptest::option::of(0u8..64)),
         hook in proptest::option::of(0..tracer_common::Hook::COUNT),
         addrs in proptest::option::of(proptest::collection::vec(arb_ip(), 0..5)),
+        ports in proptest::option::of((any::<[u16; 2]>(), any::<u32>(), any::<u32>(), any::<u32>())),
+        v6only in proptest::option::of(any::<bool>()),
     ) -> Record {
         let mut r = Record::new(KINDS[kind], mono, String::new());
         r.netns = netns;
@@ -93,6 +95,13 @@ prop_compose! {
         r.tcp_flags = strings.1.map(tcp_flags_str);
         r.hook = hook.map(|h| tracer_common::Hook::ALL[h].program());
         r.addrs = addrs;
+        r.v6only = v6only;
+        r.ports = ports.map(|(range, established, time_wait, other)| crate::record::PortUse {
+            range,
+            established,
+            time_wait,
+            other,
+        });
         r
     }
 }

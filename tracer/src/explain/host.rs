@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    record::{Kind, Proc, Record, Sock},
+    record::{Kind, Proc, Record, Sock, Text},
     FastMap,
 };
 
@@ -26,13 +26,40 @@ pub struct Listening {
     pub since_ns: u64,
     /// The listening socket, when its opening was seen (not for a snapshot's).
     pub sock: Option<Sock>,
+    /// IPV6_V6ONLY of an IPv6 listener, when read.
+    pub v6only: Option<bool>,
+}
+
+impl Listening {
+    /// Whether it takes connections to `dst`: `accepts`, and a `[::]` listener known to
+    /// be IPV6_V6ONLY takes no IPv4.
+    pub fn takes(&self, dst: SocketAddr) -> bool {
+        accepts(self.addr, dst) && !(self.v6only == Some(true) && dst.is_ipv4())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Closed {
     pub listener: Listening,
     pub closed_ns: u64,
+    /// The process that closed it (the exiting one, when it died).
+    pub closer: Option<Proc>,
+    /// Connections of its accept queue the close reset: the kernel kills each
+    /// never-accepted child in the same call, right after LISTEN->CLOSE.
+    pub queued_reset: u32,
+    /// The last of those resets (the close itself before the first).
+    pub last_reset_ns: u64,
+    /// Another socket still listened on the address (one of a SO_REUSEPORT group, or
+    /// a failed listen() beside the real listener): its queue, if any, was reset, but
+    /// the service had no gap.
+    pub still_served: bool,
 }
+
+/// A child's death belongs to its listener's close when it follows the close, or the
+/// previous child's death, by at most this (they are one call in the kernel,
+/// inet_csk_listen_stop, so a long queue takes long only as a chain of short steps;
+/// under emulation one step took over a millisecond).
+pub const QUEUE_RESET_GAP_NS: u64 = 50_000_000;
 
 #[derive(Clone, Debug)]
 pub struct OverflowSeen {
@@ -45,7 +72,8 @@ pub struct Host {
     listeners: FastMap<u32, Vec<Listening>>,
     closed: VecDeque<Closed>,
     addrs: FastMap<u32, Vec<IpAddr>>,
-    exited: FastMap<u32, u64>,
+    /// When each process exited, and how (`SIGKILL`, `exit 1`) when known.
+    exited: FastMap<u32, (u64, Option<Text>)>,
     overflows: VecDeque<OverflowSeen>,
     /// Owners of connected sockets that existed before the agent saw their namespace,
     /// by (netns, local, remote), until they die.
@@ -72,7 +100,8 @@ impl Host {
                 if let (Some(ns), Some(addr)) = (r.netns, r.src) {
                     // A snapshot older than a close we saw must not resurrect it.
                     let closed_since = self.closed.iter().any(|c| {
-                        c.listener.netns == ns
+                        !c.still_served
+                            && c.listener.netns == ns
                             && c.listener.addr == addr
                             && c.closed_ns >= r.mono_ns
                     });
@@ -88,11 +117,19 @@ impl Host {
                             // A snapshot says the listener exists, not since when.
                             since_ns: 0,
                             sock: None,
+                            v6only: r.v6only,
                         });
-                    } else if let Some(l) =
-                        v.iter_mut().find(|l| l.addr == addr && l.owner.is_none())
-                    {
-                        l.owner = r.owner.clone();
+                    } else {
+                        if let Some(l) = v.iter_mut().find(|l| l.addr == addr && l.owner.is_none())
+                        {
+                            l.owner = r.owner.clone();
+                        }
+                        for l in v
+                            .iter_mut()
+                            .filter(|l| l.addr == addr && l.v6only.is_none())
+                        {
+                            l.v6only = r.v6only;
+                        }
                     }
                 }
             }
@@ -113,6 +150,10 @@ impl Host {
                     if let Some(d) = r.dst {
                         self.existing.remove(&(ns, addr, d));
                     }
+                    if let Some(c) = self.queue_reset_by(ns, addr, r) {
+                        c.queued_reset += 1;
+                        c.last_reset_ns = r.mono_ns;
+                    }
                 }
                 match (r.old_state, r.new_state) {
                     (Some("CLOSE"), Some("LISTEN")) => {
@@ -127,6 +168,7 @@ impl Host {
                             owner: r.owner.clone(),
                             since_ns: r.mono_ns,
                             sock: r.sock,
+                            v6only: r.v6only,
                         });
                     }
                     (Some("LISTEN"), Some("CLOSE")) => {
@@ -145,8 +187,10 @@ impl Host {
                             !this
                         });
                         // The address is still served (a failed listen() beside the
-                        // real listener, or one of a SO_REUSEPORT group): no gap.
-                        if v.iter().any(|l| l.addr == addr) {
+                        // real listener, or one of a SO_REUSEPORT group): no gap, but a
+                        // queue of its own may have been reset.
+                        let still_served = v.iter().any(|l| l.addr == addr);
+                        if still_served && gone.is_empty() {
                             return;
                         }
                         if gone.is_empty() {
@@ -156,6 +200,7 @@ impl Host {
                                 owner: r.owner.clone(),
                                 since_ns: 0,
                                 sock: r.sock,
+                                v6only: None,
                             });
                         }
                         for mut l in gone {
@@ -165,6 +210,10 @@ impl Host {
                             self.closed.push_back(Closed {
                                 listener: l,
                                 closed_ns: r.mono_ns,
+                                closer: r.task.clone().or_else(|| r.owner.clone()),
+                                queued_reset: 0,
+                                last_reset_ns: r.mono_ns,
+                                still_served,
                             });
                         }
                         while self.closed.len() > HISTORY {
@@ -181,7 +230,7 @@ impl Host {
             }
             Kind::ProcessExit => {
                 if let Some(p) = &r.owner {
-                    self.exited.insert(p.pid, r.mono_ns);
+                    self.exited.insert(p.pid, (r.mono_ns, r.reason.clone()));
                 }
             }
             Kind::Overflow => {
@@ -220,7 +269,7 @@ impl Host {
 
     /// The listener that would take a connection to `dst` in `netns`.
     pub fn listener_for(&self, netns: u32, dst: SocketAddr) -> Option<&Listening> {
-        self.listeners(netns).iter().find(|l| accepts(l.addr, dst))
+        self.listeners(netns).iter().find(|l| l.takes(dst))
     }
 
     /// Listeners on the port of `dst` in another namespace.
@@ -246,11 +295,40 @@ impl Host {
         window_ns: u64,
     ) -> Option<&Closed> {
         self.closed.iter().rev().find(|c| {
-            c.listener.netns == netns
+            !c.still_served
+                && c.listener.netns == netns
                 && c.listener.addr.port() == port
                 && c.listener.since_ns <= at_ns
                 && c.closed_ns <= at_ns + 1_000_000
                 && at_ns.saturating_sub(c.closed_ns) <= window_ns
+        })
+    }
+
+    /// The listener whose close killed the socket `local` that died in `r` (a child
+    /// still in its accept queue): closed just before, on that address, by the task
+    /// the death runs in. An accepted connection the application aborts later is not.
+    fn queue_reset_by(&mut self, netns: u32, local: SocketAddr, r: &Record) -> Option<&mut Closed> {
+        if !matches!(r.old_state, Some("ESTABLISHED" | "SYN_RECV" | "CLOSE_WAIT")) {
+            return None;
+        }
+        let task = r.task.as_ref()?.pid;
+        self.closed.iter_mut().rev().find(|c| {
+            c.listener.netns == netns
+                && accepts(c.listener.addr, local)
+                && c.closer.as_ref().is_some_and(|p| p.pid == task)
+                && r.mono_ns >= c.last_reset_ns
+                && r.mono_ns - c.last_reset_ns <= QUEUE_RESET_GAP_NS
+        })
+    }
+
+    /// The listener on `local` in `netns` whose close at about `at_ns` reset queued
+    /// connections (see `queue_reset_by`).
+    pub fn closed_with_queue(&self, netns: u32, local: SocketAddr, at_ns: u64) -> Option<&Closed> {
+        self.closed.iter().rev().find(|c| {
+            c.queued_reset > 0
+                && c.listener.netns == netns
+                && accepts(c.listener.addr, local)
+                && (c.closed_ns..=c.last_reset_ns).contains(&at_ns)
         })
     }
 
@@ -272,6 +350,7 @@ impl Host {
             r.netns = Some(l.netns);
             r.src = Some(l.addr);
             r.owner = l.owner.clone();
+            r.v6only = l.v6only;
             out.push(r);
         }
         let mut sockets: Vec<_> = self.existing.iter().collect();
@@ -296,7 +375,12 @@ impl Host {
 
     /// When the process exited, if it did.
     pub fn exited(&self, pid: u32) -> Option<u64> {
-        self.exited.get(&pid).copied()
+        self.exited.get(&pid).map(|(t, _)| *t)
+    }
+
+    /// How the process ended (`SIGKILL`, `exit 1`), when its exit was seen and told.
+    pub fn exit_status(&self, pid: u32) -> Option<&str> {
+        self.exited.get(&pid)?.1.as_deref()
     }
 
     /// The most recent overflow of the listener on `port` in `netns` within the window.

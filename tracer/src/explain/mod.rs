@@ -33,6 +33,13 @@ const SERVER_ONLY_DROP: u64 = 1_200 * MS;
 const FLOW_DROP: u64 = 30_000 * MS;
 /// Reset of an established connection: wait for the receiving side.
 const AFTER_RESET: u64 = 100 * MS;
+/// A connection reset because its listener closed: wait past the pipeline's check
+/// (200 ms after the close) of whether the listener's process exited.
+const AFTER_LISTENER_GONE: u64 = 500 * MS;
+/// A connect error this soon after its socket's SYN_SENT->CLOSE is the same attempt
+/// (both in one connect() call; 5.5 ms apart were seen under emulation). As long as a
+/// death waits for its errno, so that the death is still open to be joined.
+const SAME_CONNECT: u64 = AFTER_ERRNO;
 /// Extra wait once, for the namespaces' addresses, when the server is not placed.
 const CONTEXT_WAIT: u64 = 300 * MS;
 /// Explained flows absorb their late evidence this long.
@@ -154,6 +161,9 @@ pub struct Engine {
     done: Generations<Done>,
     bursts: FastMap<(&'static str, u16, u32), Burst>,
     wants_context: bool,
+    /// Connecting sockets that died in their owner's own connect() or close(), by
+    /// (pid, destination): a connect error reported just after is the same attempt.
+    own_connect_deaths: FastMap<(u32, SocketAddr), (FlowKey, u64)>,
     clock: Option<crate::decode::Clock>,
     /// Collapse bursts of a cause into a count (off for `probe`, which needs the
     /// explanation of each of its own connections, among its path-trace SYNs').
@@ -170,6 +180,7 @@ impl Default for Engine {
             done: Generations::new(DONE_GENERATION_CAP, DONE_FOR),
             bursts: FastMap::default(),
             wants_context: false,
+            own_connect_deaths: FastMap::default(),
             clock: None,
             collapse: true,
         }
@@ -237,12 +248,41 @@ impl Engine {
         // The socket died: whatever the application was told (if this kernel reports
         // errnos at all) comes in the same call chain.
         let died = kind == Kind::State && r.new_state == Some("CLOSE");
+        let listener_gone = if died {
+            r.netns
+                .zip(r.src)
+                .and_then(|(ns, src)| self.host.closed_with_queue(ns, src, now))
+                .map(|c| (c.closed_ns + AFTER_LISTENER_GONE, r.src))
+        } else {
+            None
+        };
+        let connecting_pid = match (&r.owner, &r.task) {
+            (Some(o), Some(t)) if o.pid == t.pid => Some(o.pid),
+            _ => None,
+        };
+        // A connect() that fails after SYN_SENT (no free local port) shows the socket's
+        // death, with its local address, then the errno keyed without it: one story.
+        let mut merged = None;
+        if let (Some(pid), Some(dst)) = (connecting_pid, r.dst) {
+            if died && r.old_state == Some("SYN_SENT") {
+                self.own_connect_deaths.insert((pid, dst), (key, now));
+            } else if kind == Kind::ConnectError && r.state == Some("SYN_SENT") {
+                if let Some((k, at)) = self.own_connect_deaths.remove(&(pid, dst)) {
+                    if now.saturating_sub(at) <= SAME_CONNECT && k != key {
+                        merged = self.stories.remove(&k);
+                    }
+                }
+            }
+        }
         let story = self
             .stories
             .entry(key)
             .or_insert_with(|| Story::new(key, &r));
         let before = story.deadline;
         story.add(r);
+        for e in merged.into_iter().flat_map(|m| m.evidence) {
+            story.add(e);
+        }
         if kind == Kind::ConnectError {
             // Nothing else will come: the connect never left the host.
             story.deadline = Some(now);
@@ -268,6 +308,13 @@ impl Engine {
             // 1 s; dropped segments of an established flow by its errno or reset.
             let wait = if syn { SERVER_ONLY_DROP } else { FLOW_DROP };
             story.deadline.get_or_insert(story.first_ns + wait);
+        }
+        if let Some((t, server)) = listener_gone {
+            story.not_before = story.not_before.max(t);
+            story.listener_end = server;
+        }
+        if let Some(d) = story.deadline {
+            story.deadline = Some(d.max(story.not_before));
         }
         if story.deadline != before {
             if let Some(d) = story.deadline {
@@ -341,6 +388,8 @@ impl Engine {
             self.last_sweep_ns = now;
             self.stories
                 .retain(|_, s| s.deadline.is_some() || now.saturating_sub(s.last_ns) < IDLE_FOR);
+            self.own_connect_deaths
+                .retain(|_, (_, at)| now.saturating_sub(*at) <= SAME_CONNECT);
             if self.due.len() > 4 * self.stories.len() + 1024 {
                 let live = self
                     .stories

@@ -65,6 +65,11 @@ pub struct Story {
     /// The once-per-connection events seen (`slot` bits): a second one means a new
     /// connection on the same 4-tuple.
     pub slots: u16,
+    /// Not explained before this (0: no such bound).
+    pub not_before: u64,
+    /// The server's end, when the story is a queued connection its listener's close
+    /// reset: with a remote client nothing else tells which end connected.
+    pub listener_end: Option<SocketAddr>,
 }
 
 /// Bits of `Story::slots`: an event a connection produces once per end. Ports repeat
@@ -91,6 +96,8 @@ impl Story {
             deadline: None,
             waited_for_context: false,
             slots: 0,
+            not_before: 0,
+            listener_end: None,
         }
     }
 
@@ -143,6 +150,17 @@ impl Story {
 
     /// The connecting end, from the first evidence that tells direction.
     pub fn client(&self) -> Option<SocketAddr> {
+        self.client_seen().or_else(|| {
+            let s = self.listener_end?;
+            Some(if s == self.key.0 {
+                self.key.1
+            } else {
+                self.key.0
+            })
+        })
+    }
+
+    fn client_seen(&self) -> Option<SocketAddr> {
         self.evidence.iter().find_map(|r| match r.kind {
             Kind::SynRetransmit | Kind::ConnectError => r.src,
             Kind::State if r.old_state == Some("SYN_SENT") => r.src,
@@ -305,7 +323,11 @@ impl Story {
                         )
                 })
                 .find_map(|r| r.owner.as_ref()),
-            None => self.client_process().or_else(|| self.dead_socket_owner()),
+            // A queued connection's dead socket is the server's: the client is remote.
+            None => self.client_process().or_else(|| {
+                self.dead_socket_owner()
+                    .filter(|_| self.listener_end.is_none())
+            }),
         }
     }
 

@@ -800,3 +800,392 @@ fn an_established_socket_killed_by_a_timer_without_resets_timed_out() {
     );
     assert_eq!(out[0].outcome, "timed out");
 }
+
+fn python3(pid: u32) -> Option<Proc> {
+    Some(Proc {
+        pid,
+        comm: "python3".into(),
+    })
+}
+
+/// A queued child of the listener on S reset as the kernel shows it: the child dies
+/// (in the task that closes the listener), sends an RST with TCP_STATE, and the client
+/// gets ECONNRESET. `task` is the task the child's death runs in.
+fn child_reset(e: &mut Engine, at_us: u64, client: &str, task: u32, out: &mut Vec<Explanation>) {
+    let at = |r: &mut Record| r.mono_ns = at_us * 1_000;
+    let mut death = rec(Kind::State, 0, S, client, SNS);
+    at(&mut death);
+    death.old_state = Some("ESTABLISHED");
+    death.new_state = Some("CLOSE");
+    death.owner = python3(880);
+    death.task = python3(task);
+    e.push(death, out);
+    let mut rst = rec(Kind::RstSent, 0, S, client, SNS);
+    at(&mut rst);
+    rst.state = Some("CLOSE");
+    rst.reason = Some("TCP_STATE".into());
+    rst.owner = python3(880);
+    rst.task = python3(task);
+    e.push(rst, out);
+    if client.starts_with("192.0.2.") {
+        // A remote client: nothing of its side here.
+        return;
+    }
+    let mut got = client_owned(rec(Kind::RstReceived, 0, client, S, CNS));
+    at(&mut got);
+    e.push(got, out);
+    let mut err = client_owned(rec(Kind::Error, 0, client, S, CNS));
+    at(&mut err);
+    err.errno = Some(libc::ECONNRESET);
+    e.push(err, out);
+}
+
+fn listener_gone(exits: bool, closes_ms: Option<u64>, task: u32) -> Vec<Explanation> {
+    run(|e, o| {
+        listen(e, 1, S, SNS, 880, o);
+        if let Some(t) = closes_ms {
+            let mut close = rec(Kind::State, t, S, "0.0.0.0:0", SNS);
+            close.old_state = Some("LISTEN");
+            close.new_state = Some("CLOSE");
+            close.owner = python3(880);
+            close.task = python3(880);
+            e.push(close, o);
+        }
+        child_reset(e, 100_010, C, task, o);
+        child_reset(e, 100_020, "10.0.0.1:40001", task, o);
+        // The pipeline reports the exit 200 ms after the close: the story waits for it.
+        e.advance(250 * MS, o);
+        if exits {
+            let mut exit = Record::new(Kind::ProcessExit, 300 * MS, String::new());
+            exit.owner = python3(880);
+            exit.reason = Some("SIGKILL".into());
+            e.push(exit, o);
+        }
+        e.advance(1_000 * MS, o);
+    })
+}
+
+#[test]
+fn a_listener_gone_with_its_queue_is_not_a_linger_zero_close() {
+    let out = listener_gone(true, Some(100), 880);
+    assert_eq!(
+        causes(&out),
+        vec!["listener_closed_with_queue"; 2],
+        "{out:#?}"
+    );
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert_eq!(
+        out[0].explanation,
+        "curl[4121] -> 10.0.0.2:8080 reset: python3[880] was killed by SIGKILL while 2 connections waited in the accept queue of 10.0.0.2:8080 (never accepted): closing the listener reset each of them (RST reason TCP_STATE, in the same instant; not an application's abort)"
+    );
+    // Still running: it closed the socket.
+    let out = listener_gone(false, Some(100), 880);
+    assert!(
+        out[0]
+            .explanation
+            .contains("python3[880] closed its listening socket while 2 connections"),
+        "{}",
+        out[0].explanation
+    );
+    // A remote client: the server's side alone tells which end connected.
+    let out = run(|e, o| {
+        listen(e, 1, S, SNS, 880, o);
+        unlisten(e, 100, S, SNS, 880, o);
+        child_reset(e, 100_010, "192.0.2.7:50000", 880, o);
+    });
+    assert_eq!(causes(&out), vec!["listener_closed_with_queue"], "{out:#?}");
+    assert_eq!(out[0].process, None);
+    assert_eq!(out[0].src, Some("192.0.2.7:50000".parse().unwrap()));
+    assert_eq!(out[0].dst, Some(S.parse().unwrap()));
+    assert!(
+        out[0]
+            .explanation
+            .starts_with("192.0.2.7:50000 -> 10.0.0.2:8080 reset: python3[880] closed its listening socket while 1 connection waited"),
+        "{}",
+        out[0].explanation
+    );
+    // No listener close, a close long before, or the resets in another task: an
+    // application's SO_LINGER 0 close.
+    for (closes, task) in [(None, 880), (Some(40), 880), (Some(100), 990)] {
+        let out = listener_gone(true, closes, task);
+        assert_eq!(
+            causes(&out),
+            vec!["reset_linger_zero"; 2],
+            "{closes:?} {task}"
+        );
+    }
+}
+
+#[test]
+fn an_ipv4_client_of_an_ipv6_only_listener_is_a_family_mismatch() {
+    // [::] with V6ONLY: the server's kernel found no socket (NO_SOCKET) for the SYN.
+    let out = run(|e, o| {
+        listen(e, 1, "[::]:8080", SNS, 880, o);
+        refusal(e, 10, o);
+    });
+    assert_eq!(causes(&out), vec!["family_mismatch"], "{out:#?}");
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+    assert_eq!(
+        out[0].explanation,
+        "curl[4121] -> 10.0.0.2:8080 refused: python3[880] listens on [::]:8080 only for IPv6 (IPV6_V6ONLY, or net.ipv6.bindv6only=1), and the client connected over IPv4 to 10.0.0.2 (the server's kernel found no socket for the SYN: NO_SOCKET): address-family mismatch"
+    );
+    assert!(
+        out[0].fix.contains("[::]:8080 without IPV6_V6ONLY"),
+        "{}",
+        out[0].fix
+    );
+    // The same from a kernel that drops the SYN with NO_SOCKET and sends no RST event (6.1).
+    let out = run(|e, o| {
+        listen(e, 1, "[::]:8080", SNS, 880, o);
+        e.push(drop_syn(10, "NO_SOCKET"), o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        e.push(error(10, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(causes(&out), vec!["family_mismatch"], "{out:#?}");
+    // Without the kernel's word (5.10), [::] may be dual-stack: a firewall stays likelier.
+    let out = run(|e, o| {
+        listen(e, 1, "[::]:8080", SNS, 880, o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+        e.push(error(10, libc::ECONNREFUSED), o);
+    });
+    assert_eq!(causes(&out), vec!["firewall_reject"]);
+    // Bound to an IPv6 address: no V6ONLY needed.
+    let out = run(|e, o| {
+        listen(e, 1, "[::1]:8080", SNS, 880, o);
+        refusal(e, 10, o);
+    });
+    assert_eq!(causes(&out), vec!["family_mismatch"]);
+    assert!(
+        out[0]
+            .explanation
+            .contains("listens on [::1]:8080 on an IPv6 address only"),
+        "{}",
+        out[0].explanation
+    );
+    assert!(
+        out[0].fix.contains("connect over IPv6 (to [::1]:8080)"),
+        "{}",
+        out[0].fix
+    );
+    // An IPv4 listener on another address beside it: the address is what is wrong.
+    let out = run(|e, o| {
+        listen(e, 1, "[::1]:8080", SNS, 880, o);
+        listen(e, 1, "127.0.0.1:8080", SNS, 881, o);
+        refusal(e, 10, o);
+    });
+    assert_eq!(causes(&out), vec!["listener_other_address"]);
+}
+
+#[test]
+fn localhost_resolving_to_ipv6_first_stays_a_listener_on_another_address() {
+    // The classic dual-stack case: the client tries ::1, the service is on 127.0.0.1.
+    let (c6, s6) = ("[::1]:40000", "[::1]:8080");
+    let out = run(|e, o| {
+        listen(e, 1, "127.0.0.1:8080", CNS, 880, o);
+        let mut rst = rec(Kind::RstSent, 10, s6, c6, CNS);
+        rst.reason = Some("NO_SOCKET".into());
+        e.push(rst, o);
+        e.push(client_owned(rec(Kind::RstReceived, 10, c6, s6, CNS)), o);
+        let mut err = client_owned(rec(Kind::Error, 10, c6, s6, CNS));
+        err.errno = Some(libc::ECONNREFUSED);
+        e.push(err, o);
+    });
+    assert_eq!(causes(&out), vec!["listener_other_address"], "{out:#?}");
+}
+
+fn no_local_port(
+    state: Option<&'static str>,
+    ports: Option<crate::record::PortUse>,
+) -> Vec<Explanation> {
+    run(|e, o| {
+        let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
+        r.errno = Some(libc::EADDRNOTAVAIL);
+        r.state = state;
+        r.ports = ports;
+        e.push(r, o);
+    })
+}
+
+#[test]
+fn a_connect_without_a_free_local_port_is_port_exhaustion() {
+    let ports = |established, time_wait| crate::record::PortUse {
+        range: [40000, 40003],
+        established,
+        time_wait,
+        other: 0,
+    };
+    let out = no_local_port(Some("SYN_SENT"), Some(ports(3, 1)));
+    assert_eq!(causes(&out), vec!["local_ports_exhausted"], "{out:#?}");
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert_eq!(out[0].errno_name, Some("EADDRNOTAVAIL"));
+    assert!(!out[0].errno_inferred);
+    assert_eq!(
+        out[0].explanation,
+        "curl[4121] -> 10.0.0.2:8080 failed: no free local port for a connection to 10.0.0.2:8080 in netns 100 (connect() failed with EADDRNOTAVAIL before sending anything): the ephemeral port range 40000-40003 (4 ports; net.ipv4.ip_local_port_range) is used up: 4 sockets hold ports towards 10.0.0.2:8080, 3 ESTABLISHED, 1 in TIME_WAIT, 0 in other states"
+    );
+    assert!(
+        out[0]
+            .fix
+            .starts_with("reuse connections (a connection pool, HTTP keep-alive)"),
+        "{}",
+        out[0].fix
+    );
+    assert!(out[0].fix.contains("ip_local_port_range='1024 65535'"));
+    assert!(out[0].fix.contains("tcp_tw_reuse=1"));
+    // Mostly TIME_WAIT: reusing those ports comes first.
+    let out = no_local_port(Some("SYN_SENT"), Some(ports(0, 4)));
+    assert!(
+        out[0]
+            .fix
+            .starts_with("let new connections reuse TIME_WAIT ports"),
+        "{}",
+        out[0].fix
+    );
+    // Past SYN_SENT but the port use not read (it failed, or an older capture).
+    let out = no_local_port(Some("SYN_SENT"), None);
+    assert_eq!(causes(&out), vec!["local_ports_exhausted"]);
+    assert!(out[0].explanation.contains("(not measured here)"));
+    // EADDRNOTAVAIL before SYN_SENT: no usable local address, not the ports.
+    let out = no_local_port(None, None);
+    assert_eq!(causes(&out), vec!["no_route"]);
+}
+
+#[test]
+fn a_connect_from_a_bound_port_already_connected_there_is_a_4_tuple_in_use() {
+    // The kernel shows the bound socket's death (its port, not 0), then the errno.
+    let out = run(|e, o| {
+        let mut death = client_owned(rec(Kind::State, 10, C, S, CNS));
+        death.old_state = Some("SYN_SENT");
+        death.new_state = Some("CLOSE");
+        death.task = death.owner.clone();
+        e.push(death, o);
+        let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
+        r.task = r.owner.clone();
+        r.errno = Some(libc::EADDRNOTAVAIL);
+        r.state = Some("SYN_SENT");
+        e.push(r, o);
+    });
+    assert_eq!(causes(&out), vec!["local_address_in_use"], "{out:#?}");
+    assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
+    assert!(
+        out[0].explanation.contains(
+            "the socket was bound to 10.0.0.1:40000 before connect(), and 10.0.0.1:40000 already has a connection to 10.0.0.2:8080"
+        ),
+        "{}",
+        out[0].explanation
+    );
+    assert!(
+        out[0].fix.contains("IP_BIND_ADDRESS_NO_PORT"),
+        "{}",
+        out[0].fix
+    );
+}
+
+#[test]
+fn one_listener_of_a_reuseport_group_gone_with_its_queue() {
+    let out = run(|e, o| {
+        for (pid, sock) in [(880, 0xa), (881, 0xb)] {
+            let mut l = rec(Kind::State, 1, S, "0.0.0.0:0", SNS);
+            l.old_state = Some("CLOSE");
+            l.new_state = Some("LISTEN");
+            l.owner = python3(pid);
+            l.sock = Some(crate::record::Sock(sock));
+            e.push(l, o);
+        }
+        let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
+        close.old_state = Some("LISTEN");
+        close.new_state = Some("CLOSE");
+        close.owner = python3(880);
+        close.task = python3(880);
+        close.sock = Some(crate::record::Sock(0xa));
+        e.push(close, o);
+        child_reset(e, 100_010, C, 880, o);
+        // The port is still served: a later refusal is not blamed on a restart.
+        assert!(e
+            .host
+            .recently_closed(SNS, 8080, 200 * MS, 30_000 * MS)
+            .is_none());
+    });
+    assert_eq!(causes(&out), vec!["listener_closed_with_queue"], "{out:#?}");
+    assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+    assert!(
+        out[0].explanation.ends_with(
+            "other sockets still listen there (SO_REUSEPORT): only this one's queue was lost"
+        ),
+        "{}",
+        out[0].explanation
+    );
+}
+
+#[test]
+fn a_listener_known_to_be_v6only_needs_no_evidence_from_the_server_kernel() {
+    for (v6only, want) in [(true, "family_mismatch"), (false, "firewall_reject")] {
+        let out = run(|e, o| {
+            // From the namespace's sock_diag snapshot (a listener from before the agent).
+            let mut l = Record::new(Kind::Listener, 0, String::new());
+            l.netns = Some(SNS);
+            l.src = Some("[::]:8080".parse().unwrap());
+            l.owner = python3(880);
+            l.v6only = Some(v6only);
+            e.push(l, o);
+            // 5.10: only the client's side.
+            e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
+            e.push(error(10, libc::ECONNREFUSED), o);
+        });
+        assert_eq!(causes(&out), vec![want], "v6only {v6only}");
+        if v6only {
+            assert!(
+                out[0]
+                    .explanation
+                    .contains("python3[880] listens on [::]:8080 only for IPv6 (IPV6_V6ONLY set)"),
+                "{}",
+                out[0].explanation
+            );
+            assert_eq!(out[0].culprit.as_ref().map(|p| p.pid), Some(880));
+        }
+    }
+}
+
+#[test]
+fn a_long_queue_is_reset_as_a_chain_and_a_later_abort_is_not_part_of_it() {
+    let out = run(|e, o| {
+        listen(e, 1, S, SNS, 880, o);
+        let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
+        close.old_state = Some("LISTEN");
+        close.new_state = Some("CLOSE");
+        close.owner = python3(880);
+        close.task = python3(880);
+        e.push(close, o);
+        // A slow machine: each reset 30 ms after the previous one, 90 ms in all.
+        for (i, at_ms) in [130u64, 160, 190].into_iter().enumerate() {
+            child_reset(e, at_ms * 1_000, &format!("10.0.0.1:4000{i}"), 880, o);
+        }
+        // 110 ms after the last: the application's own abort of an accepted one.
+        child_reset(e, 300_000, "10.0.0.1:40009", 880, o);
+        e.advance(1_000 * MS, o);
+    });
+    // One client process: the first is printed, the others counted into its burst.
+    let count = |cause: &str| -> u64 {
+        out.iter()
+            .filter(|x| x.cause == cause)
+            .map(|x| x.count)
+            .sum()
+    };
+    assert_eq!(
+        (
+            count("listener_closed_with_queue"),
+            count("reset_linger_zero")
+        ),
+        (3, 1),
+        "{out:#?}"
+    );
+    assert!(
+        out.iter()
+            .find(|x| x.cause == "listener_closed_with_queue")
+            .unwrap()
+            .explanation
+            .contains("while 3 connections waited"),
+        "{out:#?}"
+    );
+}

@@ -115,6 +115,13 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
                 "{owner} connect to {dst} failed at once: {} ({e})",
                 r.errno_name.unwrap_or("errno")
             );
+            if let Some(p) = &r.ports {
+                let _ = write!(
+                    s,
+                    "; ports {}-{}, towards {dst}: {} established, {} time-wait, {} other",
+                    p.range[0], p.range[1], p.established, p.time_wait, p.other
+                );
+            }
         }
         Kind::Overflow => {
             let q = r.queue_kind.unwrap_or("accept");
@@ -149,6 +156,9 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         }
         Kind::ProcessExit => {
             let _ = write!(s, "{owner} exited");
+            if let Some(how) = &r.reason {
+                let _ = write!(s, " ({how})");
+            }
         }
         Kind::Socket => {
             let _ = write!(s, "{owner} holds {src} -> {dst}");

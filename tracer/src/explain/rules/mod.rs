@@ -3,6 +3,7 @@
 //! sentence's reason and the runbook's fix.
 mod backlog;
 mod firewall;
+mod ports;
 mod refusal;
 mod reset;
 mod unreachable;
@@ -63,10 +64,12 @@ pub static RULES: &[&dyn Rule] = &[
     &backlog::SynQueueOverflow,
     &firewall::FirewallReject,
     &firewall::FirewallDrop,
+    &ports::LocalPortsExhausted,
     &unreachable::NoRoute,
     &unreachable::NeighbourUnreachable,
     &firewall::IcmpReject,
     &refusal::ServiceRestarting,
+    &refusal::FamilyMismatch,
     &refusal::ListenerOtherAddress,
     &refusal::ListenerOtherNetns,
     &refusal::WrongPort,
@@ -74,6 +77,7 @@ pub static RULES: &[&dyn Rule] = &[
     &refusal::RefusedDespiteListener,
     &refusal::RefusedByRemote,
     &firewall::SynUnanswered,
+    &reset::ListenerGoneWithQueue,
     &reset::ApplicationReset,
     &reset::KeepaliveTimeout,
     &reset::FlowTimeout,

@@ -1,7 +1,6 @@
 //! Refusals by the TCP stack (an RST answering the SYN): which of the classic reasons,
 //! told apart with the listener table of the server's namespace.
 use super::{ago, ss_cmd, who, Ctx, Finding, Rule};
-use crate::explain::host::accepts;
 
 /// How long after a listener closed a refusal is blamed on the restart.
 const RESTART_WINDOW_NS: u64 = 30_000_000_000;
@@ -50,7 +49,7 @@ impl Rule for ServiceRestarting {
         let closed = c
             .host
             .recently_closed(ns, port, c.at_ns, RESTART_WINDOW_NS)?;
-        if !accepts(closed.listener.addr, server) && closed.listener.addr.ip() != server.ip() {
+        if !closed.listener.takes(server) && closed.listener.addr.ip() != server.ip() {
             return None;
         }
         let owner = &closed.listener.owner;
@@ -70,6 +69,86 @@ impl Rule for ServiceRestarting {
             culprit: owner.clone(),
         })
     }
+}
+
+/// An IPv4 client refused by a server whose listeners on that port are all IPv6-only:
+/// bound to an IPv6 address (`::1`), or to `[::]` with IPV6_V6ONLY (or
+/// net.ipv6.bindv6only=1). The flag is read through sock_diag (listener records, and
+/// live when the listen() is seen); failing that, the server's own kernel shows it by
+/// finding no socket for the SYN (RST or drop reason NO_SOCKET) while `[::]` listens
+/// on the port: the one thing that makes `[::]` refuse IPv4.
+pub struct FamilyMismatch;
+
+impl Rule for FamilyMismatch {
+    fn id(&self) -> &'static str {
+        "family_mismatch"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let ns = local_refusal(c)?;
+        let server = c.server?;
+        if !server.is_ipv4() {
+            return None;
+        }
+        let on_port: Vec<_> = c
+            .host
+            .listeners(ns)
+            .iter()
+            .filter(|l| l.addr.port() == server.port())
+            .collect();
+        // Every listener on the port is IPv6 (an IPv4 one elsewhere is another cause).
+        if on_port.is_empty() || !on_port.iter().all(|l| is_v6(l.addr)) {
+            return None;
+        }
+        let no_socket = c
+            .story
+            .rsts_sent()
+            .chain(c.story.drops("NO_SOCKET"))
+            .any(|r| r.reason.as_deref() == Some("NO_SOCKET"));
+        let l = match c.host.listener_for(ns, server) {
+            // `[::]` with V6ONLY not read (older captures): the kernel's NO_SOCKET says
+            // it took no IPv4, the one thing that makes it refuse.
+            Some(l) if no_socket && l.since_ns <= c.at_ns => l,
+            Some(_) => return None,
+            None => on_port[0],
+        };
+        let port = server.port();
+        let how = match (l.addr.ip().is_unspecified(), l.v6only) {
+            (true, Some(true)) => "only for IPv6 (IPV6_V6ONLY set)",
+            (true, _) => "only for IPv6 (IPV6_V6ONLY, or net.ipv6.bindv6only=1)",
+            (false, _) => "on an IPv6 address only",
+        };
+        let evidence = if no_socket {
+            " (the server's kernel found no socket for the SYN: NO_SOCKET)"
+        } else {
+            ""
+        };
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.9,
+            reason: format!(
+                "{} listens on {} {how}, and the client connected over IPv4 to {}{evidence}: address-family mismatch",
+                who(&l.owner),
+                l.addr,
+                server.ip(),
+            ),
+            fix: format!(
+                "listen on both families: [::]:{port} without IPV6_V6ONLY (sysctl net.ipv6.bindv6only=0), or a second socket on 0.0.0.0:{port}; or connect over IPv6 (to {}); check: {}",
+                if l.addr.ip().is_unspecified() {
+                    format!("an IPv6 address of the server, port {port}")
+                } else {
+                    l.addr.to_string()
+                },
+                ss_cmd(port, Some(ns)),
+            ),
+            culprit: l.owner.clone(),
+        })
+    }
+}
+
+/// An IPv6 socket address that is not an IPv4-mapped one.
+fn is_v6(a: std::net::SocketAddr) -> bool {
+    a.ip().to_canonical().is_ipv6()
 }
 
 pub struct ListenerOtherAddress;
@@ -163,12 +242,7 @@ impl Rule for WrongPort {
             .host
             .listeners(ns)
             .iter()
-            .filter(|l| {
-                accepts(
-                    l.addr,
-                    std::net::SocketAddr::new(server.ip(), l.addr.port()),
-                )
-            })
+            .filter(|l| l.takes(std::net::SocketAddr::new(server.ip(), l.addr.port())))
             .map(|l| l.addr.port())
             .collect();
         ports.sort_unstable();

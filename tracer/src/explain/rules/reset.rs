@@ -1,8 +1,9 @@
 //! Established connections that died: reset by an application (close with unread
-//! data, SO_LINGER 0, data after shutdown, TIME_WAIT), by the peer, by keepalive, or
-//! timed out retransmitting to a peer that stopped answering.
+//! data, SO_LINGER 0, data after shutdown, TIME_WAIT), by a listener that went away
+//! with them still queued, by the peer, by keepalive, or timed out retransmitting to a
+//! peer that stopped answering.
 use super::{who, Ctx, Finding, Rule};
-use crate::record::Record;
+use crate::record::{Kind, Record};
 
 /// The RST this host sent on an established connection.
 fn app_rst<'a>(c: &'a Ctx) -> Option<&'a Record> {
@@ -18,6 +19,72 @@ fn from_timer(r: &Record) -> bool {
     match (&r.task, &r.owner) {
         (Some(t), Some(o)) => t.pid != o.pid,
         _ => false,
+    }
+}
+
+/// A listener closed (or its process exited) with connections still in its accept
+/// queue: the kernel resets every one of them (RST reason TCP_STATE, the same as a
+/// SO_LINGER 0 close). Told apart by the child's death running in the closing task
+/// within the same instant as its listener's LISTEN->CLOSE.
+pub struct ListenerGoneWithQueue;
+
+impl Rule for ListenerGoneWithQueue {
+    fn id(&self) -> &'static str {
+        "listener_closed_with_queue"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        // A reason other than TCP_STATE is not a queued child's (those are reset by
+        // tcp_disconnect, whatever they hold).
+        if app_rst(c).is_some_and(|r| r.reason.as_deref().is_some_and(|x| x != "TCP_STATE")) {
+            return None;
+        }
+        let (closed, death) = c.story.evidence.iter().find_map(|r| {
+            if r.kind != Kind::State || r.new_state != Some("CLOSE") {
+                return None;
+            }
+            let closed = c.host.closed_with_queue(r.netns?, r.src?, r.mono_ns)?;
+            Some((closed, r))
+        })?;
+        let owner = closed
+            .listener
+            .owner
+            .clone()
+            .or_else(|| death.owner.clone());
+        let pid = owner.as_ref().map(|p| p.pid);
+        let exited = pid.and_then(|p| c.host.exited(p)).is_some();
+        let status = pid.and_then(|p| c.host.exit_status(p));
+        let n = closed.queued_reset;
+        let queued = if n == 1 {
+            "1 connection".to_string()
+        } else {
+            format!("{n} connections")
+        };
+        let how = match (exited, status) {
+            (true, Some(s)) if s.starts_with("exit") => format!("exited ({s})"),
+            (true, Some(s)) => format!("was killed by {s}"),
+            (true, None) => "exited".to_string(),
+            (false, _) => "closed its listening socket".to_string(),
+        };
+        Some(Finding {
+            cause: self.id(),
+            confidence: 0.9,
+            reason: format!(
+                "{} {how} while {queued} waited in the accept queue of {} (never accepted): closing the listener reset each of them (RST reason TCP_STATE, in the same instant; not an application's abort){}",
+                who(&owner),
+                closed.listener.addr,
+                if closed.still_served {
+                    "; other sockets still listen there (SO_REUSEPORT): only this one's queue was lost"
+                } else {
+                    ""
+                },
+            ),
+            fix: format!(
+                "find why the server {}: its exit status (journalctl, the supervisor's log); shut down gracefully (stop listening, then accept and serve or close what is queued) and restart without a gap (systemd socket activation, or SO_REUSEPORT with the new process listening first); clients should retry on ECONNRESET before a request is sent",
+                if exited { "exited" } else { "closed its listener" }
+            ),
+            culprit: owner,
+        })
     }
 }
 
