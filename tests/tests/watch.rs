@@ -70,7 +70,7 @@ fn closed_port_evidence_is_the_same_from_the_tracepoint_fallback() {
 fn closed_port_case(env: &[(&str, &str)]) {
     socket_hook_programs(env);
     let t = Topology::new();
-    let agent = Agent::start_env(&["--addr", &t.server_ip], env);
+    let mut agent = Agent::start_env(&["--addr", &t.server_ip], env);
     // Printed before "watching", so already read.
     let fell_back: Vec<String> = agent
         .stderr()
@@ -124,6 +124,18 @@ fn closed_port_case(env: &[(&str, &str)]) {
     assert_ne!(port(s(&died, "src")), 0, "{died}");
     assert_eq!(port(s(&died, "src")), port(s(&recv, "src")), "{died}");
     assert_eq!(owner_pid(&died), Some(cpid), "{died}");
+
+    if capability("errno") {
+        let err = agent.wait_for("ECONNREFUSED", 5 * SEC, |v| {
+            s(v, "kind") == "error" && v["errno"] == 111 && port(s(v, "dst")) == 8080
+        });
+        assert_eq!(owner_pid(&err), Some(cpid), "{err}");
+        assert_eq!(s(&err, "errno_name"), "ECONNREFUSED");
+        assert_eq!(s(&err, "owner_source"), "socket");
+        assert_eq!(s(&err, "src"), s(&died, "src"), "{err}");
+    }
+    // What must not be there, once the agent stopped and all it printed was read.
+    agent.stop();
     if capability("drop_reasons") && !drop_reported {
         // The SYN was dropped before the RST that answered it was sent and received.
         let dup: Vec<Value> = agent
@@ -136,17 +148,6 @@ fn closed_port_case(env: &[(&str, &str)]) {
             "NO_SOCKET drop reported beside its RST: {dup:?}"
         );
     }
-
-    if !capability("errno") {
-        return;
-    }
-    let err = agent.wait_for("ECONNREFUSED", 5 * SEC, |v| {
-        s(v, "kind") == "error" && v["errno"] == 111 && port(s(v, "dst")) == 8080
-    });
-    assert_eq!(owner_pid(&err), Some(cpid), "{err}");
-    assert_eq!(s(&err, "errno_name"), "ECONNREFUSED");
-    assert_eq!(s(&err, "owner_source"), "socket");
-    assert_eq!(s(&err, "src"), s(&died, "src"), "{err}");
 }
 
 #[test]
@@ -166,7 +167,7 @@ fn firewall_drop_evidence_is_the_same_from_the_tracepoint_fallback() {
 fn firewall_drop_case(env: &[(&str, &str)]) {
     let t = Topology::new();
     t.server.nft_input("tcp dport 8081 drop");
-    let agent = Agent::start_env(&["--addr", &t.server_ip], env);
+    let mut agent = Agent::start_env(&["--addr", &t.server_ip], env);
     let client = Peer::spawn(
         &t.client,
         &["connect", &format!("{}:8081", t.server_ip), "--syncnt", "1"],
@@ -207,6 +208,7 @@ fn firewall_drop_case(env: &[(&str, &str)]) {
         });
         assert_eq!(owner_pid(&err), Some(cpid), "{err}");
     }
+    agent.stop();
     assert!(
         !agent
             .records()
