@@ -270,6 +270,29 @@ impl Topology {
         ]);
     }
 
+    /// Adds IPv6 addresses to both ends (a /64 of the topology's own, no duplicate
+    /// address detection so that they are usable at once): (client, server).
+    pub fn ipv6(&self) -> (String, String) {
+        let (c, s) = (
+            format!("fd00:231:{}::1", self.subnet),
+            format!("fd00:231:{}::2", self.subnet),
+        );
+        for (ns, dev, a) in [(&self.client, "veth0", &c), (&self.server, "veth1", &s)] {
+            sh(&[
+                "ip",
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
+        (c, s)
+    }
+
     /// Another address of the topology's /24 (nobody has it unless a test adds it).
     pub fn host_ip(&self, n: u8) -> String {
         format!("10.231.{}.{n}", self.subnet)

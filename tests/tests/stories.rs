@@ -484,3 +484,72 @@ fn an_unknown_sockets_owner_is_looked_up_while_it_exists() {
     assert_eq!(all.len(), 1, "{}", dump(&all));
     assert_eq!(pid_of(&all[0], "process"), Some(cpid), "{}", all[0]);
 }
+
+/// The main scenarios over IPv6 between namespaces: a refusal, and a reset on a
+/// connection made before the agent started, named on both ends.
+#[test]
+fn ipv6_refusals_and_resets_name_both_ends() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let (_, s6) = t.ipv6();
+    let (refused, reset) = (8312u16, 8313u16);
+    let mut server = Peer::spawn(
+        &t.server,
+        &["listen", &format!("[{s6}]:{reset}"), "--close-unread"],
+    );
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let go = std::env::temp_dir().join(format!("rstrace-go6-{}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
+    let go_arg = go.to_string_lossy().into_owned();
+    let mut early = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &format!("[{s6}]:{reset}"),
+            "--after",
+            &go_arg,
+            "--send",
+            "100",
+            "--then",
+            "read",
+        ],
+    );
+    early.wait_line(10 * SEC, |l| l == "errno=0");
+    let early_pid = early.pid as u64;
+    let mut agent = Agent::start(&["--addr", &s6]);
+    let client = Peer::spawn(&t.client, &["connect", &format!("[{s6}]:{refused}")]);
+    let cpid = client.pid as u64;
+    assert_eq!(client.wait(10 * SEC), vec!["errno=111"]);
+    std::fs::write(&go, b"").unwrap();
+    let lines = early.wait(20 * SEC);
+    let _ = std::fs::remove_file(&go);
+    assert_eq!(lines, vec!["errno=0", "failed errno=104"]);
+    for p in [refused, reset] {
+        agent.wait_for(&format!("the explanation for port {p}"), 10 * SEC, |v| {
+            s(v, "kind") == "failure" && port(s(v, "dst")) == p
+        });
+    }
+    agent.stop();
+    let records = agent.records();
+    let r = &failures(&records, refused)[0];
+    // The server namespace listens on the other port.
+    assert_eq!(s(r, "cause"), "wrong_port", "{r}");
+    assert!(
+        s(r, "explanation").contains(&format!("listens on port {reset}")),
+        "{r}"
+    );
+    assert_eq!(pid_of(r, "process"), Some(cpid), "{r}");
+    assert_eq!(r["server_netns"], t.server.inode, "{r}");
+    assert!(s(r, "dst").starts_with(&format!("[{s6}]")), "{r}");
+    let e = &failures(&records, reset)[0];
+    let want = if capability("rst_sent_reason") {
+        "reset_unread_data"
+    } else {
+        "reset_by_application"
+    };
+    assert_eq!(s(e, "cause"), want, "{e}");
+    assert_eq!(pid_of(e, "process"), Some(early_pid), "{e}");
+    assert_eq!(pid_of(e, "culprit"), Some(server.pid as u64), "{e}");
+}
