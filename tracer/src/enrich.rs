@@ -50,6 +50,7 @@ impl Enricher {
                 | Kind::Listener
                 | Kind::Addresses
                 | Kind::ProcessExit
+                | Kind::FirewallRule
         );
         if socket_tuple && r.owner.is_none() {
             // A socket from before the agent: the kernel never saw its owner.

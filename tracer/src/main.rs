@@ -18,6 +18,7 @@ mod doctor;
 mod enrich;
 mod explain;
 mod filter;
+mod firewall;
 mod generations;
 mod kallsyms;
 mod kernel;

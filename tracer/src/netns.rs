@@ -517,6 +517,17 @@ pub enum Observation {
         at_ns: u64,
         sockets: OwnedSockets,
     },
+    /// The firewall rules of a namespace that drop or reject a destination port, in
+    /// the order netfilter runs them, read on demand (netfilter dropped packets to
+    /// it); `missing` says what could not be read.
+    Firewall {
+        netns: u32,
+        /// The destination of the dropped packet; the rules match its port.
+        dst: SocketAddr,
+        at_ns: u64,
+        rules: Vec<crate::firewall::Rule>,
+        missing: Vec<String>,
+    },
 }
 
 /// Addresses and owned listeners of one namespace, and its owned connected sockets
@@ -567,7 +578,7 @@ pub fn run_monitor(
     interval: Duration,
     stop: Arc<AtomicBool>,
     rescan: Arc<AtomicBool>,
-    lookups: std::sync::mpsc::Receiver<Lookup>,
+    lookups: std::sync::mpsc::Receiver<Ask>,
     mut report: impl FnMut(Observation) -> bool,
 ) {
     let mut namespaces: HashMap<u32, NetnsRef> = HashMap::new();
@@ -688,9 +699,30 @@ pub fn run_monitor(
             && !stop.load(Ordering::Relaxed)
             && !rescan.load(Ordering::Relaxed)
         {
-            let batch: Vec<Lookup> = lookups.try_iter().take(MAX_LOOKUPS).collect();
+            let mut batch: Vec<Lookup> = Vec::new();
+            let mut rulesets: Vec<(u32, SocketAddr)> = Vec::new();
+            for a in lookups.try_iter().take(MAX_LOOKUPS) {
+                match a {
+                    Ask::Socket(l) => batch.push(l),
+                    Ask::Firewall { netns, dst } => {
+                        if !rulesets
+                            .iter()
+                            .any(|&(n, d)| n == netns && d.port() == dst.port())
+                        {
+                            rulesets.push((netns, dst));
+                        }
+                    }
+                }
+            }
             if !batch.is_empty() {
                 for o in look_up(&namespaces, batch) {
+                    if !report(o) {
+                        return;
+                    }
+                }
+            }
+            for (netns, dst) in rulesets.into_iter().take(MAX_RULESETS) {
+                if let Some(o) = firewall_rules(&namespaces, netns, dst) {
                     if !report(o) {
                         return;
                     }
@@ -703,6 +735,44 @@ pub fn run_monitor(
 
 /// A socket whose owner the kernel did not know: (netns, local end, remote end).
 pub type Lookup = (u32, SocketAddr, SocketAddr);
+
+/// What the live pipeline asks the monitor to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ask {
+    /// The owner of a socket.
+    Socket(Lookup),
+    /// The rules of a namespace's firewall that drop or reject the port of `dst`
+    /// (the destination of a packet netfilter dropped there).
+    Firewall { netns: u32, dst: SocketAddr },
+}
+
+/// Rulesets read per serving of the questions (each runs nft and iptables-save).
+const MAX_RULESETS: usize = 8;
+
+/// The drop and reject rules matching the port of `dst` in namespace `netns`, in
+/// the order netfilter runs them; None when the namespace is gone.
+fn firewall_rules(
+    namespaces: &HashMap<u32, NetnsRef>,
+    netns: u32,
+    dst: SocketAddr,
+) -> Option<Observation> {
+    // A namespace made since the last scan is looked for again.
+    let path = match namespaces.get(&netns) {
+        Some(n) => n.path.clone(),
+        None => scan_namespaces().remove(&netns)?.path,
+    };
+    let label = format!("netns {netns}");
+    let (rules, missing) = crate::firewall::rules_in(Some(&path), &label, dst.port());
+    let mut rules: Vec<_> = rules.into_iter().filter(|r| r.blocks()).collect();
+    crate::firewall::in_hook_order(&mut rules);
+    Some(Observation::Firewall {
+        netns,
+        dst,
+        at_ns: crate::decode::Clock::now().mono_ns,
+        rules,
+        missing,
+    })
+}
 
 /// Set to 1, the connected sockets already there are not read (their owners are then
 /// looked up on demand only).

@@ -31,13 +31,16 @@ pub struct Pipeline<W: io::Write> {
     exits: Vec<(Proc, u64)>,
     /// Live: where to ask for the owner of a socket the kernel did not know (answered
     /// with `socket` context records, so that a replay sees the same).
-    pub lookups: Option<std::sync::mpsc::SyncSender<crate::netns::Lookup>>,
-    /// Sockets already asked about, and when (bounded).
-    asked: crate::FastMap<crate::netns::Lookup, u64>,
+    pub lookups: Option<std::sync::mpsc::SyncSender<crate::netns::Ask>>,
+    /// Sockets and rulesets already asked about, and when (bounded).
+    asked: crate::FastMap<crate::netns::Ask, u64>,
 }
 
 /// A socket is asked about once in this long.
 const ASK_AGAIN_NS: u64 = 10_000_000_000;
+/// A namespace's rules for a port are read again after this long (a SYN flood that
+/// the firewall drops would otherwise read the ruleset per packet).
+const RULES_AGAIN_NS: u64 = 5_000_000_000;
 /// At most this many sockets are remembered as asked about.
 const MAX_ASKED: usize = 4096;
 
@@ -118,6 +121,7 @@ impl<W: io::Write> Pipeline<W> {
             return Ok(());
         }
         self.ask_owner(&r);
+        self.ask_rules(&r);
         if self.live
             && r.kind == Kind::State
             && r.old_state == Some("LISTEN")
@@ -143,7 +147,9 @@ impl<W: io::Write> Pipeline<W> {
     /// hooks did not see made: its ownership entry evicted, or passed from another
     /// process), while the socket may still exist.
     fn ask_owner(&mut self, r: &Record) {
-        let Some(tx) = &self.lookups else { return };
+        if self.lookups.is_none() {
+            return;
+        }
         if r.owner.is_some()
             || r.sock.is_none()
             || !matches!(
@@ -161,20 +167,51 @@ impl<W: io::Write> Pipeline<W> {
         if s.port() == 0 || d.port() == 0 {
             return;
         }
-        let key = (ns, s, d);
-        if self
-            .asked
-            .get(&key)
-            .is_some_and(|&t| r.mono_ns < t + ASK_AGAIN_NS)
+        let key = crate::netns::Ask::Socket((ns, s, d));
+        self.ask(key, key, r.mono_ns, ASK_AGAIN_NS);
+    }
+
+    /// Asks for the firewall rules that drop or reject the destination port of a
+    /// packet netfilter dropped in a namespace here (answered with a `firewall_rule`
+    /// context record, so that a replay names the same rule).
+    fn ask_rules(&mut self, r: &Record) {
+        if self.lookups.is_none()
+            || r.kind != Kind::Drop
+            || r.reason.as_deref() != Some("NETFILTER_DROP")
         {
+            return;
+        }
+        let (Some(netns), Some(d)) = (r.netns, r.dst) else {
+            return;
+        };
+        if d.port() == 0 {
+            return;
+        }
+        // Remembered per namespace and port: the rules are matched on the port.
+        let port_only = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), d.port());
+        self.ask(
+            crate::netns::Ask::Firewall {
+                netns,
+                dst: port_only,
+            },
+            crate::netns::Ask::Firewall { netns, dst: d },
+            r.mono_ns,
+            RULES_AGAIN_NS,
+        );
+    }
+
+    /// Sends `ask` to the monitor unless `key` was asked about within `again_ns`.
+    fn ask(&mut self, key: crate::netns::Ask, ask: crate::netns::Ask, now: u64, again_ns: u64) {
+        let Some(tx) = &self.lookups else { return };
+        if self.asked.get(&key).is_some_and(|&t| now < t + again_ns) {
             return;
         }
         if self.asked.len() >= MAX_ASKED {
             self.asked.clear();
         }
-        self.asked.insert(key, r.mono_ns);
+        self.asked.insert(key, now);
         // A full queue (a storm of unknown sockets) drops the question, not the event.
-        let _ = tx.try_send(key);
+        let _ = tx.try_send(ask);
     }
 
     pub fn advance(&mut self, now: u64) -> io::Result<()> {

@@ -68,6 +68,9 @@ pub enum Kind {
     /// Context: a connected socket that existed when rstrace first saw its namespace,
     /// with the process holding it (its events carry no owner from the kernel).
     Socket,
+    /// Context: the firewall rules of a namespace that drop or reject a destination
+    /// port, read when netfilter was seen dropping packets to it.
+    FirewallRule,
 }
 
 impl Kind {
@@ -87,6 +90,7 @@ impl Kind {
             Kind::Addresses => "ADDRESSES",
             Kind::ProcessExit => "EXIT",
             Kind::Socket => "SOCKET",
+            Kind::FirewallRule => "FIREWALL-RULE",
         }
     }
 }
@@ -116,6 +120,83 @@ pub struct PortUse {
     pub time_wait: u32,
     /// In any other state (SYN_SENT, FIN_WAIT, CLOSE_WAIT, ...).
     pub other: u32,
+}
+
+/// A netfilter rule that drops or rejects packets to a port, as read from its
+/// namespace's ruleset (`nft -j list ruleset`, `iptables-save`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FirewallRule {
+    /// `nft`, `iptables` or `ip6tables`.
+    pub source: Text,
+    /// `inet`, `ip`, `ip6`, ...
+    pub family: Text,
+    pub table: Text,
+    pub chain: Text,
+    /// The netfilter hook of its (base) chain: `prerouting`, `input`, `forward`,
+    /// `output`, `postrouting`; absent for a chain only reached by a jump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<Text>,
+    /// The chain's priority within its hook (lower runs first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// nftables rule handle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
+    /// The rule as text (nft syntax, or the iptables-save line).
+    pub rule: Text,
+    /// `drop` or `reject`.
+    pub verdict: Text,
+}
+
+impl FirewallRule {
+    /// Where it is, for a sentence: `table inet filter, chain input, handle 4`.
+    pub fn place(&self) -> String {
+        let mut s = format!("table {} {}, chain {}", self.family, self.table, self.chain);
+        if let Some(h) = self.handle {
+            s.push_str(&format!(", handle {h}"));
+        }
+        s
+    }
+
+    /// The command that removes it (run in its namespace).
+    pub fn delete_command(&self) -> String {
+        match (&*self.source, self.handle) {
+            ("nft", Some(h)) => format!(
+                "nft delete rule {} {} {} handle {h}",
+                self.family, self.table, self.chain
+            ),
+            _ => format!(
+                "{} -t {} {}",
+                if &*self.source == "ip6tables" {
+                    "ip6tables"
+                } else {
+                    "iptables"
+                },
+                self.table,
+                self.rule.replacen("-A ", "-D ", 1)
+            ),
+        }
+    }
+
+    /// The command that lets `port` through before it (run in its namespace).
+    pub fn allow_command(&self, port: u16) -> String {
+        match (&*self.source, self.handle) {
+            ("nft", Some(h)) => format!(
+                "nft insert rule {} {} {} handle {h} tcp dport {port} accept",
+                self.family, self.table, self.chain
+            ),
+            _ => format!(
+                "{} -t {} -I {} -p tcp --dport {port} -j ACCEPT",
+                if &*self.source == "ip6tables" {
+                    "ip6tables"
+                } else {
+                    "iptables"
+                },
+                self.table,
+                self.chain
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -203,6 +284,11 @@ pub struct Record {
     /// IPV6_V6ONLY, read through sock_diag; absent when unknown or IPv4.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub v6only: Option<bool>,
+    /// Firewall rule records: the rules that drop or reject the port of `dst`, in the order
+    /// netfilter runs them (hook, then chain priority, then position); empty when
+    /// none was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<FirewallRule>>,
 }
 
 impl Record {
@@ -237,6 +323,7 @@ impl Record {
             somaxconn: None,
             ports: None,
             v6only: None,
+            rules: None,
         }
     }
 }

@@ -179,6 +179,26 @@ fn socket_records(
     })
 }
 
+/// The context record of a namespace's rules that drop or reject the port of `dst`;
+/// `reason` says what could not be read when none was found.
+pub fn firewall_record(
+    netns: u32,
+    dst: std::net::SocketAddr,
+    now: u64,
+    rules: &[crate::firewall::Rule],
+    missing: &[String],
+    clock: &Clock,
+) -> Record {
+    let mut r = Record::new(Kind::FirewallRule, now, clock.format(now));
+    r.netns = Some(netns);
+    r.dst = Some(dst);
+    r.rules = Some(rules.iter().map(|x| x.to_record()).collect());
+    if rules.is_empty() && !missing.is_empty() {
+        r.reason = Some(missing.join("; ").into());
+    }
+    r
+}
+
 pub(crate) fn on_observation<W: io::Write>(
     o: Observation,
     pipe: &mut Pipeline<W>,
@@ -204,6 +224,13 @@ pub(crate) fn on_observation<W: io::Write>(
             at_ns,
             sockets,
         } => socket_records(netns, at_ns, sockets, clock).try_for_each(|r| pipe.push(r)),
+        Observation::Firewall {
+            netns,
+            dst,
+            at_ns,
+            rules,
+            missing,
+        } => pipe.push(firewall_record(netns, dst, at_ns, &rules, &missing, clock)),
         Observation::Started => Ok(()),
     }
 }

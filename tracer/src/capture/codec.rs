@@ -8,8 +8,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
 use crate::record::{
-    errno_name, tcp_flags_parse, tcp_flags_str, tcp_state_name, Kind, PortUse, Proc, Queue, Record,
-    Sock, Text,
+    errno_name, tcp_flags_parse, tcp_flags_str, tcp_state_name, FirewallRule, Kind, PortUse, Proc,
+    Queue, Record, Sock, Text,
 };
 use crate::FastMap;
 
@@ -55,7 +55,7 @@ fn unzigzag(v: u64) -> i64 {
 }
 
 /// Stable kind codes of the capture format (never renumbered).
-const KINDS: [(Kind, u8); 14] = [
+const KINDS: [(Kind, u8); 15] = [
     (Kind::RstSent, 1),
     (Kind::RstReceived, 2),
     (Kind::SynRetransmit, 3),
@@ -70,6 +70,7 @@ const KINDS: [(Kind, u8); 14] = [
     (Kind::ProcessExit, 12),
     (Kind::ConnectError, 13),
     (Kind::Socket, 14),
+    (Kind::FirewallRule, 15),
 ];
 
 fn kind_code(k: Kind) -> u8 {
@@ -143,6 +144,7 @@ const ADDRS: u32 = 1 << 20;
 const SOMAXCONN: u32 = 1 << 21;
 const PORTS: u32 = 1 << 22;
 const V6ONLY: u32 = 1 << 23;
+const RULES: u32 = 1 << 24;
 
 /// Builds one chunk: records are encoded against a dictionary that is written first.
 #[derive(Default)]
@@ -254,6 +256,7 @@ impl ChunkEncoder {
         set(r.somaxconn.is_some(), SOMAXCONN);
         set(r.ports.is_some(), PORTS);
         set(r.v6only.is_some(), V6ONLY);
+        set(r.rules.is_some(), RULES);
 
         self.scratch.clear();
         self.scratch.put_u8(kind_code(r.kind));
@@ -342,6 +345,28 @@ impl ChunkEncoder {
         }
         if let Some(v) = r.v6only {
             put_varint(&mut self.scratch, v as u64);
+        }
+        if let Some(rules) = &r.rules {
+            put_varint(&mut self.scratch, rules.len() as u64);
+            for x in rules {
+                for t in [
+                    &x.source, &x.family, &x.table, &x.chain, &x.rule, &x.verdict,
+                ] {
+                    let i = self.string(t);
+                    put_varint(&mut self.scratch, i);
+                }
+                // Optional parts: 0 for none, else the string index + 1 / value + 1.
+                let hook = x.hook.as_ref().map_or(0, |h| self.string(h) + 1);
+                put_varint(&mut self.scratch, hook);
+                put_varint(
+                    &mut self.scratch,
+                    x.priority.map_or(0, |p| zigzag(p as i64) + 1),
+                );
+                put_varint(
+                    &mut self.scratch,
+                    x.handle.map_or(0, |h| h.saturating_add(1)),
+                );
+            }
         }
         put_varint(&mut self.body, self.scratch.len() as u64);
         self.body.extend_from_slice(&self.scratch);
@@ -573,6 +598,41 @@ fn decode_fields(
     }
     if has(V6ONLY) {
         r.v6only = Some(get_varint(b)? != 0);
+    }
+    if has(RULES) {
+        let n = get_varint(b)? as usize;
+        let mut v = Vec::with_capacity(n.min(256));
+        for _ in 0..n {
+            let mut t = || string(b);
+            let (source, family, table, chain, rule, verdict) =
+                (t()?, t()?, t()?, t()?, t()?, t()?);
+            let hook = match get_varint(b)? {
+                0 => None,
+                i => Some(
+                    strings
+                        .get(i as usize - 1)
+                        .cloned()
+                        .ok_or(CodecError::Bad("string index"))?,
+                ),
+            };
+            let priority = match get_varint(b)? {
+                0 => None,
+                p => Some(i32::try_from(unzigzag(p - 1)).map_err(|_| CodecError::Bad("priority"))?),
+            };
+            let handle = get_varint(b)?.checked_sub(1);
+            v.push(FirewallRule {
+                source,
+                family,
+                table,
+                chain,
+                hook,
+                priority,
+                handle,
+                rule,
+                verdict,
+            });
+        }
+        r.rules = Some(v);
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

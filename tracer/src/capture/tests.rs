@@ -12,7 +12,7 @@ use super::{
 };
 use crate::record::{errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock};
 
-const KINDS: [Kind; 14] = [
+const KINDS: [Kind; 15] = [
     Kind::RstSent,
     Kind::RstReceived,
     Kind::SynRetransmit,
@@ -27,6 +27,7 @@ const KINDS: [Kind; 14] = [
     Kind::ProcessExit,
     Kind::ConnectError,
     Kind::Socket,
+    Kind::FirewallRule,
 ];
 
 fn arb_ip() -> impl Strategy<Value = IpAddr> {
@@ -52,6 +53,27 @@ fn arb_state() -> impl Strategy<Value = &'static str> {
 }
 
 prop_compose! {
+    fn arb_rule()(
+        words in proptest::collection::vec(".{0,20}", 6),
+        hook in proptest::option::of("[a-z]{1,11}"),
+        priority in proptest::option::of(any::<i32>()),
+        handle in proptest::option::of(0u64..u64::MAX),
+    ) -> crate::record::FirewallRule {
+        crate::record::FirewallRule {
+            source: words[0].as_str().into(),
+            family: words[1].as_str().into(),
+            table: words[2].as_str().into(),
+            chain: words[3].as_str().into(),
+            hook: hook.map(Into::into),
+            priority,
+            handle,
+            rule: words[4].as_str().into(),
+            verdict: words[5].as_str().into(),
+        }
+    }
+}
+
+prop_compose! {
     fn arb_record()(
         kind in 0..KINDS.len(),
         mono in 0u64..(1 << 62),
@@ -72,6 +94,7 @@ prop_compose! {
         addrs in proptest::option::of(proptest::collection::vec(arb_ip(), 0..5)),
         ports in proptest::option::of((any::<[u16; 2]>(), any::<u32>(), any::<u32>(), any::<u32>())),
         v6only in proptest::option::of(any::<bool>()),
+        rules in proptest::option::of(proptest::collection::vec(arb_rule(), 0..4)),
     ) -> Record {
         let mut r = Record::new(KINDS[kind], mono, String::new());
         r.netns = netns;
@@ -96,6 +119,7 @@ prop_compose! {
         r.hook = hook.map(|h| tracer_common::Hook::ALL[h].program());
         r.addrs = addrs;
         r.v6only = v6only;
+        r.rules = rules;
         r.ports = ports.map(|(range, established, time_wait, other)| crate::record::PortUse {
             range,
             established,

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    record::{Kind, Proc, Record, Sock, Text},
+    record::{FirewallRule, Kind, Proc, Record, Sock, Text},
     FastMap,
 };
 
@@ -78,7 +78,18 @@ pub struct Host {
     /// Owners of connected sockets that existed before the agent saw their namespace,
     /// by (netns, local, remote), until they die.
     existing: FastMap<(u32, SocketAddr, SocketAddr), (Proc, &'static str)>,
+    /// The latest read of each namespace's rules dropping or rejecting a port, by
+    /// (netns, port): the rules (empty: none found) and what could not be read.
+    /// (The destination of the dropped packet they were read for is kept too.)
+    firewall: FastMap<(u32, u16), RulesRead>,
 }
+
+/// One read of a namespace's rules for a port: the dropped packet's destination it
+/// was read for, the rules (empty: none found), what could not be read.
+type RulesRead = (SocketAddr, Vec<FirewallRule>, Option<Text>);
+
+/// At most this many (namespace, port) firewall reads are remembered.
+const MAX_FIREWALL: usize = 4096;
 
 /// Whether a listener bound to `bound` accepts connections to `dst` (same port).
 pub fn accepts(bound: SocketAddr, dst: SocketAddr) -> bool {
@@ -228,6 +239,16 @@ impl Host {
                     self.addrs.insert(ns, a.clone());
                 }
             }
+            Kind::FirewallRule => {
+                if let (Some(ns), Some(dst), Some(rules)) = (r.netns, r.dst, &r.rules) {
+                    let key = (ns, dst.port());
+                    if self.firewall.len() >= MAX_FIREWALL && !self.firewall.contains_key(&key) {
+                        self.firewall.clear();
+                    }
+                    self.firewall
+                        .insert(key, (dst, rules.clone(), r.reason.clone()));
+                }
+            }
             Kind::ProcessExit => {
                 if let Some(p) = &r.owner {
                     self.exited.insert(p.pid, (r.mono_ns, r.reason.clone()));
@@ -365,7 +386,25 @@ impl Host {
             r.owner_source = Some("proc");
             out.push(r);
         }
+        let mut firewall: Vec<_> = self.firewall.iter().collect();
+        firewall.sort_by_key(|(k, _)| **k);
+        for ((ns, _), (dst, rules, missing)) in firewall {
+            let mut r = Record::new(Kind::FirewallRule, now, time.to_string());
+            r.netns = Some(*ns);
+            r.dst = Some(*dst);
+            r.rules = Some(rules.clone());
+            r.reason = missing.clone();
+            out.push(r);
+        }
         out
+    }
+
+    /// The rules of namespace `netns` that drop or reject destination `port`, in the
+    /// order netfilter runs them, when they were read (empty: none found).
+    pub fn firewall_rules(&self, netns: u32, port: u16) -> Option<&[FirewallRule]> {
+        self.firewall
+            .get(&(netns, port))
+            .map(|(_, r, _)| r.as_slice())
     }
 
     /// The process holding a socket that existed before the agent saw its namespace.

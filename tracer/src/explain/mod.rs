@@ -42,6 +42,9 @@ const AFTER_LISTENER_GONE: u64 = 500 * MS;
 const SAME_CONNECT: u64 = AFTER_ERRNO;
 /// Extra wait once, for the namespaces' addresses, when the server is not placed.
 const CONTEXT_WAIT: u64 = 300 * MS;
+/// Extra wait once, for the firewall rules of a namespace where netfilter dropped
+/// packets of the story (live, the monitor reads them with nft and iptables-save).
+const FIREWALL_WAIT: u64 = 1_000 * MS;
 /// Explained flows absorb their late evidence this long.
 const DONE_FOR: u64 = 3_000 * MS;
 /// Stories with nothing to explain are forgotten after this (a connect given up by
@@ -363,12 +366,16 @@ impl Engine {
             let Some(mut story) = self.stories.remove(&key) else {
                 continue;
             };
-            if self.needs_context(&story) && !story.waited_for_context {
-                story.waited_for_context = true;
-                self.wants_context = true;
-                self.stories.insert(key, story);
-                self.schedule(key, now + CONTEXT_WAIT);
-                continue;
+            if !story.waited_for_context {
+                let rules = self.needs_rules(&story);
+                if rules || self.needs_context(&story) {
+                    story.waited_for_context = true;
+                    self.wants_context |= !rules || self.needs_context(&story);
+                    self.stories.insert(key, story);
+                    let wait = if rules { FIREWALL_WAIT } else { CONTEXT_WAIT };
+                    self.schedule(key, now + wait);
+                    continue;
+                }
             }
             self.conclude(key, story, now, out);
         }
@@ -492,6 +499,17 @@ impl Engine {
                     && r.old_state != Some("LISTEN")
                     && r.new_state != Some("LISTEN")
             })
+    }
+
+    /// Netfilter dropped packets of the story in a namespace whose rules for that port
+    /// were not read yet (live, they are being read: see `Pipeline::ask_rules`).
+    fn needs_rules(&self, s: &Story) -> bool {
+        s.drops("NETFILTER_DROP").any(|r| {
+            let (Some(ns), Some(d)) = (r.netns, r.dst) else {
+                return false;
+            };
+            self.host.firewall_rules(ns, d.port()).is_none()
+        })
     }
 
     /// The owner the host model learnt since for the socket of `r` (a `socket` context

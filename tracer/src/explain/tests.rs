@@ -205,6 +205,35 @@ fn syn_retransmit(at_ms: u64) -> Record {
     r
 }
 
+/// A `firewall_rule` record: the rules of the server's namespace blocking 8080.
+/// (chain, hook, priority, handle, rule text, verdict)
+type FwRule<'a> = (&'a str, Option<&'a str>, Option<i32>, u64, &'a str, &'a str);
+
+fn fw_rules(at_ms: u64, rules: &[FwRule]) -> Record {
+    let mut r = Record::new(Kind::FirewallRule, at_ms * MS, String::new());
+    r.netns = Some(SNS);
+    r.dst = Some(S.parse().unwrap());
+    r.rules = Some(
+        rules
+            .iter()
+            .map(
+                |&(chain, hook, priority, handle, rule, verdict)| crate::record::FirewallRule {
+                    source: "nft".into(),
+                    family: "inet".into(),
+                    table: "filter".into(),
+                    chain: chain.into(),
+                    hook: hook.map(Into::into),
+                    priority,
+                    handle: Some(handle),
+                    rule: rule.into(),
+                    verdict: verdict.into(),
+                },
+            )
+            .collect(),
+    );
+    r
+}
+
 #[test]
 fn firewall_drop_waits_for_the_local_clients_timeout() {
     let mut e = Engine::default();
@@ -216,15 +245,140 @@ fn firewall_drop_waits_for_the_local_clients_timeout() {
     e.advance(2_900 * MS, &mut out);
     assert!(out.is_empty(), "explained before the errno: {out:#?}");
     e.push(error(3_000, libc::ETIMEDOUT), &mut out);
+    // The rules were never read (a capture of an older version): the story waits for
+    // them once, then says what it can.
     e.advance(3_100 * MS, &mut out);
+    assert!(out.is_empty(), "did not wait for the rules: {out:#?}");
+    e.advance(4_100 * MS, &mut out);
     assert_eq!(causes(&out), vec!["firewall_drop"]);
     assert_eq!(out[0].outcome, "timed out");
     assert!(
-        out[0]
-            .explanation
-            .contains("drops SYNs to port 8080 (2 dropped at nf_hook_slow"),
+        out[0].explanation.contains(
+            "a firewall rule in netns 200 drops SYNs to port 8080 (2 dropped at nf_hook_slow"
+        ),
         "{}",
         out[0].explanation
+    );
+    assert!(out[0].fix.contains("nft list ruleset"), "{}", out[0].fix);
+}
+
+#[test]
+fn a_firewall_drop_names_the_rule_read_from_the_namespace() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+    e.push(
+        fw_rules(
+            20,
+            &[(
+                "input",
+                Some("input"),
+                Some(0),
+                4,
+                "tcp dport 8080 drop",
+                "drop",
+            )],
+        ),
+        &mut out,
+    );
+    e.push(error(3_000, libc::ETIMEDOUT), &mut out);
+    e.advance(3_100 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["firewall_drop"]);
+    assert!(
+        out[0].explanation.contains(
+            "the rule `tcp dport 8080 drop` (table inet filter, chain input, handle 4) in netns 200 drops SYNs to port 8080 (1 dropped at nf_hook_slow"
+        ),
+        "{}",
+        out[0].explanation
+    );
+    assert_eq!(
+        out[0].fix,
+        "run in netns 200: nft delete rule inet filter input handle 4 (or let the port through \
+         before it: nft insert rule inet filter input handle 4 tcp dport 8080 accept)"
+    );
+}
+
+#[test]
+fn of_several_matching_rules_the_first_in_hook_order_acts_or_it_cannot_be_told() {
+    let explain = |rules: &[FwRule]| {
+        let mut e = Engine::default();
+        let mut out = Vec::new();
+        addresses(&mut e, &mut out);
+        e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+        e.push(fw_rules(20, rules), &mut out);
+        e.push(error(3_000, libc::ETIMEDOUT), &mut out);
+        e.advance(3_100 * MS, &mut out);
+        assert_eq!(causes(&out), vec!["firewall_drop"]);
+        out.remove(0)
+    };
+    let x = explain(&[
+        (
+            "pre",
+            Some("prerouting"),
+            Some(-150),
+            7,
+            "tcp dport 8080 drop",
+            "drop",
+        ),
+        (
+            "input",
+            Some("input"),
+            Some(0),
+            4,
+            "tcp dport { 22, 8080 } drop",
+            "drop",
+        ),
+        (
+            "input",
+            Some("input"),
+            Some(0),
+            5,
+            "tcp dport 8080 reject",
+            "reject",
+        ),
+    ]);
+    assert!(
+        x.explanation.contains(
+            "2 rules in netns 200 match port 8080: `tcp dport 8080 drop` (table inet filter, chain pre, handle 7) [hook prerouting, priority -150], `tcp dport { 22, 8080 } drop` (table inet filter, chain input, handle 4) [hook input, priority 0]; the first in hook/priority order, `tcp dport 8080 drop`, runs first and drops SYNs"
+        ),
+        "{}",
+        x.explanation
+    );
+    assert!(
+        x.fix.starts_with("run in netns 200: nft delete rule inet filter pre handle 7 (the one that acts), then the others that would block the port too: nft delete rule inet filter input handle 4"),
+        "{}",
+        x.fix
+    );
+    // Two chains at one hook and priority: netfilter's order is not shown.
+    let x = explain(&[
+        (
+            "a",
+            Some("input"),
+            Some(0),
+            4,
+            "tcp dport 8080 drop",
+            "drop",
+        ),
+        (
+            "b",
+            Some("input"),
+            Some(0),
+            9,
+            "tcp dport 8080 counter drop",
+            "drop",
+        ),
+    ]);
+    assert!(
+        x.explanation.contains("which of them acts cannot be told"),
+        "{}",
+        x.explanation
+    );
+    assert!(
+        x.fix
+            .contains("handle 4; nft delete rule inet filter b handle 9"),
+        "{}",
+        x.fix
     );
 }
 
@@ -728,6 +882,12 @@ fn a_connect_its_application_gave_up_is_explained_not_kept() {
     e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
     e.push(died(5, "SYN_SENT", 4121), &mut out);
     e.advance(100 * MS, &mut out);
+    assert!(
+        out.is_empty(),
+        "did not wait for the firewall's rules: {out:#?}"
+    );
+    // Once past the wait for the rules (never read here).
+    e.advance(1_100 * MS, &mut out);
     assert_eq!(causes(&out), vec!["firewall_drop"]);
     assert_eq!(out[0].outcome, "blocked");
     assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));

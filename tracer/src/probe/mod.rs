@@ -7,7 +7,6 @@
 //!
 //! Everything that needs privileges is optional: without root the probe still
 //! resolves, connects and traces the path, and names the evidence it could not get.
-mod firewall;
 mod local;
 mod net;
 mod resolve;
@@ -32,11 +31,12 @@ use serde::Serialize;
 use tracer_common::{ListenKey, ListenOwner};
 
 pub use self::resolve::Target;
-use self::{firewall::Rule, local::Local, net::Attempt, resolve::Resolution};
+use self::{local::Local, net::Attempt, resolve::Resolution};
 use crate::{
     decode::{Clock, Decoder},
     explain::Explanation,
     filter::Filter,
+    firewall::{self, Rule},
     netns::{self, Observation},
     pipeline::Pipeline,
     record::{errno_name, Kind, SCHEMA_VERSION},

@@ -163,6 +163,23 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         Kind::Socket => {
             let _ = write!(s, "{owner} holds {src} -> {dst}");
         }
+        Kind::FirewallRule => {
+            let port = r.dst.map_or(0, |d| d.port());
+            let rules = r.rules.as_deref().unwrap_or(&[]);
+            if rules.is_empty() {
+                let _ = write!(s, "no rule found that drops or rejects port {port}");
+                if let Some(why) = &r.reason {
+                    let _ = write!(s, " ({why})");
+                }
+            }
+            let listed: Vec<String> = rules
+                .iter()
+                .map(|x| format!("`{}` ({}, {})", x.rule, x.place(), x.verdict))
+                .collect();
+            if !listed.is_empty() {
+                let _ = write!(s, "port {port} blocked by {}", listed.join("; "));
+            }
+        }
     }
     if let Some(n) = r.retransmits {
         let _ = write!(s, " after {n} retransmits");
@@ -179,6 +196,38 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn firewall_rule_line_names_the_rule_or_says_none_was_found() {
+        let mut r = Record::new(Kind::FirewallRule, 0, "2026-11-22T00:40:23.123456Z".into());
+        r.netns = Some(7);
+        r.dst = Some("10.0.0.2:8081".parse().unwrap());
+        r.rules = Some(vec![crate::record::FirewallRule {
+            source: "nft".into(),
+            family: "inet".into(),
+            table: "filter".into(),
+            chain: "input".into(),
+            hook: Some("input".into()),
+            priority: Some(0),
+            handle: Some(4),
+            rule: "tcp dport 8081 drop".into(),
+            verdict: "drop".into(),
+        }]);
+        let mut out = Vec::new();
+        record(&r, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "00:40:23.123456 FIREWALL-RULE  port 8081 blocked by `tcp dport 8081 drop` (table inet filter, chain input, handle 4, drop) netns 7"
+        );
+        r.rules = Some(Vec::new());
+        r.reason = Some("nftables rules in netns 7: running nft: not found".into());
+        let mut out = Vec::new();
+        record(&r, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "00:40:23.123456 FIREWALL-RULE  no rule found that drops or rejects port 8081 (nftables rules in netns 7: running nft: not found) netns 7"
+        );
+    }
 
     #[test]
     fn refusal_line_names_process_and_errno() {

@@ -2,10 +2,114 @@
 //! or an ICMP error. Told apart from the TCP stack's own refusal by the kernel's drop
 //! reason (NETFILTER_DROP) and by which RSTs the TCP stack itself sent.
 use super::{Ctx, Finding, Rule};
+use crate::record::FirewallRule;
 
 fn nft_fix(port: u16, netns: Option<u32>) -> String {
     let where_ = netns.map_or(String::new(), |ns| format!(" in netns {ns}"));
     format!("find the rule{where_}: nft list ruleset | grep -n 'dport {port}' (or iptables-save | grep -- '--dport {port}'); allow the port or fix the destination")
+}
+
+/// The rules read from the namespace that drop or reject `port` (a `firewall_rule`
+/// record), those with a verdict like `verdict` first (they are the ones that can
+/// have done what was seen): the acting one first. Empty when none was read.
+fn rules_for<'a>(
+    c: &'a Ctx,
+    netns: Option<u32>,
+    port: u16,
+    verdict: &str,
+) -> Vec<&'a FirewallRule> {
+    let Some(all) = netns.and_then(|ns| c.host.firewall_rules(ns, port)) else {
+        return Vec::new();
+    };
+    let like: Vec<&FirewallRule> = all
+        .iter()
+        .filter(|r| r.verdict.starts_with(verdict))
+        .collect();
+    if like.is_empty() {
+        all.iter().collect()
+    } else {
+        like
+    }
+}
+
+/// Whether the first of `rules` (in the order netfilter runs them) is known to run
+/// before the others: its chain is a base chain, and no other chain runs at the same
+/// hook and priority (netfilter then runs them in registration order, not shown).
+fn first_acts(rules: &[&FirewallRule]) -> bool {
+    let Some(first) = rules.first() else {
+        return false;
+    };
+    first.hook.is_some()
+        && rules[1..].iter().all(|r| {
+            (r.family == first.family && r.table == first.table && r.chain == first.chain)
+                || r.hook != first.hook
+                || r.priority != first.priority
+        })
+}
+
+fn quoted(r: &FirewallRule) -> String {
+    format!("`{}` ({})", r.rule, r.place())
+}
+
+/// Names the rule(s) `rules` in netns `ns` as the subject of `does` ("drops SYNs to
+/// port 80"), and the fix: the exact commands. None when no rule was read.
+fn named(
+    rules: &[&FirewallRule],
+    ns: Option<u32>,
+    port: u16,
+    does: &str,
+) -> Option<(String, String)> {
+    let first = rules.first()?;
+    let in_ns = ns.map_or(String::new(), |n| format!(" in netns {n}"));
+    if rules.len() == 1 {
+        return Some((
+            format!("the rule {}{in_ns} {does}", quoted(first)),
+            format!(
+                "run{in_ns}: {} (or let the port through before it: {})",
+                first.delete_command(),
+                first.allow_command(port)
+            ),
+        ));
+    }
+    let listed = rules
+        .iter()
+        .map(|r| {
+            let at = match (&r.hook, r.priority) {
+                (Some(h), Some(p)) => format!(" [hook {h}, priority {p}]"),
+                (Some(h), None) => format!(" [hook {h}]"),
+                _ => " [reached by a jump]".to_string(),
+            };
+            format!("{}{at}", quoted(r))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let commands = rules
+        .iter()
+        .map(|r| r.delete_command())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if first_acts(rules) {
+        Some((
+            format!(
+                "{} rules{in_ns} match port {port}: {listed}; the first in hook/priority order, `{}`, runs first and {does}",
+                rules.len(),
+                first.rule
+            ),
+            format!(
+                "run{in_ns}: {} (the one that acts), then the others that would block the port too: {}",
+                first.delete_command(),
+                rules[1..].iter().map(|r| r.delete_command()).collect::<Vec<_>>().join("; ")
+            ),
+        ))
+    } else {
+        Some((
+            format!(
+                "{} rules{in_ns} match port {port}: {listed}; which of them acts cannot be told (chains at the same hook and priority, or reached by a jump): one {does}",
+                rules.len()
+            ),
+            format!("run{in_ns}, to remove every rule that blocks the port: {commands}"),
+        ))
+    }
 }
 
 /// A SYN dropped by netfilter in one of this host's namespaces.
@@ -42,15 +146,27 @@ impl Rule for FirewallReject {
             return None;
         };
         let ns = drop.netns;
+        let port = c.server_port();
+        let does = format!("rejects SYNs to port {port} {how}");
+        let rules = rules_for(c, ns, port, "reject");
+        let (reason, fix) = match named(&rules, ns, port, &does) {
+            Some((subject, fix)) => (
+                format!("{subject}; the TCP stack itself did not refuse"),
+                fix,
+            ),
+            None => (
+                format!(
+                    "a firewall rule{} {does}; the TCP stack itself did not refuse",
+                    ns.map_or(String::new(), |n| format!(" in netns {n}")),
+                ),
+                nft_fix(port, ns),
+            ),
+        };
         Some(Finding {
             cause: self.id(),
             confidence: 0.9,
-            reason: format!(
-                "a firewall rule{} rejects SYNs to port {} {how}; the TCP stack itself did not refuse",
-                ns.map_or(String::new(), |n| format!(" in netns {n}")),
-                c.server_port()
-            ),
-            fix: nft_fix(c.server_port(), ns),
+            reason,
+            fix,
             culprit: None,
         })
     }
@@ -64,16 +180,26 @@ fn established_drops(c: &Ctx) -> Option<Finding> {
     let first = drops.first()?;
     let ns = first.netns;
     let port = first.dst.map_or(0, |d| d.port());
+    let does = format!(
+        "drops the packets of this established connection ({} dropped at {})",
+        drops.len(),
+        first.location.as_deref().unwrap_or("netfilter")
+    );
+    let rules = rules_for(c, ns, port, "drop");
+    let (reason, fix) = named(&rules, ns, port, &does).unwrap_or_else(|| {
+        (
+            format!(
+                "a firewall rule{} {does}",
+                ns.map_or(String::new(), |n| format!(" in netns {n}")),
+            ),
+            nft_fix(port, ns),
+        )
+    });
     Some(Finding {
         cause: "firewall_drop",
         confidence: 0.85,
-        reason: format!(
-            "a firewall rule{} drops the packets of this established connection ({} dropped at {})",
-            ns.map_or(String::new(), |n| format!(" in netns {n}")),
-            drops.len(),
-            first.location.as_deref().unwrap_or("netfilter")
-        ),
-        fix: nft_fix(port, ns),
+        reason,
+        fix,
         culprit: None,
     })
 }
@@ -93,22 +219,33 @@ impl Rule for FirewallDrop {
             return None;
         }
         let ns = first.netns;
+        let port = c.server_port();
         let outgoing = if crate::explain::story::dropped_on_its_way_out(first) {
             " (the client's own output filter)"
         } else {
             ""
         };
+        let does = format!(
+            "drops SYNs to port {port} ({} dropped at {})",
+            drops.len(),
+            first.location.as_deref().unwrap_or("netfilter")
+        );
+        let rules = rules_for(c, ns, port, "drop");
+        let (reason, fix) = match named(&rules, ns, port, &does) {
+            Some((subject, fix)) => (format!("{subject}{outgoing}"), fix),
+            None => (
+                format!(
+                    "a firewall rule{}{outgoing} {does}",
+                    ns.map_or(String::new(), |n| format!(" in netns {n}")),
+                ),
+                nft_fix(port, ns),
+            ),
+        };
         Some(Finding {
             cause: self.id(),
             confidence: 0.95,
-            reason: format!(
-                "a firewall rule{}{outgoing} drops SYNs to port {} ({} dropped at {})",
-                ns.map_or(String::new(), |n| format!(" in netns {n}")),
-                c.server_port(),
-                drops.len(),
-                first.location.as_deref().unwrap_or("netfilter")
-            ),
-            fix: nft_fix(c.server_port(), ns),
+            reason,
+            fix,
             culprit: None,
         })
     }

@@ -1,7 +1,8 @@
-//! Local firewall rules that match the target's port: nftables (`nft -j list
+//! Local firewall rules that match a destination port: nftables (`nft -j list
 //! ruleset`, parsed) and iptables (`iptables-save`), in the namespaces that matter
-//! (the probing one, the target's when it is on this host, any where the kernel saw
-//! the SYNs dropped), each with its table, chain, handle and verdict.
+//! (for `probe`: the probing one, the target's when it is on this host, any where the
+//! kernel saw the SYNs dropped; for `watch`: the one where netfilter dropped packets),
+//! each with its table, chain, hook, priority, handle and verdict.
 use std::{
     fs::File,
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -22,6 +23,12 @@ pub struct Rule {
     pub family: String,
     pub table: String,
     pub chain: String,
+    /// The netfilter hook of its chain, when a base chain (`input`, `output`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    /// Its chain's priority within the hook (lower runs first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handle: Option<u64>,
     /// The rule as text (nft syntax, or the iptables-save line).
@@ -37,25 +44,48 @@ impl Rule {
 
     /// The command that removes it (run in its namespace).
     pub fn delete_command(&self) -> String {
-        match (self.source, self.handle) {
-            ("nft", Some(h)) => format!(
-                "nft delete rule {} {} {} handle {h}",
-                self.family, self.table, self.chain
-            ),
-            _ => {
-                let bin = if self.source == "ip6tables" {
-                    "ip6tables"
-                } else {
-                    "iptables"
-                };
-                format!(
-                    "{bin} -t {} {}",
-                    self.table,
-                    self.rule.replacen("-A ", "-D ", 1)
-                )
-            }
+        self.to_record().delete_command()
+    }
+
+    /// The rule as a `firewall_rule` record carries it.
+    pub fn to_record(&self) -> crate::record::FirewallRule {
+        crate::record::FirewallRule {
+            source: self.source.into(),
+            family: self.family.as_str().into(),
+            table: self.table.as_str().into(),
+            chain: self.chain.as_str().into(),
+            hook: self.hook.as_deref().map(Into::into),
+            priority: self.priority,
+            handle: self.handle,
+            rule: self.rule.as_str().into(),
+            verdict: self.verdict.as_str().into(),
         }
     }
+}
+
+/// Where a hook comes on a packet's way (ingress first); None for an unknown one.
+pub fn hook_rank(hook: &str) -> Option<u8> {
+    Some(match hook {
+        "ingress" => 0,
+        "prerouting" => 1,
+        "input" => 2,
+        "forward" => 3,
+        "output" => 4,
+        "postrouting" => 5,
+        _ => return None,
+    })
+}
+
+/// Orders rules as netfilter runs them: by hook, then chain priority; the listing
+/// order (which is the order within a chain) is kept otherwise. Rules of chains only
+/// reached by a jump (no hook) go last.
+pub fn in_hook_order(rules: &mut [Rule]) {
+    rules.sort_by_key(|r| {
+        (
+            r.hook.as_deref().and_then(hook_rank).unwrap_or(u8::MAX),
+            r.priority.unwrap_or(i32::MAX),
+        )
+    });
 }
 
 /// Runs `cmd` with its network namespace set to the one at `ns` (None: ours).
@@ -197,6 +227,21 @@ pub fn nft_rules(json: &str, port: u16, netns: &str) -> Result<Vec<Rule>> {
             Some((s["name"].as_str()?.to_string(), s.get("elem")?.clone()))
         })
         .collect();
+    // Base chains: (family, table, name) -> (hook, priority).
+    type BaseChain = ((String, String, String), (String, Option<i32>));
+    let chains: Vec<BaseChain> = items
+        .iter()
+        .filter_map(|i| {
+            let c = i.get("chain")?;
+            let key = (
+                c["family"].as_str()?.to_string(),
+                c["table"].as_str()?.to_string(),
+                c["name"].as_str()?.to_string(),
+            );
+            let prio = c["prio"].as_i64().and_then(|p| i32::try_from(p).ok());
+            Some((key, (c["hook"].as_str()?.to_string(), prio)))
+        })
+        .collect();
     let mut out = Vec::new();
     for item in &items {
         let Some(r) = item.get("rule") else { continue };
@@ -221,12 +266,21 @@ pub fn nft_rules(json: &str, port: u16, netns: &str) -> Result<Vec<Rule>> {
             }
             verdict = v.or(verdict);
         }
+        let family = r["family"].as_str().unwrap_or("").to_string();
+        let table = r["table"].as_str().unwrap_or("").to_string();
+        let chain = r["chain"].as_str().unwrap_or("").to_string();
+        let base = chains
+            .iter()
+            .find(|(k, _)| k.0 == family && k.1 == table && k.2 == chain)
+            .map(|(_, v)| v.clone());
         out.push(Rule {
             netns: netns.to_string(),
             source: "nft",
-            family: r["family"].as_str().unwrap_or("").to_string(),
-            table: r["table"].as_str().unwrap_or("").to_string(),
-            chain: r["chain"].as_str().unwrap_or("").to_string(),
+            family,
+            table,
+            chain,
+            hook: base.as_ref().map(|b| b.0.clone()),
+            priority: base.and_then(|b| b.1),
             handle: r["handle"].as_u64(),
             rule: words.join(" "),
             verdict: verdict.unwrap_or_else(|| "none".into()),
@@ -270,12 +324,33 @@ pub fn iptables_rules(save: &str, port: u16, netns: &str, source: &'static str) 
             .windows(2)
             .find(|w| w[0] == "-j")
             .map_or("none".to_string(), |w| w[1].to_ascii_lowercase());
+        let chain = words.first().unwrap_or(&"").to_string();
+        // The built-in chains are hooks; the tables' priorities are fixed.
+        let hook = match chain.as_str() {
+            "PREROUTING" | "INPUT" | "FORWARD" | "OUTPUT" | "POSTROUTING" => {
+                Some(chain.to_ascii_lowercase())
+            }
+            _ => None,
+        };
+        let priority = hook.as_ref().and_then(|_| {
+            Some(match table.as_str() {
+                "raw" => -300,
+                "mangle" => -150,
+                "nat" if chain == "POSTROUTING" || chain == "INPUT" => 100,
+                "nat" => -100,
+                "filter" => 0,
+                "security" => 50,
+                _ => return None,
+            })
+        });
         out.push(Rule {
             netns: netns.to_string(),
             source,
             family: if source == "ip6tables" { "ip6" } else { "ip" }.into(),
             table: table.clone(),
-            chain: words.first().unwrap_or(&"").to_string(),
+            chain,
+            hook,
+            priority,
             handle: None,
             rule: line.to_string(),
             verdict,
@@ -330,6 +405,7 @@ mod tests {
 
     const RULESET: &str = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}},
       {"table": {"family": "inet", "name": "f", "handle": 1}},
+      {"chain": {"family": "inet", "table": "f", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}},
       {"set": {"family": "inet", "name": "web", "table": "f", "type": "inet_service", "handle": 3, "elem": [80, 443]}},
       {"rule": {"family": "inet", "table": "f", "chain": "input", "handle": 4, "expr": [
         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8105}},
@@ -364,6 +440,10 @@ mod tests {
         );
         assert!(r[0].blocks());
         assert_eq!(
+            (r[0].hook.as_deref(), r[0].priority),
+            (Some("input"), Some(-10))
+        );
+        assert_eq!(
             r[0].delete_command(),
             "nft delete rule inet f input handle 4"
         );
@@ -384,9 +464,39 @@ mod tests {
         );
         assert_eq!(r[1].verdict, "drop");
         assert_eq!(
+            (r[0].hook.as_deref(), r[0].priority),
+            (Some("input"), Some(0))
+        );
+        assert_eq!(
             r[0].delete_command(),
             "iptables -t filter -D INPUT -p tcp -m tcp --dport 8106 -j REJECT --reject-with tcp-reset"
         );
         assert!(iptables_rules(save, 9000, "host", "iptables").is_empty());
+    }
+
+    #[test]
+    fn rules_in_the_order_netfilter_runs_them() {
+        let rule = |chain: &str, hook: Option<&str>, prio: Option<i32>| Rule {
+            netns: "host".into(),
+            source: "nft",
+            family: "inet".into(),
+            table: "t".into(),
+            chain: chain.into(),
+            hook: hook.map(Into::into),
+            priority: prio,
+            handle: Some(1),
+            rule: "tcp dport 1 drop".into(),
+            verdict: "drop".into(),
+        };
+        let mut v = vec![
+            rule("jumped", None, None),
+            rule("late", Some("input"), Some(10)),
+            rule("pre", Some("prerouting"), Some(0)),
+            rule("early", Some("input"), Some(-5)),
+            rule("early2", Some("input"), Some(-5)),
+        ];
+        in_hook_order(&mut v);
+        let got: Vec<&str> = v.iter().map(|r| r.chain.as_str()).collect();
+        assert_eq!(got, ["pre", "early", "early2", "late", "jumped"]);
     }
 }
