@@ -166,6 +166,30 @@ impl Netns {
         self.exec(&["nft", &format!("add rule inet rstrace_test forward {rule}")]);
     }
 
+    /// The handle of the first rule of the namespace's own nftables table whose
+    /// listing (`nft -a`) starts with `rule`.
+    pub fn nft_handle(&self, rule: &str) -> u64 {
+        let listing = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "nft",
+            "-a",
+            "list",
+            "table",
+            "inet",
+            "rstrace_test",
+        ]);
+        listing
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(rule))
+            .and_then(|l| l.rsplit_once("# handle "))
+            .and_then(|(_, h)| h.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no rule {rule:?} in {listing}"))
+    }
+
     /// Runs a command inside the namespace, asserting it succeeds.
     pub fn exec(&self, args: &[&str]) {
         let mut full = vec!["ip", "netns", "exec", &self.name];

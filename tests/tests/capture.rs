@@ -126,6 +126,23 @@ fn explaining_a_recording_gives_what_watch_printed_live() {
         "live: {live:#?}"
     );
     assert_eq!(replay, live, "replay differs from live");
+    if capability("drop_reasons") {
+        // The rule read live is in the capture: the replay names it too.
+        let h = t.server.nft_handle("tcp dport 8203 drop");
+        let named = format!(
+            "the rule `tcp dport 8203 drop` (table inet rstrace_test, chain input, handle {h})"
+        );
+        let delete = format!("nft delete rule inet rstrace_test input handle {h}");
+        let replayed = explain(&file, &t.server_ip);
+        for (what, all) in [("live", agent.records()), ("replay", replayed)] {
+            let e = all
+                .iter()
+                .find(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == 8203)
+                .unwrap_or_else(|| panic!("no {what} explanation for 8203"));
+            assert!(s(e, "explanation").contains(&named), "{what}: {e}");
+            assert!(s(e, "fix").contains(&delete), "{what}: {e}");
+        }
+    }
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);

@@ -183,8 +183,27 @@ fn firewall_drop_times_out() {
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(s(&e, "outcome"), "timed out");
     if want == "firewall_drop" {
-        assert!(s(&e, "fix").contains("nft list ruleset"), "{e}");
+        assert_names_rule(&e, &t, "tcp dport 8105 drop", "drops SYNs to port 8105");
     }
+}
+
+/// The explanation names the rule of the server's namespace, read from its ruleset,
+/// and the fix is the command that deletes it.
+fn assert_names_rule(e: &Value, t: &Topology, rule: &str, does: &str) {
+    let h = t.server.nft_handle(rule);
+    let ns = t.server.inode;
+    assert!(
+        s(e, "explanation").contains(&format!(
+            "the rule `{rule}` (table inet rstrace_test, chain input, handle {h}) in netns {ns} {does}"
+        )),
+        "{e}"
+    );
+    assert!(
+        s(e, "fix").starts_with(&format!(
+            "run in netns {ns}: nft delete rule inet rstrace_test input handle {h} "
+        )),
+        "{e}"
+    );
 }
 
 #[test]
@@ -202,6 +221,13 @@ fn firewall_reject_with_reset_is_not_a_tcp_refusal() {
     let e = explained(&mut agent, 8106, "firewall_reject", 5 * SEC);
     if capability("drop_reasons") {
         assert!(s(&e, "explanation").contains("forged TCP reset"), "{e}");
+        // The rule and the server were there before the agent.
+        assert_names_rule(
+            &e,
+            &t,
+            "tcp dport 8106 reject with tcp reset",
+            "rejects SYNs to port 8106",
+        );
     } else {
         // Inferred from a refusal despite a listener.
         assert!(
@@ -234,6 +260,13 @@ fn firewall_reject_with_icmp() {
         }
         let e = explained(&mut agent, p, "firewall_reject", 5 * SEC);
         assert!(s(&e, "explanation").contains("ICMP"), "{e}");
+        let h = t.server.nft_handle(&format!("tcp dport {p} reject"));
+        assert!(
+            s(&e, "fix").contains(&format!(
+                "nft delete rule inet rstrace_test input handle {h}"
+            )),
+            "{e}"
+        );
         assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
         if capability("errno") {
             // The application's errno, not the soft error (0) reported before it.
@@ -459,6 +492,50 @@ fn firewall_dropping_an_established_flow() {
     let e = explained(&mut agent, 8118, "firewall_drop", 5 * SEC);
     assert!(
         s(&e, "explanation").contains("established connection"),
+        "{e}"
+    );
+    assert_names_rule(
+        &e,
+        &t,
+        "tcp dport 8118 drop",
+        "drops the packets of this established connection",
+    );
+}
+
+#[test]
+fn of_several_rules_dropping_the_port_the_one_that_acts_is_named() {
+    if !require_root() {
+        return;
+    }
+    if !capability("drop_reasons") {
+        tests::skip("without drop reasons the firewall is not visible");
+        return;
+    }
+    let t = Topology::new();
+    t.server.nft_input("tcp dport 8122 drop");
+    // A prerouting chain runs before the input one: its rule is the one that drops.
+    t.server.exec(&["nft", "add chain inet rstrace_test pre { type filter hook prerouting priority -150; policy accept; }"]);
+    t.server.exec(&[
+        "nft",
+        "add rule inet rstrace_test pre tcp dport { 22, 8122 } drop",
+    ]);
+    let input = t.server.nft_handle("tcp dport 8122 drop");
+    let pre = t.server.nft_handle("tcp dport { 22, 8122 } drop");
+    let mut agent = start(8122);
+    let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8122), "--syncnt", "1"]);
+    assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
+    let e = explained(&mut agent, 8122, "firewall_drop", 2 * SEC);
+    let ns = t.server.inode;
+    assert!(
+        s(&e, "explanation").contains(&format!(
+            "2 rules in netns {ns} match port 8122: `tcp dport {{ 22, 8122 }} drop` (table inet rstrace_test, chain pre, handle {pre}) [hook prerouting, priority -150], `tcp dport 8122 drop` (table inet rstrace_test, chain input, handle {input}) [hook input, priority 0]; the first in hook/priority order, `tcp dport {{ 22, 8122 }} drop`, runs first and drops SYNs to port 8122"
+        )),
+        "{e}"
+    );
+    assert!(
+        s(&e, "fix").starts_with(&format!(
+            "run in netns {ns}: nft delete rule inet rstrace_test pre handle {pre} (the one that acts)"
+        )),
         "{e}"
     );
 }

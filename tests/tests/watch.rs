@@ -187,6 +187,41 @@ fn firewall_drop_case(env: &[(&str, &str)]) {
                 || s(&dropped, "location").contains("nft"),
             "drop location {dropped}"
         );
+        // The namespace's rule for the port, read because netfilter dropped there.
+        let read = agent.wait_for("the rule that drops 8081", 5 * SEC, |v| {
+            s(v, "kind") == "firewall_rule"
+                && port(s(v, "dst")) == 8081
+                && netns(v) == t.server.inode
+        });
+        let h = t.server.nft_handle("tcp dport 8081 drop");
+        let rules = read["rules"].as_array().expect("rules");
+        assert_eq!(rules.len(), 1, "{read}");
+        let r = &rules[0];
+        assert_eq!(
+            (
+                s(r, "source"),
+                s(r, "family"),
+                s(r, "table"),
+                s(r, "chain"),
+                s(r, "hook"),
+                r["priority"].as_i64(),
+                r["handle"].as_u64(),
+                s(r, "rule"),
+                s(r, "verdict")
+            ),
+            (
+                "nft",
+                "inet",
+                "rstrace_test",
+                "input",
+                "input",
+                Some(0),
+                Some(h),
+                "tcp dport 8081 drop",
+                "drop"
+            ),
+            "{read}"
+        );
     }
 
     let retrans = agent.wait_for("SYN retransmit", 5 * SEC, |v| {
