@@ -756,10 +756,11 @@ fn firewall_rules(
     netns: u32,
     dst: SocketAddr,
 ) -> Option<Observation> {
-    // A namespace made since the last scan is looked for again.
+    // A namespace made since the last scan, or whose process found then has exited,
+    // is looked for again.
     let path = match namespaces.get(&netns) {
-        Some(n) => n.path.clone(),
-        None => scan_namespaces().remove(&netns)?.path,
+        Some(n) if n.path.exists() => n.path.clone(),
+        _ => scan_namespaces().remove(&netns)?.path,
     };
     let label = format!("netns {netns}");
     let (rules, missing) = crate::firewall::rules_in(Some(&path), &label, dst.port());

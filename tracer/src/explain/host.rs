@@ -242,6 +242,16 @@ impl Host {
             Kind::FirewallRule => {
                 if let (Some(ns), Some(dst), Some(rules)) = (r.netns, r.dst, &r.rules) {
                     let key = (ns, dst.port());
+                    // A read that failed does not hide what an earlier one found.
+                    let failed = rules.is_empty() && r.reason.is_some();
+                    if failed
+                        && self
+                            .firewall
+                            .get(&key)
+                            .is_some_and(|(_, v, _)| !v.is_empty())
+                    {
+                        return;
+                    }
                     if self.firewall.len() >= MAX_FIREWALL && !self.firewall.contains_key(&key) {
                         self.firewall.clear();
                     }

@@ -300,6 +300,41 @@ fn a_firewall_drop_names_the_rule_read_from_the_namespace() {
 }
 
 #[test]
+fn a_failed_read_of_the_rules_does_not_hide_the_rule_found_before() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+    e.push(
+        fw_rules(
+            20,
+            &[(
+                "input",
+                Some("input"),
+                Some(0),
+                4,
+                "tcp dport 8080 drop",
+                "drop",
+            )],
+        ),
+        &mut out,
+    );
+    let mut failed = fw_rules(2_000, &[]);
+    failed.reason = Some("nftables rules in netns 200: opening /proc/1/ns/net".into());
+    e.push(failed, &mut out);
+    e.push(error(3_000, libc::ETIMEDOUT), &mut out);
+    e.advance(3_100 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["firewall_drop"]);
+    assert!(
+        out[0]
+            .explanation
+            .contains("the rule `tcp dport 8080 drop`"),
+        "{}",
+        out[0].explanation
+    );
+}
+
+#[test]
 fn of_several_matching_rules_the_first_in_hook_order_acts_or_it_cannot_be_told() {
     let explain = |rules: &[FwRule]| {
         let mut e = Engine::default();
