@@ -53,17 +53,20 @@ fn quoted(r: &FirewallRule) -> String {
 
 /// Names the rule(s) `rules` in netns `ns` as the subject of `does` ("drops SYNs to
 /// port 80"), and the fix: the exact commands. None when no rule was read.
+/// `note` follows the namespace ("(the client's own output filter)").
 fn named(
     rules: &[&FirewallRule],
     ns: Option<u32>,
+    note: &str,
     port: u16,
     does: &str,
 ) -> Option<(String, String)> {
     let first = rules.first()?;
     let in_ns = ns.map_or(String::new(), |n| format!(" in netns {n}"));
+    let noted = format!("{in_ns}{note}");
     if rules.len() == 1 {
         return Some((
-            format!("the rule {}{in_ns} {does}", quoted(first)),
+            format!("the rule {}{noted} {does}", quoted(first)),
             format!(
                 "run{in_ns}: {} (or let the port through before it: {})",
                 first.delete_command(),
@@ -91,7 +94,7 @@ fn named(
     if first_acts(rules) {
         Some((
             format!(
-                "{} rules{in_ns} match port {port}: {listed}; the first in hook/priority order, `{}`, runs first and {does}",
+                "{} rules{noted} match port {port}: {listed}; the first in hook/priority order, `{}`, runs first and {does}",
                 rules.len(),
                 first.rule
             ),
@@ -104,7 +107,7 @@ fn named(
     } else {
         Some((
             format!(
-                "{} rules{in_ns} match port {port}: {listed}; which of them acts cannot be told (chains at the same hook and priority, or reached by a jump): one {does}",
+                "{} rules{noted} match port {port}: {listed}; which of them acts cannot be told (chains at the same hook and priority, or reached by a jump): one {does}",
                 rules.len()
             ),
             format!("run{in_ns}, to remove every rule that blocks the port: {commands}"),
@@ -149,7 +152,7 @@ impl Rule for FirewallReject {
         let port = c.server_port();
         let does = format!("rejects SYNs to port {port} {how}");
         let rules = rules_for(c, ns, port, "reject");
-        let (reason, fix) = match named(&rules, ns, port, &does) {
+        let (reason, fix) = match named(&rules, ns, "", port, &does) {
             Some((subject, fix)) => (
                 format!("{subject}; the TCP stack itself did not refuse"),
                 fix,
@@ -186,7 +189,7 @@ fn established_drops(c: &Ctx) -> Option<Finding> {
         first.location.as_deref().unwrap_or("netfilter")
     );
     let rules = rules_for(c, ns, port, "drop");
-    let (reason, fix) = named(&rules, ns, port, &does).unwrap_or_else(|| {
+    let (reason, fix) = named(&rules, ns, "", port, &does).unwrap_or_else(|| {
         (
             format!(
                 "a firewall rule{} {does}",
@@ -231,8 +234,8 @@ impl Rule for FirewallDrop {
             first.location.as_deref().unwrap_or("netfilter")
         );
         let rules = rules_for(c, ns, port, "drop");
-        let (reason, fix) = match named(&rules, ns, port, &does) {
-            Some((subject, fix)) => (format!("{subject}{outgoing}"), fix),
+        let (reason, fix) = match named(&rules, ns, outgoing, port, &does) {
+            Some(found) => found,
             None => (
                 format!(
                     "a firewall rule{}{outgoing} {does}",
