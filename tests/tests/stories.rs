@@ -355,10 +355,18 @@ fn syns_dropped_on_their_way_out_name_the_client() {
         return;
     }
     assert_eq!(s(e, "cause"), "firewall_drop", "{e}");
+    // The rule is named, read from the client's namespace.
+    let h = t.client.nft_handle(&format!("tcp dport {p} drop"));
     assert!(
         s(e, "explanation").contains(&format!(
-            "in netns {} (the client's own output filter)",
+            "the rule `tcp dport {p} drop` (table inet rstrace_test, chain output, handle {h}) in netns {} (the client's own output filter) drops SYNs",
             t.client.inode
+        )),
+        "{e}"
+    );
+    assert!(
+        s(e, "fix").contains(&format!(
+            "nft delete rule inet rstrace_test output handle {h}"
         )),
         "{e}"
     );
