@@ -214,12 +214,14 @@ fn drop_on_the_router_names_the_hop_where_the_trail_stops() {
     server.wait_line(5 * SEC, |l| l == "ready");
     t.router.nft_forward("tcp dport 8203 drop");
     let p = probe(&t.client.name, &format!("{}:8203", t.server_ip), &[]);
-    let cause = if capability("drop_reasons") {
-        "firewall_drop"
+    // Without drop reasons (5.10) nothing says where the SYNs were dropped, so no
+    // namespace's rules are blamed: the path is what to look at.
+    let (cause, runbook) = if capability("drop_reasons") {
+        ("firewall_drop", "open the port")
     } else {
-        "syn_unanswered"
+        ("syn_unanswered", "find where the path drops the SYNs")
     };
-    assert_verdict(&p, "timed out", Some(cause), "open the port", 3);
+    assert_verdict(&p, "timed out", Some(cause), runbook, 3);
     // The router answers TTL 1 and nothing answers beyond it.
     let path = &p.json["path"];
     assert_eq!(path["reached"], false, "{path:#}");
@@ -348,6 +350,7 @@ fn no_route_on_the_router_is_unreachable_and_names_the_router() {
         // Without errno events (5.10) the kernel evidence may name the ICMP error
         // rather than the route.
         assert_eq!(s(verdict(&p), "runbook"), "fix the route", "{:#}", p.json);
+        assert!(commands(&p).contains(&format!("ip route get {}", t.unrouted_ip())));
     }
     // The router's ICMP error, with the router as its sender.
     let icmp = &p.json["attempts"][0]["icmp"][0];
@@ -355,7 +358,6 @@ fn no_route_on_the_router_is_unreachable_and_names_the_router() {
     assert_eq!(s(icmp, "name"), "network unreachable", "{icmp:#}");
     let line = format!("ICMP network unreachable from {}", t.router_ip);
     assert!(p.text.contains(&line), "{}", p.text);
-    assert!(commands(&p).contains(&format!("ip route get {}", t.unrouted_ip())));
 }
 
 #[test]
