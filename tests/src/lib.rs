@@ -612,8 +612,21 @@ pub fn kernel_version() -> (u32, u32) {
 /// wrongly saying "missing" cannot make a test expect less. The test
 /// `doctor_agrees_with_what_this_kernel_gives` holds doctor to the same table.
 pub fn capability(name: &str) -> bool {
+    let available = expected_capability(name);
+    if !available {
+        let v = kernel_version();
+        skip(&format!(
+            "Linux {}.{} lacks {name}: the assertions that need it",
+            v.0, v.1
+        ));
+    }
+    available
+}
+
+/// `capability` without saying that what depends on it is skipped.
+pub fn expected_capability(name: &str) -> bool {
     let v = kernel_version();
-    let available = match name {
+    match name {
         // sk_rst_reason, and tcp_send_reset for SYNs to closed ports, since 6.10.
         "rst_sent_reason" | "rst_for_closed_port" => v >= (6, 10),
         // kfree_skb's reason (5.17) and its rx_sk (6.11).
@@ -624,14 +637,7 @@ pub fn capability(name: &str) -> bool {
         "rst_received" | "syn_retransmits" | "synack_retransmits" | "connect_errors"
         | "ownership" | "accept_owner" | "netns" | "accept_queue" | "backlog_counters" => true,
         other => panic!("no known fact for capability {other:?}: add it to tests::capability"),
-    };
-    if !available {
-        skip(&format!(
-            "Linux {}.{} lacks {name}: the assertions that need it",
-            v.0, v.1
-        ));
     }
-    available
 }
 
 /// What `rstrace doctor --json` says of each capability.
