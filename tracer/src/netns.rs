@@ -170,10 +170,7 @@ pub fn dump_listeners() -> Result<Vec<Listener>> {
             depth: r.header.recv_queue,
             backlog: r.header.send_queue,
             inode: r.header.inode,
-            v6only: r.nlas.iter().find_map(|n| match n {
-                Nla::SkV6Only(v) => Some(*v),
-                _ => None,
-            }),
+            v6only: r.v6only,
         })
         .collect())
 }
@@ -299,8 +296,28 @@ pub fn lookup_connected(src: SocketAddr, dst: SocketAddr) -> Result<Option<Conne
         }))
 }
 
+/// What is kept of a sock_diag answer: its header and the IPV6_V6ONLY flag. The
+/// attributes are dropped at once: kept whole, each answer weighs about a kilobyte,
+/// and a start-up scan reads tens of thousands.
+struct Diag {
+    header: netlink_packet_sock_diag::inet::InetResponseHeader,
+    v6only: Option<bool>,
+}
+
+impl From<InetResponse> for Diag {
+    fn from(r: InetResponse) -> Diag {
+        Diag {
+            v6only: r.nlas.iter().find_map(|n| match n {
+                Nla::SkV6Only(v) => Some(*v),
+                _ => None,
+            }),
+            header: r.header,
+        }
+    }
+}
+
 /// TCP sockets of the current namespace in `states`, both families, up to `max`.
-fn dump(states: StateFlags, max: usize) -> Result<Vec<InetResponse>> {
+fn dump(states: StateFlags, max: usize) -> Result<Vec<Diag>> {
     let mut out = query(AF_INET, states, None, max)?;
     out.extend(query(
         AF_INET6,
@@ -313,12 +330,7 @@ fn dump(states: StateFlags, max: usize) -> Result<Vec<InetResponse>> {
 
 /// One sock_diag request: a dump of `family`'s sockets in `states`, or with `exact`
 /// the one socket of that id (the kernel answers ENOENT when there is none).
-fn query(
-    family: u8,
-    states: StateFlags,
-    exact: Option<SocketId>,
-    max: usize,
-) -> Result<Vec<InetResponse>> {
+fn query(family: u8, states: StateFlags, exact: Option<SocketId>, max: usize) -> Result<Vec<Diag>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto()?;
     socket.connect(&NlAddr::new(0, 0))?;
@@ -365,7 +377,7 @@ fn query(
                 match msg.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                         if out.len() < max {
-                            out.push(*r);
+                            out.push(Diag::from(*r));
                         }
                         if exact.is_some() {
                             break 'recv;
