@@ -58,8 +58,9 @@ const CONNECT_SENT: u64 = 1 << 63;
 /// empty. Bit 63 marks a connect whose socket reached SYN_SENT: its exit is reported
 /// only for the one error that comes after that (no free local port). Two threads
 /// sharing a slot (tids equal modulo its size, both in connect() at once) are told
-/// apart by the tag: the displaced one's report is missed, never misattributed. (A per-CPU slot was cheaper still but wrong under preemption, and
-/// the 5.10 guest had soft lockups with it.)
+/// apart by the tag: the displaced one's report is missed, never misattributed. (A
+/// per-CPU slot was cheaper still but wrong under preemption, and the 5.10 guest had
+/// soft lockups with it.)
 #[map]
 pub static CONNECTS: Array<u64> = Array::with_max_entries(CONNECT_SLOTS, 0);
 

@@ -8,7 +8,11 @@
 //! unread. Both run in the accepting process, so the current task is the owner; the
 //! socket is found from the returned descriptor (task -> files -> fdtable -> file ->
 //! socket -> sk, offsets from BTF; without them the hook does nothing).
-use aya_ebpf::{helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use tracer_common::{fixed, Config, Hook};
 
 use crate::common::{
@@ -42,10 +46,16 @@ fn on_accept(ctx: &TracePointContext, hook: Hook) -> Option<()> {
         return None;
     }
     let sk = socket_of(cfg, ret as u64)?;
-    if kread::<u16>(sk, cfg.offsets.sk_protocol)? != IPPROTO_TCP {
-        return None;
-    }
-    let _ = SOCKS.insert(sk, current_owner(sock_netns(cfg, sk)), 0);
+    // Inherited from its listener (TCP, namespace known): re-owned only when another
+    // process accepted it, so that a single-process server pays no map update.
+    let inherited = unsafe { SOCKS.get(sk) }.map(|o| (o.tgid, o.netns));
+    let netns = match inherited {
+        Some((tgid, _)) if tgid == (bpf_get_current_pid_tgid() >> 32) as u32 => return None,
+        Some((_, netns)) => netns,
+        None if kread::<u16>(sk, cfg.offsets.sk_protocol)? != IPPROTO_TCP => return None,
+        None => sock_netns(cfg, sk),
+    };
+    let _ = SOCKS.insert(sk, current_owner(netns), 0);
     Some(())
 }
 
