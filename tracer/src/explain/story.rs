@@ -47,6 +47,15 @@ pub fn dropped_on_its_way_out(r: &Record) -> bool {
     r.kind == Kind::Drop && r.owner.is_some() && r.tcp_flags == Some("S")
 }
 
+/// The record shows its connection established before it failed.
+fn shows_established(r: &Record) -> bool {
+    matches!(r.old_state, Some("ESTABLISHED" | "CLOSE_WAIT"))
+        || matches!(
+            r.state,
+            Some("ESTABLISHED" | "CLOSE_WAIT" | "FIN_WAIT1" | "FIN_WAIT2" | "LAST_ACK")
+        )
+}
+
 pub const ECONNREFUSED: i32 = libc::ECONNREFUSED;
 pub const ETIMEDOUT: i32 = libc::ETIMEDOUT;
 pub const EHOSTUNREACH: i32 = libc::EHOSTUNREACH;
@@ -65,6 +74,9 @@ pub struct Story {
     /// The once-per-connection events seen (`slot` bits): a second one means a new
     /// connection on the same 4-tuple.
     pub slots: u16,
+    /// Some evidence shows the connection established: kept by `add` rather than
+    /// searched for, as each record pushed asks.
+    established: bool,
     /// Not explained before this (0: no such bound).
     pub not_before: u64,
     /// The server's end, when the story is a queued connection its listener's close
@@ -96,6 +108,7 @@ impl Story {
             deadline: None,
             waited_for_context: false,
             slots: 0,
+            established: false,
             not_before: 0,
             listener_end: None,
         }
@@ -137,9 +150,10 @@ impl Story {
     }
 
     pub fn add(&mut self, r: Record) {
-        self.slots |= Story::slot_of(&self.key, &r, self.was_established());
+        self.slots |= Story::slot_of(&self.key, &r, self.established);
         self.last_ns = self.last_ns.max(r.mono_ns);
         if self.evidence.len() < MAX_EVIDENCE {
+            self.established |= shows_established(&r);
             self.evidence.push(r);
         }
     }
@@ -190,13 +204,7 @@ impl Story {
 
     /// The connection was established before it failed.
     pub fn was_established(&self) -> bool {
-        self.evidence.iter().any(|r| {
-            matches!(r.old_state, Some("ESTABLISHED" | "CLOSE_WAIT"))
-                || matches!(
-                    r.state,
-                    Some("ESTABLISHED" | "CLOSE_WAIT" | "FIN_WAIT1" | "FIN_WAIT2" | "LAST_ACK")
-                )
-        })
+        self.established
     }
 
     /// The errno the application got, ignoring soft (0) reports.
