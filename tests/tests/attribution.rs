@@ -44,6 +44,19 @@ fn every_owner_is_the_sockets_process_never_the_interrupted_task() {
     let t = Topology::new();
     rps_to_cpu1(&t.client, "veth0");
     rps_to_cpu1(&t.server, "veth1");
+    // The server runs before the agent, as on a server under investigation: its
+    // listener is known from /proc, the connections it accepts from the kernel.
+    let mut server = Peer::spawn(
+        &t.server,
+        &[
+            "--cpu",
+            "0",
+            "listen",
+            &format!("{}:8503", t.server_ip),
+            "--linger0",
+        ],
+    );
+    server.wait_line(5 * SEC, |l| l == "ready");
     let mut agent = Agent::start(&["--addr", &t.server_ip]);
     let mut bystanders: Vec<Peer> = ["0", "1"]
         .iter()
@@ -81,17 +94,6 @@ fn every_owner_is_the_sockets_process_never_the_interrupted_task() {
             "2",
         ],
     );
-    let mut server = Peer::spawn(
-        &t.server,
-        &[
-            "--cpu",
-            "0",
-            "listen",
-            &format!("{}:8503", t.server_ip),
-            "--linger0",
-        ],
-    );
-    server.wait_line(5 * SEC, |l| l == "ready");
     let reset = Peer::spawn(
         &t.client,
         &[
