@@ -232,9 +232,20 @@ fn a_failed_listen_beside_a_live_listener_changes_nothing() {
         &["connect", &format!("{}:{p}", t.server_ip), "--then", "read"],
     );
     client.wait(10 * SEC);
-    agent.wait_for("the reset's explanation", 10 * SEC, |v| {
-        s(v, "kind") == "failure" && port(s(v, "dst")) == p
-    });
+    // The host model still has the listener (on the server's first address only): a
+    // connect to the namespace's other address is refused for that, not for nothing
+    // listening. The accepted connection's owner above no longer shows the kernel map
+    // alone (the accept hook names the accepting process too); this shows the rest.
+    let other = t.host_ip(3);
+    t.server
+        .exec(&["ip", "addr", "add", &format!("{other}/24"), "dev", "veth1"]);
+    let refused = Peer::spawn(&t.client, &["connect", &format!("{other}:{p}")]);
+    assert_eq!(refused.wait(10 * SEC), vec!["errno=111"]);
+    for ip in [&t.server_ip, &other] {
+        agent.wait_for("both explanations", 10 * SEC, |v| {
+            s(v, "kind") == "failure" && s(v, "dst") == format!("{ip}:{p}")
+        });
+    }
     agent.stop();
     let records = agent.records();
     let rst = records
@@ -249,7 +260,27 @@ fn a_failed_listen_beside_a_live_listener_changes_nothing() {
     } else {
         "reset_by_application"
     };
-    assert!(all.iter().all(|v| s(v, "cause") == want), "{}", dump(&all));
+    let (resets, refusals): (Vec<&Value>, Vec<&Value>) = all
+        .iter()
+        .partition(|v| s(v, "dst") == format!("{}:{p}", t.server_ip));
+    assert!(
+        resets.iter().all(|v| s(v, "cause") == want),
+        "{}",
+        dump(&all)
+    );
+    assert_eq!(refusals.len(), 1, "{}", dump(&all));
+    assert_eq!(
+        s(refusals[0], "cause"),
+        "listener_other_address",
+        "{}",
+        refusals[0]
+    );
+    assert_eq!(
+        pid_of(refusals[0], "culprit"),
+        Some(server.pid as u64),
+        "{}",
+        refusals[0]
+    );
 }
 
 /// A pre-fork server: the process that listens forks a worker that accepts and closes
