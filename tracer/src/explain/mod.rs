@@ -171,6 +171,9 @@ pub struct Engine {
     /// Collapse bursts of a cause into a count (off for `probe`, which needs the
     /// explanation of each of its own connections, among its path-trace SYNs').
     pub collapse: bool,
+    /// Someone answers firewall-rule questions (watch's monitor); without one (probe)
+    /// a story must not wait for an answer that never comes.
+    pub rules_answered: bool,
 }
 
 impl Default for Engine {
@@ -186,6 +189,7 @@ impl Default for Engine {
             own_connect_deaths: FastMap::default(),
             clock: None,
             collapse: true,
+            rules_answered: true,
         }
     }
 }
@@ -504,12 +508,13 @@ impl Engine {
     /// Netfilter dropped packets of the story in a namespace whose rules for that port
     /// were not read yet (live, they are being read: see `Pipeline::ask_rules`).
     fn needs_rules(&self, s: &Story) -> bool {
-        s.drops("NETFILTER_DROP").any(|r| {
-            let (Some(ns), Some(d)) = (r.netns, r.dst) else {
-                return false;
-            };
-            self.host.firewall_rules(ns, d.port()).is_none()
-        })
+        self.rules_answered
+            && s.drops("NETFILTER_DROP").any(|r| {
+                let (Some(ns), Some(d)) = (r.netns, r.dst) else {
+                    return false;
+                };
+                self.host.firewall_rules(ns, d.port()).is_none()
+            })
     }
 
     /// The owner the host model learnt since for the socket of `r` (a `socket` context

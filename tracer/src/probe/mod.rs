@@ -157,6 +157,8 @@ impl Tracer {
         pipe.live = true;
         pipe.collected = Some(Vec::new());
         pipe.engine.collapse = false;
+        // Probe reads the rules itself and asks the monitor for none.
+        pipe.engine.rules_answered = false;
         let stop = Arc::new(AtomicBool::new(false));
         let rescan = Arc::new(AtomicBool::new(false));
         let (tx, observations) = mpsc::sync_channel(1024);
