@@ -2,17 +2,20 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::{Duration, SystemTime},
 };
 
 use thiserror::Error;
 use tracer_common::{flags, ConnectInfo, DropInfo, Event, EventHeader, Hook, SockInfo, RAW_MAX};
 
 use crate::{
-    kallsyms::Kallsyms,
-    kernel::KernelInfo,
-    record::{errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock, Text},
-    tracefs::{Field, Format},
+    base::record::{
+        errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock, Text,
+    },
+    kernel::{
+        info::KernelInfo,
+        kallsyms::Kallsyms,
+        tracefs::{Field, Format},
+    },
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -23,48 +26,6 @@ pub enum DecodeError {
     Hook(u8),
     #[error("event from hook {0:?}, whose layout is unknown")]
     NoLayout(Hook),
-}
-
-/// Maps CLOCK_MONOTONIC (the kernel's timestamps) to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    pub mono_ns: u64,
-    pub wall: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Clock {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        Clock {
-            mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
-            wall: SystemTime::now(),
-        }
-    }
-
-    /// Wall-clock time of a monotonic timestamp, clamped to the representable range
-    /// (a damaged capture header may put it before the epoch or past year 9999).
-    pub fn wall_at(&self, mono_ns: u64) -> SystemTime {
-        const MAX_WALL: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31
-        let t = if mono_ns >= self.mono_ns {
-            self.wall
-                .checked_add(Duration::from_nanos(mono_ns - self.mono_ns))
-        } else {
-            self.wall
-                .checked_sub(Duration::from_nanos(self.mono_ns - mono_ns))
-        };
-        let t = t
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-            .max(SystemTime::UNIX_EPOCH);
-        t.min(SystemTime::UNIX_EPOCH + MAX_WALL)
-    }
-
-    pub fn format(&self, mono_ns: u64) -> String {
-        humantime::format_rfc3339_micros(self.wall_at(mono_ns)).to_string()
-    }
 }
 
 /// The fields of one tracepoint the decoder reads.
@@ -259,8 +220,8 @@ pub struct Decoder {
     drop_reasons: HashMap<u64, Text>,
     rst_reasons: HashMap<u64, Text>,
     syms: Kallsyms,
-    comms: crate::FastMap<[u8; 16], Text>,
-    locations: crate::FastMap<u64, Text>,
+    comms: crate::base::FastMap<[u8; 16], Text>,
+    locations: crate::base::FastMap<u64, Text>,
 }
 
 impl Decoder {
@@ -397,7 +358,7 @@ impl Decoder {
 
 /// The shared text for `key`, made once; the cache starts over when full.
 fn cached<K: std::hash::Hash + Eq>(
-    cache: &mut crate::FastMap<K, Text>,
+    cache: &mut crate::base::FastMap<K, Text>,
     key: K,
     make: impl FnOnce() -> Text,
 ) -> Text {
@@ -424,7 +385,7 @@ fn name(table: &HashMap<u64, Text>, v: u64) -> Text {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracefs::Format;
+    use crate::kernel::tracefs::Format;
 
     const RECV_RESET: &str = "\
 	field:const void * skaddr;	offset:8;	size:8;	signed:0;
@@ -619,20 +580,6 @@ mod tests {
         bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO;
         let r = d.decode(&bytes).unwrap();
         assert_eq!((r.state, r.errno), (Some("SYN_SENT"), None));
-    }
-
-    #[test]
-    fn times_outside_the_calendar_are_clamped_not_panicking() {
-        let c = Clock {
-            mono_ns: 10_000_000_000,
-            wall: SystemTime::UNIX_EPOCH,
-        };
-        assert_eq!(c.format(0), "1970-01-01T00:00:00.000000Z");
-        let c = Clock {
-            mono_ns: 0,
-            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_000),
-        };
-        assert!(c.format(u64::MAX).starts_with("9999-12-31"));
     }
 
     #[test]

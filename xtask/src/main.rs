@@ -4,6 +4,7 @@
 //! (Debian packages, rust-src for nightly, bpf-linker built against nightly's LLVM)
 //! idempotently, caching the linker under ~/.cache/rstrace.
 mod setup;
+mod stages;
 mod vm;
 
 use std::{
@@ -214,6 +215,7 @@ fn main() -> Result<()> {
         }
         Task::Lint => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            stages::check(&root.join("tracer/src"))?;
             // The eBPF object is not needed to lint the agent.
             run(cargo().env("AYA_BUILD_SKIP", "1").args([
                 "clippy",

@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
-use crate::record::{
+use crate::base::record::{
     errno_name, tcp_flags_parse, tcp_flags_str, tcp_state_name, FirewallRule, Kind, PortUse, Proc,
     Queue, Record, Sock, Text,
 };
-use crate::FastMap;
+use crate::base::FastMap;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CodecError {

@@ -15,10 +15,11 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use super::codec::{decode_chunk, get_varint, put_varint, ChunkEncoder};
 use crate::{
-    kernel::KernelInfo,
-    private_file::{self, file_id, Dir, FileId},
-    record::Record,
-    tracefs::Field,
+    base::{
+        private_file::{self, file_id, Dir, FileId},
+        record::Record,
+    },
+    kernel::{info::KernelInfo, tracefs::Field},
 };
 
 pub const MAGIC: &[u8; 8] = b"RSTRACE\0";
@@ -88,7 +89,7 @@ fn get_table(b: &mut &[u8]) -> Result<Vec<(u64, String)>> {
 }
 
 impl Header {
-    pub fn new(info: &KernelInfo, clock: crate::decode::Clock) -> Header {
+    pub fn new(info: &KernelInfo, clock: crate::base::clock::Clock) -> Header {
         let sorted = |m: &std::collections::HashMap<u64, String>| {
             let mut v: Vec<(u64, String)> = m.iter().map(|(k, v)| (*k, v.clone())).collect();
             v.sort();
@@ -121,8 +122,8 @@ impl Header {
         }
     }
 
-    pub fn clock(&self) -> crate::decode::Clock {
-        crate::decode::Clock {
+    pub fn clock(&self) -> crate::base::clock::Clock {
+        crate::base::clock::Clock {
             mono_ns: self.clock_mono_ns,
             wall: SystemTime::UNIX_EPOCH + Duration::from_nanos(self.clock_wall_ns),
         }
@@ -286,7 +287,7 @@ pub struct CaptureWriter {
 
 impl CaptureWriter {
     /// Creates the capture file: an existing `path` is an error unless `replace`, and
-    /// is then replaced by a new file (crate::private_file has the rules).
+    /// is then replaced by a new file (crate::base::private_file has the rules).
     pub fn create(
         path: &Path,
         replace: bool,
@@ -368,7 +369,7 @@ impl CaptureWriter {
             )
         })?;
         let mut header = self.header.clone();
-        let now = crate::decode::Clock::now();
+        let now = crate::base::clock::Clock::now();
         header.clock_mono_ns = now.mono_ns;
         header.clock_wall_ns = now
             .wall

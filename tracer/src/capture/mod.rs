@@ -3,8 +3,6 @@
 //! docs/capture-format.md.
 pub mod codec;
 pub mod file;
-pub mod fuzz;
-pub mod replay;
 
 pub use file::{CaptureWriter, Header, Reader, RotatePolicy};
 #[cfg(test)]

@@ -10,7 +10,9 @@ use super::{
     codec::{decode_chunk, ChunkEncoder},
     file::{CaptureWriter, Header, Reader, RotatePolicy},
 };
-use crate::record::{errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock};
+use crate::base::record::{
+    errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock,
+};
 
 const KINDS: [Kind; 15] = [
     Kind::RstSent,
@@ -58,8 +60,8 @@ prop_compose! {
         hook in proptest::option::of("[a-z]{1,11}"),
         priority in proptest::option::of(any::<i32>()),
         handle in proptest::option::of(0u64..u64::MAX),
-    ) -> crate::record::FirewallRule {
-        crate::record::FirewallRule {
+    ) -> crate::base::record::FirewallRule {
+        crate::base::record::FirewallRule {
             source: words[0].as_str().into(),
             family: words[1].as_str().into(),
             table: words[2].as_str().into(),
@@ -120,7 +122,7 @@ prop_compose! {
         r.addrs = addrs;
         r.v6only = v6only;
         r.rules = rules;
-        r.ports = ports.map(|(range, established, time_wait, other)| crate::record::PortUse {
+        r.ports = ports.map(|(range, established, time_wait, other)| crate::base::record::PortUse {
             range,
             established,
             time_wait,

@@ -5,22 +5,21 @@
 //! Time is the records' own (CLOCK_MONOTONIC): the engine is advanced by the live loop
 //! with the clock, and by a capture replay with the records' timestamps, so both give
 //! the same answers.
-pub mod host;
 pub mod rules;
 pub mod story;
 
 use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddr};
 
-use crate::{generations::Generations, FastMap};
+use crate::base::{generations::Generations, FastMap};
 
 use serde::Serialize;
 
 use self::{
-    host::Host,
     rules::{Ctx, Finding, RULES},
     story::{FlowKey, Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
 };
-use crate::record::{errno_name, Kind, Proc, Record, SCHEMA_VERSION};
+use crate::base::record::{errno_name, Kind, Proc, Record, SCHEMA_VERSION};
+use crate::enrich::host::Host;
 
 const MS: u64 = 1_000_000;
 /// Wait after the errno for evidence from the other CPUs.
@@ -167,7 +166,7 @@ pub struct Engine {
     /// Connecting sockets that died in their owner's own connect() or close(), by
     /// (pid, destination): a connect error reported just after is the same attempt.
     own_connect_deaths: FastMap<(u32, SocketAddr), (FlowKey, u64)>,
-    clock: Option<crate::decode::Clock>,
+    clock: Option<crate::base::clock::Clock>,
     /// Collapse bursts of a cause into a count (off for `probe`, which needs the
     /// explanation of each of its own connections, among its path-trace SYNs').
     pub collapse: bool,
@@ -195,7 +194,7 @@ impl Default for Engine {
 }
 
 impl Engine {
-    pub fn new(clock: crate::decode::Clock) -> Engine {
+    pub fn new(clock: crate::base::clock::Clock) -> Engine {
         Engine {
             clock: Some(clock),
             ..Default::default()

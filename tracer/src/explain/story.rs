@@ -2,7 +2,7 @@
 //! pair of endpoints (both ends' namespaces when both are on this host).
 use std::net::SocketAddr;
 
-use crate::record::{Kind, Proc, Record};
+use crate::base::record::{Kind, Proc, Record};
 
 /// Evidence kept per story; a flow that produces more keeps its first ones.
 const MAX_EVIDENCE: usize = 64;

@@ -1,6 +1,6 @@
 //! Rule logic on synthetic evidence (the real-kernel scenarios are in tests/).
 use super::*;
-use crate::record::{Proc, Queue};
+use crate::base::record::{Proc, Queue};
 
 const C: &str = "10.0.0.1:40000";
 const S: &str = "10.0.0.2:8080";
@@ -216,8 +216,8 @@ fn fw_rules(at_ms: u64, rules: &[FwRule]) -> Record {
     r.rules = Some(
         rules
             .iter()
-            .map(
-                |&(chain, hook, priority, handle, rule, verdict)| crate::record::FirewallRule {
+            .map(|&(chain, hook, priority, handle, rule, verdict)| {
+                crate::base::record::FirewallRule {
                     source: "nft".into(),
                     family: "inet".into(),
                     table: "filter".into(),
@@ -227,8 +227,8 @@ fn fw_rules(at_ms: u64, rules: &[FwRule]) -> Record {
                     handle: Some(handle),
                     rule: rule.into(),
                     verdict: verdict.into(),
-                },
-            )
+                }
+            })
             .collect(),
     );
     r
@@ -1191,7 +1191,7 @@ fn localhost_resolving_to_ipv6_first_stays_a_listener_on_another_address() {
 
 fn no_local_port(
     state: Option<&'static str>,
-    ports: Option<crate::record::PortUse>,
+    ports: Option<crate::base::record::PortUse>,
 ) -> Vec<Explanation> {
     run(|e, o| {
         let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
@@ -1204,7 +1204,7 @@ fn no_local_port(
 
 #[test]
 fn a_connect_without_a_free_local_port_is_port_exhaustion() {
-    let ports = |established, time_wait| crate::record::PortUse {
+    let ports = |established, time_wait| crate::base::record::PortUse {
         range: [40000, 40003],
         established,
         time_wait,
@@ -1285,7 +1285,7 @@ fn one_listener_of_a_reuseport_group_gone_with_its_queue() {
             l.old_state = Some("CLOSE");
             l.new_state = Some("LISTEN");
             l.owner = python3(pid);
-            l.sock = Some(crate::record::Sock(sock));
+            l.sock = Some(crate::base::record::Sock(sock));
             e.push(l, o);
         }
         let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
@@ -1293,7 +1293,7 @@ fn one_listener_of_a_reuseport_group_gone_with_its_queue() {
         close.new_state = Some("CLOSE");
         close.owner = python3(880);
         close.task = python3(880);
-        close.sock = Some(crate::record::Sock(0xa));
+        close.sock = Some(crate::base::record::Sock(0xa));
         e.push(close, o);
         child_reset(e, 100_010, C, 880, o);
         // The port is still served: a later refusal is not blamed on a restart.

@@ -1,5 +1,5 @@
 //! JSON Lines: one record or explanation per line, schema in docs/events.md.
-use crate::{explain::Explanation, record::Record};
+use crate::{base::record::Record, explain::Explanation};
 
 // Serializing plain structs of strings and numbers cannot fail.
 pub fn record(r: &Record, out: &mut Vec<u8>) {

@@ -5,7 +5,7 @@ pub mod text;
 
 use std::io::{self, Write};
 
-use crate::{explain::Explanation, record::Record};
+use crate::{base::record::Record, explain::Explanation};
 
 pub struct Output<W: Write> {
     out: io::BufWriter<W>,

@@ -2,8 +2,8 @@
 use std::{fmt::Write as _, io::Write as _};
 
 use crate::{
+    base::record::{Kind, Proc, Record},
     explain::Explanation,
-    record::{Kind, Proc, Record},
 };
 
 fn who(p: &Option<Proc>) -> String {
@@ -135,7 +135,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         }
         Kind::Loss => {
             let why = match r.reason.as_deref() {
-                Some(crate::record::LOST_RECURSION) => {
+                Some(crate::base::record::LOST_RECURSION) => {
                     "the kernel skipped the program: another BPF program was running on that CPU"
                 }
                 _ => "ring buffer full; raise --ring-size",
@@ -202,7 +202,7 @@ mod tests {
         let mut r = Record::new(Kind::FirewallRule, 0, "2026-11-22T00:40:23.123456Z".into());
         r.netns = Some(7);
         r.dst = Some("10.0.0.2:8081".parse().unwrap());
-        r.rules = Some(vec![crate::record::FirewallRule {
+        r.rules = Some(vec![crate::base::record::FirewallRule {
             source: "nft".into(),
             family: "inet".into(),
             table: "filter".into(),

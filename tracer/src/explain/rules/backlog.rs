@@ -1,7 +1,7 @@
 //! Listener queues that overflowed: the SYN (or the final ACK) is dropped silently and
 //! the client retries until it times out.
 use super::{who, Ctx, Finding, Rule};
-use crate::record::Kind;
+use crate::base::record::Kind;
 
 const WINDOW_NS: u64 = 10_000_000_000;
 

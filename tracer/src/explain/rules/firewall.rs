@@ -2,7 +2,7 @@
 //! or an ICMP error. Told apart from the TCP stack's own refusal by the kernel's drop
 //! reason (NETFILTER_DROP) and by which RSTs the TCP stack itself sent.
 use super::{Ctx, Finding, Rule};
-use crate::record::FirewallRule;
+use crate::base::record::FirewallRule;
 
 fn nft_fix(port: u16, netns: Option<u32>) -> String {
     let where_ = netns.map_or(String::new(), |ns| format!(" in netns {ns}"));
@@ -116,7 +116,9 @@ fn named(
 }
 
 /// A SYN dropped by netfilter in one of this host's namespaces.
-fn netfilter_syn_drops<'a>(c: &'a Ctx) -> impl Iterator<Item = &'a crate::record::Record> + 'a {
+fn netfilter_syn_drops<'a>(
+    c: &'a Ctx,
+) -> impl Iterator<Item = &'a crate::base::record::Record> + 'a {
     c.story.drops("NETFILTER_DROP").filter(|r| {
         r.tcp_flags
             .is_some_and(|f| f.contains('S') && !f.contains('A'))
@@ -271,7 +273,7 @@ impl Rule for IcmpReject {
             confidence: 0.75,
             reason: format!(
                 "an ICMP error answered the SYN ({}): a firewall REJECT or a router on the path refuses traffic to {}",
-                crate::record::errno_name(e).unwrap_or("error"),
+                crate::base::record::errno_name(e).unwrap_or("error"),
                 c.server.map_or("the server".to_string(), |s| s.to_string())
             ),
             fix: format!(

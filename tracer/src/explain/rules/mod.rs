@@ -10,8 +10,9 @@ mod unreachable;
 
 use std::net::SocketAddr;
 
-use super::{host::Host, story::Story};
-use crate::record::Proc;
+use super::story::Story;
+use crate::base::record::Proc;
+use crate::enrich::host::Host;
 
 pub struct Ctx<'a> {
     pub host: &'a Host,

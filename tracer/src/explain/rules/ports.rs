@@ -7,7 +7,7 @@
 //! has a connection to the destination: its death (SYN_SENT->CLOSE, in the owner's
 //! own call, joined to the errno by the engine) shows the bound address.
 use super::{Ctx, Finding, Rule};
-use crate::record::Kind;
+use crate::base::record::Kind;
 
 pub struct LocalPortsExhausted;
 

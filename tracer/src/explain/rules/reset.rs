@@ -3,7 +3,7 @@
 //! with them still queued, by the peer, by keepalive, or timed out retransmitting to a
 //! peer that stopped answering.
 use super::{who, Ctx, Finding, Rule};
-use crate::record::{Kind, Record};
+use crate::base::record::{Kind, Record};
 
 /// The RST this host sent on an established connection.
 fn app_rst<'a>(c: &'a Ctx) -> Option<&'a Record> {

@@ -48,8 +48,8 @@ impl Rule {
     }
 
     /// The rule as a `firewall_rule` record carries it.
-    pub fn to_record(&self) -> crate::record::FirewallRule {
-        crate::record::FirewallRule {
+    pub fn to_record(&self) -> crate::base::record::FirewallRule {
+        crate::base::record::FirewallRule {
             source: self.source.into(),
             family: self.family.as_str().into(),
             table: self.table.as_str().into(),

@@ -6,9 +6,9 @@ use anyhow::Result;
 use serde::Serialize;
 use tracer_common::{Hook, KernelOffsets, NO_OFFSET};
 
-use crate::{
+use crate::kernel::{
     btf::{KernelBtf, VMLINUX},
-    kernel::KernelInfo,
+    info::KernelInfo,
     privileges,
     probes::{hook_loss, HookStatus, Probes},
     tracefs,

@@ -1,10 +1,14 @@
 //! Fills in what one event alone cannot say: the owner of sockets whose events carry
 //! no socket address (errno reports), and of listeners created before rstrace started.
 //! Owners only ever come from socket ownership, never from the task a softirq ran in.
+pub mod host;
+
 use crate::{
-    explain::host::Host,
-    generations::Generations,
-    record::{Kind, Proc, Record},
+    base::{
+        generations::Generations,
+        record::{Kind, Proc, Record},
+    },
+    enrich::host::Host,
 };
 
 /// Sockets' 4-tuples are remembered at least 15 s after their last event, less under

@@ -12,8 +12,11 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use super::{CaptureWriter, Header, Reader, RotatePolicy};
-use crate::{filter::Filter, pipeline::Pipeline, sink::Output};
+use crate::capture::{CaptureWriter, Header, Reader, RotatePolicy};
+use crate::{
+    pipeline::{filter::Filter, Pipeline},
+    sink::Output,
+};
 
 struct Rng(u64);
 
@@ -38,9 +41,9 @@ impl Rng {
 /// A valid capture of a small refusal storm, as bytes.
 fn seed(dir: &Path, connections: u64) -> Result<Vec<u8>> {
     let path = dir.join("seed.rst");
-    let records = crate::bench::refused_storm(connections);
+    let records = crate::cmd::bench::refused_storm(connections);
     let header = Header {
-        format: super::file::FORMAT_VERSION,
+        format: crate::capture::file::FORMAT_VERSION,
         kernel: "fuzz".into(),
         ..Default::default()
     };
@@ -139,7 +142,7 @@ pub fn run(seconds: u64, seed_value: u64, crashes: &Path) -> Result<()> {
         if outcome.is_err() {
             std::fs::create_dir_all(crashes)?;
             let path = crashes.join(format!("crash-{seed_value}-{runs}.rst"));
-            crate::private_file::write(&path, &input)?;
+            crate::base::private_file::write(&path, &input)?;
             let _ = std::fs::remove_dir_all(&dir);
             bail!(
                 "the reader panicked after {runs} inputs; input saved to {}",

@@ -12,17 +12,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::KernelOffsets;
 
 use crate::{
-    btf::KernelBtf,
+    base::{
+        clock::Clock,
+        record::{errno_name, Kind, Proc, Record, Sock},
+    },
     capture::{CaptureWriter, Header, Reader, RotatePolicy},
-    decode::Clock,
-    filter::Filter,
-    kernel::KernelInfo,
-    pipeline::Pipeline,
-    privileges,
-    probes::Probes,
-    record::{errno_name, Kind, Proc, Record, Sock},
+    kernel::{btf::KernelBtf, info::KernelInfo, privileges, probes::Probes, tracefs},
+    pipeline::{filter::Filter, Pipeline},
     sink::Output,
-    tracefs,
 };
 
 /// Attaches the empty programs to every hook until SIGINT/SIGTERM, then writes their
@@ -51,7 +48,7 @@ pub fn floor(stats: PathBuf) -> Result<()> {
         io::Result::Ok(())
     })?;
     let json = serde_json::json!({ "programs": probes.program_stats() });
-    crate::private_file::write(&stats, json.to_string().as_bytes())
+    crate::base::private_file::write(&stats, json.to_string().as_bytes())
         .with_context(|| format!("writing {}", stats.display()))
 }
 
@@ -149,7 +146,7 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
         false,
         clock,
     );
-    let read = crate::capture::replay::run(&mut readers, &mut pipe)?.records;
+    let read = crate::cmd::replay::run(&mut readers, &mut pipe)?.records;
     let explain_s = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     let json = serde_json::json!({

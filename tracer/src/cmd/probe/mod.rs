@@ -33,15 +33,19 @@ use tracer_common::{ListenKey, ListenOwner};
 pub use self::resolve::Target;
 use self::{local::Local, net::Attempt, resolve::Resolution};
 use crate::{
-    decode::{Clock, Decoder},
+    base::{
+        clock::Clock,
+        record::{errno_name, Kind, SCHEMA_VERSION},
+    },
+    cmd::watch,
+    decode::Decoder,
     explain::Explanation,
-    filter::Filter,
-    firewall::{self, Rule},
-    netns::{self, Observation},
-    pipeline::Pipeline,
-    record::{errno_name, Kind, SCHEMA_VERSION},
+    pipeline::{filter::Filter, Pipeline},
     sink::Output,
-    watch,
+    source::{
+        firewall::{self, Rule},
+        netns::{self, Observation},
+    },
 };
 
 /// Exit codes: what a health check can act on.
@@ -383,7 +387,7 @@ pub fn run(cfg: ProbeConfig) -> Result<u8> {
     };
     let root = unsafe { libc::geteuid() } == 0;
     let mut base_missing: Vec<String> = hosts_missing.into_iter().collect();
-    let mut tracer = if crate::privileges::check().is_ok() {
+    let mut tracer = if crate::kernel::privileges::check().is_ok() {
         match Tracer::start() {
             Ok(t) => Some(t),
             Err(e) => {

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{
+    base::record::{Kind, Proc, Record},
     explain::Explanation,
-    record::{Kind, Proc, Record},
 };
 
 #[derive(Clone, Debug, Default)]

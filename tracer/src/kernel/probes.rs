@@ -12,7 +12,7 @@ use aya::{
 };
 use tracer_common::{maps, Config, Hook, KernelOffsets, ListenKey, ListenOwner};
 
-use crate::{kernel::KernelInfo, tracefs::Format};
+use crate::kernel::{info::KernelInfo, tracefs::Format};
 
 /// What a missing hook costs, for the one warning printed about it.
 pub fn hook_loss(hook: Hook) -> &'static str {

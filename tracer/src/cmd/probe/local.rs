@@ -11,7 +11,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{netns, record::Proc};
+use crate::{base::record::Proc, source::netns};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LocalListener {
@@ -160,7 +160,7 @@ pub fn scan(ip: IpAddr, port: u16) -> Local {
                 queue_depth: l.depth,
                 backlog: l.backlog,
                 accepts_target: Some(ns) == local.target_netns
-                    && crate::explain::host::accepts(l.addr, target),
+                    && crate::enrich::host::accepts(l.addr, target),
             }
         })
         .collect();

@@ -2,15 +2,19 @@
 //! capture -> enrich -> print evidence -> explain -> filter -> print explanations.
 //! Everything the stages use arrives as records, so a replay of the captured records
 //! gives what live gave.
+pub mod filter;
+
 use std::io;
 
 use crate::{
+    base::{
+        clock::Clock,
+        record::{Kind, Proc, Record},
+    },
     capture::CaptureWriter,
-    decode::Clock,
     enrich::Enricher,
     explain::{Engine, Explanation},
-    filter::Filter,
-    record::{Kind, Proc, Record},
+    pipeline::filter::Filter,
     sink::Output,
 };
 
@@ -31,9 +35,9 @@ pub struct Pipeline<W: io::Write> {
     exits: Vec<(Proc, u64)>,
     /// Live: where to ask for the owner of a socket the kernel did not know (answered
     /// with `socket` context records, so that a replay sees the same).
-    pub lookups: Option<std::sync::mpsc::SyncSender<crate::netns::Ask>>,
+    pub lookups: Option<std::sync::mpsc::SyncSender<crate::source::netns::Ask>>,
     /// Sockets and rulesets already asked about, and when (bounded).
-    asked: crate::FastMap<crate::netns::Ask, u64>,
+    asked: crate::base::FastMap<crate::source::netns::Ask, u64>,
 }
 
 /// A socket is asked about once in this long.
@@ -109,7 +113,7 @@ impl<W: io::Write> Pipeline<W> {
             explained: Vec::new(),
             exits: Vec::new(),
             lookups: None,
-            asked: crate::FastMap::default(),
+            asked: crate::base::FastMap::default(),
         }
     }
 
@@ -167,7 +171,7 @@ impl<W: io::Write> Pipeline<W> {
         if s.port() == 0 || d.port() == 0 {
             return;
         }
-        let key = crate::netns::Ask::Socket((ns, s, d));
+        let key = crate::source::netns::Ask::Socket((ns, s, d));
         self.ask(key, key, r.mono_ns, ASK_AGAIN_NS);
     }
 
@@ -190,18 +194,24 @@ impl<W: io::Write> Pipeline<W> {
         // Remembered per namespace and port: the rules are matched on the port.
         let port_only = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), d.port());
         self.ask(
-            crate::netns::Ask::Firewall {
+            crate::source::netns::Ask::Firewall {
                 netns,
                 dst: port_only,
             },
-            crate::netns::Ask::Firewall { netns, dst: d },
+            crate::source::netns::Ask::Firewall { netns, dst: d },
             r.mono_ns,
             RULES_AGAIN_NS,
         );
     }
 
     /// Sends `ask` to the monitor unless `key` was asked about within `again_ns`.
-    fn ask(&mut self, key: crate::netns::Ask, ask: crate::netns::Ask, now: u64, again_ns: u64) {
+    fn ask(
+        &mut self,
+        key: crate::source::netns::Ask,
+        ask: crate::source::netns::Ask,
+        now: u64,
+        again_ns: u64,
+    ) {
         let Some(tx) = &self.lookups else { return };
         if self.asked.get(&key).is_some_and(|&t| now < t + again_ns) {
             return;

@@ -21,18 +21,22 @@ use tokio::{
 use tracer_common::{Hook, KernelOffsets, ListenKey, ListenOwner, SockOwner};
 
 use crate::{
-    btf::KernelBtf,
+    base::{
+        clock::Clock,
+        record::{Kind, PortUse, Queue, Record, LOST_RECURSION, LOST_RING_FULL},
+    },
     capture::{CaptureWriter, Header, RotatePolicy},
-    decode::{Clock, Decoder},
-    filter::Filter,
-    kernel::KernelInfo,
-    netns::{self, Observation, Overflow},
-    pipeline::Pipeline,
-    privileges,
-    probes::{read_losses, HookStatus, Probes},
-    record::{Kind, PortUse, Queue, Record, LOST_RECURSION, LOST_RING_FULL},
+    decode::Decoder,
+    kernel::{
+        btf::KernelBtf,
+        info::KernelInfo,
+        privileges,
+        probes::{read_losses, HookStatus, Probes},
+        tracefs,
+    },
+    pipeline::{filter::Filter, Pipeline},
     sink::Output,
-    tracefs,
+    source::netns::{self, Observation, Overflow},
 };
 
 #[derive(Clone, Debug)]
@@ -172,7 +176,7 @@ fn socket_records(
         r.netns = Some(netns);
         r.src = Some(c.src);
         r.dst = Some(c.dst);
-        r.state = Some(crate::record::tcp_state_name(c.state as i32));
+        r.state = Some(crate::base::record::tcp_state_name(c.state as i32));
         r.owner = Some(owner);
         r.owner_source = Some("proc");
         r
@@ -185,7 +189,7 @@ pub fn firewall_record(
     netns: u32,
     dst: std::net::SocketAddr,
     now: u64,
-    rules: &[crate::firewall::Rule],
+    rules: &[crate::source::firewall::Rule],
     missing: &[String],
     clock: &Clock,
 ) -> Record {
@@ -542,7 +546,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             "lost": lost,
             "programs": session.probes.program_stats(),
         });
-        crate::private_file::write(path, stats.to_string().as_bytes())
+        crate::base::private_file::write(path, stats.to_string().as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(w) = pipe.capture.as_mut() {

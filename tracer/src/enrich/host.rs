@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use crate::{
+use crate::base::{
     record::{FirewallRule, Kind, Proc, Record, Sock, Text},
     FastMap,
 };

@@ -10,8 +10,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use super::Reader;
-use crate::{explain::Explanation, filter::Filter, pipeline::Pipeline, sink::Output};
+use crate::capture::Reader;
+use crate::{
+    explain::Explanation,
+    pipeline::{filter::Filter, Pipeline},
+    sink::Output,
+};
 
 /// The pipeline is advanced at this granularity of the records' own time (live, the
 /// clock ticks every 50 ms).
@@ -49,7 +53,7 @@ fn open_all(files: &[PathBuf]) -> Result<Vec<Reader>> {
     Ok(readers)
 }
 
-fn to_mono(clock: &crate::decode::Clock, t: SystemTime) -> u64 {
+fn to_mono(clock: &crate::base::clock::Clock, t: SystemTime) -> u64 {
     match t.duration_since(clock.wall) {
         Ok(d) => clock.mono_ns.saturating_add(d.as_nanos() as u64),
         Err(e) => clock.mono_ns.saturating_sub(e.duration().as_nanos() as u64),

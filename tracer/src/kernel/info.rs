@@ -4,7 +4,7 @@ use std::{collections::HashMap, path::Path};
 
 use tracer_common::{Config, Hook, RecordLayout, DROP_REASON_BITS, NO_FIELD};
 
-use crate::{btf::KernelBtf, tracefs::Format};
+use crate::kernel::{btf::KernelBtf, tracefs::Format};
 
 /// Drop reasons worth reporting: TCP/IP failure evidence. Everything else (normal
 /// teardown such as NOT_SPECIFIED or QUEUE_PURGE, congestion, other protocols) is

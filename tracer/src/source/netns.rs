@@ -36,7 +36,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
-use crate::record::{PortUse, Proc};
+use crate::base::record::{PortUse, Proc};
 
 /// How to enter a network namespace: a /proc/PID/ns/net link or a bind mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -537,7 +537,7 @@ pub enum Observation {
         /// The destination of the dropped packet; the rules match its port.
         dst: SocketAddr,
         at_ns: u64,
-        rules: Vec<crate::firewall::Rule>,
+        rules: Vec<crate::source::firewall::Rule>,
         missing: Vec<String>,
     },
 }
@@ -616,7 +616,7 @@ pub fn run_monitor(
                 if !full && !forced && described.contains_key(&netns) {
                     continue;
                 }
-                let at_ns = crate::decode::Clock::now().mono_ns;
+                let at_ns = crate::base::clock::Clock::now().mono_ns;
                 let new = !described.contains_key(&netns);
                 match describe(ns, new && startup_sockets) {
                     Ok((addrs, listeners, sockets)) => {
@@ -775,13 +775,13 @@ fn firewall_rules(
         _ => scan_namespaces().remove(&netns)?.path,
     };
     let label = format!("netns {netns}");
-    let (rules, missing) = crate::firewall::rules_in(Some(&path), &label, dst.port());
+    let (rules, missing) = crate::source::firewall::rules_in(Some(&path), &label, dst.port());
     let mut rules: Vec<_> = rules.into_iter().filter(|r| r.blocks()).collect();
-    crate::firewall::in_hook_order(&mut rules);
+    crate::source::firewall::in_hook_order(&mut rules);
     Some(Observation::Firewall {
         netns,
         dst,
-        at_ns: crate::decode::Clock::now().mono_ns,
+        at_ns: crate::base::clock::Clock::now().mono_ns,
         rules,
         missing,
     })
@@ -818,7 +818,7 @@ fn look_up(namespaces: &HashMap<u32, NetnsRef>, batch: Vec<Lookup>) -> Vec<Obser
     }
     let inodes: Vec<u32> = found.iter().map(|(_, c)| c.inode).collect();
     let owners = socket_owners(&inodes);
-    let at_ns = crate::decode::Clock::now().mono_ns;
+    let at_ns = crate::base::clock::Clock::now().mono_ns;
     let mut per_ns: HashMap<u32, OwnedSockets> = HashMap::new();
     for (netns, c) in found {
         if let Some(o) = owners.get(&c.inode) {

@@ -9,7 +9,7 @@
 //! n/2^64) would only join two unrelated records.
 use std::hash::Hash;
 
-use crate::FastMap;
+use crate::base::FastMap;
 
 pub struct Generations<V> {
     young: FastMap<u64, V>,

@@ -1,0 +1,404 @@
+//! Stage 8, the commands: the command line, and each command wiring the stages
+//! below it. The only layer that may use every stage.
+use std::{
+    io,
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+pub mod bench;
+pub mod doctor;
+pub mod fuzz;
+pub mod probe;
+pub mod replay;
+pub mod watch;
+
+use crate::{capture, pipeline::filter};
+
+/// Explains why TCP connections are refused, reset or time out, from kernel evidence.
+#[derive(Parser, Debug)]
+#[command(name = "rstrace", version)]
+struct Cli {
+    /// More diagnostics on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Explain TCP failures live, one line each (with --events, the raw evidence too).
+    Watch(WatchArgs),
+    /// Record the evidence and its context to a capture file, to explain later.
+    Record(RecordArgs),
+    /// Explain a capture file: what `watch` printed live for the same events.
+    Explain(ReplayArgs),
+    /// Count a capture file's failures by cause, port and process, with a timeline.
+    Summary(ReplayArgs),
+    /// Print every record of a capture file as JSON Lines (docs/events.md).
+    Export(ReplayArgs),
+    /// Benchmark helper: empty programs on every hook (the cost floor).
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(long)]
+        stats: PathBuf,
+    },
+    /// Benchmark helper: capture write and explain throughput.
+    #[command(hide = true)]
+    BenchCodec {
+        #[arg(long, default_value_t = 200_000)]
+        connections: u64,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Fuzz the capture reader for a bounded time (`cargo xtask fuzz`).
+    #[command(hide = true)]
+    FuzzCapture {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where inputs that make the reader panic are saved.
+        #[arg(long, default_value = "fuzz-crashes")]
+        crashes: PathBuf,
+    },
+    /// Run the connection runbook against HOST:PORT and explain the result: resolve,
+    /// connect with the kernel evidence attached, trace the path when SYNs go
+    /// unanswered, list the firewall rules and listeners for the port.
+    ///
+    /// Exit codes: 0 reachable, 2 refused, 3 timed out, 4 unresolvable, 5 unreachable
+    /// (no route, host or network unreachable, other connect failures), 1 usage or
+    /// internal error. With --count, 0 only when every run reached the target, else
+    /// the code of the last failed run.
+    Probe(ProbeArgs),
+    /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
+    Doctor {
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct FilterArgs {
+    /// Only failures and events whose local or remote port is PORT (repeatable).
+    #[arg(long, value_name = "PORT")]
+    port: Vec<u16>,
+    /// Only failures and events whose local or remote address is ADDR (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    addr: Vec<IpAddr>,
+    /// Only failures of, or events on sockets owned by, process PID (repeatable).
+    #[arg(long, value_name = "PID")]
+    pid: Vec<u32>,
+    /// Only failures of, or events on sockets owned by, a process named COMM
+    /// (repeatable).
+    #[arg(long, value_name = "COMM")]
+    comm: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<filter::Filter> {
+        for c in &self.comm {
+            if c.is_empty() || c.len() > 15 {
+                bail!("--comm {c:?}: process names are 1 to 15 bytes");
+            }
+        }
+        Ok(filter::Filter {
+            ports: self.port,
+            addrs: self.addr,
+            pids: self.pid,
+            comms: self.comm,
+            window: None,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct WatchArgs {
+    /// JSON Lines output (schema: docs/events.md).
+    #[arg(long)]
+    json: bool,
+    /// Also print every evidence record, not only the explained failures.
+    #[arg(long)]
+    events: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Ring buffer size in bytes: a power of two, at least 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES)]
+    ring_size: u32,
+    /// How often to poll the namespaces' backlog counters, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    overflow_interval: u64,
+    /// Also record everything to this capture file (see `rstrace record`).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// At exit, write event counts and program statistics here (benchmarks).
+    #[arg(long, value_name = "FILE", hide = true)]
+    stats: Option<PathBuf>,
+    #[command(flatten)]
+    capture: CaptureArgs,
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// HOST:PORT, [IPv6]:PORT or NAME:PORT.
+    #[arg(value_name = "TARGET")]
+    target: probe::Target,
+    /// Probe from inside this named network namespace (as `ip netns exec NAME`,
+    /// including its /etc/netns/NAME/hosts).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// One JSON object per run (and a summary with --count); schema: docs/events.md.
+    #[arg(long)]
+    json: bool,
+    /// Seconds the probe may take, start-up and resolution included (the connect
+    /// gets what is left, at least 1 s; SYN retransmits are capped to fit), 1 to 120.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    timeout: f64,
+    /// Probe this many times and summarise (like a blackbox probe).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: u32,
+    /// Seconds between runs with --count.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    interval: f64,
+    /// Most hops the path trace tries.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_hops: u32,
+}
+
+impl ProbeArgs {
+    fn config(self, verbose: bool) -> Result<probe::ProbeConfig> {
+        if !(1.0..=120.0).contains(&self.timeout) {
+            bail!("--timeout must be between 1 and 120 seconds");
+        }
+        if !(0.0..=3600.0).contains(&self.interval) {
+            bail!("--interval must be between 0 and 3600 seconds");
+        }
+        if !(1..=100_000).contains(&self.count) {
+            bail!("--count must be between 1 and 100000");
+        }
+        if !(1..=64).contains(&self.max_hops) {
+            bail!("--max-hops must be between 1 and 64");
+        }
+        Ok(probe::ProbeConfig {
+            target: self.target,
+            netns: self.netns,
+            json: self.json,
+            verbose,
+            timeout: Duration::from_secs_f64(self.timeout),
+            count: self.count,
+            interval: Duration::from_secs_f64(self.interval),
+            max_hops: self.max_hops,
+            started: std::time::Instant::now(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct CaptureArgs {
+    /// Start a new capture file when it reaches this many MiB (0: never).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    rotate_mib: u64,
+    /// Rotated capture files to keep (FILE.1 is the newest).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    keep: usize,
+    /// Most time recorded events may wait before reaching the disk, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    flush_interval: u64,
+    /// Replace an existing capture file (a new file is renamed over it; without this
+    /// an existing file is an error). Symlinks are refused even so.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// The capture file (created mode 0600; an existing one is an error, see --force).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Ring buffer size in bytes: a power of two, at least 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES)]
+    ring_size: u32,
+    #[command(flatten)]
+    capture: CaptureArgs,
+    /// At exit, write event counts and program statistics here (benchmarks).
+    #[arg(long, value_name = "FILE", hide = true)]
+    stats: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// Capture files (rotated ones in any order).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// JSON Lines output (schema: docs/events.md).
+    #[arg(long)]
+    json: bool,
+    /// Also print every evidence record.
+    #[arg(long)]
+    events: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Only from this time (RFC 3339, e.g. 2026-11-22T01:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    since: Option<SystemTime>,
+    /// Only until this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    until: Option<SystemTime>,
+}
+
+fn parse_time(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-22T01:00:00Z)"))
+}
+
+impl CaptureArgs {
+    fn to(&self, path: PathBuf) -> Result<watch::RecordTo> {
+        if !(10..=60_000).contains(&self.flush_interval) {
+            bail!("--flush-interval must be between 10 and 60000 ms");
+        }
+        Ok(watch::RecordTo {
+            path,
+            replace: self.force,
+            rotate: capture::RotatePolicy {
+                max_bytes: (self.rotate_mib > 0).then_some(self.rotate_mib << 20),
+                keep: self.keep,
+            },
+            flush_every: Duration::from_millis(self.flush_interval),
+        })
+    }
+}
+
+impl ReplayArgs {
+    fn config(self, verbose: bool) -> Result<replay::ReplayConfig> {
+        Ok(replay::ReplayConfig {
+            files: self.files,
+            json: self.json,
+            events: self.events,
+            verbose,
+            filter: self.filter.filter()?,
+            since: self.since,
+            until: self.until,
+        })
+    }
+}
+
+fn check_ring(size: u32) -> Result<()> {
+    if size < 4096 || !size.is_power_of_two() {
+        bail!("--ring-size must be a power of two of at least 4096, not {size}");
+    }
+    Ok(())
+}
+
+impl TryFrom<WatchArgs> for watch::WatchConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(a: WatchArgs) -> Result<Self> {
+        if a.ring_size < 4096 || !a.ring_size.is_power_of_two() {
+            bail!(
+                "--ring-size must be a power of two of at least 4096, not {}",
+                a.ring_size
+            );
+        }
+        if !(10..=60_000).contains(&a.overflow_interval) {
+            bail!("--overflow-interval must be between 10 and 60000 ms");
+        }
+        Ok(watch::WatchConfig {
+            json: a.json,
+            events: a.events,
+            verbose: false,
+            filter: a.filter.filter()?,
+            ring_bytes: a.ring_size,
+            overflow_interval: Duration::from_millis(a.overflow_interval),
+            quiet: false,
+            record: a.record.map(|p| a.capture.to(p)).transpose()?,
+            stats: a.stats,
+        })
+    }
+}
+
+/// Runs the command; its exit code.
+fn run(cli: Cli) -> Result<u8> {
+    if let Command::Probe(a) = cli.command {
+        return probe::run(a.config(cli.verbose > 0)?);
+    }
+    run_other(cli).map(|()| 0)
+}
+
+fn run_other(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Probe(_) => unreachable!("handled by run"),
+        Command::Watch(a) => {
+            let mut cfg: watch::WatchConfig = a.try_into()?;
+            cfg.verbose = cli.verbose > 0;
+            watch::run(cfg)
+        }
+        Command::Record(a) => {
+            check_ring(a.ring_size)?;
+            watch::run(watch::WatchConfig {
+                json: false,
+                events: false,
+                verbose: false,
+                filter: filter::Filter::default(),
+                ring_bytes: a.ring_size,
+                overflow_interval: Duration::from_millis(250),
+                quiet: true,
+                record: Some(a.capture.to(a.output)?),
+                stats: a.stats,
+            })
+        }
+        Command::Explain(a) => replay::explain(a.config(cli.verbose > 0)?),
+        Command::Summary(a) => replay::summary(a.config(cli.verbose > 0)?),
+        Command::Export(a) => replay::export(a.config(cli.verbose > 0)?),
+        Command::Doctor { json } => doctor::run(json),
+        Command::BenchFloor { stats } => bench::floor(stats),
+        Command::FuzzCapture {
+            seconds,
+            seed,
+            crashes,
+        } => fuzz::run(seconds, seed, &crashes),
+        Command::BenchCodec { connections, file } => bench::codec(connections, file),
+    }
+}
+
+pub fn main() -> ExitCode {
+    // Usage errors exit 1, not clap's 2: `probe` gives 2 its own meaning (refused).
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("rstrace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
