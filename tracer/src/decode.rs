@@ -1,3 +1,5 @@
+//! Stage 3, decode (uses `base` and `kernel`).
+//!
 //! Ring-buffer bytes to [`Record`]s, using the field layout of the running kernel.
 use std::{
     collections::HashMap,

@@ -1,3 +1,5 @@
+//! Stage 2, read and store (uses `base` and `kernel`).
+//!
 //! Capture files: `rstrace record` writes the evidence and its context, `rstrace
 //! explain` replays them through the same pipeline as `watch`. The format is in
 //! docs/capture-format.md.

@@ -1,3 +1,5 @@
+//! Stage 4, enrich (uses `base`; the host model in `host` is fed only from records).
+//!
 //! Fills in what one event alone cannot say: the owner of sockets whose events carry
 //! no socket address (errno reports), and of listeners created before rstrace started.
 //! Owners only ever come from socket ownership, never from the task a softirq ran in.

@@ -1,3 +1,5 @@
+//! Stage 5, explain (uses `base`, `decode` and `enrich`).
+//!
 //! From evidence to explanations: records are joined into one story per connection
 //! (both ends when both are on this host), and when a story's failure is complete the
 //! rules say why, who and what to do. Bursts of one cause collapse into a count.

@@ -1,3 +1,5 @@
+//! Stage 7, the pipeline (uses every stage before it; not the commands).
+//!
 //! The stages after decoding, shared by `watch` (live) and `explain` (replay):
 //! capture -> enrich -> print evidence -> explain -> filter -> print explanations.
 //! Everything the stages use arrives as records, so a replay of the captured records

@@ -1,3 +1,5 @@
+//! Stage 6, sinks (use `base` and `explain`).
+//!
 //! Output sinks: text for people, JSON Lines for machines. Both print explanations
 //! and, when asked, the raw evidence records.
 pub mod json;
