@@ -19,7 +19,7 @@ use crate::{
     capture::{CaptureWriter, Header, Reader, RotatePolicy},
     kernel::{btf::KernelBtf, info::KernelInfo, privileges, probes::Probes, tracefs},
     pipeline::{filter::Filter, Pipeline},
-    sink::Output,
+    sink::JsonLines,
 };
 
 /// Attaches the empty programs to every hook until SIGINT/SIGTERM, then writes their
@@ -140,12 +140,7 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
     let started = Instant::now();
     let mut readers = [Reader::open(&path)?];
     let clock = readers[0].header.clock();
-    let mut pipe = Pipeline::new(
-        Filter::default(),
-        Output::new(io::sink(), true, false),
-        false,
-        clock,
-    );
+    let mut pipe = Pipeline::new(clock, Filter::default(), JsonLines::new(io::sink(), false));
     let read = crate::cmd::replay::run(&mut readers, &mut pipe)?.records;
     let explain_s = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);

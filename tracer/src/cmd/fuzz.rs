@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use crate::capture::{CaptureWriter, Header, Reader, RotatePolicy};
 use crate::{
     pipeline::{filter::Filter, Pipeline},
-    sink::Output,
+    sink::TextLines,
 };
 
 struct Rng(u64);
@@ -115,10 +115,9 @@ fn exercise(data: Vec<u8>) -> Result<()> {
     };
     let clock = reader.header.clock();
     let mut pipe = Pipeline::new(
-        Filter::default(),
-        Output::new(io::sink(), false, true),
-        true,
         clock,
+        Filter::default(),
+        TextLines::new(io::sink(), true, true),
     );
     super::replay::run(&mut [reader], &mut pipe)?;
     Ok(())

@@ -23,7 +23,7 @@ use tracer_common::{Hook, KernelOffsets, ListenKey, ListenOwner, SockOwner};
 use crate::{
     base::{
         clock::Clock,
-        record::{Kind, PortUse, Queue, Record, LOST_RECURSION, LOST_RING_FULL},
+        record::{LOST_RECURSION, LOST_RING_FULL},
     },
     capture::{CaptureWriter, Header, RotatePolicy},
     decode::Decoder,
@@ -35,8 +35,13 @@ use crate::{
         tracefs,
     },
     pipeline::{filter::Filter, Pipeline},
-    sink::Output,
-    source::netns::{self, Observation, Overflow},
+    sink::{Fanout, JsonLines, Sink, TextLines},
+    source::{
+        context,
+        exits::Exits,
+        live::LiveReads,
+        netns::{self, Observation},
+    },
 };
 
 #[derive(Clone, Debug)]
@@ -112,131 +117,26 @@ fn now_ns() -> u64 {
     Clock::now().mono_ns
 }
 
-pub fn overflow_record(o: Overflow, clock: &Clock) -> Record {
-    let now = now_ns();
-    let mut r = Record::new(Kind::Overflow, now, clock.format(now));
-    r.netns = Some(o.netns);
-    r.queue_kind = Some(o.queue_kind);
-    r.drops = Some(o.drops);
-    r.somaxconn = o.somaxconn;
-    if let Some(l) = o.listener {
-        r.src = Some(l.addr);
-        r.queue = Some(Queue {
-            depth: l.depth,
-            backlog: l.backlog,
-        });
-    }
-    if let Some(p) = o.owner {
-        r.owner = Some(p);
-        r.owner_source = Some("proc");
-    }
-    r
-}
-
-/// Context records for a namespace: its addresses, its listeners, then the connected
-/// sockets that were there before the agent.
-pub fn namespace_records(
-    netns: u32,
-    now: u64,
-    addrs: Vec<std::net::IpAddr>,
-    listeners: netns::OwnedListeners,
-    sockets: netns::OwnedSockets,
-    clock: &Clock,
-) -> Vec<Record> {
-    let mut a = Record::new(Kind::Addresses, now, clock.format(now));
-    a.netns = Some(netns);
-    a.addrs = Some(addrs);
-    let mut out = vec![a];
-    for (l, owner) in listeners {
-        let mut r = Record::new(Kind::Listener, now, clock.format(now));
-        r.netns = Some(netns);
-        r.src = Some(l.addr);
-        r.queue = Some(Queue {
-            depth: l.depth,
-            backlog: l.backlog,
-        });
-        r.owner_source = owner.as_ref().map(|_| "proc");
-        r.owner = owner;
-        r.v6only = l.v6only;
-        out.push(r);
-    }
-    out.extend(socket_records(netns, now, sockets, clock));
-    out
-}
-
-/// Context records for connected sockets and the processes holding them.
-fn socket_records(
-    netns: u32,
-    now: u64,
-    sockets: netns::OwnedSockets,
-    clock: &Clock,
-) -> impl Iterator<Item = Record> + '_ {
-    sockets.into_iter().map(move |(c, owner)| {
-        let mut r = Record::new(Kind::Socket, now, clock.format(now));
-        r.netns = Some(netns);
-        r.src = Some(c.src);
-        r.dst = Some(c.dst);
-        r.state = Some(crate::base::record::tcp_state_name(c.state as i32));
-        r.owner = Some(owner);
-        r.owner_source = Some("proc");
-        r
-    })
-}
-
-/// The context record of a namespace's rules that drop or reject the port of `dst`;
-/// `reason` says what could not be read when none was found.
-pub fn firewall_record(
-    netns: u32,
-    dst: std::net::SocketAddr,
-    now: u64,
-    rules: &[crate::source::firewall::Rule],
-    missing: &[String],
-    clock: &Clock,
-) -> Record {
-    let mut r = Record::new(Kind::FirewallRule, now, clock.format(now));
-    r.netns = Some(netns);
-    r.dst = Some(dst);
-    r.rules = Some(rules.iter().map(|x| x.to_record()).collect());
-    if rules.is_empty() && !missing.is_empty() {
-        r.reason = Some(missing.join("; ").into());
-    }
-    r
-}
-
-pub(crate) fn on_observation<W: io::Write>(
+/// Pushes what the namespace monitor observed, as context records; a namespace's
+/// listeners also enter the kernel's listener map.
+pub(crate) fn on_observation<S: Sink>(
     o: Observation,
-    pipe: &mut Pipeline<W>,
+    pipe: &mut Pipeline<S>,
     listener_map: &mut aya::maps::HashMap<aya::maps::MapData, ListenKey, ListenOwner>,
     clock: &Clock,
 ) -> io::Result<()> {
-    match o {
-        Observation::Overflow(o) => pipe.push(overflow_record(o, clock)),
-        Observation::Namespace {
-            netns,
-            at_ns,
-            addrs,
-            listeners,
-            sockets,
-        } => {
-            seed_listeners(listener_map, netns, at_ns, &listeners);
-            namespace_records(netns, at_ns, addrs, listeners, sockets, clock)
-                .into_iter()
-                .try_for_each(|r| pipe.push(r))
-        }
-        Observation::Sockets {
-            netns,
-            at_ns,
-            sockets,
-        } => socket_records(netns, at_ns, sockets, clock).try_for_each(|r| pipe.push(r)),
-        Observation::Firewall {
-            netns,
-            dst,
-            at_ns,
-            rules,
-            missing,
-        } => pipe.push(firewall_record(netns, dst, at_ns, &rules, &missing, clock)),
-        Observation::Started => Ok(()),
+    if let Observation::Namespace {
+        netns,
+        at_ns,
+        listeners,
+        ..
+    } = &o
+    {
+        seed_listeners(listener_map, *netns, *at_ns, listeners);
     }
+    context::observed(o, clock)
+        .into_iter()
+        .try_for_each(|r| pipe.push(r))
 }
 
 /// Enters listeners found in /proc into the kernel's listener map, so that the
@@ -279,15 +179,6 @@ fn seed_listeners(
     }
 }
 
-fn loss_record(hook: Hook, lost: u64, why: &str, clock: &Clock) -> Record {
-    let now = now_ns();
-    let mut r = Record::new(Kind::Loss, now, clock.format(now));
-    r.hook = Some(hook.program());
-    r.lost = Some(lost);
-    r.reason = Some(why.into());
-    r
-}
-
 pub fn run(cfg: WatchConfig) -> Result<()> {
     let mut session = start(cfg.ring_bytes)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -297,103 +188,49 @@ pub fn run(cfg: WatchConfig) -> Result<()> {
     rt.block_on(run_loop(&mut session, cfg))
 }
 
-/// How long a namespace's port use, read for a connect() that found no free port, is
-/// reused for the next ones to the same destination (a retry loop fails thousands of
-/// times a second; each read is a sock_diag dump of the namespace).
-const PORT_USE_FOR_NS: u64 = 1_000_000_000;
-
-/// Reads what the kernel's record cannot hold from the socket's namespace, before the
-/// record is recorded (so that a replay explains with the same facts): the port range
-/// and the sockets holding ports towards the destination for connect errors for want
-/// of a local port; IPV6_V6ONLY for listeners opened on an IPv6 address.
+/// The live source: ring-buffer events decoded, completed with what the host tells
+/// (`LiveReads`), and the exits of listeners' owners turned into records.
 #[derive(Default)]
-struct LiveReads {
-    /// None: the read failed (not retried within the window either).
-    recent: std::collections::HashMap<(u32, std::net::SocketAddr), (u64, Option<PortUse>)>,
+struct Live {
+    reads: LiveReads,
+    exits: Exits,
+    /// Events read from the ring.
+    events: u64,
 }
 
-/// The namespace `ns` of a record owned by `pid`: the process's link while it lives
-/// (and the pid was not reused, which the inode tells), else any process's or a bind
-/// mount's, found by a walk.
-fn netns_path(ns: u32, pid: u32) -> Option<std::path::PathBuf> {
-    let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
-    if std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ns as u64)
-    {
-        return Some(path);
-    }
-    netns::scan_namespaces().remove(&ns).map(|n| n.path)
-}
-
-impl LiveReads {
-    fn enrich(&mut self, r: &mut Record) {
-        self.v6only(r);
-        self.ports(r);
-    }
-
-    fn v6only(&mut self, r: &mut Record) {
-        let opened =
-            r.kind == Kind::State && r.old_state == Some("CLOSE") && r.new_state == Some("LISTEN");
-        let (Some(ns), Some(addr), Some(owner)) = (r.netns, r.src, &r.owner) else {
-            return;
-        };
-        if !opened || !addr.is_ipv6() {
-            return;
-        }
-        r.v6only = netns_path(ns, owner.pid).and_then(|path| {
-            netns::listener_v6only(&path, addr)
-                .map_err(|e| log::debug!("listeners of netns {ns}: {e:#}"))
-                .ok()
-                .flatten()
-        });
-    }
-
-    fn ports(&mut self, r: &mut Record) {
-        if r.kind != Kind::ConnectError
-            || r.state != Some("SYN_SENT")
-            || r.errno != Some(libc::EADDRNOTAVAIL)
-        {
-            return;
-        }
-        let (Some(ns), Some(dst), Some(owner)) = (r.netns, r.dst, &r.owner) else {
-            return;
-        };
-        let now = r.mono_ns;
-        self.recent
-            .retain(|_, (at, _)| now.saturating_sub(*at) < PORT_USE_FOR_NS);
-        if let Some((_, p)) = self.recent.get(&(ns, dst)) {
-            r.ports = p.clone();
-            return;
-        }
-        // A client that gives up at once has exited by now: netns_path walks then.
-        let p = netns_path(ns, owner.pid).and_then(|path| {
-            netns::port_use(&path, dst)
-                .map_err(|e| log::debug!("port use of netns {ns}: {e:#}"))
-                .ok()
-        });
-        self.recent.insert((ns, dst), (now, p.clone()));
-        r.ports = p;
-    }
-}
-
-/// Decodes and pushes everything waiting in the ring.
-fn drain<W: io::Write>(
-    rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    decoder: &mut Decoder,
-    pipe: &mut Pipeline<W>,
-    events: &mut u64,
-    reads: &mut LiveReads,
-) -> io::Result<()> {
-    while let Some(item) = rb.next() {
-        *events += 1;
-        match decoder.decode(&item) {
-            Ok(mut r) => {
-                reads.enrich(&mut r);
-                pipe.push(r)?
+impl Live {
+    /// Decodes and pushes everything waiting in the ring.
+    fn drain<S: Sink>(
+        &mut self,
+        rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        decoder: &mut Decoder,
+        pipe: &mut Pipeline<S>,
+    ) -> io::Result<()> {
+        while let Some(item) = rb.next() {
+            self.events += 1;
+            match decoder.decode(&item) {
+                Ok(mut r) => {
+                    self.reads.enrich(&mut r);
+                    pipe.push_seen(r, |r| self.exits.saw(r))?
+                }
+                Err(e) => log::warn!("undecodable event: {e}"),
             }
-            Err(e) => log::warn!("undecodable event: {e}"),
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Moves the pipeline to `now`, after pushing the exits found due by then.
+    fn advance<S: Sink>(
+        &mut self,
+        now: u64,
+        pipe: &mut Pipeline<S>,
+        clock: &Clock,
+    ) -> io::Result<()> {
+        for r in self.exits.check(now, clock) {
+            pipe.push(r)?;
+        }
+        pipe.advance(now)
+    }
 }
 
 async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
@@ -401,18 +238,24 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let mut listener_map = maps.listeners;
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info);
-    let mut reads = LiveReads::default();
-    let sink: Box<dyn io::Write> = if cfg.quiet {
+    let mut live = Live::default();
+    let out: Box<dyn io::Write> = if cfg.quiet {
         Box::new(io::sink())
     } else {
         Box::new(io::stdout().lock())
     };
-    let out = Output::new(sink, cfg.json, cfg.verbose);
-    let mut pipe = Pipeline::new(cfg.filter.clone(), out, cfg.events, clock);
-    pipe.live = true;
+    let sink: Box<dyn Sink> = if cfg.json {
+        Box::new(JsonLines::new(out, cfg.events))
+    } else {
+        Box::new(TextLines::new(out, cfg.events, cfg.verbose))
+    };
+    // Owners the kernel did not know, looked up in /proc by the monitor thread.
+    let (lookup_tx, lookup_rx) = std::sync::mpsc::sync_channel(1024);
+    let mut pipe =
+        Pipeline::new(clock, cfg.filter.clone(), Fanout(vec![sink])).with_lookups(lookup_tx);
     if let Some(rec) = &cfg.record {
         let header = Header::new(&session.info, clock);
-        pipe.capture = Some(CaptureWriter::create(
+        pipe = pipe.with_capture(CaptureWriter::create(
             &rec.path,
             rec.replace,
             header,
@@ -435,14 +278,11 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     let loss_map = maps.losses;
     let losses = |probes: &Probes| [read_losses(&loss_map), probes.recursion_misses()];
     let mut lost_before = losses(&session.probes);
-    let (mut events, mut lost) = (0u64, 0u64);
+    let mut lost = 0u64;
 
     let stop = Arc::new(AtomicBool::new(false));
     let rescan = Arc::new(AtomicBool::new(false));
     let (otx, mut orx) = mpsc::channel::<Observation>(1024);
-    // Owners the kernel did not know, looked up in /proc by the monitor thread.
-    let (lookup_tx, lookup_rx) = std::sync::mpsc::sync_channel(1024);
-    pipe.lookups = Some(lookup_tx);
     let monitor = {
         let (stop, rescan) = (stop.clone(), rescan.clone());
         let interval = cfg.overflow_interval;
@@ -487,15 +327,15 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         let step: io::Result<()> = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let res = drain(guard.get_inner_mut(), &mut decoder, &mut pipe, &mut events, &mut reads);
+                let res = live.drain(guard.get_inner_mut(), &mut decoder, &mut pipe);
                 guard.clear_ready();
                 res
             }
-            _ = poll_tick.tick() => drain(ring.get_mut(), &mut decoder, &mut pipe, &mut events, &mut reads),
+            _ = poll_tick.tick() => live.drain(ring.get_mut(), &mut decoder, &mut pipe),
             Some(o) = orx.recv() => on_observation(o, &mut pipe, &mut listener_map, &clock),
             _ = tick.tick() => {
-                let r = pipe.advance(now_ns());
-                if pipe.engine.take_context_request() {
+                let r = live.advance(now_ns(), &mut pipe, &clock);
+                if pipe.take_context_request() {
                     rescan.store(true, Ordering::Relaxed);
                 }
                 r
@@ -508,7 +348,8 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
                         let d = now[i][hook as usize].saturating_sub(lost_before[i][hook as usize]);
                         lost += d;
                         if d > 0 && res.is_ok() {
-                            res = pipe.push(loss_record(hook, d, why, &clock));
+                            let t = now_ns();
+                            res = pipe.push(context::loss(t, clock.format(t), hook, d, why));
                         }
                     }
                 }
@@ -518,7 +359,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         };
-        if let Err(e) = step.and_then(|_| pipe.out.flush()) {
+        if let Err(e) = step.and_then(|_| pipe.flush()) {
             break Err(e.into());
         }
     };
@@ -528,17 +369,12 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     // What is still in the ring, the stories waiting for evidence and the bursts
     // still counting are explained before exit: the totals equal the failures.
     let result = result.and_then(|()| {
-        drain(
-            ring.get_mut(),
-            &mut decoder,
-            &mut pipe,
-            &mut events,
-            &mut reads,
-        )?;
+        live.drain(ring.get_mut(), &mut decoder, &mut pipe)?;
         pipe.finish()?;
         Ok(())
     });
-    let _ = pipe.out.flush();
+    let _ = pipe.flush();
+    let events = live.events;
     eprintln!("rstrace: read {events} events, {lost} lost");
     if let Some(path) = &cfg.stats {
         let stats = serde_json::json!({
@@ -549,7 +385,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         crate::base::private_file::write(path, stats.to_string().as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(w) = pipe.capture.as_mut() {
+    if let Some(w) = pipe.capture() {
         w.flush().context("writing the capture file")?;
         if let Some(rec) = &cfg.record {
             eprintln!(

@@ -7,9 +7,12 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use crate::base::{
-    record::{FirewallRule, Kind, Proc, Record, Sock, Text},
-    FastMap,
+use crate::{
+    base::{
+        record::{FirewallRule, Kind, Proc, Record, Sock, Text},
+        FastMap,
+    },
+    source::context,
 };
 
 /// How many closed listeners and overflows are remembered.
@@ -369,42 +372,44 @@ impl Host {
         let mut namespaces: Vec<_> = self.addrs.iter().collect();
         namespaces.sort_by_key(|(ns, _)| **ns);
         for (ns, a) in namespaces {
-            let mut r = Record::new(Kind::Addresses, now, time.to_string());
-            r.netns = Some(*ns);
-            r.addrs = Some(a.clone());
-            out.push(r);
+            out.push(context::addresses(now, time.to_string(), *ns, a.clone()));
         }
         let mut listeners: Vec<&Listening> = self.listeners.values().flatten().collect();
         listeners.sort_by_key(|l| (l.netns, l.addr));
         for l in listeners {
-            let mut r = Record::new(Kind::Listener, now, time.to_string());
-            r.netns = Some(l.netns);
-            r.src = Some(l.addr);
-            r.owner = l.owner.clone();
-            r.v6only = l.v6only;
-            out.push(r);
+            out.push(context::listener(
+                now,
+                time.to_string(),
+                l.netns,
+                l.addr,
+                l.owner.clone(),
+                l.v6only,
+                None,
+            ));
         }
         let mut sockets: Vec<_> = self.existing.iter().collect();
         sockets.sort_by_key(|(k, _)| **k);
         for ((ns, s, d), (owner, state)) in sockets {
-            let mut r = Record::new(Kind::Socket, now, time.to_string());
-            r.netns = Some(*ns);
-            r.src = Some(*s);
-            r.dst = Some(*d);
-            r.state = Some(state);
-            r.owner = Some(owner.clone());
-            r.owner_source = Some("proc");
-            out.push(r);
+            out.push(context::socket(
+                now,
+                time.to_string(),
+                *ns,
+                (*s, *d),
+                state,
+                owner.clone(),
+            ));
         }
         let mut firewall: Vec<_> = self.firewall.iter().collect();
         firewall.sort_by_key(|(k, _)| **k);
         for ((ns, _), (dst, rules, missing)) in firewall {
-            let mut r = Record::new(Kind::FirewallRule, now, time.to_string());
-            r.netns = Some(*ns);
-            r.dst = Some(*dst);
-            r.rules = Some(rules.clone());
-            r.reason = missing.clone();
-            out.push(r);
+            out.push(context::firewall_rule(
+                now,
+                time.to_string(),
+                *ns,
+                *dst,
+                rules.clone(),
+                missing.clone(),
+            ));
         }
         out
     }

@@ -1,4 +1,5 @@
-//! Stage 4, enrich (uses `base`; the host model in `host` is fed only from records).
+//! Stage 4, enrich (uses `base`, and `source`'s context records for the host model's
+//! snapshot; the host model in `host` is fed only from records).
 //!
 //! Fills in what one event alone cannot say: the owner of sockets whose events carry
 //! no socket address (errno reports), and of listeners created before rstrace started.

@@ -1,9 +1,10 @@
 //! Stage 7, the pipeline (uses every stage before it; not the commands).
 //!
 //! The stages after decoding, shared by `watch` (live) and `explain` (replay):
-//! capture -> enrich -> print evidence -> explain -> filter -> print explanations.
-//! Everything the stages use arrives as records, so a replay of the captured records
-//! gives what live gave.
+//! capture -> enrich -> filter -> sinks (evidence) -> explain -> filter -> sinks
+//! (explanations). Everything the stages use arrives as records (what only a live
+//! host can tell, such as process exits, the live source turns into records first),
+//! so a replay of the captured records gives what live gave.
 pub mod filter;
 
 use std::io;
@@ -11,33 +12,28 @@ use std::io;
 use crate::{
     base::{
         clock::Clock,
-        record::{Kind, Proc, Record},
+        record::{Kind, Record},
     },
     capture::CaptureWriter,
     enrich::Enricher,
     explain::{Engine, Explanation},
     pipeline::filter::Filter,
-    sink::Output,
+    sink::Sink,
 };
 
-pub struct Pipeline<W: io::Write> {
-    pub enricher: Enricher,
-    pub engine: Engine,
-    pub filter: Filter,
-    pub out: Output<W>,
-    pub events: bool,
-    /// Live: check /proc for exited listener owners (replay reads those from the file).
-    pub live: bool,
-    pub capture: Option<CaptureWriter>,
-    /// Keep explanations here instead of printing them (summary).
-    pub collected: Option<Vec<Explanation>>,
+/// The stages after decoding, joined. Built by `new` (what replay needs), with the
+/// live additions given by the `with_` methods.
+pub struct Pipeline<S: Sink> {
+    enricher: Enricher,
+    engine: Engine,
+    filter: Filter,
+    sink: S,
+    capture: Option<CaptureWriter>,
     clock: Clock,
     explained: Vec<Explanation>,
-    /// Listener owners to check for exit, and when.
-    exits: Vec<(Proc, u64)>,
     /// Live: where to ask for the owner of a socket the kernel did not know (answered
     /// with `socket` context records, so that a replay sees the same).
-    pub lookups: Option<std::sync::mpsc::SyncSender<crate::source::netns::Ask>>,
+    lookups: Option<std::sync::mpsc::SyncSender<crate::source::netns::Ask>>,
     /// Sockets and rulesets already asked about, and when (bounded).
     asked: crate::base::FastMap<crate::source::netns::Ask, u64>,
 }
@@ -50,76 +46,54 @@ const RULES_AGAIN_NS: u64 = 5_000_000_000;
 /// At most this many sockets are remembered as asked about.
 const MAX_ASKED: usize = 4096;
 
-/// Whether the process is gone or a zombie (dead, not yet reaped by its parent), and
-/// then how it ended when the zombie still tells.
-fn exited(pid: u32) -> Option<Option<String>> {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => zombie_status(&stat),
-        Err(_) => Some(None),
-    }
-}
-
-/// For a zombie's /proc/PID/stat: `Some(how it ended)` (`SIGKILL`, `exit 1`, from its
-/// exit_code, field 52, 3.5+); None for a live process.
-fn zombie_status(stat: &str) -> Option<Option<String>> {
-    // The fields after the command name, which may hold anything but ends with ')'.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    if !matches!(fields.next(), Some("Z" | "X")) {
-        return None;
-    }
-    // exit_code is field 52; `fields` starts at field 3 (the state).
-    let code: Option<i32> = fields.nth(52 - 4).and_then(|v| v.parse().ok());
-    Some(code.map(|c| match c & 0x7f {
-        0 => format!("exit {}", (c >> 8) & 0xff),
-        sig => signal_name(sig),
-    }))
-}
-
-fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGUSR2 => "SIGUSR2",
-        _ => return format!("signal {sig}"),
-    };
-    name.to_string()
-}
-
-/// How long after its listener closed a process is checked for having exited.
-const EXIT_CHECK_NS: u64 = 200_000_000;
-
-impl<W: io::Write> Pipeline<W> {
-    pub fn new(filter: Filter, out: Output<W>, events: bool, clock: Clock) -> Self {
+impl<S: Sink> Pipeline<S> {
+    /// Records whose time is read with `clock`, those `filter` passes and every
+    /// explanation it passes going to `sink`.
+    pub fn new(clock: Clock, filter: Filter, sink: S) -> Self {
         Pipeline {
             enricher: Enricher::default(),
             engine: Engine::new(clock),
             filter,
-            out,
-            events,
-            live: false,
+            sink,
             capture: None,
-            collected: None,
             clock,
             explained: Vec::new(),
-            exits: Vec::new(),
             lookups: None,
             asked: crate::base::FastMap::default(),
         }
     }
 
-    pub fn push(&mut self, mut r: Record) -> io::Result<()> {
+    /// Also writes every record, as it comes, to a capture file.
+    pub fn with_capture(mut self, w: CaptureWriter) -> Self {
+        self.capture = Some(w);
+        self
+    }
+
+    /// Live: asks the namespace monitor for what records lack (owners of unknown
+    /// sockets, the rules of a firewall that dropped packets).
+    pub fn with_lookups(
+        mut self,
+        lookups: std::sync::mpsc::SyncSender<crate::source::netns::Ask>,
+    ) -> Self {
+        self.lookups = Some(lookups);
+        self
+    }
+
+    /// `probe`: every failure explained alone (no bursts), and firewall rules awaited
+    /// from no one (it reads them itself).
+    pub fn for_probe(mut self) -> Self {
+        self.engine.collapse = false;
+        self.engine.rules_answered = false;
+        self
+    }
+
+    pub fn push(&mut self, r: Record) -> io::Result<()> {
+        self.push_seen(r, |_| {})
+    }
+
+    /// Pushes `r`, showing it to `seen` once enriched (the live source watches
+    /// listeners close there).
+    pub fn push_seen(&mut self, mut r: Record, seen: impl FnOnce(&Record)) -> io::Result<()> {
         if let Some(w) = self.capture.as_mut() {
             w.write(&r)?;
         }
@@ -128,25 +102,37 @@ impl<W: io::Write> Pipeline<W> {
         }
         self.ask_owner(&r);
         self.ask_rules(&r);
-        if self.live
-            && r.kind == Kind::State
-            && r.old_state == Some("LISTEN")
-            && r.new_state == Some("CLOSE")
-        {
-            // A listener from before the agent has no owner from the kernel; its
-            // close runs in the closing process, which is the one to check.
-            if let Some(p) = r.owner.as_ref().or(r.task.as_ref()) {
-                self.exits.push((p.clone(), r.mono_ns + EXIT_CHECK_NS));
-            }
-        }
-        if (self.events || r.kind == Kind::Loss) && self.filter.matches(&r) {
+        seen(&r);
+        if self.sink.takes(&r) && self.filter.matches(&r) {
             if r.time.is_empty() {
                 r.time = self.clock.format(r.mono_ns);
             }
-            self.out.record(&r)?;
+            self.sink.record(&r)?;
         }
         self.engine.push(r, &mut self.explained);
         self.drain()
+    }
+
+    /// Whether the engine wants the namespaces read again (it met a failure whose
+    /// context is missing); asked once.
+    pub fn take_context_request(&mut self) -> bool {
+        self.engine.take_context_request()
+    }
+
+    pub fn sink(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
+    pub fn capture(&mut self) -> Option<&mut CaptureWriter> {
+        self.capture.as_mut()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
     }
 
     /// Asks for the owner of a local socket's event that has none (a socket the kernel
@@ -226,22 +212,9 @@ impl<W: io::Write> Pipeline<W> {
         let _ = tx.try_send(ask);
     }
 
+    /// Moves time to `now` (monotonic ns): stories whose wait is over are explained,
+    /// the capture file gets its chunk and, when due, its next file.
     pub fn advance(&mut self, now: u64) -> io::Result<()> {
-        let due: Vec<Proc> = self
-            .exits
-            .iter()
-            .filter(|(_, t)| *t <= now)
-            .map(|(p, _)| p.clone())
-            .collect();
-        self.exits.retain(|(_, t)| *t > now);
-        for p in due {
-            if let Some(how) = exited(p.pid) {
-                let mut r = Record::new(Kind::ProcessExit, now, self.clock.format(now));
-                r.owner = Some(p);
-                r.reason = how.map(Into::into);
-                self.push(r)?;
-            }
-        }
         self.engine.advance(now, &mut self.explained);
         if let Some(w) = self.capture.as_mut() {
             w.tick()?;
@@ -257,7 +230,7 @@ impl<W: io::Write> Pipeline<W> {
     pub fn finish(&mut self) -> io::Result<()> {
         self.engine.finish(&mut self.explained);
         self.drain()?;
-        self.out.flush()
+        self.sink.flush()
     }
 
     fn drain(&mut self) -> io::Result<()> {
@@ -265,38 +238,8 @@ impl<W: io::Write> Pipeline<W> {
             if !self.filter.matches_explanation(&e) {
                 continue;
             }
-            match self.collected.as_mut() {
-                Some(c) => c.push(e),
-                None => self.out.explanation(&e)?,
-            }
+            self.sink.explanation(&e)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A /proc/PID/stat line in state `state` with exit_code (field 52) `code`.
-    fn stat(state: &str, code: i32) -> String {
-        let middle = vec!["0"; 52 - 4].join(" ");
-        format!("4242 (a) b) {state} {middle} {code}\n")
-    }
-
-    #[test]
-    fn a_zombie_tells_how_it_ended() {
-        assert_eq!(zombie_status(&stat("Z", 9)), Some(Some("SIGKILL".into())));
-        assert_eq!(zombie_status(&stat("Z", 15)), Some(Some("SIGTERM".into())));
-        assert_eq!(
-            zombie_status(&stat("Z", 1 << 8)),
-            Some(Some("exit 1".into()))
-        );
-        assert_eq!(zombie_status(&stat("S", 0)), None, "alive");
-        assert_eq!(
-            zombie_status("4242 (a) Z"),
-            Some(None),
-            "no exit_code field"
-        );
     }
 }

@@ -1,54 +1,67 @@
 //! Stage 6, sinks (use `base` and `explain`).
 //!
-//! Output sinks: text for people, JSON Lines for machines. Both print explanations
-//! and, when asked, the raw evidence records.
+//! Where records and explanations go. Each sink is a peer in its own file: text for
+//! people (`text`), JSON Lines for machines (`json`), explanations kept for the caller
+//! (`collect`), a capture's counts by cause, port and process (`summary`). A pipeline
+//! feeds one sink; `Fanout` makes several one.
+pub mod collect;
 pub mod json;
+pub mod summary;
 pub mod text;
 
-use std::io::{self, Write};
+use std::io;
 
 use crate::{base::record::Record, explain::Explanation};
 
-pub struct Output<W: Write> {
-    out: io::BufWriter<W>,
-    json: bool,
-    verbose: bool,
-    buf: Vec<u8>,
+pub use self::{collect::Collect, json::JsonLines, summary::Summary, text::TextLines};
+
+/// A destination of the pipeline's output. Records reach it after the filter, and
+/// only those it `takes`; explanations after the filter, all of them.
+pub trait Sink {
+    /// Whether it wants record `r` (evidence or context); asked before the record's
+    /// time is formatted, which only a record some sink takes pays for.
+    fn takes(&self, r: &Record) -> bool;
+    fn record(&mut self, r: &Record) -> io::Result<()>;
+    fn explanation(&mut self, e: &Explanation) -> io::Result<()>;
+    /// Writes out what is buffered (live: after every step, and at the end).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-impl<W: Write> Output<W> {
-    pub fn new(out: W, json: bool, verbose: bool) -> Self {
-        Output {
-            out: io::BufWriter::with_capacity(64 * 1024, out),
-            json,
-            verbose,
-            buf: Vec::new(),
-        }
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn takes(&self, r: &Record) -> bool {
+        (**self).takes(r)
     }
-
-    pub fn record(&mut self, r: &Record) -> io::Result<()> {
-        self.buf.clear();
-        if self.json {
-            json::record(r, &mut self.buf);
-        } else {
-            text::record(r, &mut self.buf);
-        }
-        self.buf.push(b'\n');
-        self.out.write_all(&self.buf)
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        (**self).record(r)
     }
-
-    pub fn explanation(&mut self, e: &Explanation) -> io::Result<()> {
-        self.buf.clear();
-        if self.json {
-            json::explanation(e, &mut self.buf);
-        } else {
-            text::explanation(e, self.verbose, &mut self.buf);
-        }
-        self.buf.push(b'\n');
-        self.out.write_all(&self.buf)
+    fn explanation(&mut self, e: &Explanation) -> io::Result<()> {
+        (**self).explanation(e)
     }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+/// Several sinks fed as one, in order.
+#[derive(Default)]
+pub struct Fanout(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Fanout {
+    fn takes(&self, r: &Record) -> bool {
+        self.0.iter().any(|s| s.takes(r))
+    }
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        for s in self.0.iter_mut().filter(|s| s.takes(r)) {
+            s.record(r)?;
+        }
+        Ok(())
+    }
+    fn explanation(&mut self, e: &Explanation) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.explanation(e))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.flush())
     }
 }

@@ -1,10 +1,61 @@
-//! One readable line per record.
-use std::{fmt::Write as _, io::Write as _};
+//! One readable line per record or explanation.
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
 
 use crate::{
     base::record::{Kind, Proc, Record},
     explain::Explanation,
+    sink::Sink,
 };
+
+pub struct TextLines<W: Write> {
+    out: io::BufWriter<W>,
+    events: bool,
+    verbose: bool,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> TextLines<W> {
+    /// Explanations (with their evidence when `verbose`), and with `events` every
+    /// record (else only loss records).
+    pub fn new(out: W, events: bool, verbose: bool) -> Self {
+        TextLines {
+            out: io::BufWriter::with_capacity(64 * 1024, out),
+            events,
+            verbose,
+            buf: Vec::new(),
+        }
+    }
+
+    fn line(&mut self) -> io::Result<()> {
+        self.buf.push(b'\n');
+        self.out.write_all(&self.buf)
+    }
+}
+
+impl<W: Write> Sink for TextLines<W> {
+    fn takes(&self, r: &Record) -> bool {
+        self.events || r.kind == Kind::Loss
+    }
+
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        self.buf.clear();
+        record(r, &mut self.buf);
+        self.line()
+    }
+
+    fn explanation(&mut self, e: &Explanation) -> io::Result<()> {
+        self.buf.clear();
+        explanation(e, self.verbose, &mut self.buf);
+        self.line()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
 
 fn who(p: &Option<Proc>) -> String {
     match p {

@@ -41,8 +41,9 @@ use crate::{
     decode::Decoder,
     explain::Explanation,
     pipeline::{filter::Filter, Pipeline},
-    sink::Output,
+    sink::Collect,
     source::{
+        exits::Exits,
         firewall::{self, Rule},
         netns::{self, Observation},
     },
@@ -137,7 +138,9 @@ struct Tracer {
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     listeners: aya::maps::HashMap<aya::maps::MapData, ListenKey, ListenOwner>,
     decoder: Decoder,
-    pipe: Pipeline<io::Sink>,
+    pipe: Pipeline<Collect>,
+    /// Listeners' owners whose exit is watched, as `watch` does.
+    exits: Exits,
     clock: Clock,
     observations: mpsc::Receiver<Observation>,
     stop: Arc<AtomicBool>,
@@ -152,17 +155,8 @@ impl Tracer {
         let mut session = watch::start(RING_BYTES)?;
         let maps = session.probes.take_maps()?;
         let clock = Clock::now();
-        let mut pipe = Pipeline::new(
-            Filter::default(),
-            Output::new(io::sink(), true, false),
-            false,
-            clock,
-        );
-        pipe.live = true;
-        pipe.collected = Some(Vec::new());
-        pipe.engine.collapse = false;
         // Probe reads the rules itself and asks the monitor for none.
-        pipe.engine.rules_answered = false;
+        let pipe = Pipeline::new(clock, Filter::default(), Collect::default()).for_probe();
         let stop = Arc::new(AtomicBool::new(false));
         let rescan = Arc::new(AtomicBool::new(false));
         let (tx, observations) = mpsc::sync_channel(1024);
@@ -184,6 +178,7 @@ impl Tracer {
             ring: maps.ring,
             listeners: maps.listeners,
             pipe,
+            exits: Exits::default(),
             clock,
             observations,
             stop,
@@ -213,7 +208,7 @@ impl Tracer {
         while let Some(item) = self.ring.next() {
             match self.decoder.decode(&item) {
                 Ok(r) => {
-                    let _ = self.pipe.push(r);
+                    let _ = self.pipe.push_seen(r, |r| self.exits.saw(r));
                 }
                 Err(e) => log::warn!("undecodable event: {e}"),
             }
@@ -221,8 +216,12 @@ impl Tracer {
         while let Ok(o) = self.observations.try_recv() {
             let _ = watch::on_observation(o, &mut self.pipe, &mut self.listeners, &self.clock);
         }
-        let _ = self.pipe.advance(Clock::now().mono_ns);
-        if self.pipe.engine.take_context_request() {
+        let now = Clock::now().mono_ns;
+        for r in self.exits.check(now, &self.clock) {
+            let _ = self.pipe.push(r);
+        }
+        let _ = self.pipe.advance(now);
+        if self.pipe.take_context_request() {
             self.rescan.store(true, Ordering::Relaxed);
         }
     }
@@ -237,7 +236,7 @@ impl Tracer {
         }
         self.pump();
         let _ = self.pipe.finish();
-        let all = self.pipe.collected.replace(Vec::new()).unwrap_or_default();
+        let all = self.pipe.sink().take();
         let me = std::process::id();
         for e in &all {
             log::debug!(

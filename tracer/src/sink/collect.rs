@@ -1,0 +1,32 @@
+//! Explanations kept for the caller instead of printed (`probe` reads them to judge
+//! its connection).
+use std::io;
+
+use crate::{base::record::Record, explain::Explanation, sink::Sink};
+
+#[derive(Default)]
+pub struct Collect {
+    explanations: Vec<Explanation>,
+}
+
+impl Collect {
+    /// The explanations so far, in order; the sink starts empty again.
+    pub fn take(&mut self) -> Vec<Explanation> {
+        std::mem::take(&mut self.explanations)
+    }
+}
+
+impl Sink for Collect {
+    fn takes(&self, _: &Record) -> bool {
+        false
+    }
+
+    fn record(&mut self, _: &Record) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn explanation(&mut self, e: &Explanation) -> io::Result<()> {
+        self.explanations.push(e.clone());
+        Ok(())
+    }
+}
