@@ -5,6 +5,7 @@ pub mod clock;
 pub mod generations;
 pub mod private_file;
 pub mod record;
+pub mod workload;
 
 /// Hash map for the per-event paths: ahash is several times faster than SipHash and
 /// still keyed per process, so remote peers cannot aim collisions at it.
