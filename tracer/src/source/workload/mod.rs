@@ -52,15 +52,34 @@ const KNOWN_LIMIT: usize = 32_768;
 const MISS_RETRY: Duration = Duration::from_secs(1);
 /// The hierarchy is walked at most this often.
 const WALK_INTERVAL: Duration = Duration::from_secs(1);
+/// A container or pod resolved before its runtime or the kubelet wrote its names
+/// (the kubelet links a container's log after it starts) is completed again this
+/// long after, at most `NAME_TRIES` times.
+const NAME_RETRY: Duration = Duration::from_secs(2);
+const NAME_TRIES: u8 = 3;
+
+struct Known {
+    w: Arc<Workload>,
+    /// When to look for names again; None when complete or out of tries.
+    retry_at: Option<Instant>,
+    tries: u8,
+}
+
+fn unnamed(w: &Workload) -> bool {
+    w.container.as_ref().is_some_and(|c| c.name.is_none())
+        || w.pod.as_ref().is_some_and(|p| p.name.is_none())
+}
 
 pub struct Resolver {
     fs: Option<CgroupFs>,
     names: Names,
-    known: FastMap<u64, Arc<Workload>>,
+    known: FastMap<u64, Known>,
     misses: FastMap<u64, Instant>,
     walked: Option<(Instant, HashMap<u64, String>)>,
     /// Walks done, for tests and diagnostics.
     pub walks: u32,
+    /// `NAME_RETRY`, shorter in tests.
+    pub name_retry: Duration,
 }
 
 impl Resolver {
@@ -85,6 +104,7 @@ impl Resolver {
             misses: FastMap::default(),
             walked: None,
             walks: 0,
+            name_retry: NAME_RETRY,
         }
     }
 
@@ -94,12 +114,20 @@ impl Resolver {
 
     /// The workload of a cgroup id; None when the id is unknown here (gone before it
     /// was first asked about, or no v2 hierarchy). The root cgroup and unnamed ones
-    /// give an empty workload.
+    /// give an empty workload. The answer for an id changes only when names missing
+    /// at first are found later (compare with the last one to emit a record again).
     pub fn resolve(&mut self, id: u64) -> Option<Arc<Workload>> {
-        if let Some(w) = self.known.get(&id) {
-            return Some(w.clone());
-        }
         let now = Instant::now();
+        if let Some(k) = self.known.get_mut(&id) {
+            if k.retry_at.is_some_and(|t| now >= t) {
+                let mut w = (*k.w).clone();
+                self.names.complete(&mut w);
+                k.tries += 1;
+                k.retry_at = (unnamed(&w) && k.tries < NAME_TRIES).then(|| now + self.name_retry);
+                k.w = Arc::new(w);
+            }
+            return Some(k.w.clone());
+        }
         if self.misses.get(&id).is_some_and(|t| now < *t + MISS_RETRY) {
             return None;
         }
@@ -112,11 +140,19 @@ impl Resolver {
         };
         let mut w = path::parse(&path);
         self.names.complete(&mut w);
+        let retry_at = unnamed(&w).then(|| now + self.name_retry);
         let w = Arc::new(w);
         if self.known.len() >= KNOWN_LIMIT {
             self.known.clear();
         }
-        self.known.insert(id, w.clone());
+        self.known.insert(
+            id,
+            Known {
+                w: w.clone(),
+                retry_at,
+                tries: 0,
+            },
+        );
         self.misses.remove(&id);
         Some(w)
     }

@@ -177,6 +177,22 @@ fn names_a_process_in_real_systemd_and_kubelet_cgroups() {
         Some(Qos::BestEffort)
     );
 
+    // A pod whose names the kubelet writes only after its cgroup is first seen: they
+    // are looked for again later, a bounded number of times.
+    r.name_retry = std::time::Duration::ZERO;
+    let late = "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b";
+    let dir = cg.make(&format!("kubepods/burstable/pod{late}/{ID}"));
+    let id_late = cg.enter(&dir);
+    assert_eq!(
+        r.resolve(id_late).unwrap().to_string(),
+        format!("pod {late} container cri 4f797c539e6c")
+    );
+    fs::create_dir_all(state.0.join(format!("pods/shop_late-0_{late}/app"))).unwrap();
+    assert_eq!(
+        r.resolve(id_late).unwrap().to_string(),
+        "pod shop/late-0 container cri 4f797c539e6c"
+    );
+
     // The walk finds the same paths as the file handles.
     let walked = CgroupFs::new(cg.mount.clone()).walk(cgroupfs::WALK_LIMIT);
     let top = format!("/{}", cg.top.file_name().unwrap().to_string_lossy());
