@@ -1,5 +1,7 @@
 //! Rule logic on synthetic evidence (the real-kernel scenarios are in tests/).
+use super::schedule::{MAX_STORIES, MS};
 use super::*;
+use crate::base::record::{Kind, Record};
 use crate::base::record::{Proc, Queue};
 
 const C: &str = "10.0.0.1:40000";

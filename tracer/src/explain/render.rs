@@ -1,0 +1,277 @@
+//! Explanations: the rules' finding about a story (or a record that stands alone)
+//! rendered as one sentence, who -> where, what happened and why, with the fix.
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use super::{
+    rules::{self, Ctx, Finding, RULES},
+    story::{Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
+    Engine,
+};
+use crate::base::record::{errno_name, Proc, Record, SCHEMA_VERSION};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub v: u32,
+    /// Always "failure" (distinguishes explanations from event records).
+    pub kind: &'static str,
+    pub time: String,
+    pub mono_ns: u64,
+    /// Stable cause id, e.g. `nothing_listening`.
+    pub cause: &'static str,
+    pub confidence: f32,
+    /// The process that failed (the connecting side, or the side that got the error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Proc>,
+    /// The process responsible, when another (the listener's owner, the resetting app).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Proc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno_name: Option<&'static str>,
+    /// True when no errno event was seen (kernels before 5.13) and `errno_name` is
+    /// what the socket's death implies.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub errno_inferred: bool,
+    /// "refused", "timed out", "reset", ...
+    pub outcome: &'static str,
+    /// One sentence: who, where, what happened and why.
+    pub explanation: String,
+    /// What to check or change.
+    pub fix: String,
+    /// Failures this line stands for: 1, or the size of a collapsed burst.
+    pub count: u64,
+    /// For collapsed bursts: the window they were counted in, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    /// The evidence the explanation rests on.
+    pub evidence: Vec<Record>,
+}
+
+fn outcome(errno: Option<i32>, s: &Story) -> &'static str {
+    match errno {
+        Some(ECONNREFUSED) => "refused",
+        Some(ETIMEDOUT) => "timed out",
+        Some(EHOSTUNREACH) => "failed: host unreachable",
+        Some(ENETUNREACH) => "failed: network unreachable",
+        Some(libc::ECONNRESET) => "reset",
+        Some(libc::EPIPE) => "broken (EPIPE)",
+        Some(_) => "failed",
+        None if s.was_established() => "reset",
+        None if s
+            .rsts_sent()
+            .any(|r| r.reason.as_deref() == Some("NO_SOCKET")) =>
+        {
+            "refused"
+        }
+        None if s.drops("NETFILTER_DROP").next().is_some() => "blocked",
+        None => "failed",
+    }
+}
+
+impl Engine {
+    pub(super) fn server_netns(&self, s: &Story) -> Option<u32> {
+        s.server_netns_seen()
+            .or_else(|| self.host.netns_of(s.server()?.ip(), s.client_netns()))
+    }
+
+    /// The owner the host model learnt since for the socket of `r` (a `socket` context
+    /// record that came after it).
+    pub(super) fn owner_of(&self, r: &Record) -> Option<&Proc> {
+        self.host.existing_owner(r.netns?, r.src?, r.dst?)
+    }
+
+    pub(super) fn explain(&self, s: &Story) -> Explanation {
+        let errno = s.errno().or_else(|| s.inferred_errno());
+        let ctx = Ctx {
+            host: &self.host,
+            story: s,
+            client: s.client(),
+            server: s.server(),
+            server_netns: self.server_netns(s),
+            errno,
+            at_ns: s.failure_ns(),
+        };
+        let finding = RULES
+            .iter()
+            .find_map(|r| r.check(&ctx))
+            .unwrap_or_else(|| unexplained(&ctx));
+        let (src, dst) = match (ctx.client, ctx.server) {
+            (Some(c), Some(sv)) => (Some(c), Some(sv)),
+            _ => (
+                s.errno_record().and_then(|r| r.src).or(Some(s.key.0)),
+                s.errno_record().and_then(|r| r.dst).or(Some(s.key.1)),
+            ),
+        };
+        let victim = s.victim().cloned().or_else(|| {
+            let end = s.failed_end()?;
+            s.evidence
+                .iter()
+                .filter(|r| r.src == Some(end))
+                .find_map(|r| self.owner_of(r))
+                .cloned()
+        });
+        let who = match &victim {
+            Some(p) => format!("{}[{}]", p.comm, p.pid),
+            None => src.map_or("?".into(), |a| a.to_string()),
+        };
+        let out = outcome(errno, s);
+        let explanation = format!(
+            "{who} -> {} {out}: {}",
+            dst.map_or("?".into(), |d| d.to_string()),
+            finding.reason
+        );
+        Explanation {
+            v: SCHEMA_VERSION,
+            kind: "failure",
+            time: String::new(),
+            mono_ns: ctx.at_ns,
+            cause: finding.cause,
+            confidence: finding.confidence,
+            process: victim,
+            culprit: finding.culprit,
+            netns: s.client_netns(),
+            server_netns: ctx.server_netns,
+            src,
+            dst,
+            errno_name: errno.and_then(errno_name),
+            errno_inferred: s.errno().is_none() && errno.is_some(),
+            outcome: out,
+            explanation,
+            fix: finding.fix,
+            count: 1,
+            window_ms: None,
+            evidence: Vec::new(),
+        }
+    }
+
+    /// Evidence with its wall-clock text filled in.
+    pub(super) fn timed(&self, records: &[Record]) -> Vec<Record> {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if r.time.is_empty() {
+                    r.time = self.time(r.mono_ns);
+                }
+                r
+            })
+            .collect()
+    }
+
+    pub(super) fn overflow(&self, r: &Record) -> Option<Explanation> {
+        let listener = r.src;
+        let port = listener.map_or(0, |l| l.port());
+        let (cause, reason, fix) = match r.queue_kind {
+            Some("syn") => (
+                "syn_queue_overflow",
+                format!(
+                    "the SYN queue in netns {} overflowed: {} SYNs dropped (SYN flood, or syncookies off)",
+                    r.netns.unwrap_or(0),
+                    r.drops.unwrap_or(0)
+                ),
+                "sysctl net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog; check: nstat -az TcpExtTCPReqQFullDrop".to_string(),
+            ),
+            _ if listener.is_none() => {
+                // The queue drained before the counters' poll read the listeners: name
+                // the namespace's listeners as the candidates, never a port 0.
+                let ns = r.netns.unwrap_or(0);
+                let mut candidates: Vec<String> = self
+                    .host
+                    .listeners(ns)
+                    .iter()
+                    .map(|l| match &l.owner {
+                        Some(p) => format!("{} ({}[{}])", l.addr, p.comm, p.pid),
+                        None => l.addr.to_string(),
+                    })
+                    .collect();
+                candidates.sort();
+                candidates.dedup();
+                (
+                    "accept_queue_overflow",
+                    format!(
+                        "{} connection attempts were dropped in netns {ns}: an accept queue was full (it drained before its listener could be read; {})",
+                        r.drops.unwrap_or(0),
+                        if candidates.is_empty() {
+                            "no listener is known there".to_string()
+                        } else {
+                            format!("listeners there: {}", candidates.join(", "))
+                        }
+                    ),
+                    format!(
+                        "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check in netns {ns}: ss -tlnp (Recv-Q above Send-Q means full) and nstat -az TcpExtListenOverflows",
+                        r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
+                    ),
+                )
+            }
+            _ => (
+                "accept_queue_overflow",
+                format!(
+                    "{} connection attempts to {} were dropped: the accept queue of {} is full{}, it does not accept() fast enough",
+                    r.drops.unwrap_or(0),
+                    listener.map_or("a listener".into(), |l| l.to_string()),
+                    rules::who(&r.owner),
+                    r.queue.as_ref().map_or(String::new(), |q| format!(" ({} waiting, backlog {})", q.depth, q.backlog))
+                ),
+                format!(
+                    "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check: ss -tlnp 'sport = :{port}' (Recv-Q above Send-Q means full)",
+                    r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
+                ),
+            ),
+        };
+        Some(Explanation {
+            v: SCHEMA_VERSION,
+            kind: "failure",
+            time: String::new(),
+            mono_ns: r.mono_ns,
+            cause,
+            confidence: 0.9,
+            process: None,
+            culprit: r.owner.clone(),
+            netns: None,
+            server_netns: r.netns,
+            src: None,
+            dst: listener,
+            errno_name: None,
+            errno_inferred: false,
+            outcome: "overflow",
+            explanation: match listener {
+                Some(l) => format!("listener {l}: {reason}"),
+                None => reason,
+            },
+            fix,
+            count: 1,
+            window_ms: None,
+            evidence: Vec::new(),
+        })
+    }
+}
+
+fn unexplained(c: &Ctx) -> Finding {
+    let kinds: Vec<String> = c
+        .story
+        .evidence
+        .iter()
+        .map(|r| match (&r.reason, r.errno.and_then(errno_name)) {
+            (Some(reason), _) => format!("{} {reason}", r.kind.label()),
+            (None, Some(e)) => format!("{} {e}", r.kind.label()),
+            _ => r.kind.label().to_string(),
+        })
+        .collect();
+    Finding {
+        cause: "unexplained",
+        confidence: 0.0,
+        reason: format!("no rule explains this; evidence: {}", kinds.join(", ")),
+        fix: "run with -v (or --json) for the evidence and check the server and the path by hand"
+            .into(),
+        culprit: None,
+    }
+}
