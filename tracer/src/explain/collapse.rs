@@ -1,11 +1,13 @@
-//! Bursts of one cause for one port and process collapse into one line with a count.
-use super::{schedule::MS, Engine, Explanation};
+//! Bursts of one cause for one port and process collapse into one line with a count:
+//! the first failure is printed at once, the others counted until the window closes.
+use super::{render::time, schedule::MS, Explanation};
+use crate::base::{clock::Clock, FastMap};
 
 /// Bursts of a cause for one port and process within this collapse into a count.
 pub const COLLAPSE_WINDOW: u64 = 2_000 * MS;
 
 impl Explanation {
-    pub(super) fn collapse_key(&self) -> (&'static str, u16, u32) {
+    fn collapse_key(&self) -> (&'static str, u16, u32) {
         let port = self.dst.map_or(0, |d| d.port());
         let pid = self
             .process
@@ -16,47 +18,50 @@ impl Explanation {
     }
 }
 
-pub(super) struct Burst {
-    pub(super) first: Explanation,
-    pub(super) until: u64,
-    pub(super) more: u64,
+struct Burst {
+    first: Explanation,
+    until: u64,
+    more: u64,
 }
 
-impl Engine {
-    pub(super) fn summary(&self, b: Burst) -> Explanation {
-        let mut e = b.first;
-        e.count = b.more;
-        e.window_ms = Some(COLLAPSE_WINDOW / MS);
-        e.mono_ns = b.until;
-        e.time = self.time(b.until);
-        e.evidence.clear();
-        e
-    }
+/// The open bursts, by cause, port and process.
+#[derive(Default)]
+pub(super) struct Bursts {
+    open: FastMap<(&'static str, u16, u32), Burst>,
+}
 
+fn summary(b: Burst, clock: Option<Clock>) -> Explanation {
+    let mut e = b.first;
+    e.count = b.more;
+    e.window_ms = Some(COLLAPSE_WINDOW / MS);
+    e.mono_ns = b.until;
+    e.time = time(clock, b.until);
+    e.evidence.clear();
+    e
+}
+
+impl Bursts {
     /// Counts `e` into its burst, or opens a burst and gives `e` back, timed, to be
-    /// printed (after the count line of the burst it ends, if `advance` had not
+    /// printed (after the count line of the burst it ends, if `close` had not
     /// closed it yet). The time text and the evidence (which the caller adds) are
     /// only made for the explanations printed: a storm's are mostly counted. So
-    /// `explain` and `overflow` leave both empty.
+    /// the renderer leaves both empty.
     #[must_use]
     pub(super) fn emit(
         &mut self,
         mut e: Explanation,
+        clock: Option<Clock>,
         out: &mut Vec<Explanation>,
     ) -> Option<Explanation> {
-        if !self.collapse {
-            e.time = self.time(e.mono_ns);
-            return Some(e);
-        }
         let key = e.collapse_key();
-        if let Some(b) = self.bursts.get_mut(&key) {
+        if let Some(b) = self.open.get_mut(&key) {
             if e.mono_ns <= b.until {
                 b.more += e.count;
                 return None;
             }
         }
-        e.time = self.time(e.mono_ns);
-        let ended = self.bursts.insert(
+        e.time = time(clock, e.mono_ns);
+        let ended = self.open.insert(
             key,
             Burst {
                 first: e.clone(),
@@ -65,8 +70,24 @@ impl Engine {
             },
         );
         if let Some(b) = ended.filter(|b| b.more > 0) {
-            out.push(self.summary(b));
+            out.push(summary(b, clock));
         }
         Some(e)
+    }
+
+    /// Closes the bursts whose window ended by `now`, with their count line.
+    pub(super) fn close(&mut self, now: u64, clock: Option<Clock>, out: &mut Vec<Explanation>) {
+        let closed: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, b)| b.until <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in closed {
+            let b = self.open.remove(&k).expect("present");
+            if b.more > 0 {
+                out.push(summary(b, clock));
+            }
+        }
     }
 }

@@ -13,34 +13,21 @@ pub mod rules;
 mod schedule;
 pub mod story;
 
-use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddr};
-
-use crate::base::{generations::Generations, FastMap};
+use crate::base::{clock::Clock, record::Record};
 use crate::enrich::host::Host;
 
 pub use self::collapse::COLLAPSE_WINDOW;
 pub use self::render::Explanation;
-use self::{
-    collapse::Burst,
-    schedule::{Done, DONE_FOR, DONE_GENERATION_CAP},
-    story::{FlowKey, Story},
-};
+use self::{collapse::Bursts, schedule::Scheduler, story::Story};
 
+/// Records in, explanations out: the host model, the open stories and the bursts.
 pub struct Engine {
     pub host: Host,
-    stories: FastMap<FlowKey, Story>,
-    /// Stories' deadlines, earliest first, so that a tick costs what is due rather
-    /// than a walk over every open story. An entry whose story has since changed its
-    /// deadline (or was explained) is stale and skipped.
-    due: BinaryHeap<Reverse<(u64, FlowKey)>>,
-    last_sweep_ns: u64,
-    done: Generations<Done>,
-    bursts: FastMap<(&'static str, u16, u32), Burst>,
-    wants_context: bool,
-    /// Connecting sockets that died in their owner's own connect() or close(), by
-    /// (pid, destination): a connect error reported just after is the same attempt.
-    own_connect_deaths: FastMap<(u32, SocketAddr), (FlowKey, u64)>,
-    clock: Option<crate::base::clock::Clock>,
+    stories: Scheduler,
+    bursts: Bursts,
+    /// Stories the scheduler handed over, kept to reuse its allocation.
+    ready: Vec<Story>,
+    clock: Option<Clock>,
     /// Collapse bursts of a cause into a count (off for `probe`, which needs the
     /// explanation of each of its own connections, among its path-trace SYNs').
     pub collapse: bool,
@@ -53,13 +40,9 @@ impl Default for Engine {
     fn default() -> Self {
         Engine {
             host: Host::default(),
-            stories: FastMap::default(),
-            due: BinaryHeap::new(),
-            last_sweep_ns: 0,
-            done: Generations::new(DONE_GENERATION_CAP, DONE_FOR),
-            bursts: FastMap::default(),
-            wants_context: false,
-            own_connect_deaths: FastMap::default(),
+            stories: Scheduler::default(),
+            bursts: Bursts::default(),
+            ready: Vec::new(),
             clock: None,
             collapse: true,
             rules_answered: true,
@@ -68,20 +51,71 @@ impl Default for Engine {
 }
 
 impl Engine {
-    pub fn new(clock: crate::base::clock::Clock) -> Engine {
+    pub fn new(clock: Clock) -> Engine {
         Engine {
             clock: Some(clock),
             ..Default::default()
         }
     }
 
-    fn time(&self, ns: u64) -> String {
-        self.clock.map_or_else(String::new, |c| c.format(ns))
-    }
-
     /// True once after a story needed namespace addresses the engine does not have.
     pub fn take_context_request(&mut self) -> bool {
-        std::mem::take(&mut self.wants_context)
+        self.stories.take_context_request()
+    }
+
+    /// Feeds one record (explanations are made by `advance`); overflow explanations,
+    /// which need no story, are appended to `out` at once.
+    pub fn push(&mut self, r: Record, out: &mut Vec<Explanation>) {
+        self.host.on_record(&r);
+        if r.kind == crate::base::record::Kind::Overflow {
+            if let Some(e) = render::overflow(&self.host, &r) {
+                self.emit(e, std::slice::from_ref(&r), out);
+            }
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        self.stories.push(&self.host, r, &mut ready);
+        self.explain_ready(&mut ready, out);
+        self.ready = ready;
+    }
+
+    /// Explains the stories due by `now` and closes finished bursts.
+    pub fn advance(&mut self, now: u64, out: &mut Vec<Explanation>) {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.stories
+            .advance(now, &self.host, self.rules_answered, &mut ready);
+        self.explain_ready(&mut ready, out);
+        self.ready = ready;
+        self.bursts.close(now, self.clock, out);
+    }
+
+    /// Explains everything still pending (end of a capture).
+    pub fn finish(&mut self, out: &mut Vec<Explanation>) {
+        self.stories.finish();
+        // Twice: the first pass schedules what it finds over the stories' cap.
+        self.advance(u64::MAX / 2, out);
+        self.advance(u64::MAX / 2, out);
+    }
+
+    fn explain_ready(&mut self, ready: &mut Vec<Story>, out: &mut Vec<Explanation>) {
+        for story in ready.drain(..) {
+            let e = render::explain(&self.host, &story);
+            self.emit(e, &story.evidence, out);
+        }
+    }
+
+    /// Appends `e` to `out` with its time and `evidence`, unless its burst counts it.
+    fn emit(&mut self, mut e: Explanation, evidence: &[Record], out: &mut Vec<Explanation>) {
+        let printed = if self.collapse {
+            self.bursts.emit(e, self.clock, out)
+        } else {
+            e.time = render::time(self.clock, e.mono_ns);
+            Some(e)
+        };
+        if let Some(mut e) = printed {
+            e.evidence = render::timed(self.clock, evidence);
+            out.push(e);
+        }
     }
 }
 

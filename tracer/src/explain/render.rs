@@ -6,10 +6,11 @@ use serde::Serialize;
 
 use super::{
     rules::{self, Ctx, Finding, RULES},
-    story::{Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
-    Engine,
+    story::{later_owner, Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
 };
+use crate::base::clock::Clock;
 use crate::base::record::{errno_name, Proc, Record, SCHEMA_VERSION};
+use crate::enrich::host::Host;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Explanation {
@@ -77,100 +78,96 @@ fn outcome(errno: Option<i32>, s: &Story) -> &'static str {
     }
 }
 
-impl Engine {
-    pub(super) fn server_netns(&self, s: &Story) -> Option<u32> {
-        s.server_netns_seen()
-            .or_else(|| self.host.netns_of(s.server()?.ip(), s.client_netns()))
-    }
+/// Wall-clock text of a record time (empty without a clock: tests).
+pub(super) fn time(clock: Option<Clock>, ns: u64) -> String {
+    clock.map_or_else(String::new, |c| c.format(ns))
+}
 
-    /// The owner the host model learnt since for the socket of `r` (a `socket` context
-    /// record that came after it).
-    pub(super) fn owner_of(&self, r: &Record) -> Option<&Proc> {
-        self.host.existing_owner(r.netns?, r.src?, r.dst?)
-    }
-
-    pub(super) fn explain(&self, s: &Story) -> Explanation {
-        let errno = s.errno().or_else(|| s.inferred_errno());
-        let ctx = Ctx {
-            host: &self.host,
-            story: s,
-            client: s.client(),
-            server: s.server(),
-            server_netns: self.server_netns(s),
-            errno,
-            at_ns: s.failure_ns(),
-        };
-        let finding = RULES
+/// The explanation of a complete story: the first rule that finds its cause. Its time
+/// text and evidence are left empty (see `Bursts::emit`).
+pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
+    let errno = s.errno().or_else(|| s.inferred_errno());
+    let ctx = Ctx {
+        host,
+        story: s,
+        client: s.client(),
+        server: s.server(),
+        server_netns: s.server_netns(host),
+        errno,
+        at_ns: s.failure_ns(),
+    };
+    let finding = RULES
+        .iter()
+        .find_map(|r| r.check(&ctx))
+        .unwrap_or_else(|| unexplained(&ctx));
+    let (src, dst) = match (ctx.client, ctx.server) {
+        (Some(c), Some(sv)) => (Some(c), Some(sv)),
+        _ => (
+            s.errno_record().and_then(|r| r.src).or(Some(s.key.0)),
+            s.errno_record().and_then(|r| r.dst).or(Some(s.key.1)),
+        ),
+    };
+    let victim = s.victim().cloned().or_else(|| {
+        let end = s.failed_end()?;
+        s.evidence
             .iter()
-            .find_map(|r| r.check(&ctx))
-            .unwrap_or_else(|| unexplained(&ctx));
-        let (src, dst) = match (ctx.client, ctx.server) {
-            (Some(c), Some(sv)) => (Some(c), Some(sv)),
-            _ => (
-                s.errno_record().and_then(|r| r.src).or(Some(s.key.0)),
-                s.errno_record().and_then(|r| r.dst).or(Some(s.key.1)),
-            ),
-        };
-        let victim = s.victim().cloned().or_else(|| {
-            let end = s.failed_end()?;
-            s.evidence
-                .iter()
-                .filter(|r| r.src == Some(end))
-                .find_map(|r| self.owner_of(r))
-                .cloned()
-        });
-        let who = match &victim {
-            Some(p) => format!("{}[{}]", p.comm, p.pid),
-            None => src.map_or("?".into(), |a| a.to_string()),
-        };
-        let out = outcome(errno, s);
-        let explanation = format!(
-            "{who} -> {} {out}: {}",
-            dst.map_or("?".into(), |d| d.to_string()),
-            finding.reason
-        );
-        Explanation {
-            v: SCHEMA_VERSION,
-            kind: "failure",
-            time: String::new(),
-            mono_ns: ctx.at_ns,
-            cause: finding.cause,
-            confidence: finding.confidence,
-            process: victim,
-            culprit: finding.culprit,
-            netns: s.client_netns(),
-            server_netns: ctx.server_netns,
-            src,
-            dst,
-            errno_name: errno.and_then(errno_name),
-            errno_inferred: s.errno().is_none() && errno.is_some(),
-            outcome: out,
-            explanation,
-            fix: finding.fix,
-            count: 1,
-            window_ms: None,
-            evidence: Vec::new(),
-        }
+            .filter(|r| r.src == Some(end))
+            .find_map(|r| later_owner(host, r))
+            .cloned()
+    });
+    let who = match &victim {
+        Some(p) => format!("{}[{}]", p.comm, p.pid),
+        None => src.map_or("?".into(), |a| a.to_string()),
+    };
+    let out = outcome(errno, s);
+    let explanation = format!(
+        "{who} -> {} {out}: {}",
+        dst.map_or("?".into(), |d| d.to_string()),
+        finding.reason
+    );
+    Explanation {
+        v: SCHEMA_VERSION,
+        kind: "failure",
+        time: String::new(),
+        mono_ns: ctx.at_ns,
+        cause: finding.cause,
+        confidence: finding.confidence,
+        process: victim,
+        culprit: finding.culprit,
+        netns: s.client_netns(),
+        server_netns: ctx.server_netns,
+        src,
+        dst,
+        errno_name: errno.and_then(errno_name),
+        errno_inferred: s.errno().is_none() && errno.is_some(),
+        outcome: out,
+        explanation,
+        fix: finding.fix,
+        count: 1,
+        window_ms: None,
+        evidence: Vec::new(),
     }
+}
 
-    /// Evidence with its wall-clock text filled in.
-    pub(super) fn timed(&self, records: &[Record]) -> Vec<Record> {
-        records
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                if r.time.is_empty() {
-                    r.time = self.time(r.mono_ns);
-                }
-                r
-            })
-            .collect()
-    }
+/// Evidence with its wall-clock text filled in.
+pub(super) fn timed(clock: Option<Clock>, records: &[Record]) -> Vec<Record> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if r.time.is_empty() {
+                r.time = time(clock, r.mono_ns);
+            }
+            r
+        })
+        .collect()
+}
 
-    pub(super) fn overflow(&self, r: &Record) -> Option<Explanation> {
-        let listener = r.src;
-        let port = listener.map_or(0, |l| l.port());
-        let (cause, reason, fix) = match r.queue_kind {
+/// The explanation of an `overflow` record, which stands alone (no story).
+pub(super) fn overflow(host: &Host, r: &Record) -> Option<Explanation> {
+    let listener = r.src;
+    let port = listener.map_or(0, |l| l.port());
+    let (cause, reason, fix) = match r.queue_kind {
             Some("syn") => (
                 "syn_queue_overflow",
                 format!(
@@ -184,8 +181,7 @@ impl Engine {
                 // The queue drained before the counters' poll read the listeners: name
                 // the namespace's listeners as the candidates, never a port 0.
                 let ns = r.netns.unwrap_or(0);
-                let mut candidates: Vec<String> = self
-                    .host
+                let mut candidates: Vec<String> = host
                     .listeners(ns)
                     .iter()
                     .map(|l| match &l.owner {
@@ -227,32 +223,31 @@ impl Engine {
                 ),
             ),
         };
-        Some(Explanation {
-            v: SCHEMA_VERSION,
-            kind: "failure",
-            time: String::new(),
-            mono_ns: r.mono_ns,
-            cause,
-            confidence: 0.9,
-            process: None,
-            culprit: r.owner.clone(),
-            netns: None,
-            server_netns: r.netns,
-            src: None,
-            dst: listener,
-            errno_name: None,
-            errno_inferred: false,
-            outcome: "overflow",
-            explanation: match listener {
-                Some(l) => format!("listener {l}: {reason}"),
-                None => reason,
-            },
-            fix,
-            count: 1,
-            window_ms: None,
-            evidence: Vec::new(),
-        })
-    }
+    Some(Explanation {
+        v: SCHEMA_VERSION,
+        kind: "failure",
+        time: String::new(),
+        mono_ns: r.mono_ns,
+        cause,
+        confidence: 0.9,
+        process: None,
+        culprit: r.owner.clone(),
+        netns: None,
+        server_netns: r.netns,
+        src: None,
+        dst: listener,
+        errno_name: None,
+        errno_inferred: false,
+        outcome: "overflow",
+        explanation: match listener {
+            Some(l) => format!("listener {l}: {reason}"),
+            None => reason,
+        },
+        fix,
+        count: 1,
+        window_ms: None,
+        evidence: Vec::new(),
+    })
 }
 
 fn unexplained(c: &Ctx) -> Finding {

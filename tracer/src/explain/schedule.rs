@@ -1,50 +1,52 @@
 //! When a story is complete: the waits after an errno, for the other end, and for
 //! the context answers (namespace addresses, socket owners, firewall rules) a story
 //! needs before it can be explained.
-use std::cmp::Reverse;
+use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddr};
 
-use super::{
-    story::{FlowKey, Story},
-    Engine, Explanation,
+use super::story::{FlowKey, Story};
+use crate::base::{
+    generations::Generations,
+    record::{Kind, Record},
+    FastMap,
 };
-use crate::base::record::{Kind, Record};
+use crate::enrich::host::Host;
 
 pub(super) const MS: u64 = 1_000_000;
 /// Wait after the errno for evidence from the other CPUs.
-pub(super) const AFTER_ERRNO: u64 = 50 * MS;
+const AFTER_ERRNO: u64 = 50 * MS;
 /// Server-side refusal with no client on this host.
-pub(super) const SERVER_ONLY_RST: u64 = 200 * MS;
+const SERVER_ONLY_RST: u64 = 200 * MS;
 /// Server-side SYN drop: a local client would retransmit within 1 s.
-pub(super) const SERVER_ONLY_DROP: u64 = 1_200 * MS;
+const SERVER_ONLY_DROP: u64 = 1_200 * MS;
 /// Segments of an established flow dropped here, with no outcome seen yet.
-pub(super) const FLOW_DROP: u64 = 30_000 * MS;
+const FLOW_DROP: u64 = 30_000 * MS;
 /// Reset of an established connection: wait for the receiving side.
-pub(super) const AFTER_RESET: u64 = 100 * MS;
+const AFTER_RESET: u64 = 100 * MS;
 /// A connection reset because its listener closed: wait past the pipeline's check
 /// (200 ms after the close) of whether the listener's process exited.
-pub(super) const AFTER_LISTENER_GONE: u64 = 500 * MS;
+const AFTER_LISTENER_GONE: u64 = 500 * MS;
 /// A connect error this soon after its socket's SYN_SENT->CLOSE is the same attempt
 /// (both in one connect() call; 5.5 ms apart were seen under emulation). As long as a
 /// death waits for its errno, so that the death is still open to be joined.
-pub(super) const SAME_CONNECT: u64 = AFTER_ERRNO;
+const SAME_CONNECT: u64 = AFTER_ERRNO;
 /// Extra wait once, for the namespaces' addresses, when the server is not placed.
-pub(super) const CONTEXT_WAIT: u64 = 300 * MS;
+const CONTEXT_WAIT: u64 = 300 * MS;
 /// Extra wait once, for the firewall rules of a namespace where netfilter dropped
 /// packets of the story (live, the monitor reads them with nft and iptables-save).
-pub(super) const FIREWALL_WAIT: u64 = 1_000 * MS;
+const FIREWALL_WAIT: u64 = 1_000 * MS;
 /// Explained flows absorb their late evidence this long.
-pub(super) const DONE_FOR: u64 = 3_000 * MS;
+const DONE_FOR: u64 = 3_000 * MS;
 /// Stories with nothing to explain are forgotten after this (a connect given up by
 /// the kernel reports within about 130 s, the default SYN retries).
-pub(super) const IDLE_FOR: u64 = 180_000 * MS;
+const IDLE_FOR: u64 = 180_000 * MS;
 /// At most this many open stories: under a storm the oldest are explained early
 /// rather than memory growing.
 pub(super) const MAX_STORIES: usize = 50_000;
 /// Explained flows are remembered in generations of this many (under a storm, for
 /// less than DONE_FOR).
-pub(super) const DONE_GENERATION_CAP: usize = 32_768;
+const DONE_GENERATION_CAP: usize = 32_768;
 /// How often idle stories and expired flows are swept.
-pub(super) const SWEEP_EVERY: u64 = 1_000 * MS;
+const SWEEP_EVERY: u64 = 1_000 * MS;
 
 /// An explained flow, remembered to absorb its late evidence.
 pub(super) struct Done {
@@ -54,26 +56,86 @@ pub(super) struct Done {
     established: bool,
 }
 
-impl Engine {
-    /// Feeds one record (explanations are made by `advance`); overflow explanations,
-    /// which need no story, are appended to `out` at once.
-    pub fn push(&mut self, r: Record, out: &mut Vec<Explanation>) {
-        self.host.on_record(&r);
-        if r.kind == Kind::Overflow {
-            if let Some(e) = self.overflow(&r) {
-                if let Some(mut e) = self.emit(e, out) {
-                    e.evidence = self.timed(std::slice::from_ref(&r));
-                    out.push(e);
-                }
-            }
-            return;
+/// Questions about a story that context records answer (live, the pipeline asks its
+/// sources; a capture replays their answers): a story with one open waits for it once.
+struct Questions {
+    /// The server's namespace, or a local socket's owner.
+    context: bool,
+    /// The firewall rules of a namespace where netfilter dropped packets of the story.
+    rules: bool,
+}
+
+impl Questions {
+    /// The questions `s` has open, given what `host` knows. `rules_answered`: someone
+    /// reads firewall rules (watch's monitor); without one (probe) a story must not
+    /// wait for an answer that never comes.
+    fn of(host: &Host, s: &Story, rules_answered: bool) -> Questions {
+        Questions {
+            context: needs_context(host, s),
+            rules: rules_answered && needs_rules(host, s),
         }
+    }
+
+    /// How long to wait for the answers, if any is open.
+    fn wait(&self) -> Option<u64> {
+        if self.rules {
+            Some(FIREWALL_WAIT)
+        } else if self.context {
+            Some(CONTEXT_WAIT)
+        } else {
+            None
+        }
+    }
+}
+
+/// The open stories and when each is complete enough to be explained.
+pub(super) struct Scheduler {
+    stories: FastMap<FlowKey, Story>,
+    /// Stories' deadlines, earliest first, so that a tick costs what is due rather
+    /// than a walk over every open story. An entry whose story has since changed its
+    /// deadline (or was explained) is stale and skipped.
+    due: BinaryHeap<Reverse<(u64, FlowKey)>>,
+    last_sweep_ns: u64,
+    done: Generations<Done>,
+    wants_context: bool,
+    /// Connecting sockets that died in their owner's own connect() or close(), by
+    /// (pid, destination): a connect error reported just after is the same attempt.
+    own_connect_deaths: FastMap<(u32, SocketAddr), (FlowKey, u64)>,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler {
+            stories: FastMap::default(),
+            due: BinaryHeap::new(),
+            last_sweep_ns: 0,
+            done: Generations::new(DONE_GENERATION_CAP, DONE_FOR),
+            wants_context: false,
+            own_connect_deaths: FastMap::default(),
+        }
+    }
+}
+
+impl Scheduler {
+    /// True once after a story needed namespace addresses the engine does not have.
+    pub(super) fn take_context_request(&mut self) -> bool {
+        std::mem::take(&mut self.wants_context)
+    }
+
+    #[cfg(test)]
+    pub(super) fn open_stories(&self) -> usize {
+        self.stories.len()
+    }
+
+    /// Adds a record of a flow to its story; a story it completes (a new connection on
+    /// the same 4-tuple) goes to `ready`.
+    pub(super) fn push(&mut self, host: &Host, r: Record, ready: &mut Vec<Story>) {
         let Some(key) = FlowKey::of(&r) else { return };
         if let Some(open) = self.stories.get(&key) {
             if open.repeats(&r) {
                 // A new connection on the same 4-tuple: the open story is complete.
                 let story = self.stories.remove(&key).expect("present");
-                self.conclude(key, story, r.mono_ns, out);
+                self.conclude(key, story, r.mono_ns, ready);
             }
         } else {
             let done = self.done.key(&key);
@@ -102,7 +164,7 @@ impl Engine {
         let listener_gone = if died {
             r.netns
                 .zip(r.src)
-                .and_then(|(ns, src)| self.host.closed_with_queue(ns, src, now))
+                .and_then(|(ns, src)| host.closed_with_queue(ns, src, now))
                 .map(|c| (c.closed_ns + AFTER_LISTENER_GONE, r.src))
         } else {
             None
@@ -174,16 +236,9 @@ impl Engine {
         }
     }
 
-    /// Explains `story` (taken out of the open ones) and remembers its flow for a
-    /// while, to absorb its late evidence.
-    pub(super) fn conclude(
-        &mut self,
-        key: FlowKey,
-        story: Story,
-        now: u64,
-        out: &mut Vec<Explanation>,
-    ) {
-        let e = self.explain(&story);
+    /// Hands `story` (taken out of the open ones) over to be explained and remembers
+    /// its flow for a while, to absorb its late evidence.
+    fn conclude(&mut self, key: FlowKey, story: Story, now: u64, ready: &mut Vec<Story>) {
         let done = self.done.key(&key);
         self.done.insert(
             done,
@@ -194,21 +249,25 @@ impl Engine {
             },
             now,
         );
-        if let Some(mut e) = self.emit(e, out) {
-            e.evidence = self.timed(&story.evidence);
-            out.push(e);
-        }
+        ready.push(story);
     }
 
-    pub(super) fn schedule(&mut self, key: FlowKey, deadline: u64) {
+    fn schedule(&mut self, key: FlowKey, deadline: u64) {
         if let Some(s) = self.stories.get_mut(&key) {
             s.deadline = Some(deadline);
             self.due.push(Reverse((deadline, key)));
         }
     }
 
-    /// Explains the stories due by `now` and closes finished bursts.
-    pub fn advance(&mut self, now: u64, out: &mut Vec<Explanation>) {
+    /// Hands the stories due by `now` over to `ready`, in deadline order; a story with
+    /// questions open waits once more for their answers.
+    pub(super) fn advance(
+        &mut self,
+        now: u64,
+        host: &Host,
+        rules_answered: bool,
+        ready: &mut Vec<Story>,
+    ) {
         while let Some(&Reverse((deadline, key))) = self.due.peek() {
             if deadline > now {
                 break;
@@ -221,17 +280,16 @@ impl Engine {
                 continue;
             };
             if !story.waited_for_context {
-                let rules = self.needs_rules(&story);
-                if rules || self.needs_context(&story) {
+                let open = Questions::of(host, &story, rules_answered);
+                if let Some(wait) = open.wait() {
                     story.waited_for_context = true;
-                    self.wants_context |= !rules || self.needs_context(&story);
+                    self.wants_context |= open.context;
                     self.stories.insert(key, story);
-                    let wait = if rules { FIREWALL_WAIT } else { CONTEXT_WAIT };
                     self.schedule(key, now + wait);
                     continue;
                 }
             }
-            self.conclude(key, story, now, out);
+            self.conclude(key, story, now, ready);
         }
         if self.stories.len() > MAX_STORIES {
             let mut oldest: Vec<(u64, FlowKey)> =
@@ -259,22 +317,11 @@ impl Engine {
                 self.due = live.collect();
             }
         }
-        let closed: Vec<_> = self
-            .bursts
-            .iter()
-            .filter(|(_, b)| b.until <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in closed {
-            let b = self.bursts.remove(&k).expect("present");
-            if b.more > 0 {
-                out.push(self.summary(b));
-            }
-        }
     }
 
-    /// Explains everything still pending (end of a capture).
-    pub fn finish(&mut self, out: &mut Vec<Explanation>) {
+    /// Makes every open story due without more waiting (end of a capture): then two
+    /// `advance` passes hand them all over.
+    pub(super) fn finish(&mut self) {
         let mut waiting = Vec::new();
         for (k, s) in self.stories.iter_mut() {
             s.waited_for_context = true;
@@ -285,37 +332,33 @@ impl Engine {
         for (k, at) in waiting {
             self.schedule(k, at);
         }
-        // Twice: the first pass schedules what it finds over the stories' cap.
-        self.advance(u64::MAX / 2, out);
-        self.advance(u64::MAX / 2, out);
     }
+}
 
-    /// The server's namespace is unknown although its address might be on this host,
-    /// or a local socket's owner is unknown (live, it is being looked up in /proc).
-    fn needs_context(&self, s: &Story) -> bool {
-        (s.connect_error().is_none() && s.server().is_some() && self.server_netns(s).is_none())
-            || s.evidence.iter().any(|r| {
-                r.owner.is_none()
-                    && r.sock.is_some()
-                    && self.owner_of(r).is_none()
-                    && matches!(
-                        r.kind,
-                        Kind::RstSent | Kind::RstReceived | Kind::SynRetransmit | Kind::State
-                    )
-                    && r.old_state != Some("LISTEN")
-                    && r.new_state != Some("LISTEN")
-            })
-    }
+/// The server's namespace is unknown although its address might be on this host,
+/// or a local socket's owner is unknown (live, it is being looked up in /proc).
+fn needs_context(host: &Host, s: &Story) -> bool {
+    (s.connect_error().is_none() && s.server().is_some() && s.server_netns(host).is_none())
+        || s.evidence.iter().any(|r| {
+            r.owner.is_none()
+                && r.sock.is_some()
+                && super::story::later_owner(host, r).is_none()
+                && matches!(
+                    r.kind,
+                    Kind::RstSent | Kind::RstReceived | Kind::SynRetransmit | Kind::State
+                )
+                && r.old_state != Some("LISTEN")
+                && r.new_state != Some("LISTEN")
+        })
+}
 
-    /// Netfilter dropped packets of the story in a namespace whose rules for that port
-    /// were not read yet (live, they are being read: see `Pipeline::ask_rules`).
-    fn needs_rules(&self, s: &Story) -> bool {
-        self.rules_answered
-            && s.drops("NETFILTER_DROP").any(|r| {
-                let (Some(ns), Some(d)) = (r.netns, r.dst) else {
-                    return false;
-                };
-                self.host.firewall_rules(ns, d.port()).is_none()
-            })
-    }
+/// Netfilter dropped packets of the story in a namespace whose rules for that port
+/// were not read yet (live, they are being read: see `Pipeline::ask_rules`).
+fn needs_rules(host: &Host, s: &Story) -> bool {
+    s.drops("NETFILTER_DROP").any(|r| {
+        let (Some(ns), Some(d)) = (r.netns, r.dst) else {
+            return false;
+        };
+        host.firewall_rules(ns, d.port()).is_none()
+    })
 }

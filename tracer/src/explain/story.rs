@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::base::record::{Kind, Proc, Record};
+use crate::enrich::host::Host;
 
 /// Evidence kept per story; a flow that produces more keeps its first ones.
 const MAX_EVIDENCE: usize = 64;
@@ -367,8 +368,20 @@ impl Story {
         })
     }
 
+    /// The server's namespace, from its own evidence or, failing that, its address.
+    pub fn server_netns(&self, host: &Host) -> Option<u32> {
+        self.server_netns_seen()
+            .or_else(|| host.netns_of(self.server()?.ip(), self.client_netns()))
+    }
+
     /// The errno, or failing that the time the evidence ends.
     pub fn failure_ns(&self) -> u64 {
         self.errno_record().map_or(self.last_ns, |r| r.mono_ns)
     }
+}
+
+/// The owner the host model learnt since for the socket of `r` (a `socket` context
+/// record that came after it).
+pub fn later_owner<'a>(host: &'a Host, r: &Record) -> Option<&'a Proc> {
+    host.existing_owner(r.netns?, r.src?, r.dst?)
 }
