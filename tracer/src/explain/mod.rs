@@ -68,7 +68,7 @@ impl Engine {
     pub fn push(&mut self, r: Record, out: &mut Vec<Explanation>) {
         self.host.on_record(&r);
         if r.kind == crate::base::record::Kind::Overflow {
-            if let Some(e) = render::overflow(&self.host, &r) {
+            if let Some(e) = rules::backlog::overflow(&self.host, &r) {
                 self.emit(e, std::slice::from_ref(&r), out);
             }
             return;

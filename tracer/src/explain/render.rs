@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::{
-    rules::{self, Ctx, Finding, RULES},
+    rules::{Ctx, Finding, RULES},
     story::{later_owner, Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
 };
 use crate::base::clock::Clock;
@@ -161,93 +161,6 @@ pub(super) fn timed(clock: Option<Clock>, records: &[Record]) -> Vec<Record> {
             r
         })
         .collect()
-}
-
-/// The explanation of an `overflow` record, which stands alone (no story).
-pub(super) fn overflow(host: &Host, r: &Record) -> Option<Explanation> {
-    let listener = r.src;
-    let port = listener.map_or(0, |l| l.port());
-    let (cause, reason, fix) = match r.queue_kind {
-            Some("syn") => (
-                "syn_queue_overflow",
-                format!(
-                    "the SYN queue in netns {} overflowed: {} SYNs dropped (SYN flood, or syncookies off)",
-                    r.netns.unwrap_or(0),
-                    r.drops.unwrap_or(0)
-                ),
-                "sysctl net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog; check: nstat -az TcpExtTCPReqQFullDrop".to_string(),
-            ),
-            _ if listener.is_none() => {
-                // The queue drained before the counters' poll read the listeners: name
-                // the namespace's listeners as the candidates, never a port 0.
-                let ns = r.netns.unwrap_or(0);
-                let mut candidates: Vec<String> = host
-                    .listeners(ns)
-                    .iter()
-                    .map(|l| match &l.owner {
-                        Some(p) => format!("{} ({}[{}])", l.addr, p.comm, p.pid),
-                        None => l.addr.to_string(),
-                    })
-                    .collect();
-                candidates.sort();
-                candidates.dedup();
-                (
-                    "accept_queue_overflow",
-                    format!(
-                        "{} connection attempts were dropped in netns {ns}: an accept queue was full (it drained before its listener could be read; {})",
-                        r.drops.unwrap_or(0),
-                        if candidates.is_empty() {
-                            "no listener is known there".to_string()
-                        } else {
-                            format!("listeners there: {}", candidates.join(", "))
-                        }
-                    ),
-                    format!(
-                        "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check in netns {ns}: ss -tlnp (Recv-Q above Send-Q means full) and nstat -az TcpExtListenOverflows",
-                        r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
-                    ),
-                )
-            }
-            _ => (
-                "accept_queue_overflow",
-                format!(
-                    "{} connection attempts to {} were dropped: the accept queue of {} is full{}, it does not accept() fast enough",
-                    r.drops.unwrap_or(0),
-                    listener.map_or("a listener".into(), |l| l.to_string()),
-                    rules::who(&r.owner),
-                    r.queue.as_ref().map_or(String::new(), |q| format!(" ({} waiting, backlog {})", q.depth, q.backlog))
-                ),
-                format!(
-                    "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check: ss -tlnp 'sport = :{port}' (Recv-Q above Send-Q means full)",
-                    r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
-                ),
-            ),
-        };
-    Some(Explanation {
-        v: SCHEMA_VERSION,
-        kind: "failure",
-        time: String::new(),
-        mono_ns: r.mono_ns,
-        cause,
-        confidence: 0.9,
-        process: None,
-        culprit: r.owner.clone(),
-        netns: None,
-        server_netns: r.netns,
-        src: None,
-        dst: listener,
-        errno_name: None,
-        errno_inferred: false,
-        outcome: "overflow",
-        explanation: match listener {
-            Some(l) => format!("listener {l}: {reason}"),
-            None => reason,
-        },
-        fix,
-        count: 1,
-        window_ms: None,
-        evidence: Vec::new(),
-    })
 }
 
 fn unexplained(c: &Ctx) -> Finding {

@@ -1,7 +1,7 @@
 //! Explanation rules, one per cause, tried in order; the first that matches explains
 //! the story. Each has a stable id (the `cause` of the output), a confidence, the
 //! sentence's reason and the runbook's fix.
-mod backlog;
+pub mod backlog;
 mod firewall;
 mod ports;
 mod refusal;
