@@ -63,14 +63,13 @@ impl Engine {
         self.stories.take_context_request()
     }
 
-    /// Feeds one record (explanations are made by `advance`); overflow explanations,
-    /// which need no story, are appended to `out` at once.
+    /// Feeds one record (explanations are made by `advance`); the explanations of
+    /// records that stand alone (overflows), which need no story, are appended to
+    /// `out` at once.
     pub fn push(&mut self, r: Record, out: &mut Vec<Explanation>) {
         self.host.on_record(&r);
-        if r.kind == crate::base::record::Kind::Overflow {
-            if let Some(e) = rules::backlog::overflow(&self.host, &r) {
-                self.emit(e, std::slice::from_ref(&r), out);
-            }
+        if let Some(e) = render::explain_event(&self.host, &r) {
+            self.emit(e, std::slice::from_ref(&r), out);
             return;
         }
         let mut ready = std::mem::take(&mut self.ready);

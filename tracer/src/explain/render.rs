@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::{
-    rules::{Ctx, Finding, RULES},
+    rules::{Ctx, Finding, EVENT_RULES, RULES},
     story::{later_owner, Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
 };
 use crate::base::clock::Clock;
@@ -147,6 +147,36 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
         window_ms: None,
         evidence: Vec::new(),
     }
+}
+
+/// The explanation of a record that stands alone, if an event rule finds one. The
+/// record's local address (a listener's) is what failed.
+pub(super) fn explain_event(host: &Host, r: &Record) -> Option<Explanation> {
+    let (rule, finding) = EVENT_RULES
+        .iter()
+        .find_map(|rule| Some((rule, rule.check(host, r)?)))?;
+    Some(Explanation {
+        v: SCHEMA_VERSION,
+        kind: "failure",
+        time: String::new(),
+        mono_ns: r.mono_ns,
+        cause: finding.cause,
+        confidence: finding.confidence,
+        process: None,
+        culprit: finding.culprit,
+        netns: None,
+        server_netns: r.netns,
+        src: None,
+        dst: r.src,
+        errno_name: None,
+        errno_inferred: false,
+        outcome: rule.outcome(),
+        explanation: finding.reason,
+        fix: finding.fix,
+        count: 1,
+        window_ms: None,
+        evidence: Vec::new(),
+    })
 }
 
 /// Evidence with its wall-clock text filled in.

@@ -1,11 +1,34 @@
 //! Listener queues that overflowed: the SYN (or the final ACK) is dropped silently and
 //! the client retries until it times out.
-use super::{who, Ctx, Finding, Rule};
-use crate::base::record::{Kind, Record, SCHEMA_VERSION};
+//!
+//! The kernel's counters show an overflow even when no connection of it is seen here
+//! (its client is remote): the `overflow` record is explained on its own too.
+use super::{who, Ctx, EventRule, Finding, Rule};
+use crate::base::record::{Kind, Queue, Record};
 use crate::enrich::host::Host;
-use crate::explain::Explanation;
 
 const WINDOW_NS: u64 = 10_000_000_000;
+
+const SYN_QUEUE_FIX: &str = "sysctl net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog; check: nstat -az TcpExtTCPReqQFullDrop";
+
+/// The fix for a full accept queue, then `check`.
+fn accept_fix(somaxconn: Option<u32>, check: &str) -> String {
+    format!(
+        "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); {check}",
+        somaxconn.map_or(String::new(), |s| format!(" = {s}"))
+    )
+}
+
+/// `ss` showing whether the listener on `port` is full.
+fn ss_full(port: u16) -> String {
+    format!("ss -tlnp 'sport = :{port}' (Recv-Q above Send-Q means full)")
+}
+
+fn waiting(q: Option<&Queue>) -> String {
+    q.map_or(String::new(), |q| {
+        format!(" ({} waiting, backlog {})", q.depth, q.backlog)
+    })
+}
 
 pub struct AcceptQueueOverflow;
 
@@ -37,9 +60,7 @@ impl Rule for AcceptQueueOverflow {
             .and_then(|r| r.queue.clone())
             .or_else(|| c.story.evidence.iter().find_map(|r| r.queue.clone()));
         let somaxconn = rec.and_then(|r| r.somaxconn);
-        let q = queue.as_ref().map_or(String::new(), |q| {
-            format!(" ({} waiting, backlog {})", q.depth, q.backlog)
-        });
+        let q = waiting(queue.as_ref());
         Some(Finding {
             cause: self.id(),
             confidence: if ov.is_some() { 0.9 } else { 0.8 },
@@ -47,9 +68,12 @@ impl Rule for AcceptQueueOverflow {
                 "the accept queue of {}'s listener on port {port} is full{q}: it does not accept() connections fast enough",
                 who(&listener)
             ),
-            fix: format!(
-                "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check: ss -tlnp 'sport = :{port}' (Recv-Q above Send-Q means full), nstat -az TcpExtListenOverflows",
-                somaxconn.map_or(String::new(), |s| format!(" = {s}"))
+            fix: accept_fix(
+                somaxconn,
+                &format!(
+                    "check: {}, nstat -az TcpExtListenOverflows",
+                    ss_full(port)
+                ),
             ),
             culprit: listener,
         })
@@ -78,30 +102,42 @@ impl Rule for SynQueueOverflow {
                 "the SYN queue in netns {ns} overflowed ({} SYNs dropped): too many half-open connections (SYN flood, or syncookies off)",
                 ov.record.drops.unwrap_or(0)
             ),
-            fix: "sysctl net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog; check: nstat -az TcpExtTCPReqQFullDrop".into(),
+            fix: SYN_QUEUE_FIX.into(),
             culprit: None,
         })
     }
 }
 
-/// The explanation of an `overflow` record, which stands alone (no story).
-pub fn overflow(host: &Host, r: &Record) -> Option<Explanation> {
-    let listener = r.src;
-    let port = listener.map_or(0, |l| l.port());
-    let (cause, reason, fix) = match r.queue_kind {
-            Some("syn") => (
+/// An `overflow` record (the backlog counters' poll): a queue dropped connection
+/// attempts, whether or not any of them is seen here.
+pub struct QueueOverflowRecord;
+
+impl EventRule for QueueOverflowRecord {
+    fn id(&self) -> &'static str {
+        "accept_queue_overflow"
+    }
+
+    fn outcome(&self) -> &'static str {
+        "overflow"
+    }
+
+    fn check(&self, host: &Host, r: &Record) -> Option<Finding> {
+        if r.kind != Kind::Overflow {
+            return None;
+        }
+        let drops = r.drops.unwrap_or(0);
+        let ns = r.netns.unwrap_or(0);
+        let (cause, reason, fix) = match (r.queue_kind, r.src) {
+            (Some("syn"), _) => (
                 "syn_queue_overflow",
                 format!(
-                    "the SYN queue in netns {} overflowed: {} SYNs dropped (SYN flood, or syncookies off)",
-                    r.netns.unwrap_or(0),
-                    r.drops.unwrap_or(0)
+                    "the SYN queue in netns {ns} overflowed: {drops} SYNs dropped (SYN flood, or syncookies off)"
                 ),
-                "sysctl net.ipv4.tcp_syncookies=1, raise net.ipv4.tcp_max_syn_backlog and the listen() backlog; check: nstat -az TcpExtTCPReqQFullDrop".to_string(),
+                SYN_QUEUE_FIX.to_string(),
             ),
-            _ if listener.is_none() => {
+            (_, None) => {
                 // The queue drained before the counters' poll read the listeners: name
                 // the namespace's listeners as the candidates, never a port 0.
-                let ns = r.netns.unwrap_or(0);
                 let mut candidates: Vec<String> = host
                     .listeners(ns)
                     .iter()
@@ -113,60 +149,40 @@ pub fn overflow(host: &Host, r: &Record) -> Option<Explanation> {
                 candidates.sort();
                 candidates.dedup();
                 (
-                    "accept_queue_overflow",
+                    self.id(),
                     format!(
-                        "{} connection attempts were dropped in netns {ns}: an accept queue was full (it drained before its listener could be read; {})",
-                        r.drops.unwrap_or(0),
+                        "{drops} connection attempts were dropped in netns {ns}: an accept queue was full (it drained before its listener could be read; {})",
                         if candidates.is_empty() {
                             "no listener is known there".to_string()
                         } else {
                             format!("listeners there: {}", candidates.join(", "))
                         }
                     ),
-                    format!(
-                        "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check in netns {ns}: ss -tlnp (Recv-Q above Send-Q means full) and nstat -az TcpExtListenOverflows",
-                        r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
+                    accept_fix(
+                        r.somaxconn,
+                        &format!("check in netns {ns}: ss -tlnp (Recv-Q above Send-Q means full) and nstat -az TcpExtListenOverflows"),
                     ),
                 )
             }
-            _ => (
-                "accept_queue_overflow",
+            (_, Some(l)) => (
+                self.id(),
                 format!(
-                    "{} connection attempts to {} were dropped: the accept queue of {} is full{}, it does not accept() fast enough",
-                    r.drops.unwrap_or(0),
-                    listener.map_or("a listener".into(), |l| l.to_string()),
+                    "{drops} connection attempts to {l} were dropped: the accept queue of {} is full{}, it does not accept() fast enough",
                     who(&r.owner),
-                    r.queue.as_ref().map_or(String::new(), |q| format!(" ({} waiting, backlog {})", q.depth, q.backlog))
+                    waiting(r.queue.as_ref())
                 ),
-                format!(
-                    "make the server accept() faster or raise its listen() backlog (capped by net.core.somaxconn{}); check: ss -tlnp 'sport = :{port}' (Recv-Q above Send-Q means full)",
-                    r.somaxconn.map_or(String::new(), |s| format!(" = {s}"))
-                ),
+                accept_fix(r.somaxconn, &format!("check: {}", ss_full(l.port()))),
             ),
         };
-    Some(Explanation {
-        v: SCHEMA_VERSION,
-        kind: "failure",
-        time: String::new(),
-        mono_ns: r.mono_ns,
-        cause,
-        confidence: 0.9,
-        process: None,
-        culprit: r.owner.clone(),
-        netns: None,
-        server_netns: r.netns,
-        src: None,
-        dst: listener,
-        errno_name: None,
-        errno_inferred: false,
-        outcome: "overflow",
-        explanation: match listener {
-            Some(l) => format!("listener {l}: {reason}"),
-            None => reason,
-        },
-        fix,
-        count: 1,
-        window_ms: None,
-        evidence: Vec::new(),
-    })
+        Some(Finding {
+            cause,
+            confidence: 0.9,
+            reason: match r.src {
+                Some(l) => format!("listener {l}: {reason}"),
+                None => reason,
+            },
+            fix,
+            culprit: r.owner.clone(),
+        })
+    }
 }

@@ -1,7 +1,7 @@
 //! Explanation rules, one per cause, tried in order; the first that matches explains
 //! the story. Each has a stable id (the `cause` of the output), a confidence, the
 //! sentence's reason and the runbook's fix.
-pub mod backlog;
+mod backlog;
 mod firewall;
 mod ports;
 mod refusal;
@@ -11,7 +11,7 @@ mod unreachable;
 use std::net::SocketAddr;
 
 use super::story::Story;
-use crate::base::record::Proc;
+use crate::base::record::{Proc, Record};
 use crate::enrich::host::Host;
 
 pub struct Ctx<'a> {
@@ -58,6 +58,17 @@ pub trait Rule: Sync {
     fn id(&self) -> &'static str;
     fn check(&self, c: &Ctx) -> Option<Finding>;
 }
+
+/// A rule for a record that stands alone, with no connection to join it to (a
+/// queue overflow the kernel only counts). Its finding's reason is the whole sentence.
+pub trait EventRule: Sync {
+    fn id(&self) -> &'static str;
+    /// What happened, as the explanation's `outcome`.
+    fn outcome(&self) -> &'static str;
+    fn check(&self, host: &Host, r: &Record) -> Option<Finding>;
+}
+
+pub static EVENT_RULES: &[&dyn EventRule] = &[&backlog::QueueOverflowRecord];
 
 /// In priority order: specific evidence before inference from absence.
 pub static RULES: &[&dyn Rule] = &[
