@@ -119,4 +119,6 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;

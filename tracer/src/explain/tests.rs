@@ -1,44 +1,9 @@
 //! Rule logic on synthetic evidence (the real-kernel scenarios are in tests/).
 use super::schedule::{MAX_STORIES, MS};
+use super::testing::*;
 use super::*;
 use crate::base::record::{Kind, Record};
 use crate::base::record::{Proc, Queue};
-
-const C: &str = "10.0.0.1:40000";
-const S: &str = "10.0.0.2:8080";
-const CNS: u32 = 100;
-const SNS: u32 = 200;
-
-fn rec(kind: Kind, at_ms: u64, src: &str, dst: &str, netns: u32) -> Record {
-    let mut r = Record::new(kind, at_ms * MS, String::new());
-    r.src = Some(src.parse().unwrap());
-    r.dst = Some(dst.parse().unwrap());
-    r.netns = Some(netns);
-    r
-}
-
-fn client_owned(mut r: Record) -> Record {
-    r.owner = Some(Proc {
-        pid: 4121,
-        comm: "curl".into(),
-    });
-    r
-}
-
-fn error(at_ms: u64, errno: i32) -> Record {
-    let mut r = client_owned(rec(Kind::Error, at_ms, C, S, CNS));
-    r.errno = Some(errno);
-    r
-}
-
-fn addresses(e: &mut Engine, out: &mut Vec<Explanation>) {
-    for (ns, a) in [(CNS, "10.0.0.1"), (SNS, "10.0.0.2")] {
-        let mut r = Record::new(Kind::Addresses, 0, String::new());
-        r.netns = Some(ns);
-        r.addrs = Some(vec![a.parse().unwrap()]);
-        e.push(r, out);
-    }
-}
 
 fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut Vec<Explanation>) {
     let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
@@ -70,23 +35,6 @@ fn refusal(e: &mut Engine, at_ms: u64, out: &mut Vec<Explanation>) {
     e.push(client_owned(rec(Kind::RstReceived, at_ms, C, S, CNS)), out);
     e.push(error(at_ms, libc::ECONNREFUSED), out);
 }
-
-fn run(setup: impl FnOnce(&mut Engine, &mut Vec<Explanation>)) -> Vec<Explanation> {
-    let mut e = Engine::default();
-    let mut out = Vec::new();
-    addresses(&mut e, &mut out);
-    setup(&mut e, &mut out);
-    // Twice: a story may wait once for namespace addresses.
-    e.advance(1_000_000 * MS, &mut out);
-    e.advance(2_000_000 * MS, &mut out);
-    out
-}
-
-fn causes(out: &[Explanation]) -> Vec<&'static str> {
-    out.iter().map(|e| e.cause).collect()
-}
-
-type Setup = Box<dyn Fn(&mut Engine, &mut Vec<Explanation>)>;
 
 #[test]
 fn refusal_rules_by_listener_table() {
@@ -191,20 +139,6 @@ fn remote_refusal_when_the_server_is_not_here() {
     assert!(e.take_context_request());
     e.advance(1_000 * MS, &mut out);
     assert_eq!(causes(&out), vec!["refused_by_remote"]);
-}
-
-fn drop_syn(at_ms: u64, reason: &str) -> Record {
-    let mut d = rec(Kind::Drop, at_ms, C, S, SNS);
-    d.reason = Some(reason.into());
-    d.tcp_flags = Some("S");
-    d.location = Some("nf_hook_slow+0x4c".into());
-    d
-}
-
-fn syn_retransmit(at_ms: u64) -> Record {
-    let mut r = client_owned(rec(Kind::SynRetransmit, at_ms, C, S, CNS));
-    r.state = Some("SYN_SENT");
-    r
 }
 
 /// A `firewall_rule` record: the rules of the server's namespace blocking 8080.
@@ -1000,13 +934,6 @@ fn an_established_socket_killed_by_a_timer_without_resets_timed_out() {
         "named from the dead socket"
     );
     assert_eq!(out[0].outcome, "timed out");
-}
-
-fn python3(pid: u32) -> Option<Proc> {
-    Some(Proc {
-        pid,
-        comm: "python3".into(),
-    })
 }
 
 /// A queued child of the listener on S reset as the kernel shows it: the child dies
