@@ -76,3 +76,73 @@ pub fn python3(pid: u32) -> Option<Proc> {
         comm: "python3".into(),
     })
 }
+
+/// Evidence of the server's side: a listener opening, owned by python3[`pid`].
+pub fn listening(at_ms: u64, addr: &str, ns: u32, pid: u32) -> Record {
+    let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
+    r.old_state = Some("CLOSE");
+    r.new_state = Some("LISTEN");
+    r.owner = python3(pid);
+    r
+}
+
+/// The listener closing, in its owner's own task.
+pub fn unlistening(at_ms: u64, addr: &str, ns: u32, pid: u32) -> Record {
+    let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
+    r.old_state = Some("LISTEN");
+    r.new_state = Some("CLOSE");
+    r.owner = python3(pid);
+    r.task = python3(pid);
+    r
+}
+
+/// A refusal of C by S as the kernel shows it when both ends are here (6.10+).
+pub fn refused(at_ms: u64) -> Vec<Record> {
+    let mut rst = rec(Kind::RstSent, at_ms, S, C, SNS);
+    rst.reason = Some("NO_SOCKET".into());
+    vec![
+        rst,
+        client_owned(rec(Kind::RstReceived, at_ms, C, S, CNS)),
+        error(at_ms, libc::ECONNREFUSED),
+    ]
+}
+
+/// `r` changed by `f`: rows stay one expression each.
+pub fn with(mut r: Record, f: impl FnOnce(&mut Record)) -> Record {
+    f(&mut r);
+    r
+}
+
+/// A row of a rule's table: evidence in the order it is pushed, the cause every
+/// explanation it gives must have, and phrases their sentences or fixes must contain.
+pub struct Row {
+    pub name: &'static str,
+    pub records: Vec<Record>,
+    pub cause: &'static str,
+    pub phrases: &'static [&'static str],
+}
+
+/// Explains each row's evidence (after the namespaces' addresses) and checks it.
+pub fn check(rows: Vec<Row>) {
+    for row in rows {
+        let out = run(|e, o| {
+            for r in row.records {
+                e.push(r, o);
+            }
+        });
+        assert!(
+            !out.is_empty() && out.iter().all(|x| x.cause == row.cause),
+            "{}: want {}, got {:?}\n{out:#?}",
+            row.name,
+            row.cause,
+            causes(&out)
+        );
+        let text: String = out
+            .iter()
+            .map(|x| format!("{}\n{}\n", x.explanation, x.fix))
+            .collect();
+        for p in row.phrases {
+            assert!(text.contains(p), "{}: {p:?} not in:\n{text}", row.name);
+        }
+    }
+}

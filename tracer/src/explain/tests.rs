@@ -391,23 +391,6 @@ fn unanswered_syns_blame_the_path_when_nothing_here_dropped_them() {
 }
 
 #[test]
-fn neighbour_and_route_failures() {
-    let out = run(|e, o| {
-        e.push(syn_retransmit(1_000), o);
-        let mut d = drop_syn(2_000, "NEIGH_FAILED");
-        d.netns = Some(CNS);
-        e.push(d, o);
-        e.push(error(3_000, libc::EHOSTUNREACH), o);
-    });
-    assert_eq!(causes(&out), vec!["neighbour_unreachable"]);
-    let out = run(|e, o| {
-        e.push(syn_retransmit(1_000), o);
-        e.push(error(1_500, libc::ENETUNREACH), o);
-    });
-    assert_eq!(causes(&out), vec!["no_route"]);
-}
-
-#[test]
 fn an_established_flow_whose_next_hop_stopped_answering() {
     let out = run(|e, o| {
         let mut d = rec(Kind::Drop, 2_000, C, S, CNS);
@@ -564,20 +547,6 @@ fn application_resets_by_reason() {
         }
         assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
     }
-}
-
-#[test]
-fn established_timeout_after_retransmits() {
-    let out = run(|e, o| {
-        let mut st = client_owned(rec(Kind::State, 10_000, C, S, CNS));
-        st.old_state = Some("ESTABLISHED");
-        st.new_state = Some("CLOSE");
-        st.retransmits = Some(15);
-        e.push(st, o);
-        e.push(error(10_000, libc::ETIMEDOUT), o);
-    });
-    assert_eq!(causes(&out), vec!["flow_timeout"]);
-    assert!(out[0].explanation.contains("after 15 retransmits"));
 }
 
 #[test]

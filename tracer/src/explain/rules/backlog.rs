@@ -186,3 +186,96 @@ impl EventRule for QueueOverflowRecord {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::base::record::{Kind, Queue, Record};
+    use crate::explain::testing::*;
+
+    fn overflow(queue_kind: &'static str, listener: Option<&str>, drops: u64) -> Record {
+        let mut r = rec(Kind::Overflow, 500, S, S, SNS);
+        r.src = listener.map(|l| l.parse().unwrap());
+        r.dst = None;
+        r.queue_kind = Some(queue_kind);
+        r.drops = Some(drops);
+        r
+    }
+
+    #[test]
+    fn table() {
+        check(vec![
+            Row {
+                name: "record: a known listener's accept queue",
+                records: vec![
+                    listening(1, S, SNS, 880),
+                    with(overflow("accept", Some(S), 3), |r| {
+                        r.queue = Some(Queue {
+                            depth: 2,
+                            backlog: 1,
+                        });
+                        r.somaxconn = Some(4096);
+                        r.owner = python3(880);
+                    }),
+                ],
+                cause: "accept_queue_overflow",
+                phrases: &[
+                    "listener 10.0.0.2:8080: 3 connection attempts to 10.0.0.2:8080 were dropped: the accept queue of python3[880] is full (2 waiting, backlog 1)",
+                    "(capped by net.core.somaxconn = 4096); check: ss -tlnp 'sport = :8080' (Recv-Q above Send-Q means full)",
+                ],
+            },
+            Row {
+                name: "record: the listener not read",
+                records: vec![
+                    listening(1, S, SNS, 880),
+                    overflow("accept", None, 7),
+                ],
+                cause: "accept_queue_overflow",
+                phrases: &[
+                    "7 connection attempts were dropped in netns 200: an accept queue was full",
+                    "listeners there: 10.0.0.2:8080 (python3[880])",
+                    "check in netns 200: ss -tlnp (Recv-Q above Send-Q means full)",
+                ],
+            },
+            Row {
+                name: "record: the SYN queue",
+                records: vec![overflow("syn", Some(S), 5)],
+                cause: "syn_queue_overflow",
+                phrases: &[
+                    "listener 10.0.0.2:8080: the SYN queue in netns 200 overflowed: 5 SYNs dropped",
+                    "sysctl net.ipv4.tcp_syncookies=1",
+                ],
+            },
+            Row {
+                name: "story: SYN-ACKs retransmitted from a full queue",
+                records: vec![
+                    listening(1, S, SNS, 880),
+                    syn_retransmit(1_000),
+                    with(rec(Kind::SynackRetransmit, 1_000, S, C, SNS), |r| {
+                        r.queue = Some(Queue {
+                            depth: 5,
+                            backlog: 4,
+                        });
+                    }),
+                    error(3_000, libc::ETIMEDOUT),
+                ],
+                cause: "accept_queue_overflow",
+                phrases: &[
+                    "curl[4121] -> 10.0.0.2:8080 timed out: the accept queue of python3[880]'s listener on port 8080 is full (5 waiting, backlog 4)",
+                    "check: ss -tlnp 'sport = :8080' (Recv-Q above Send-Q means full), nstat -az TcpExtListenOverflows",
+                ],
+            },
+            Row {
+                name: "story: timeouts after a SYN queue overflow",
+                records: vec![
+                    overflow("syn", Some(S), 5),
+                    syn_retransmit(1_000),
+                    error(3_000, libc::ETIMEDOUT),
+                ],
+                cause: "syn_queue_overflow",
+                phrases: &[
+                    "curl[4121] -> 10.0.0.2:8080 timed out: the SYN queue in netns 200 overflowed (5 SYNs dropped): too many half-open connections",
+                ],
+            },
+        ]);
+    }
+}

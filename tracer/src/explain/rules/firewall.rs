@@ -325,3 +325,110 @@ impl Rule for SynUnanswered {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::base::record::{Kind, Record};
+    use crate::explain::testing::*;
+
+    const REMOTE: &str = "192.0.2.9:8080";
+
+    fn to(remote: &str, mut r: Record) -> Record {
+        r.dst = Some(remote.parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn table() {
+        check(vec![
+            Row {
+                name: "SYNs dropped by netfilter, the client timed out",
+                records: vec![
+                    drop_syn(0, "NETFILTER_DROP"),
+                    syn_retransmit(1_000),
+                    drop_syn(1_000, "NETFILTER_DROP"),
+                    error(3_000, libc::ETIMEDOUT),
+                ],
+                cause: "firewall_drop",
+                phrases: &[
+                    "curl[4121] -> 10.0.0.2:8080 timed out: a firewall rule in netns 200 drops SYNs to port 8080 (2 dropped at nf_hook_slow+0x4c)",
+                    "nft list ruleset | grep -n 'dport 8080'",
+                ],
+            },
+            Row {
+                name: "segments of an established flow dropped",
+                records: vec![
+                    with(rec(Kind::Drop, 2_000, C, S, SNS), |d| {
+                        d.reason = Some("NETFILTER_DROP".into());
+                        d.tcp_flags = Some("PA");
+                    }),
+                    with(client_owned(rec(Kind::State, 3_000, C, S, CNS)), |d| {
+                        d.old_state = Some("ESTABLISHED");
+                        d.new_state = Some("CLOSE");
+                    }),
+                    error(3_000, libc::ETIMEDOUT),
+                ],
+                cause: "firewall_drop",
+                phrases: &[
+                    "a firewall rule in netns 200 drops the packets of this established connection (1 dropped at netfilter)",
+                ],
+            },
+            Row {
+                name: "a forged reset",
+                records: vec![
+                    drop_syn(0, "NETFILTER_DROP"),
+                    client_owned(rec(Kind::RstReceived, 0, C, S, CNS)),
+                    error(0, libc::ECONNREFUSED),
+                ],
+                cause: "firewall_reject",
+                phrases: &[
+                    "rejects SYNs to port 8080 with a forged TCP reset (REJECT --reject-with tcp-reset); the TCP stack itself did not refuse",
+                ],
+            },
+            Row {
+                name: "an ICMP error from a rule here",
+                records: vec![
+                    drop_syn(0, "NETFILTER_DROP"),
+                    error(1, 0),
+                    syn_retransmit(1_000),
+                    drop_syn(1_000, "NETFILTER_DROP"),
+                    error(1_001, libc::EHOSTUNREACH),
+                ],
+                cause: "firewall_reject",
+                phrases: &["rejects SYNs to port 8080 with an ICMP error (REJECT)"],
+            },
+            Row {
+                name: "an ICMP error from off the host",
+                records: vec![
+                    to(REMOTE, error(1, 0)),
+                    to(REMOTE, syn_retransmit(1_000)),
+                    to(REMOTE, error(1_001, libc::EHOSTUNREACH)),
+                ],
+                cause: "icmp_reject",
+                phrases: &[
+                    "curl[4121] -> 192.0.2.9:8080 failed: host unreachable: an ICMP error answered the SYN (EHOSTUNREACH): a firewall REJECT or a router on the path refuses traffic to 192.0.2.9:8080",
+                    "tracepath 192.0.2.9",
+                ],
+            },
+            Row {
+                name: "SYNs to a remote server unanswered",
+                records: vec![
+                    to(REMOTE, syn_retransmit(1_000)),
+                    to(REMOTE, syn_retransmit(3_000)),
+                    to(REMOTE, error(7_000, libc::ETIMEDOUT)),
+                ],
+                cause: "syn_unanswered",
+                phrases: &[
+                    "3 SYNs to 192.0.2.9:8080 got no answer and nothing on this host dropped them",
+                    "nc -vz -w3 192.0.2.9 8080",
+                ],
+            },
+            Row {
+                name: "SYNs to a server on this host unanswered",
+                records: vec![syn_retransmit(1_000), error(3_000, libc::ETIMEDOUT)],
+                cause: "syn_unanswered",
+                phrases: &["2 SYNs to 10.0.0.2:8080 got no answer although the server is on this host"],
+            },
+        ]);
+    }
+}

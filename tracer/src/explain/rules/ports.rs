@@ -89,3 +89,72 @@ impl Rule for LocalPortsExhausted {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::base::record::{Kind, PortUse, Record};
+    use crate::explain::testing::*;
+
+    fn no_local_port(state: Option<&'static str>, ports: Option<PortUse>) -> Record {
+        with(
+            client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS)),
+            |r| {
+                r.errno = Some(libc::EADDRNOTAVAIL);
+                r.state = state;
+                r.ports = ports;
+            },
+        )
+    }
+
+    #[test]
+    fn table() {
+        let held = |established, time_wait| PortUse {
+            range: [40000, 40003],
+            established,
+            time_wait,
+            other: 0,
+        };
+        check(vec![
+            Row {
+                name: "the range used up, mostly ESTABLISHED",
+                records: vec![no_local_port(Some("SYN_SENT"), Some(held(3, 1)))],
+                cause: "local_ports_exhausted",
+                phrases: &[
+                    "curl[4121] -> 10.0.0.2:8080 failed: no free local port for a connection to 10.0.0.2:8080 in netns 100",
+                    "the ephemeral port range 40000-40003 (4 ports; net.ipv4.ip_local_port_range) is used up: 4 sockets hold ports towards 10.0.0.2:8080, 3 ESTABLISHED, 1 in TIME_WAIT",
+                    "reuse connections (a connection pool, HTTP keep-alive)",
+                ],
+            },
+            Row {
+                name: "mostly TIME_WAIT",
+                records: vec![no_local_port(Some("SYN_SENT"), Some(held(0, 4)))],
+                cause: "local_ports_exhausted",
+                phrases: &["let new connections reuse TIME_WAIT ports: sysctl -w net.ipv4.tcp_tw_reuse=1; reuse connections"],
+            },
+            Row {
+                name: "the port use not read",
+                records: vec![no_local_port(Some("SYN_SENT"), None)],
+                cause: "local_ports_exhausted",
+                phrases: &["(not measured here)"],
+            },
+            Row {
+                name: "a bound port already connected there",
+                records: vec![
+                    with(client_owned(rec(Kind::State, 10, C, S, CNS)), |d| {
+                        d.old_state = Some("SYN_SENT");
+                        d.new_state = Some("CLOSE");
+                        d.task = d.owner.clone();
+                    }),
+                    with(no_local_port(Some("SYN_SENT"), None), |r| {
+                        r.task = r.owner.clone();
+                    }),
+                ],
+                cause: "local_address_in_use",
+                phrases: &[
+                    "the socket was bound to 10.0.0.1:40000 before connect(), and 10.0.0.1:40000 already has a connection to 10.0.0.2:8080",
+                    "IP_BIND_ADDRESS_NO_PORT",
+                ],
+            },
+        ]);
+    }
+}

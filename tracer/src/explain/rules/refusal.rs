@@ -371,3 +371,98 @@ impl Rule for RefusedByRemote {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::base::record::Kind;
+    use crate::explain::testing::*;
+
+    /// A listener, then a refusal.
+    fn refused_beside(listener: crate::base::record::Record) -> Vec<crate::base::record::Record> {
+        let mut v = vec![listener];
+        v.extend(refused(10));
+        v
+    }
+
+    #[test]
+    fn table() {
+        check(vec![
+            Row {
+                name: "no listener on the port",
+                records: refused(10),
+                cause: "nothing_listening",
+                phrases: &[
+                    "curl[4121] -> 10.0.0.2:8080 refused: nothing listens on port 8080 in netns 200 (the server's kernel answered with RST, reason NO_SOCKET)",
+                    "start the service",
+                ],
+            },
+            Row {
+                name: "a listener on 127.0.0.1 only",
+                records: refused_beside(listening(1, "127.0.0.1:8080", SNS, 880)),
+                cause: "listener_other_address",
+                phrases: &["python3[880] listens on port 8080 only on 127.0.0.1, not on 10.0.0.2"],
+            },
+            Row {
+                name: "the port listens in another namespace",
+                records: refused_beside(listening(1, "0.0.0.0:8080", 300, 880)),
+                cause: "listener_other_netns",
+                phrases: &["nothing listens on port 8080 in netns 200, but python3[880] listens on 0.0.0.0:8080 in netns 300"],
+            },
+            Row {
+                name: "other ports listen",
+                records: refused_beside(listening(1, "0.0.0.0:8000", SNS, 880)),
+                cause: "wrong_port",
+                phrases: &["nothing listens on port 8080; 10.0.0.2 listens on port 8000 (wrong port?)"],
+            },
+            Row {
+                name: "the listener closed just before",
+                records: [
+                    vec![
+                        listening(1, "0.0.0.0:8080", SNS, 880),
+                        unlistening(5, "0.0.0.0:8080", SNS, 880),
+                    ],
+                    refused(2_005),
+                ]
+                .concat(),
+                cause: "service_restarting",
+                phrases: &["python3[880] listened there until it closed the socket 2.0 s ago (service restarting or down)"],
+            },
+            Row {
+                name: "the listener opened just after",
+                records: [refused(10), vec![listening(510, "0.0.0.0:8080", SNS, 880)]].concat(),
+                cause: "service_restarting",
+                phrases: &["nothing listened on port 8080 yet; python3[880] started listening on 0.0.0.0:8080 0.5 s later (not ready)"],
+            },
+            Row {
+                name: "an IPv6-only listener",
+                records: refused_beside(listening(1, "[::]:8080", SNS, 880)),
+                cause: "family_mismatch",
+                phrases: &[
+                    "python3[880] listens on [::]:8080 only for IPv6",
+                    "the client connected over IPv4 to 10.0.0.2",
+                ],
+            },
+            Row {
+                name: "refused beside a listener that takes the address",
+                records: vec![
+                    listening(1, "0.0.0.0:8080", SNS, 880),
+                    client_owned(rec(Kind::RstReceived, 10, C, S, CNS)),
+                    error(10, libc::ECONNREFUSED),
+                ],
+                cause: "firewall_reject",
+                phrases: &["python3[880] listens on 0.0.0.0:8080, yet the SYN was refused"],
+            },
+            Row {
+                name: "a remote server's RST",
+                records: vec![
+                    client_owned(rec(Kind::RstReceived, 10, C, "192.0.2.9:80", CNS)),
+                    with(error(10, libc::ECONNREFUSED), |r| {
+                        r.dst = Some("192.0.2.9:80".parse().unwrap())
+                    }),
+                ],
+                cause: "refused_by_remote",
+                phrases: &["curl[4121] -> 192.0.2.9:80 refused: 192.0.2.9 answered with RST"],
+            },
+        ]);
+    }
+}

@@ -227,3 +227,146 @@ impl Rule for ResetByPeer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::base::record::{Kind, Proc, Record};
+    use crate::explain::testing::*;
+
+    /// The server's application resets an established connection (RST `reason`, sent
+    /// in task `task`); the client gets ECONNRESET.
+    fn app_reset(reason: Option<&str>, task: u32) -> Vec<Record> {
+        vec![
+            with(rec(Kind::RstSent, 10, S, C, SNS), |r| {
+                r.reason = reason.map(Into::into);
+                r.state = Some("ESTABLISHED");
+                r.owner = python3(880);
+                r.task = Some(Proc {
+                    pid: task,
+                    comm: "x".into(),
+                });
+            }),
+            client_owned(rec(Kind::RstReceived, 10, C, S, CNS)),
+            error(10, libc::ECONNRESET),
+        ]
+    }
+
+    fn client_died(at_ms: u64, f: impl FnOnce(&mut Record)) -> Record {
+        with(client_owned(rec(Kind::State, at_ms, C, S, CNS)), |d| {
+            d.old_state = Some("ESTABLISHED");
+            d.new_state = Some("CLOSE");
+            f(d);
+        })
+    }
+
+    /// A listener closed with C's connection in its queue: the child dies in the
+    /// closing task and sends an RST with TCP_STATE; the client gets ECONNRESET.
+    fn queued_reset() -> Vec<Record> {
+        let at = |mut r: Record| {
+            r.mono_ns = 100_010_000;
+            r
+        };
+        vec![
+            listening(1, S, SNS, 880),
+            unlistening(100, S, SNS, 880),
+            at(with(rec(Kind::State, 0, S, C, SNS), |d| {
+                d.old_state = Some("ESTABLISHED");
+                d.new_state = Some("CLOSE");
+                d.owner = python3(880);
+                d.task = python3(880);
+            })),
+            at(with(rec(Kind::RstSent, 0, S, C, SNS), |r| {
+                r.state = Some("CLOSE");
+                r.reason = Some("TCP_STATE".into());
+                r.owner = python3(880);
+                r.task = python3(880);
+            })),
+            at(client_owned(rec(Kind::RstReceived, 0, C, S, CNS))),
+            at(error(0, libc::ECONNRESET)),
+        ]
+    }
+
+    #[test]
+    fn table() {
+        let peer = "192.0.2.9:6379";
+        check(vec![
+            Row {
+                name: "close with unread data",
+                records: app_reset(Some("TCP_ABORT_ON_CLOSE"), 880),
+                cause: "reset_unread_data",
+                phrases: &["curl[4121] -> 10.0.0.2:8080 reset: python3[880] closed its socket with unread data"],
+            },
+            Row {
+                name: "SO_LINGER 0",
+                records: app_reset(Some("TCP_STATE"), 880),
+                cause: "reset_linger_zero",
+                phrases: &["python3[880] aborted the connection (close with SO_LINGER 0, or a disconnect)"],
+            },
+            Row {
+                name: "data after shutdown",
+                records: app_reset(Some("TCP_ABORT_ON_DATA"), 880),
+                cause: "reset_after_shutdown",
+                phrases: &["data arrived after python3[880] had closed or shut down its socket"],
+            },
+            Row {
+                name: "TIME_WAIT",
+                records: app_reset(Some("TCP_TIMEWAIT_SOCKET"), 880),
+                cause: "reset_time_wait",
+                phrases: &["a segment arrived for a connection already in TIME_WAIT"],
+            },
+            Row {
+                name: "another reason",
+                records: app_reset(Some("NOT_SPECIFIED"), 880),
+                cause: "reset_by_application",
+                phrases: &["python3[880] reset the connection (RST reason NOT_SPECIFIED)"],
+            },
+            Row {
+                name: "no reason (before 6.10), in the owner's task",
+                records: app_reset(None, 880),
+                cause: "reset_by_application",
+                phrases: &["python3[880] reset the connection (close with unread data or SO_LINGER 0)"],
+            },
+            Row {
+                name: "keepalive, by reason",
+                records: app_reset(Some("TCP_KEEPALIVE_TIMEOUT"), 880),
+                cause: "keepalive_timeout",
+                phrases: &["keepalive probes to 10.0.0.1:40000 got no answer"],
+            },
+            Row {
+                name: "keepalive, no reason, from a timer",
+                records: app_reset(None, 0),
+                cause: "keepalive_timeout",
+                phrases: &["the kernel gave the connection up"],
+            },
+            Row {
+                name: "an established flow timed out",
+                records: vec![
+                    client_died(10_000, |d| d.retransmits = Some(15)),
+                    error(10_000, libc::ETIMEDOUT),
+                ],
+                cause: "flow_timeout",
+                phrases: &["the established connection timed out after 15 retransmits: 10.0.0.2:8080 stopped answering"],
+            },
+            Row {
+                name: "a remote peer's reset",
+                records: vec![
+                    client_owned(rec(Kind::RstReceived, 10, C, peer, CNS)),
+                    with(client_died(10, |_| {}), |d| {
+                        d.dst = Some(peer.parse().unwrap())
+                    }),
+                    with(error(10, libc::ECONNRESET), |r| {
+                        r.dst = Some(peer.parse().unwrap())
+                    }),
+                ],
+                cause: "reset_by_peer",
+                phrases: &["curl[4121] -> 192.0.2.9:6379 reset: the peer 192.0.2.9:6379 reset the connection"],
+            },
+            Row {
+                name: "a listener closed with its queue",
+                records: queued_reset(),
+                cause: "listener_closed_with_queue",
+                phrases: &["python3[880] closed its listening socket while 1 connection waited in the accept queue of 10.0.0.2:8080 (never accepted)"],
+            },
+        ]);
+    }
+}

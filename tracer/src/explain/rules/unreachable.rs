@@ -132,3 +132,99 @@ impl Rule for NeighbourUnreachable {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::base::record::{Kind, Record};
+    use crate::explain::testing::*;
+
+    fn connect_error(errno: i32) -> Record {
+        with(
+            client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS)),
+            |r| r.errno = Some(errno),
+        )
+    }
+
+    #[test]
+    fn table() {
+        check(vec![
+            Row {
+                name: "connect(): no route",
+                records: vec![connect_error(libc::ENETUNREACH)],
+                cause: "no_route",
+                phrases: &[
+                    "curl[4121] -> 10.0.0.2:8080 failed: network unreachable: there is no route to 10.0.0.2 in netns 100 (connect() failed before sending anything)",
+                    "ip route get 10.0.0.2 (run in the client's namespace)",
+                ],
+            },
+            Row {
+                name: "connect(): an unreachable route",
+                records: vec![connect_error(libc::EHOSTUNREACH)],
+                cause: "no_route",
+                phrases: &["the route to 10.0.0.2 in netns 100 is of type unreachable"],
+            },
+            Row {
+                name: "connect(): a blackhole route",
+                records: vec![connect_error(libc::EINVAL)],
+                cause: "no_route",
+                phrases: &["is a blackhole, or the address is invalid"],
+            },
+            Row {
+                name: "connect(): no usable local address",
+                records: vec![connect_error(libc::EADDRNOTAVAIL)],
+                cause: "no_route",
+                phrases: &["no usable local address or interface towards 10.0.0.2"],
+            },
+            Row {
+                name: "connect(): a prohibit route",
+                records: vec![connect_error(libc::EACCES)],
+                cause: "connect_prohibited",
+                phrases: &[
+                    "connecting to 10.0.0.2 in netns 100 is forbidden: a prohibit route, or a policy",
+                    "bpftool cgroup tree",
+                ],
+            },
+            Row {
+                name: "connect(): a policy",
+                records: vec![connect_error(libc::EPERM)],
+                cause: "connect_prohibited",
+                phrases: &["is forbidden"],
+            },
+            Row {
+                name: "a SYN sent, then ENETUNREACH",
+                records: vec![syn_retransmit(1_000), error(1_500, libc::ENETUNREACH)],
+                cause: "no_route",
+                phrases: &["there is no route to 10.0.0.2 from netns 100"],
+            },
+            Row {
+                name: "no ARP answer for a SYN",
+                records: vec![
+                    syn_retransmit(1_000),
+                    with(drop_syn(2_000, "NEIGH_FAILED"), |d| d.netns = Some(CNS)),
+                    error(3_000, libc::EHOSTUNREACH),
+                ],
+                cause: "neighbour_unreachable",
+                phrases: &[
+                    "10.0.0.2 (or the gateway towards it) never answered ARP/neighbour discovery on the local link",
+                    "ip neigh show 10.0.0.2",
+                ],
+            },
+            Row {
+                name: "no ARP answer during an established flow",
+                records: vec![
+                    with(rec(Kind::Drop, 2_000, C, S, CNS), |d| {
+                        d.reason = Some("NEIGH_FAILED".into());
+                        d.tcp_flags = Some("PA");
+                    }),
+                    with(client_owned(rec(Kind::State, 3_000, C, S, CNS)), |d| {
+                        d.old_state = Some("ESTABLISHED");
+                        d.new_state = Some("CLOSE");
+                    }),
+                    error(3_000, libc::EHOSTUNREACH),
+                ],
+                cause: "neighbour_unreachable",
+                phrases: &["stopped answering ARP/neighbour discovery during the connection"],
+            },
+        ]);
+    }
+}
