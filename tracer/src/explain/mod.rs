@@ -121,4 +121,4 @@ impl Engine {
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,6 +5,8 @@ use super::*;
 use crate::base::record::{Kind, Record};
 use crate::base::record::{Proc, Queue};
 
+pub(crate) mod golden;
+
 fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut Vec<Explanation>) {
     let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
     r.old_state = Some("CLOSE");

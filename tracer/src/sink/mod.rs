@@ -5,6 +5,8 @@
 //! (`collect`), a capture's counts by cause, port and process (`summary`). A pipeline
 //! feeds one sink; `Fanout` makes several one.
 pub mod collect;
+#[cfg(test)]
+mod golden;
 pub mod json;
 pub mod summary;
 pub mod text;
