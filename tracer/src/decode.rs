@@ -11,7 +11,7 @@ use tracer_common::{flags, ConnectInfo, DropInfo, Event, EventHeader, Hook, Sock
 
 use crate::{
     base::record::{
-        errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock, Text,
+        errno_name, Kind, OwnerSource, Proc, Queue, Record, Sock, TcpFlags, TcpState, Text,
     },
     kernel::{
         info::KernelInfo,
@@ -182,7 +182,7 @@ fn connect_error(raw: &[u8], r: &mut Record) {
     r.errno = Some(e);
     r.errno_name = errno_name(e);
     if c.state != 0 {
-        r.state = Some(tcp_state_name(c.state as i32));
+        r.state = Some(TcpState::from_kernel(c.state as i32));
     }
 }
 
@@ -194,8 +194,8 @@ fn sock_fields(raw: &[u8], hook: Hook, r: &mut Record) {
     r.dst = Some(SocketAddr::new(ip_of(s.family, s.daddr), s.dport));
     match hook {
         Hook::SetState => {
-            r.old_state = Some(tcp_state_name(s.oldstate));
-            r.new_state = Some(tcp_state_name(s.newstate));
+            r.old_state = Some(TcpState::from_kernel(s.oldstate));
+            r.new_state = Some(TcpState::from_kernel(s.newstate));
         }
         Hook::ErrorReport => {
             r.errno = Some(s.error);
@@ -204,7 +204,7 @@ fn sock_fields(raw: &[u8], hook: Hook, r: &mut Record) {
         _ => {}
     }
     if s.state != 0 {
-        r.state = Some(tcp_state_name(s.state));
+        r.state = Some(TcpState::from_kernel(s.state));
     }
 }
 
@@ -293,9 +293,9 @@ impl Decoder {
         // State 0 is "no socket" (an RST answering a SYN to a closed port).
         r.state = get(raw, &hf.state)
             .filter(|&s| s != 0)
-            .map(|s| tcp_state_name(s as i32));
-        r.old_state = get(raw, &hf.oldstate).map(|s| tcp_state_name(s as i32));
-        r.new_state = get(raw, &hf.newstate).map(|s| tcp_state_name(s as i32));
+            .map(|s| TcpState::from_kernel(s as i32));
+        r.old_state = get(raw, &hf.oldstate).map(|s| TcpState::from_kernel(s as i32));
+        r.new_state = get(raw, &hf.newstate).map(|s| TcpState::from_kernel(s as i32));
         if hook == Hook::SendReset {
             r.reason = get(raw, &hf.reason).map(|v| name(&self.rst_reasons, v as u64));
         }
@@ -319,7 +319,7 @@ impl Decoder {
                 pid: h.owner_tgid,
                 comm: self.comm(&h.owner_comm),
             });
-            r.owner_source = Some("kernel");
+            r.owner_source = Some(OwnerSource::Kernel);
         }
         let pid = (h.cur_pid_tgid >> 32) as u32;
         r.task = Some(Proc {
@@ -353,7 +353,7 @@ impl Decoder {
         if d.parsed != 0 {
             r.src = Some(SocketAddr::new(ip_of(d.family, d.saddr), d.sport));
             r.dst = Some(SocketAddr::new(ip_of(d.family, d.daddr), d.dport));
-            r.tcp_flags = Some(tcp_flags_str(d.tcp_flags));
+            r.tcp_flags = Some(TcpFlags::from_bits(d.tcp_flags));
         }
     }
 }
@@ -509,7 +509,7 @@ mod tests {
         });
         let r = d.decode(&bytes).unwrap();
         assert_eq!(r.reason.as_deref(), Some("NO_SOCKET"));
-        assert_eq!(r.state, Some("CLOSE"));
+        assert_eq!(r.state, Some(TcpState::Close));
         assert_eq!(r.src, Some("10.0.0.2:8080".parse().unwrap()));
         assert_eq!(r.dst, Some("10.0.0.1:40000".parse().unwrap()));
     }
@@ -558,7 +558,7 @@ mod tests {
             assert_eq!(r.dst, Some(want_dst.parse().unwrap()));
             assert_eq!(
                 (r.old_state, r.new_state),
-                (Some("SYN_SENT"), Some("CLOSE"))
+                (Some(TcpState::SynSent), Some(TcpState::Close))
             );
             assert_eq!(r.state, None);
             assert_eq!(r.owner.as_ref().map(|o| o.pid), Some(4121));
@@ -581,7 +581,7 @@ mod tests {
         });
         bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO;
         let r = d.decode(&bytes).unwrap();
-        assert_eq!((r.state, r.errno), (Some("SYN_SENT"), None));
+        assert_eq!((r.state, r.errno), (Some(TcpState::SynSent), None));
     }
 
     #[test]

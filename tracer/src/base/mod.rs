@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod generations;
 pub mod private_file;
+pub mod reasons;
 pub mod record;
 pub mod workload;
 

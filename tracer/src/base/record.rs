@@ -7,6 +7,7 @@ use std::{
 };
 
 use serde::{Serialize, Serializer};
+use tracer_common::Hook;
 
 /// Immutable shared text (process names, kernel reason and symbol names). Records are
 /// cloned into stories and explanations and these names repeat across a storm, so a
@@ -28,10 +29,6 @@ impl Serialize for Sock {
         s.collect_str(self)
     }
 }
-
-/// Why events were lost, in a loss record's `reason`.
-pub const LOST_RING_FULL: &str = "RINGBUF_FULL";
-pub const LOST_RECURSION: &str = "RECURSION";
 
 /// Version of the JSON Lines schema, carried by every record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -219,12 +216,13 @@ pub struct Record {
     pub dst: Option<SocketAddr>,
     /// TCP state of the socket (RST and retransmit events).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<&'static str>,
+    pub state: Option<TcpState>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub old_state: Option<&'static str>,
+    pub old_state: Option<TcpState>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_state: Option<&'static str>,
-    /// Kernel reason name: sk_rst_reason for RSTs, skb_drop_reason for drops.
+    pub new_state: Option<TcpState>,
+    /// Kernel reason name: sk_rst_reason for RSTs, skb_drop_reason for drops (the
+    /// names rstrace acts on are in `base::reasons`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Text>,
     /// errno number handed to the application (error records).
@@ -236,10 +234,9 @@ pub struct Record {
     /// Process owning the socket (from socket ownership, never the softirq's task).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<Proc>,
-    /// How the owner was found: "kernel" (ownership map), "socket" (joined on the
-    /// 4-tuple of another event of the same socket), "listener", or "proc".
+    /// How the owner was found.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner_source: Option<&'static str>,
+    pub owner_source: Option<OwnerSource>,
     /// Task that happened to run the hook; only meaningful in process context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<Proc>,
@@ -252,9 +249,9 @@ pub struct Record {
     /// Listener accept queue at the time of the event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<Queue>,
-    /// Overflow records: which queue ("accept" or "syn").
+    /// Overflow records: which queue.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_kind: Option<&'static str>,
+    pub queue_kind: Option<QueueKind>,
     /// Overflow records: connections dropped since the previous record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drops: Option<u64>,
@@ -263,10 +260,13 @@ pub struct Record {
     pub location: Option<Text>,
     /// Drop records: TCP flags of the dropped segment, e.g. "S" or "A".
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_flags: Option<&'static str>,
-    /// Loss records: the hook whose events were lost.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hook: Option<&'static str>,
+    pub tcp_flags: Option<TcpFlags>,
+    /// Loss records: the hook whose events were lost, by its program's name.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_hook"
+    )]
+    pub hook: Option<Hook>,
     /// Loss records: events lost since the previous loss record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
@@ -328,24 +328,6 @@ impl Record {
     }
 }
 
-pub fn tcp_state_name(s: i32) -> &'static str {
-    match s {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
-}
-
 pub fn errno_name(e: i32) -> Option<&'static str> {
     Some(match e {
         libc::ECONNREFUSED => "ECONNREFUSED",
@@ -368,6 +350,120 @@ pub fn errno_name(e: i32) -> Option<&'static str> {
     })
 }
 
+/// A socket's TCP state (`enum` in include/net/tcp_states.h). The discriminant is
+/// the kernel's value and the capture format's code; a value this build does not
+/// know (a newer kernel's) is `Unknown`, code 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(u8)]
+pub enum TcpState {
+    Unknown = 0,
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 13] = [
+        TcpState::Unknown,
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    /// The state of the kernel's value `v`.
+    pub fn from_kernel(v: i32) -> TcpState {
+        usize::try_from(v)
+            .ok()
+            .and_then(|i| TcpState::ALL.get(i))
+            .copied()
+            .unwrap_or(TcpState::Unknown)
+    }
+
+    /// The kernel's name without its `TCP_` prefix, as the JSON has it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Unknown => "UNKNOWN",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a record's owner was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerSource {
+    /// The kernel's ownership map, filled at connect, listen and accept.
+    Kernel,
+    /// Joined on the 4-tuple of another event of the same socket.
+    Socket,
+    /// The listener's owner (a connection not accepted yet).
+    Listener,
+    /// Read from /proc (sockets older than rstrace, or looked up by their 4-tuple).
+    Proc,
+}
+
+/// Which queue of a listener overflowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    /// Established connections waiting for accept().
+    Accept,
+    /// Half-open connections (SYN received, SYN-ACK sent).
+    Syn,
+}
+
+impl QueueKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueKind::Accept => "accept",
+            QueueKind::Syn => "syn",
+        }
+    }
+}
+
+fn serialize_hook<S: Serializer>(h: &Option<Hook>, s: S) -> Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => s.serialize_str(h.program()),
+        None => s.serialize_none(),
+    }
+}
+
 const FLAG_NAMES: [(u8, char); 6] = [
     (0x02, 'S'),
     (0x10, 'A'),
@@ -377,29 +473,112 @@ const FLAG_NAMES: [(u8, char); 6] = [
     (0x20, 'U'),
 ];
 
-/// The named TCP flags of `f` as letters, e.g. "S" or "SA" (ECE and CWR are not named).
-pub fn tcp_flags_str(f: u8) -> &'static str {
-    static TABLE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        (0..64u8)
-            .map(|f| {
-                let s: String = FLAG_NAMES
-                    .iter()
-                    .filter(|(b, _)| f & b != 0)
-                    .map(|(_, c)| *c)
-                    .collect();
-                &*Box::leak(s.into_boxed_str())
-            })
-            .collect()
-    });
-    table[(f & 0x3f) as usize]
+/// The TCP flags of a segment that rstrace names (FIN, SYN, RST, PSH, ACK, URG; ECE
+/// and CWR are dropped). Written as letters, e.g. "S" or "SA", in the JSON, the text
+/// and the capture format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags(u8);
+
+impl TcpFlags {
+    pub const FIN: TcpFlags = TcpFlags(0x01);
+    pub const SYN: TcpFlags = TcpFlags(0x02);
+    pub const RST: TcpFlags = TcpFlags(0x04);
+    pub const PSH: TcpFlags = TcpFlags(0x08);
+    pub const ACK: TcpFlags = TcpFlags(0x10);
+    pub const URG: TcpFlags = TcpFlags(0x20);
+
+    /// The flags of the TCP header's flag byte `b`.
+    pub const fn from_bits(b: u8) -> TcpFlags {
+        TcpFlags(b & 0x3f)
+    }
+
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// True when every flag of `other` is set.
+    pub const fn contains(self, other: TcpFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The flags as letters, e.g. "S" or "SA".
+    pub fn letters(self) -> &'static str {
+        static TABLE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+        let table = TABLE.get_or_init(|| {
+            (0..64u8)
+                .map(|f| {
+                    let s: String = FLAG_NAMES
+                        .iter()
+                        .filter(|(b, _)| f & b != 0)
+                        .map(|(_, c)| *c)
+                        .collect();
+                    &*Box::leak(s.into_boxed_str())
+                })
+                .collect()
+        });
+        table[self.0 as usize]
+    }
+
+    /// The flags written by `letters`, from their letters; None for anything else.
+    pub fn parse(s: &str) -> Option<TcpFlags> {
+        let mut f = 0u8;
+        for c in s.chars() {
+            f |= FLAG_NAMES.iter().find(|(_, n)| *n == c)?.0;
+        }
+        let f = TcpFlags(f);
+        (f.letters() == s).then_some(f)
+    }
 }
 
-/// The flags written by `tcp_flags_str`, from their letters; None for anything else.
-pub fn tcp_flags_parse(s: &str) -> Option<u8> {
-    let mut f = 0u8;
-    for c in s.chars() {
-        f |= FLAG_NAMES.iter().find(|(_, n)| *n == c)?.0;
+impl std::ops::BitOr for TcpFlags {
+    type Output = TcpFlags;
+
+    fn bitor(self, rhs: TcpFlags) -> TcpFlags {
+        TcpFlags(self.0 | rhs.0)
     }
-    (tcp_flags_str(f) == s).then_some(f)
+}
+
+impl fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.letters())
+    }
+}
+
+impl Serialize for TcpFlags {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.letters())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    #[test]
+    fn enum_names_are_their_json() {
+        for s in TcpState::ALL {
+            assert_eq!(json(&s), format!("\"{}\"", s.name()));
+            assert_eq!(TcpState::from_kernel(s as i32), s);
+        }
+        assert_eq!(TcpState::from_kernel(13), TcpState::Unknown);
+        assert_eq!(TcpState::from_kernel(-1), TcpState::Unknown);
+        for q in [QueueKind::Accept, QueueKind::Syn] {
+            assert_eq!(json(&q), format!("\"{}\"", q.name()));
+        }
+    }
+
+    #[test]
+    fn tcp_flags_read_back_from_their_letters() {
+        for b in 0..=255u8 {
+            let f = TcpFlags::from_bits(b);
+            assert_eq!(TcpFlags::parse(f.letters()), Some(f));
+        }
+        assert_eq!(TcpFlags::from_bits(0x12).letters(), "SA");
+        assert_eq!(TcpFlags::parse("AS"), None);
+        assert_eq!(TcpFlags::parse("X"), None);
+    }
 }

@@ -7,9 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
+use tracer_common::Hook;
+
 use crate::base::record::{
-    errno_name, tcp_flags_parse, tcp_flags_str, tcp_state_name, FirewallRule, Kind, PortUse, Proc,
-    Queue, Record, Sock, Text,
+    errno_name, FirewallRule, Kind, OwnerSource, PortUse, Proc, Queue, QueueKind, Record, Sock,
+    TcpFlags, TcpState, Text,
 };
 use crate::base::FastMap;
 
@@ -85,38 +87,41 @@ fn kind_of(c: u8) -> Option<Kind> {
     KINDS.iter().find(|(_, cc)| *cc == c).map(|(k, _)| *k)
 }
 
-const OWNER_SOURCES: [&str; 4] = ["kernel", "socket", "listener", "proc"];
-const QUEUE_KINDS: [&str; 2] = ["accept", "syn"];
+// Stable codes of the enumerated fields (never renumbered). A TCP state is the
+// kernel's value (0 for one this build does not know), a hook its tracer_common value.
 
-fn state_code(s: &str) -> u64 {
-    (1..=12).find(|&n| tcp_state_name(n) == s).unwrap_or(0) as u64
+fn owner_source_code(s: OwnerSource) -> u64 {
+    match s {
+        OwnerSource::Kernel => 1,
+        OwnerSource::Socket => 2,
+        OwnerSource::Listener => 3,
+        OwnerSource::Proc => 4,
+    }
 }
 
-fn static_index(table: &[&'static str], s: &str) -> u64 {
-    table
-        .iter()
-        .position(|t| *t == s)
-        .map_or(0, |i| i as u64 + 1)
+fn owner_source_of(c: u64) -> R<OwnerSource> {
+    Ok(match c {
+        1 => OwnerSource::Kernel,
+        2 => OwnerSource::Socket,
+        3 => OwnerSource::Listener,
+        4 => OwnerSource::Proc,
+        _ => return Err(CodecError::Bad("enumerated value")),
+    })
 }
 
-fn static_at(table: &[&'static str], i: u64) -> R<&'static str> {
-    table
-        .get((i as usize).wrapping_sub(1))
-        .copied()
-        .ok_or(CodecError::Bad("enumerated value"))
+fn queue_kind_code(k: QueueKind) -> u64 {
+    match k {
+        QueueKind::Accept => 1,
+        QueueKind::Syn => 2,
+    }
 }
 
-fn hook_name(i: u64) -> R<&'static str> {
-    tracer_common::Hook::from_u8(i as u8)
-        .map(|h| h.program())
-        .ok_or(CodecError::Bad("hook"))
-}
-
-fn hook_index(name: &str) -> u64 {
-    tracer_common::Hook::ALL
-        .iter()
-        .position(|h| h.program() == name)
-        .unwrap_or(0) as u64
+fn queue_kind_of(c: u64) -> R<QueueKind> {
+    Ok(match c {
+        1 => QueueKind::Accept,
+        2 => QueueKind::Syn,
+        _ => return Err(CodecError::Bad("enumerated value")),
+    })
 }
 
 // Presence bits, in encoding order.
@@ -273,7 +278,7 @@ impl ChunkEncoder {
             self.addr(a);
         }
         for s in [r.state, r.old_state, r.new_state].into_iter().flatten() {
-            put_varint(&mut self.scratch, state_code(s));
+            put_varint(&mut self.scratch, s as u64);
         }
         if let Some(s) = &r.reason {
             let i = self.string(s);
@@ -286,7 +291,7 @@ impl ChunkEncoder {
             self.proc_(p);
         }
         if let Some(s) = r.owner_source {
-            put_varint(&mut self.scratch, static_index(&OWNER_SOURCES, s));
+            put_varint(&mut self.scratch, owner_source_code(s));
         }
         if let Some(p) = &r.task {
             self.proc_(p);
@@ -303,7 +308,7 @@ impl ChunkEncoder {
             put_varint(&mut self.scratch, q.backlog as u64);
         }
         if let Some(k) = r.queue_kind {
-            put_varint(&mut self.scratch, static_index(&QUEUE_KINDS, k));
+            put_varint(&mut self.scratch, queue_kind_code(k));
         }
         if let Some(d) = r.drops {
             put_varint(&mut self.scratch, d);
@@ -312,12 +317,12 @@ impl ChunkEncoder {
             let i = self.string(s);
             put_varint(&mut self.scratch, i);
         }
-        if let Some(s) = r.tcp_flags {
-            let i = self.string(s);
+        if let Some(f) = r.tcp_flags {
+            let i = self.string(f.letters());
             put_varint(&mut self.scratch, i);
         }
         if let Some(h) = r.hook {
-            put_varint(&mut self.scratch, hook_index(h));
+            put_varint(&mut self.scratch, h as u64);
         }
         if let Some(n) = r.lost {
             put_varint(&mut self.scratch, n);
@@ -506,7 +511,7 @@ fn decode_fields(
             comm: string(b)?,
         })
     };
-    let state = |b: &mut &[u8]| -> R<&'static str> { Ok(tcp_state_name(get_varint(b)? as i32)) };
+    let state = |b: &mut &[u8]| -> R<TcpState> { Ok(TcpState::from_kernel(get_varint(b)? as i32)) };
     let has = |bit: u32| bits & bit != 0;
     if has(NETNS) {
         r.netns = Some(value(b)? as u32);
@@ -538,7 +543,7 @@ fn decode_fields(
         r.owner = Some(proc_(b)?);
     }
     if has(OWNER_SOURCE) {
-        r.owner_source = Some(static_at(&OWNER_SOURCES, get_varint(b)?)?);
+        r.owner_source = Some(owner_source_of(get_varint(b)?)?);
     }
     if has(TASK) {
         r.task = Some(proc_(b)?);
@@ -557,7 +562,7 @@ fn decode_fields(
         });
     }
     if has(QUEUE_KIND) {
-        r.queue_kind = Some(static_at(&QUEUE_KINDS, get_varint(b)?)?);
+        r.queue_kind = Some(queue_kind_of(get_varint(b)?)?);
     }
     if has(DROPS) {
         r.drops = Some(get_varint(b)?);
@@ -567,10 +572,10 @@ fn decode_fields(
     }
     if has(TCP_FLAGS) {
         // Letters other than the ones rstrace writes drop the field, not the chunk.
-        r.tcp_flags = tcp_flags_parse(&string(b)?).map(tcp_flags_str);
+        r.tcp_flags = TcpFlags::parse(&string(b)?);
     }
     if has(HOOK) {
-        r.hook = Some(hook_name(get_varint(b)?)?);
+        r.hook = Some(Hook::from_u8(get_varint(b)? as u8).ok_or(CodecError::Bad("hook"))?);
     }
     if has(LOST) {
         r.lost = Some(get_varint(b)?);

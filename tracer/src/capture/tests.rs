@@ -11,7 +11,7 @@ use super::{
     file::{CaptureWriter, Header, Reader, RotatePolicy},
 };
 use crate::base::record::{
-    errno_name, tcp_flags_str, tcp_state_name, Kind, Proc, Queue, Record, Sock,
+    errno_name, Kind, OwnerSource, Proc, Queue, QueueKind, Record, Sock, TcpFlags, TcpState,
 };
 
 const KINDS: [Kind; 15] = [
@@ -50,8 +50,8 @@ fn arb_proc() -> impl Strategy<Value = Proc> {
     })
 }
 
-fn arb_state() -> impl Strategy<Value = &'static str> {
-    (1i32..=12).prop_map(tcp_state_name)
+fn arb_state() -> impl Strategy<Value = TcpState> {
+    prop::sample::select(TcpState::ALL.to_vec())
 }
 
 prop_compose! {
@@ -86,11 +86,11 @@ prop_compose! {
         reason in proptest::option::of("[A-Z_]{1,24}"),
         errno in proptest::option::of(-200i32..200),
         owner in proptest::option::of(arb_proc()),
-        owner_source in proptest::option::of(prop::sample::select(vec!["kernel", "socket", "listener", "proc"])),
+        owner_source in proptest::option::of(prop::sample::select(vec![OwnerSource::Kernel, OwnerSource::Socket, OwnerSource::Listener, OwnerSource::Proc])),
         task in proptest::option::of(arb_proc()),
         sock in proptest::option::of(any::<u64>()),
         numbers in (proptest::option::of(any::<u32>()), proptest::option::of((any::<u32>(), any::<u32>())), proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>())),
-        queue_kind in proptest::option::of(prop::sample::select(vec!["accept", "syn"])),
+        queue_kind in proptest::option::of(prop::sample::select(vec![QueueKind::Accept, QueueKind::Syn])),
         strings in (proptest::option::of(".{0,40}"), proptest::option::of(0u8..64)),
         hook in proptest::option::of(0..tracer_common::Hook::COUNT),
         addrs in proptest::option::of(proptest::collection::vec(arb_ip(), 0..5)),
@@ -117,8 +117,8 @@ prop_compose! {
         r.somaxconn = numbers.4;
         r.queue_kind = queue_kind;
         r.location = strings.0.map(Into::into);
-        r.tcp_flags = strings.1.map(tcp_flags_str);
-        r.hook = hook.map(|h| tracer_common::Hook::ALL[h].program());
+        r.tcp_flags = strings.1.map(TcpFlags::from_bits);
+        r.hook = hook.map(|h| tracer_common::Hook::ALL[h]);
         r.addrs = addrs;
         r.v6only = v6only;
         r.rules = rules;

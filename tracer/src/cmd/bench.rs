@@ -14,7 +14,8 @@ use tracer_common::KernelOffsets;
 use crate::{
     base::{
         clock::Clock,
-        record::{errno_name, Kind, Proc, Record, Sock},
+        reasons,
+        record::{errno_name, Kind, OwnerSource, Proc, Record, Sock, TcpFlags, TcpState},
     },
     capture::{CaptureWriter, Header, Reader, RotatePolicy},
     kernel::{btf::KernelBtf, info::KernelInfo, privileges, probes::Probes, tracefs},
@@ -78,20 +79,20 @@ pub fn refused_storm(n: u64) -> Vec<Record> {
             r
         };
         let mut rst = mk(Kind::RstSent, 0, server, client, 4026532301);
-        rst.reason = Some("NO_SOCKET".into());
+        rst.reason = Some(reasons::NO_SOCKET.into());
         let mut drop = mk(Kind::Drop, 1_000, client, server, 4026532301);
-        drop.reason = Some("NO_SOCKET".into());
+        drop.reason = Some(reasons::NO_SOCKET.into());
         drop.location = Some("tcp_v4_rcv+0x91".into());
-        drop.tcp_flags = Some("S");
+        drop.tcp_flags = Some(TcpFlags::SYN);
         let mut recv = mk(Kind::RstReceived, 2_000, client, server, 4026532230);
         recv.owner = Some(curl.clone());
-        recv.owner_source = Some("kernel");
+        recv.owner_source = Some(OwnerSource::Kernel);
         recv.sock = Some(sock);
         let mut st = mk(Kind::State, 3_000, client, server, 4026532230);
-        st.old_state = Some("SYN_SENT");
-        st.new_state = Some("CLOSE");
+        st.old_state = Some(TcpState::SynSent);
+        st.new_state = Some(TcpState::Close);
         st.owner = Some(curl.clone());
-        st.owner_source = Some("kernel");
+        st.owner_source = Some(OwnerSource::Kernel);
         st.sock = Some(sock);
         let mut err = mk(Kind::Error, 4_000, client, server, 4026532230);
         err.errno = Some(111);

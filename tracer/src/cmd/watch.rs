@@ -23,7 +23,7 @@ use tracer_common::{Hook, KernelOffsets, ListenKey, ListenOwner, SockOwner};
 use crate::{
     base::{
         clock::Clock,
-        record::{LOST_RECURSION, LOST_RING_FULL},
+        reasons::{LOST_RECURSION, LOST_RING_FULL},
     },
     capture::{CaptureWriter, Header, RotatePolicy},
     decode::Decoder,

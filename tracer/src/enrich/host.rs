@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     base::{
-        record::{FirewallRule, Kind, Proc, Record, Sock, Text},
+        record::{FirewallRule, Kind, Proc, Record, Sock, TcpState, Text},
         FastMap,
     },
     source::context,
@@ -80,7 +80,7 @@ pub struct Host {
     overflows: VecDeque<OverflowSeen>,
     /// Owners of connected sockets that existed before the agent saw their namespace,
     /// by (netns, local, remote), until they die.
-    existing: FastMap<(u32, SocketAddr, SocketAddr), (Proc, &'static str)>,
+    existing: FastMap<(u32, SocketAddr, SocketAddr), (Proc, TcpState)>,
     /// The latest read of each namespace's rules dropping or rejecting a port, by
     /// (netns, port): the rules (empty: none found) and what could not be read.
     /// (The destination of the dropped packet they were read for is kept too.)
@@ -151,7 +151,7 @@ impl Host {
                 if let (Some(ns), Some(s), Some(d), Some(o)) = (r.netns, r.src, r.dst, &r.owner) {
                     if self.existing.len() < MAX_EXISTING || self.existing.contains_key(&(ns, s, d))
                     {
-                        let state = r.state.unwrap_or("ESTABLISHED");
+                        let state = r.state.unwrap_or(TcpState::Established);
                         self.existing.insert((ns, s, d), (o.clone(), state));
                     }
                 }
@@ -160,7 +160,7 @@ impl Host {
                 let (Some(ns), Some(addr)) = (r.netns, r.src) else {
                     return;
                 };
-                if r.new_state == Some("CLOSE") && r.old_state != Some("LISTEN") {
+                if r.new_state == Some(TcpState::Close) && r.old_state != Some(TcpState::Listen) {
                     if let Some(d) = r.dst {
                         self.existing.remove(&(ns, addr, d));
                     }
@@ -170,7 +170,7 @@ impl Host {
                     }
                 }
                 match (r.old_state, r.new_state) {
-                    (Some("CLOSE"), Some("LISTEN")) => {
+                    (Some(TcpState::Close), Some(TcpState::Listen)) => {
                         let v = self.listeners.entry(ns).or_default();
                         // Another socket on the address stays: SO_REUSEPORT, or a
                         // listen() about to fail with EADDRINUSE (which the kernel
@@ -185,7 +185,7 @@ impl Host {
                             v6only: r.v6only,
                         });
                     }
-                    (Some("LISTEN"), Some("CLOSE")) => {
+                    (Some(TcpState::Listen), Some(TcpState::Close)) => {
                         let v = self.listeners.entry(ns).or_default();
                         let by_sock = r.sock.is_some() && v.iter().any(|l| l.sock == r.sock);
                         let mut gone: Vec<Listening> = Vec::new();
@@ -342,7 +342,10 @@ impl Host {
     /// still in its accept queue): closed just before, on that address, by the task
     /// the death runs in. An accepted connection the application aborts later is not.
     fn queue_reset_by(&mut self, netns: u32, local: SocketAddr, r: &Record) -> Option<&mut Closed> {
-        if !matches!(r.old_state, Some("ESTABLISHED" | "SYN_RECV" | "CLOSE_WAIT")) {
+        if !matches!(
+            r.old_state,
+            Some(TcpState::Established | TcpState::SynRecv | TcpState::CloseWait)
+        ) {
             return None;
         }
         let task = r.task.as_ref()?.pid;
@@ -395,7 +398,7 @@ impl Host {
                 time.to_string(),
                 *ns,
                 (*s, *d),
-                state,
+                *state,
                 owner.clone(),
             ));
         }
@@ -457,14 +460,7 @@ impl Host {
 mod tests {
     use super::*;
 
-    fn state(
-        ns: u32,
-        addr: &str,
-        old: &'static str,
-        new: &'static str,
-        at: u64,
-        pid: u32,
-    ) -> Record {
+    fn state(ns: u32, addr: &str, old: TcpState, new: TcpState, at: u64, pid: u32) -> Record {
         let mut r = Record::new(Kind::State, at, String::new());
         r.netns = Some(ns);
         r.src = Some(addr.parse().unwrap());
@@ -494,12 +490,26 @@ mod tests {
     #[test]
     fn tracks_listeners_and_their_closing() {
         let mut h = Host::default();
-        h.on_record(&state(1, "0.0.0.0:8080", "CLOSE", "LISTEN", 10, 7));
+        h.on_record(&state(
+            1,
+            "0.0.0.0:8080",
+            TcpState::Close,
+            TcpState::Listen,
+            10,
+            7,
+        ));
         let d: SocketAddr = "10.0.0.2:8080".parse().unwrap();
         assert_eq!(h.listener_for(1, d).unwrap().owner.as_ref().unwrap().pid, 7);
         assert!(h.listener_for(2, d).is_none());
         assert_eq!(h.elsewhere(2, 8080).len(), 1);
-        h.on_record(&state(1, "0.0.0.0:8080", "LISTEN", "CLOSE", 20, 7));
+        h.on_record(&state(
+            1,
+            "0.0.0.0:8080",
+            TcpState::Listen,
+            TcpState::Close,
+            20,
+            7,
+        ));
         assert!(h.listener_for(1, d).is_none());
         let c = h
             .recently_closed(1, 8080, 1_000_000_020, 5_000_000_000)
@@ -511,8 +521,22 @@ mod tests {
         assert!(h.recently_closed(1, 9090, 30, 5_000_000_000).is_none());
         // Opened after the moment asked about (and closed just after it): it was not
         // listening then.
-        h.on_record(&state(1, "0.0.0.0:9000", "CLOSE", "LISTEN", 1_000_100, 7));
-        h.on_record(&state(1, "0.0.0.0:9000", "LISTEN", "CLOSE", 1_000_300, 7));
+        h.on_record(&state(
+            1,
+            "0.0.0.0:9000",
+            TcpState::Close,
+            TcpState::Listen,
+            1_000_100,
+            7,
+        ));
+        h.on_record(&state(
+            1,
+            "0.0.0.0:9000",
+            TcpState::Listen,
+            TcpState::Close,
+            1_000_300,
+            7,
+        ));
         assert!(h
             .recently_closed(1, 9000, 1_000_000, 5_000_000_000)
             .is_none());
@@ -528,7 +552,7 @@ mod tests {
         for seen_opening in [true, false] {
             let mut h = Host::default();
             if seen_opening {
-                let mut open = state(1, "0.0.0.0:8080", "CLOSE", "LISTEN", 10, 7);
+                let mut open = state(1, "0.0.0.0:8080", TcpState::Close, TcpState::Listen, 10, 7);
                 open.sock = Some(Sock(0xa));
                 h.on_record(&open);
             } else {
@@ -542,9 +566,9 @@ mod tests {
                 h.on_record(&l);
             }
             // listen() on the same address by another socket fails with EADDRINUSE.
-            let mut try_open = state(1, "0.0.0.0:8080", "CLOSE", "LISTEN", 20, 9);
+            let mut try_open = state(1, "0.0.0.0:8080", TcpState::Close, TcpState::Listen, 20, 9);
             try_open.sock = Some(Sock(0xb));
-            let mut fail = state(1, "0.0.0.0:8080", "LISTEN", "CLOSE", 21, 9);
+            let mut fail = state(1, "0.0.0.0:8080", TcpState::Listen, TcpState::Close, 21, 9);
             fail.sock = Some(Sock(0xb));
             h.on_record(&try_open);
             h.on_record(&fail);
@@ -561,8 +585,22 @@ mod tests {
     #[test]
     fn a_stale_snapshot_does_not_resurrect_a_closed_listener() {
         let mut h = Host::default();
-        h.on_record(&state(1, "10.0.0.2:80", "CLOSE", "LISTEN", 10, 7));
-        h.on_record(&state(1, "10.0.0.2:80", "LISTEN", "CLOSE", 30, 7));
+        h.on_record(&state(
+            1,
+            "10.0.0.2:80",
+            TcpState::Close,
+            TcpState::Listen,
+            10,
+            7,
+        ));
+        h.on_record(&state(
+            1,
+            "10.0.0.2:80",
+            TcpState::Listen,
+            TcpState::Close,
+            30,
+            7,
+        ));
         let mut snap = Record::new(Kind::Listener, 20, String::new());
         snap.netns = Some(1);
         snap.src = Some("10.0.0.2:80".parse().unwrap());

@@ -9,7 +9,8 @@ pub mod host;
 use crate::{
     base::{
         generations::Generations,
-        record::{Kind, Proc, Record},
+        reasons,
+        record::{Kind, OwnerSource, Proc, Record, TcpState},
     },
     enrich::host::Host,
 };
@@ -64,7 +65,7 @@ impl Enricher {
             if let (Some(ns), Some(s), Some(d)) = (r.netns, r.src, r.dst) {
                 if let Some(o) = host.existing_owner(ns, s, d) {
                     r.owner = Some(o.clone());
-                    r.owner_source = Some("proc");
+                    r.owner_source = Some(OwnerSource::Proc);
                 }
             }
         }
@@ -83,7 +84,7 @@ impl Enricher {
                 } else if let Some(seen) = self.sockets.get(key) {
                     if seen.owner.is_some() {
                         r.owner = seen.owner.clone();
-                        r.owner_source = Some("socket");
+                        r.owner_source = Some(OwnerSource::Socket);
                     }
                     if r.netns.is_none() {
                         r.netns = seen.netns;
@@ -100,7 +101,7 @@ impl Enricher {
                     .and_then(|l| l.owner.clone())
                 {
                     r.owner = Some(o);
-                    r.owner_source = Some("listener");
+                    r.owner_source = Some(OwnerSource::Listener);
                 }
             }
         }
@@ -109,8 +110,8 @@ impl Enricher {
 
     fn is_about_listener(&self, r: &Record) -> bool {
         matches!(r.kind, Kind::SynackRetransmit | Kind::Overflow)
-            || r.state == Some("LISTEN")
-            || r.reason.as_deref() == Some("TCP_LISTEN_OVERFLOW")
+            || r.state == Some(TcpState::Listen)
+            || r.reason.as_deref() == Some(reasons::TCP_LISTEN_OVERFLOW)
     }
 
     fn listener_port(&self, r: &Record) -> Option<u16> {
@@ -148,7 +149,7 @@ mod tests {
         err.errno = Some(111);
         assert!(e.process(&mut err, &h));
         assert_eq!(err.owner, rst.owner);
-        assert_eq!(err.owner_source, Some("socket"));
+        assert_eq!(err.owner_source, Some(OwnerSource::Socket));
         assert_eq!(err.netns, Some(99));
         // Another socket is not joined.
         let mut other = rec(Kind::Error, "10.0.0.1:4001", "10.0.0.2:80");
@@ -173,8 +174,8 @@ mod tests {
         let mut e = Enricher::default();
         let mut h = Host::default();
         let mut open = rec(Kind::State, "0.0.0.0:8080", "0.0.0.0:0");
-        open.old_state = Some("CLOSE");
-        open.new_state = Some("LISTEN");
+        open.old_state = Some(TcpState::Close);
+        open.new_state = Some(TcpState::Listen);
         open.netns = Some(5);
         open.owner = Some(Proc {
             pid: 880,
@@ -185,7 +186,7 @@ mod tests {
         synack.netns = Some(5);
         assert!(e.process(&mut synack, &h));
         assert_eq!(synack.owner.as_ref().map(|p| p.pid), Some(880));
-        assert_eq!(synack.owner_source, Some("listener"));
+        assert_eq!(synack.owner_source, Some(OwnerSource::Listener));
         // Another namespace's port 8080 is not this listener.
         let mut elsewhere = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");
         elsewhere.netns = Some(6);

@@ -1,6 +1,7 @@
 //! When a story is complete: the waits after an errno, for the other end, and for
 //! the context answers (namespace addresses, socket owners, firewall rules) a story
 //! needs before it can be explained.
+use crate::base::record::{TcpFlags, TcpState};
 use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddr};
 
 use super::story::{FlowKey, Story};
@@ -157,10 +158,10 @@ impl Scheduler {
                 r.reason.as_deref(),
                 Some("NETFILTER_DROP" | "NO_SOCKET" | "TCP_LISTEN_OVERFLOW")
             );
-        let syn = r.tcp_flags == Some("S");
+        let syn = r.tcp_flags == Some(TcpFlags::SYN);
         // The socket died: whatever the application was told (if this kernel reports
         // errnos at all) comes in the same call chain.
-        let died = kind == Kind::State && r.new_state == Some("CLOSE");
+        let died = kind == Kind::State && r.new_state == Some(TcpState::Close);
         let listener_gone = if died {
             r.netns
                 .zip(r.src)
@@ -177,9 +178,9 @@ impl Scheduler {
         // death, with its local address, then the errno keyed without it: one story.
         let mut merged = None;
         if let (Some(pid), Some(dst)) = (connecting_pid, r.dst) {
-            if died && r.old_state == Some("SYN_SENT") {
+            if died && r.old_state == Some(TcpState::SynSent) {
                 self.own_connect_deaths.insert((pid, dst), (key, now));
-            } else if kind == Kind::ConnectError && r.state == Some("SYN_SENT") {
+            } else if kind == Kind::ConnectError && r.state == Some(TcpState::SynSent) {
                 if let Some((k, at)) = self.own_connect_deaths.remove(&(pid, dst)) {
                     if now.saturating_sub(at) <= SAME_CONNECT && k != key {
                         merged = self.stories.remove(&k);
@@ -347,8 +348,8 @@ fn needs_context(host: &Host, s: &Story) -> bool {
                     r.kind,
                     Kind::RstSent | Kind::RstReceived | Kind::SynRetransmit | Kind::State
                 )
-                && r.old_state != Some("LISTEN")
-                && r.new_state != Some("LISTEN")
+                && r.old_state != Some(TcpState::Listen)
+                && r.new_state != Some(TcpState::Listen)
         })
 }
 

@@ -1,5 +1,9 @@
 //! One story per connection: the evidence of both ends of one flow, joined by its
 //! pair of endpoints (both ends' namespaces when both are on this host).
+use crate::base::{
+    reasons,
+    record::{TcpFlags, TcpState},
+};
 use std::net::SocketAddr;
 
 use crate::base::record::{Kind, Proc, Record};
@@ -32,7 +36,9 @@ impl FlowKey {
             | Kind::Error => {}
             // No local port was bound: keyed on the unspecified address and port 0.
             Kind::ConnectError => return Some(FlowKey::new(r.src?, r.dst?)),
-            Kind::State if r.new_state == Some("CLOSE") && r.old_state != Some("LISTEN") => {}
+            Kind::State
+                if r.new_state == Some(TcpState::Close)
+                    && r.old_state != Some(TcpState::Listen) => {}
             _ => return None,
         }
         let (s, d) = (r.src?, r.dst?);
@@ -45,16 +51,24 @@ impl FlowKey {
 
 /// A SYN dropped on its way out of this host: it carries its sending socket's owner.
 pub fn dropped_on_its_way_out(r: &Record) -> bool {
-    r.kind == Kind::Drop && r.owner.is_some() && r.tcp_flags == Some("S")
+    r.kind == Kind::Drop && r.owner.is_some() && r.tcp_flags == Some(TcpFlags::SYN)
 }
 
 /// The record shows its connection established before it failed.
 fn shows_established(r: &Record) -> bool {
-    matches!(r.old_state, Some("ESTABLISHED" | "CLOSE_WAIT"))
-        || matches!(
-            r.state,
-            Some("ESTABLISHED" | "CLOSE_WAIT" | "FIN_WAIT1" | "FIN_WAIT2" | "LAST_ACK")
+    matches!(
+        r.old_state,
+        Some(TcpState::Established | TcpState::CloseWait)
+    ) || matches!(
+        r.state,
+        Some(
+            TcpState::Established
+                | TcpState::CloseWait
+                | TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::LastAck
         )
+    )
 }
 
 pub const ECONNREFUSED: i32 = libc::ECONNREFUSED;
@@ -119,7 +133,7 @@ impl Story {
     /// within one connection (retransmits, soft errors, drops of a flow).
     pub fn slot_of(key: &FlowKey, r: &Record, established: bool) -> u16 {
         let bit = match r.kind {
-            Kind::State if r.new_state == Some("CLOSE") => slot::DEATH,
+            Kind::State if r.new_state == Some(TcpState::Close) => slot::DEATH,
             Kind::Error if r.errno.is_some_and(|e| e != 0) => slot::ERRNO,
             Kind::RstReceived => slot::RST_RECEIVED,
             Kind::ConnectError => slot::CONNECT_ERROR,
@@ -127,12 +141,15 @@ impl Story {
             // SYN is once per connection.
             Kind::RstSent
                 if !established
-                    && (r.state.is_none() || r.state == Some("LISTEN"))
-                    && r.reason.as_deref().is_none_or(|x| x == "NO_SOCKET") =>
+                    && (r.state.is_none() || r.state == Some(TcpState::Listen))
+                    && r.reason.as_deref().is_none_or(|x| x == reasons::NO_SOCKET) =>
             {
                 slot::REFUSAL_SENT
             }
-            Kind::Drop if r.tcp_flags == Some("S") && r.reason.as_deref() == Some("NO_SOCKET") => {
+            Kind::Drop
+                if r.tcp_flags == Some(TcpFlags::SYN)
+                    && r.reason.as_deref() == Some(reasons::NO_SOCKET) =>
+            {
                 slot::SYN_DROPPED_NO_SOCKET
             }
             _ => 0,
@@ -178,9 +195,9 @@ impl Story {
     fn client_seen(&self) -> Option<SocketAddr> {
         self.evidence.iter().find_map(|r| match r.kind {
             Kind::SynRetransmit | Kind::ConnectError => r.src,
-            Kind::State if r.old_state == Some("SYN_SENT") => r.src,
-            Kind::RstSent if r.state.is_none() || r.state == Some("LISTEN") => r.dst,
-            Kind::Drop if r.tcp_flags == Some("S") => r.src,
+            Kind::State if r.old_state == Some(TcpState::SynSent) => r.src,
+            Kind::RstSent if r.state.is_none() || r.state == Some(TcpState::Listen) => r.dst,
+            Kind::Drop if r.tcp_flags == Some(TcpFlags::SYN) => r.src,
             Kind::SynackRetransmit => r.dst,
             Kind::Error
                 if matches!(
@@ -226,20 +243,20 @@ impl Story {
         let death = self
             .evidence
             .iter()
-            .find(|r| r.kind == Kind::State && r.new_state == Some("CLOSE"))?;
+            .find(|r| r.kind == Kind::State && r.new_state == Some(TcpState::Close))?;
         let by_kernel = match (&death.task, &death.owner) {
             (Some(t), Some(o)) => t.pid != o.pid,
             _ => true,
         };
         match (death.old_state, self.rst_received().is_some()) {
-            (Some("SYN_SENT"), true) => Some(ECONNREFUSED),
+            (Some(TcpState::SynSent), true) => Some(ECONNREFUSED),
             // Given up by the kernel's timer: retransmitted, or (SYNs dropped on their
             // way out, which no retransmit event reports) not even sent.
-            (Some("SYN_SENT"), false) if by_kernel => Some(ETIMEDOUT),
-            (Some("ESTABLISHED" | "CLOSE_WAIT"), true) => Some(libc::ECONNRESET),
+            (Some(TcpState::SynSent), false) if by_kernel => Some(ETIMEDOUT),
+            (Some(TcpState::Established | TcpState::CloseWait), true) => Some(libc::ECONNRESET),
             // A kernel-initiated death of an established socket, with no RST either
             // way, is a timeout (retransmissions, zero-window probes, user timeout).
-            (Some("ESTABLISHED" | "CLOSE_WAIT"), false)
+            (Some(TcpState::Established | TcpState::CloseWait), false)
                 if by_kernel && self.rsts_sent().next().is_none() =>
             {
                 Some(ETIMEDOUT)
@@ -344,7 +361,7 @@ impl Story {
     pub fn dead_socket_owner(&self) -> Option<&Proc> {
         self.evidence
             .iter()
-            .filter(|r| r.kind == Kind::State && r.new_state == Some("CLOSE"))
+            .filter(|r| r.kind == Kind::State && r.new_state == Some(TcpState::Close))
             .find_map(|r| r.owner.as_ref())
     }
 
@@ -363,7 +380,7 @@ impl Story {
         self.evidence.iter().find_map(|r| match r.kind {
             Kind::RstSent | Kind::SynackRetransmit if r.src == Some(s) => r.netns,
             Kind::State if r.src == Some(s) => r.netns,
-            Kind::Drop if r.dst == Some(s) && r.tcp_flags == Some("S") => r.netns,
+            Kind::Drop if r.dst == Some(s) && r.tcp_flags == Some(TcpFlags::SYN) => r.netns,
             _ => None,
         })
     }

@@ -2,6 +2,7 @@
 //! one namespace, a server in another, both on this host.
 use super::{schedule::MS, Engine, Explanation};
 use crate::base::record::{Kind, Proc, Record};
+use crate::base::record::{TcpFlags, TcpState};
 
 pub const C: &str = "10.0.0.1:40000";
 pub const S: &str = "10.0.0.2:8080";
@@ -59,14 +60,14 @@ pub type Setup = Box<dyn Fn(&mut Engine, &mut Vec<Explanation>)>;
 pub fn drop_syn(at_ms: u64, reason: &str) -> Record {
     let mut d = rec(Kind::Drop, at_ms, C, S, SNS);
     d.reason = Some(reason.into());
-    d.tcp_flags = Some("S");
+    d.tcp_flags = Some(TcpFlags::SYN);
     d.location = Some("nf_hook_slow+0x4c".into());
     d
 }
 
 pub fn syn_retransmit(at_ms: u64) -> Record {
     let mut r = client_owned(rec(Kind::SynRetransmit, at_ms, C, S, CNS));
-    r.state = Some("SYN_SENT");
+    r.state = Some(TcpState::SynSent);
     r
 }
 
@@ -80,8 +81,8 @@ pub fn python3(pid: u32) -> Option<Proc> {
 /// Evidence of the server's side: a listener opening, owned by python3[`pid`].
 pub fn listening(at_ms: u64, addr: &str, ns: u32, pid: u32) -> Record {
     let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
-    r.old_state = Some("CLOSE");
-    r.new_state = Some("LISTEN");
+    r.old_state = Some(TcpState::Close);
+    r.new_state = Some(TcpState::Listen);
     r.owner = python3(pid);
     r
 }
@@ -89,8 +90,8 @@ pub fn listening(at_ms: u64, addr: &str, ns: u32, pid: u32) -> Record {
 /// The listener closing, in its owner's own task.
 pub fn unlistening(at_ms: u64, addr: &str, ns: u32, pid: u32) -> Record {
     let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
-    r.old_state = Some("LISTEN");
-    r.new_state = Some("CLOSE");
+    r.old_state = Some(TcpState::Listen);
+    r.new_state = Some(TcpState::Close);
     r.owner = python3(pid);
     r.task = python3(pid);
     r

@@ -4,13 +4,14 @@ use super::testing::*;
 use super::*;
 use crate::base::record::{Kind, Record};
 use crate::base::record::{Proc, Queue};
+use crate::base::record::{QueueKind, TcpFlags, TcpState};
 
 pub(crate) mod golden;
 
 fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut Vec<Explanation>) {
     let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
-    r.old_state = Some("CLOSE");
-    r.new_state = Some("LISTEN");
+    r.old_state = Some(TcpState::Close);
+    r.new_state = Some(TcpState::Listen);
     r.owner = Some(Proc {
         pid,
         comm: "python3".into(),
@@ -20,8 +21,8 @@ fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut V
 
 fn unlisten(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut Vec<Explanation>) {
     let mut r = rec(Kind::State, at_ms, addr, "0.0.0.0:0", ns);
-    r.old_state = Some("LISTEN");
-    r.new_state = Some("CLOSE");
+    r.old_state = Some(TcpState::Listen);
+    r.new_state = Some(TcpState::Close);
     r.owner = Some(Proc {
         pid,
         comm: "python3".into(),
@@ -116,8 +117,8 @@ fn refusal_without_server_side_evidence_uses_addresses() {
     let out = run(|e, o| {
         e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
         let mut st = client_owned(rec(Kind::State, 10, C, S, CNS));
-        st.old_state = Some("SYN_SENT");
-        st.new_state = Some("CLOSE");
+        st.old_state = Some(TcpState::SynSent);
+        st.new_state = Some(TcpState::Close);
         e.push(st, o);
         e.push(error(10, libc::ECONNREFUSED), o);
     });
@@ -397,11 +398,11 @@ fn an_established_flow_whose_next_hop_stopped_answering() {
     let out = run(|e, o| {
         let mut d = rec(Kind::Drop, 2_000, C, S, CNS);
         d.reason = Some("NEIGH_FAILED".into());
-        d.tcp_flags = Some("PA");
+        d.tcp_flags = Some(TcpFlags::PSH | TcpFlags::ACK);
         e.push(d, o);
         let mut death = client_owned(rec(Kind::State, 3_000, C, S, CNS));
-        death.old_state = Some("ESTABLISHED");
-        death.new_state = Some("CLOSE");
+        death.old_state = Some(TcpState::Established);
+        death.new_state = Some(TcpState::Close);
         e.push(death, o);
         e.push(error(3_000, libc::EHOSTUNREACH), o);
     });
@@ -490,16 +491,16 @@ fn the_side_that_reset_is_the_culprit_never_the_process_that_failed() {
         let out = run(|e, o| {
             let mut rst = cli(rec(Kind::RstSent, 10, C, S, CNS));
             rst.reason = Some("TCP_ABORT_ON_CLOSE".into());
-            rst.state = Some("CLOSE");
+            rst.state = Some(TcpState::Close);
             e.push(rst, o);
             let mut gone = cli(rec(Kind::State, 10, C, S, CNS));
-            gone.old_state = Some("ESTABLISHED");
-            gone.new_state = Some("CLOSE");
+            gone.old_state = Some(TcpState::Established);
+            gone.new_state = Some(TcpState::Close);
             e.push(gone, o);
             e.push(srv(rec(Kind::RstReceived, 10, S, C, SNS)), o);
             let mut died = srv(rec(Kind::State, 10, S, C, SNS));
-            died.old_state = Some("ESTABLISHED");
-            died.new_state = Some("CLOSE");
+            died.old_state = Some(TcpState::Established);
+            died.new_state = Some(TcpState::Close);
             e.push(died, o);
             let mut err = srv(rec(Kind::Error, 10, S, C, SNS));
             err.errno = Some(libc::ECONNRESET);
@@ -530,7 +531,7 @@ fn application_resets_by_reason() {
         let out = run(|e, o| {
             let mut rst = rec(Kind::RstSent, 10, S, C, SNS);
             rst.reason = Some(reason.into());
-            rst.state = Some("ESTABLISHED");
+            rst.state = Some(TcpState::Established);
             rst.owner = Some(Proc {
                 pid: 880,
                 comm: "python3".into(),
@@ -558,7 +559,7 @@ fn an_accept_overflow_without_its_listener_names_the_candidates_not_port_0() {
         listen(e, 2, "0.0.0.0:9090", SNS, 881, o);
         let mut ov = Record::new(Kind::Overflow, 500 * MS, String::new());
         ov.netns = Some(SNS);
-        ov.queue_kind = Some("accept");
+        ov.queue_kind = Some(QueueKind::Accept);
         ov.drops = Some(7);
         e.push(ov, o);
     });
@@ -586,7 +587,7 @@ fn accept_overflow_explains_the_record_and_the_timeouts_it_causes() {
         let mut ov = Record::new(Kind::Overflow, 500 * MS, String::new());
         ov.netns = Some(SNS);
         ov.src = Some(S.parse().unwrap());
-        ov.queue_kind = Some("accept");
+        ov.queue_kind = Some(QueueKind::Accept);
         ov.queue = Some(Queue {
             depth: 2,
             backlog: 1,
@@ -651,12 +652,12 @@ fn refusal_on(e: &mut Engine, at_ms: u64, c: &str, out: &mut Vec<Explanation>) {
     e.push(rst, out);
     let mut drop = rec(Kind::Drop, at_ms, c, S, SNS);
     drop.reason = Some("NO_SOCKET".into());
-    drop.tcp_flags = Some("S");
+    drop.tcp_flags = Some(TcpFlags::SYN);
     e.push(drop, out);
     e.push(client_owned(rec(Kind::RstReceived, at_ms, c, S, CNS)), out);
     let mut death = client_owned(rec(Kind::State, at_ms, c, S, CNS));
-    death.old_state = Some("SYN_SENT");
-    death.new_state = Some("CLOSE");
+    death.old_state = Some(TcpState::SynSent);
+    death.new_state = Some(TcpState::Close);
     e.push(death, out);
     let mut err = client_owned(rec(Kind::Error, at_ms, c, S, CNS));
     err.errno = Some(libc::ECONNREFUSED);
@@ -754,7 +755,7 @@ fn a_burst_ended_by_a_later_failure_still_reports_its_count() {
 fn unrelated_drops_explain_nothing_and_unknown_failures_are_honest() {
     let out = run(|e, o| {
         let mut d = drop_syn(0, "TCP_ZEROWINDOW");
-        d.tcp_flags = Some("A");
+        d.tcp_flags = Some(TcpFlags::ACK);
         e.push(d, o);
     });
     assert!(out.is_empty(), "{out:#?}");
@@ -767,10 +768,10 @@ fn unrelated_drops_explain_nothing_and_unknown_failures_are_honest() {
     );
 }
 
-fn died(at_ms: u64, old: &'static str, task_pid: u32) -> Record {
+fn died(at_ms: u64, old: TcpState, task_pid: u32) -> Record {
     let mut st = client_owned(rec(Kind::State, at_ms, C, S, CNS));
     st.old_state = Some(old);
-    st.new_state = Some("CLOSE");
+    st.new_state = Some(TcpState::Close);
     st.task = Some(Proc {
         pid: task_pid,
         comm: "x".into(),
@@ -783,7 +784,7 @@ fn kernels_without_errno_events_are_explained_from_how_the_socket_died() {
     // 5.10: no inet_sk_error_report, no RST event for a closed port.
     let out = run(|e, o| {
         e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
-        e.push(died(10, "SYN_SENT", 4121), o);
+        e.push(died(10, TcpState::SynSent, 4121), o);
     });
     assert_eq!(causes(&out), vec!["nothing_listening"]);
     assert_eq!(out[0].outcome, "refused");
@@ -794,7 +795,7 @@ fn kernels_without_errno_events_are_explained_from_how_the_socket_died() {
     );
     // Given up by the kernel's timer after retransmits: a timeout.
     let out = run(|e, o| {
-        let mut d = died(3_000, "SYN_SENT", 0);
+        let mut d = died(3_000, TcpState::SynSent, 0);
         d.dst = Some("192.0.2.9:8080".parse().unwrap());
         let mut r = syn_retransmit(1_000);
         r.dst = d.dst;
@@ -807,7 +808,7 @@ fn kernels_without_errno_events_are_explained_from_how_the_socket_died() {
     // SYNs dropped on their way out are never retransmitted as far as the events
     // say: the kernel's timer still gave the connect up.
     let out = run(|e, o| {
-        let mut d = died(7_000, "SYN_SENT", 0);
+        let mut d = died(7_000, TcpState::SynSent, 0);
         d.dst = Some("192.0.2.9:8080".parse().unwrap());
         e.push(d, o);
     });
@@ -822,7 +823,7 @@ fn a_connect_its_application_gave_up_is_explained_not_kept() {
     let mut out = Vec::new();
     addresses(&mut e, &mut out);
     e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
-    e.push(died(5, "SYN_SENT", 4121), &mut out);
+    e.push(died(5, TcpState::SynSent, 4121), &mut out);
     e.advance(100 * MS, &mut out);
     assert!(
         out.is_empty(),
@@ -841,7 +842,7 @@ fn keepalive_resets_are_told_from_application_resets_without_reasons() {
     for (task, want) in [(0, "keepalive_timeout"), (880, "reset_by_application")] {
         let out = run(|e, o| {
             let mut rst = rec(Kind::RstSent, 10, S, C, SNS);
-            rst.state = Some("ESTABLISHED");
+            rst.state = Some(TcpState::Established);
             rst.owner = Some(Proc {
                 pid: 880,
                 comm: "python3".into(),
@@ -897,7 +898,7 @@ fn a_storm_of_unfinished_stories_stays_bounded() {
 #[test]
 fn an_established_socket_killed_by_a_timer_without_resets_timed_out() {
     // 5.10: no errno, no retransmit count; only the death, in a timer.
-    let out = run(|e, o| e.push(died(9_000, "ESTABLISHED", 0), o));
+    let out = run(|e, o| e.push(died(9_000, TcpState::Established, 0), o));
     assert_eq!(causes(&out), vec!["flow_timeout"]);
     assert_eq!(
         out[0].process.as_ref().map(|p| p.pid),
@@ -914,14 +915,14 @@ fn child_reset(e: &mut Engine, at_us: u64, client: &str, task: u32, out: &mut Ve
     let at = |r: &mut Record| r.mono_ns = at_us * 1_000;
     let mut death = rec(Kind::State, 0, S, client, SNS);
     at(&mut death);
-    death.old_state = Some("ESTABLISHED");
-    death.new_state = Some("CLOSE");
+    death.old_state = Some(TcpState::Established);
+    death.new_state = Some(TcpState::Close);
     death.owner = python3(880);
     death.task = python3(task);
     e.push(death, out);
     let mut rst = rec(Kind::RstSent, 0, S, client, SNS);
     at(&mut rst);
-    rst.state = Some("CLOSE");
+    rst.state = Some(TcpState::Close);
     rst.reason = Some("TCP_STATE".into());
     rst.owner = python3(880);
     rst.task = python3(task);
@@ -944,8 +945,8 @@ fn listener_gone(exits: bool, closes_ms: Option<u64>, task: u32) -> Vec<Explanat
         listen(e, 1, S, SNS, 880, o);
         if let Some(t) = closes_ms {
             let mut close = rec(Kind::State, t, S, "0.0.0.0:0", SNS);
-            close.old_state = Some("LISTEN");
-            close.new_state = Some("CLOSE");
+            close.old_state = Some(TcpState::Listen);
+            close.new_state = Some(TcpState::Close);
             close.owner = python3(880);
             close.task = python3(880);
             e.push(close, o);
@@ -1094,7 +1095,7 @@ fn localhost_resolving_to_ipv6_first_stays_a_listener_on_another_address() {
 }
 
 fn no_local_port(
-    state: Option<&'static str>,
+    state: Option<TcpState>,
     ports: Option<crate::base::record::PortUse>,
 ) -> Vec<Explanation> {
     run(|e, o| {
@@ -1114,7 +1115,7 @@ fn a_connect_without_a_free_local_port_is_port_exhaustion() {
         time_wait,
         other: 0,
     };
-    let out = no_local_port(Some("SYN_SENT"), Some(ports(3, 1)));
+    let out = no_local_port(Some(TcpState::SynSent), Some(ports(3, 1)));
     assert_eq!(causes(&out), vec!["local_ports_exhausted"], "{out:#?}");
     assert_eq!(out[0].process.as_ref().map(|p| p.pid), Some(4121));
     assert_eq!(out[0].errno_name, Some("EADDRNOTAVAIL"));
@@ -1133,7 +1134,7 @@ fn a_connect_without_a_free_local_port_is_port_exhaustion() {
     assert!(out[0].fix.contains("ip_local_port_range='1024 65535'"));
     assert!(out[0].fix.contains("tcp_tw_reuse=1"));
     // Mostly TIME_WAIT: reusing those ports comes first.
-    let out = no_local_port(Some("SYN_SENT"), Some(ports(0, 4)));
+    let out = no_local_port(Some(TcpState::SynSent), Some(ports(0, 4)));
     assert!(
         out[0]
             .fix
@@ -1142,7 +1143,7 @@ fn a_connect_without_a_free_local_port_is_port_exhaustion() {
         out[0].fix
     );
     // Past SYN_SENT but the port use not read (it failed, or an older capture).
-    let out = no_local_port(Some("SYN_SENT"), None);
+    let out = no_local_port(Some(TcpState::SynSent), None);
     assert_eq!(causes(&out), vec!["local_ports_exhausted"]);
     assert!(out[0].explanation.contains("(not measured here)"));
     // EADDRNOTAVAIL before SYN_SENT: no usable local address, not the ports.
@@ -1155,14 +1156,14 @@ fn a_connect_from_a_bound_port_already_connected_there_is_a_4_tuple_in_use() {
     // The kernel shows the bound socket's death (its port, not 0), then the errno.
     let out = run(|e, o| {
         let mut death = client_owned(rec(Kind::State, 10, C, S, CNS));
-        death.old_state = Some("SYN_SENT");
-        death.new_state = Some("CLOSE");
+        death.old_state = Some(TcpState::SynSent);
+        death.new_state = Some(TcpState::Close);
         death.task = death.owner.clone();
         e.push(death, o);
         let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
         r.task = r.owner.clone();
         r.errno = Some(libc::EADDRNOTAVAIL);
-        r.state = Some("SYN_SENT");
+        r.state = Some(TcpState::SynSent);
         e.push(r, o);
     });
     assert_eq!(causes(&out), vec!["local_address_in_use"], "{out:#?}");
@@ -1186,15 +1187,15 @@ fn one_listener_of_a_reuseport_group_gone_with_its_queue() {
     let out = run(|e, o| {
         for (pid, sock) in [(880, 0xa), (881, 0xb)] {
             let mut l = rec(Kind::State, 1, S, "0.0.0.0:0", SNS);
-            l.old_state = Some("CLOSE");
-            l.new_state = Some("LISTEN");
+            l.old_state = Some(TcpState::Close);
+            l.new_state = Some(TcpState::Listen);
             l.owner = python3(pid);
             l.sock = Some(crate::base::record::Sock(sock));
             e.push(l, o);
         }
         let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
-        close.old_state = Some("LISTEN");
-        close.new_state = Some("CLOSE");
+        close.old_state = Some(TcpState::Listen);
+        close.new_state = Some(TcpState::Close);
         close.owner = python3(880);
         close.task = python3(880);
         close.sock = Some(crate::base::record::Sock(0xa));
@@ -1251,8 +1252,8 @@ fn a_long_queue_is_reset_as_a_chain_and_a_later_abort_is_not_part_of_it() {
     let out = run(|e, o| {
         listen(e, 1, S, SNS, 880, o);
         let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
-        close.old_state = Some("LISTEN");
-        close.new_state = Some("CLOSE");
+        close.old_state = Some(TcpState::Listen);
+        close.new_state = Some(TcpState::Close);
         close.owner = python3(880);
         close.task = python3(880);
         e.push(close, o);

@@ -4,54 +4,10 @@ use std::{collections::HashMap, path::Path};
 
 use tracer_common::{Config, Hook, RecordLayout, DROP_REASON_BITS, NO_FIELD};
 
-use crate::kernel::{btf::KernelBtf, tracefs::Format};
-
-/// Drop reasons worth reporting: TCP/IP failure evidence. Everything else (normal
-/// teardown such as NOT_SPECIFIED or QUEUE_PURGE, congestion, other protocols) is
-/// filtered out in the kernel. Names absent from the running kernel are ignored.
-/// Some repeat what an RST event says; see `drop_reported_by`.
-pub const KEPT_DROP_REASONS: &[&str] = &[
-    "NO_SOCKET",
-    "NETFILTER_DROP",
-    "SOCKET_FILTER",
-    "SOCKET_CLOSE",
-    "SOCKET_RCVBUFF",
-    "SOCKET_BACKLOG",
-    "PROTO_MEM",
-    "TCP_LISTEN_OVERFLOW",
-    "TCP_RESET",
-    "TCP_INVALID_SYN",
-    "TCP_CLOSE",
-    "TCP_FLAGS",
-    "TCP_CSUM",
-    "TCP_ZEROWINDOW",
-    "TCP_OFO_QUEUE_PRUNE",
-    "TCP_RFC7323_PAWS",
-    "TCP_MINTTL",
-    "TCP_MD5NOTFOUND",
-    "TCP_MD5UNEXPECTED",
-    "TCP_MD5FAILURE",
-    "TCP_AONOTFOUND",
-    "TCP_AOUNEXPECTED",
-    "TCP_AOKEYNOTFOUND",
-    "TCP_AOFAILURE",
-    "TCP_ABORT_ON_DATA",
-    "TCP_INVALID_ACK_SEQUENCE",
-    "IP_INADDRERRORS",
-    "IP_INNOROUTES",
-    "IP_OUTNOROUTES",
-    "IP_RPFILTER",
-    "IP_LOCAL_SOURCE",
-    "IP_INVALID_SOURCE",
-    "IPV6DISABLED",
-    "NEIGH_FAILED",
-    "NEIGH_QUEUEFULL",
-    "NEIGH_DEAD",
-    "NEIGH_CREATEFAIL",
-    "BPF_CGROUP_EGRESS",
-    "XFRM_POLICY",
-    "SECURITY_HOOK",
-];
+use crate::{
+    base::reasons,
+    kernel::{btf::KernelBtf, tracefs::Format},
+};
 
 /// Kernel metadata the decoder and the programs need.
 #[derive(Clone, Debug, Default)]
@@ -123,8 +79,8 @@ impl KernelInfo {
     /// would be a sixth of a refusal's events.
     fn drop_reported_by(&self, reason: &str) -> Option<Hook> {
         match reason {
-            "TCP_RESET" => Some(Hook::ReceiveReset),
-            "NO_SOCKET" if self.traces_rst_for_closed_ports() => Some(Hook::SendReset),
+            reasons::TCP_RESET => Some(Hook::ReceiveReset),
+            reasons::NO_SOCKET if self.traces_rst_for_closed_ports() => Some(Hook::SendReset),
             _ => None,
         }
     }
@@ -145,7 +101,7 @@ impl KernelInfo {
             }
         }
         cfg.offsets = offsets;
-        for name in KEPT_DROP_REASONS {
+        for name in reasons::KEPT_DROP_REASONS {
             if self.drop_reported_by(name).is_some_and(&attached) {
                 continue;
             }
@@ -157,7 +113,7 @@ impl KernelInfo {
             }
         }
         cfg.listen_overflow_reason = self
-            .drop_reason_value("TCP_LISTEN_OVERFLOW")
+            .drop_reason_value(reasons::TCP_LISTEN_OVERFLOW)
             .map_or(u32::MAX, |v| v as u32);
         cfg.wake_bytes = (ring_bytes / 8).max(512);
         cfg.ready = 1;

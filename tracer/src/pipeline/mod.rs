@@ -12,7 +12,8 @@ use std::io;
 use crate::{
     base::{
         clock::Clock,
-        record::{Kind, Record},
+        reasons,
+        record::{Kind, Record, TcpState},
     },
     capture::CaptureWriter,
     enrich::Enricher,
@@ -148,8 +149,8 @@ impl<S: Sink> Pipeline<S> {
                 r.kind,
                 Kind::RstSent | Kind::RstReceived | Kind::SynRetransmit | Kind::State
             )
-            || r.old_state == Some("LISTEN")
-            || r.new_state == Some("LISTEN")
+            || r.old_state == Some(TcpState::Listen)
+            || r.new_state == Some(TcpState::Listen)
         {
             return;
         }
@@ -169,7 +170,7 @@ impl<S: Sink> Pipeline<S> {
     fn ask_rules(&mut self, r: &Record) {
         if self.lookups.is_none()
             || r.kind != Kind::Drop
-            || r.reason.as_deref() != Some("NETFILTER_DROP")
+            || r.reason.as_deref() != Some(reasons::NETFILTER_DROP)
         {
             return;
         }

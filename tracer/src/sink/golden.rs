@@ -9,9 +9,12 @@
 use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    base::record::{
-        errno_name, tcp_flags_str, tcp_state_name, FirewallRule, Kind, PortUse, Proc, Queue,
-        Record, Sock,
+    base::{
+        reasons,
+        record::{
+            errno_name, FirewallRule, Kind, OwnerSource, PortUse, Proc, Queue, QueueKind, Record,
+            Sock, TcpFlags, TcpState,
+        },
     },
     capture::file::{CaptureWriter, Header, Reader, RotatePolicy},
     explain::Explanation,
@@ -88,27 +91,27 @@ pub fn records() -> Vec<Record> {
 
     let mut r = new(Kind::RstSent);
     conn(&mut r);
-    r.state = Some("ESTABLISHED");
-    r.reason = Some("TCP_ABORT_ON_CLOSE".into());
+    r.state = Some(TcpState::Established);
+    r.reason = Some(reasons::TCP_ABORT_ON_CLOSE.into());
     r.owner = who(880, "python3");
-    r.owner_source = Some("kernel");
+    r.owner_source = Some(OwnerSource::Kernel);
     r.task = who(880, "python3");
     r.retransmits = Some(2);
     out.push(r);
 
     let mut r = new(Kind::RstReceived);
     conn(&mut r);
-    r.state = Some("SYN_SENT");
+    r.state = Some(TcpState::SynSent);
     r.owner = who(4121, "curl");
-    r.owner_source = Some("socket");
+    r.owner_source = Some(OwnerSource::Socket);
     r.task = who(0, "swapper/1");
     out.push(r);
 
     let mut r = new(Kind::SynRetransmit);
     conn(&mut r);
-    r.state = Some("SYN_SENT");
+    r.state = Some(TcpState::SynSent);
     r.owner = who(4121, "curl");
-    r.owner_source = Some("kernel");
+    r.owner_source = Some(OwnerSource::Kernel);
     r.task = who(0, "swapper/0");
     r.retransmits = Some(3);
     out.push(r);
@@ -117,9 +120,9 @@ pub fn records() -> Vec<Record> {
     r.src = addr("10.0.0.2:8080");
     r.dst = addr("10.0.0.1:40000");
     r.sock = Some(Sock(0xffff_8880_1234_5700));
-    r.state = Some("LISTEN");
+    r.state = Some(TcpState::Listen);
     r.owner = who(880, "python3");
-    r.owner_source = Some("listener");
+    r.owner_source = Some(OwnerSource::Listener);
     r.task = who(0, "swapper/1");
     r.queue = Some(Queue {
         depth: 5,
@@ -129,11 +132,11 @@ pub fn records() -> Vec<Record> {
 
     let mut r = new(Kind::Drop);
     conn(&mut r);
-    r.reason = Some("NETFILTER_DROP".into());
+    r.reason = Some(reasons::NETFILTER_DROP.into());
     r.location = Some("nft_do_chain+0x3e8".into());
-    r.tcp_flags = Some(tcp_flags_str(0x02));
+    r.tcp_flags = Some(TcpFlags::from_bits(0x02));
     r.owner = who(4121, "curl");
-    r.owner_source = Some("kernel");
+    r.owner_source = Some(OwnerSource::Kernel);
     r.task = who(4121, "curl");
     out.push(r);
 
@@ -141,10 +144,10 @@ pub fn records() -> Vec<Record> {
     r.src = addr("[::]:8080");
     r.dst = addr("[::]:0");
     r.sock = Some(Sock(0xffff_8880_1234_5800));
-    r.old_state = Some("CLOSE");
-    r.new_state = Some("LISTEN");
+    r.old_state = Some(TcpState::Close);
+    r.new_state = Some(TcpState::Listen);
     r.owner = who(880, "python3");
-    r.owner_source = Some("kernel");
+    r.owner_source = Some(OwnerSource::Kernel);
     r.task = who(880, "python3");
     r.queue = Some(Queue {
         depth: 0,
@@ -155,22 +158,22 @@ pub fn records() -> Vec<Record> {
 
     let mut r = new(Kind::Error);
     conn(&mut r);
-    r.state = Some("CLOSE");
+    r.state = Some(TcpState::Close);
     r.errno = Some(libc::ECONNREFUSED);
     r.errno_name = errno_name(libc::ECONNREFUSED);
     r.owner = who(4121, "curl");
-    r.owner_source = Some("kernel");
+    r.owner_source = Some(OwnerSource::Kernel);
     r.task = who(4121, "curl");
     out.push(r);
 
     let mut r = new(Kind::ConnectError);
     r.src = addr("0.0.0.0:0");
     r.dst = addr("10.0.0.2:8080");
-    r.state = Some("SYN_SENT");
+    r.state = Some(TcpState::SynSent);
     r.errno = Some(libc::EADDRNOTAVAIL);
     r.errno_name = errno_name(libc::EADDRNOTAVAIL);
     r.owner = who(4121, "curl");
-    r.owner_source = Some("kernel");
+    r.owner_source = Some(OwnerSource::Kernel);
     r.task = who(4121, "curl");
     r.ports = Some(PortUse {
         range: [32768, 60999],
@@ -186,18 +189,18 @@ pub fn records() -> Vec<Record> {
         depth: 129,
         backlog: 128,
     });
-    r.queue_kind = Some("accept");
+    r.queue_kind = Some(QueueKind::Accept);
     r.drops = Some(7);
     r.somaxconn = Some(4096);
     r.owner = who(880, "python3");
-    r.owner_source = Some("proc");
+    r.owner_source = Some(OwnerSource::Proc);
     out.push(r);
 
     let mut r = new(Kind::Loss);
     r.netns = None;
-    r.hook = Some(tracer_common::Hook::KfreeSkb.program());
+    r.hook = Some(tracer_common::Hook::KfreeSkb);
     r.lost = Some(12);
-    r.reason = Some("RINGBUF_FULL".into());
+    r.reason = Some(reasons::LOST_RING_FULL.into());
     out.push(r);
 
     let mut r = new(Kind::Listener);
@@ -207,7 +210,7 @@ pub fn records() -> Vec<Record> {
         backlog: 511,
     });
     r.owner = who(881, "redis-server");
-    r.owner_source = Some("proc");
+    r.owner_source = Some(OwnerSource::Proc);
     r.v6only = Some(false);
     out.push(r);
 
@@ -227,9 +230,9 @@ pub fn records() -> Vec<Record> {
 
     let mut r = new(Kind::Socket);
     conn(&mut r);
-    r.state = Some("ESTABLISHED");
+    r.state = Some(TcpState::Established);
     r.owner = who(4121, "curl");
-    r.owner_source = Some("proc");
+    r.owner_source = Some(OwnerSource::Proc);
     out.push(r);
 
     let mut r = new(Kind::FirewallRule);
@@ -264,12 +267,17 @@ pub fn records() -> Vec<Record> {
     for code in 0..=13 {
         let mut r = new(Kind::State);
         conn(&mut r);
-        r.old_state = Some(tcp_state_name(code));
-        r.new_state = Some(tcp_state_name((code + 1) % 14));
+        r.old_state = Some(TcpState::from_kernel(code));
+        r.new_state = Some(TcpState::from_kernel((code + 1) % 14));
         out.push(r);
     }
     // The other owner sources and queue kind.
-    for source in ["kernel", "socket", "listener", "proc"] {
+    for source in [
+        OwnerSource::Kernel,
+        OwnerSource::Socket,
+        OwnerSource::Listener,
+        OwnerSource::Proc,
+    ] {
         let mut r = new(Kind::RstReceived);
         conn(&mut r);
         r.owner = who(4121, "curl");
@@ -277,16 +285,16 @@ pub fn records() -> Vec<Record> {
         out.push(r);
     }
     let mut r = new(Kind::Overflow);
-    r.queue_kind = Some("syn");
+    r.queue_kind = Some(QueueKind::Syn);
     r.drops = Some(1024);
     out.push(r);
     // Every hook in a loss record.
     for h in tracer_common::Hook::ALL {
         let mut r = new(Kind::Loss);
         r.netns = None;
-        r.hook = Some(h.program());
+        r.hook = Some(h);
         r.lost = Some(1);
-        r.reason = Some("RECURSION".into());
+        r.reason = Some(reasons::LOST_RECURSION.into());
         out.push(r);
     }
     // TCP flags: none, each, and the usual pairs (ECE and CWR are not named).
@@ -297,7 +305,7 @@ pub fn records() -> Vec<Record> {
         conn(&mut r);
         r.reason = Some("TCP_INVALID_SEQUENCE".into());
         r.location = Some("tcp_validate_incoming+0x9c".into());
-        r.tcp_flags = Some(tcp_flags_str(f));
+        r.tcp_flags = Some(TcpFlags::from_bits(f));
         out.push(r);
     }
     out

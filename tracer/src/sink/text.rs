@@ -4,8 +4,13 @@ use std::{
     io::{self, Write},
 };
 
+use tracer_common::Hook;
+
 use crate::{
-    base::record::{Kind, Proc, Record},
+    base::{
+        reasons,
+        record::{Kind, Proc, QueueKind, Record, TcpFlags, TcpState},
+    },
     explain::Explanation,
     sink::Sink,
 };
@@ -121,7 +126,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
             let _ = write!(
                 s,
                 "{src} -> {dst} [{}] dropped {} at {}",
-                r.tcp_flags.unwrap_or("?"),
+                r.tcp_flags.map_or("?", TcpFlags::letters),
                 r.reason.as_deref().unwrap_or("-"),
                 r.location.as_deref().unwrap_or("?")
             );
@@ -130,18 +135,18 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
             }
         }
         Kind::State => match (r.old_state, r.new_state) {
-            (Some("CLOSE"), Some("LISTEN")) => {
+            (Some(TcpState::Close), Some(TcpState::Listen)) => {
                 let _ = write!(s, "{owner} listens on {src}");
             }
-            (Some("LISTEN"), Some("CLOSE")) => {
+            (Some(TcpState::Listen), Some(TcpState::Close)) => {
                 let _ = write!(s, "{owner} stopped listening on {src}");
             }
             (old, new) => {
                 let _ = write!(
                     s,
                     "{owner} {src} -> {dst} {} -> {} (closed without FIN handshake)",
-                    old.unwrap_or("?"),
-                    new.unwrap_or("?")
+                    old.map_or("?", TcpState::name),
+                    new.map_or("?", TcpState::name)
                 );
             }
         },
@@ -175,7 +180,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
             }
         }
         Kind::Overflow => {
-            let q = r.queue_kind.unwrap_or("accept");
+            let q = r.queue_kind.unwrap_or(QueueKind::Accept).name();
             let _ = write!(s, "{owner} listener {src} {q} queue overflow");
             if let Some(qu) = &r.queue {
                 let _ = write!(s, " (depth {} / backlog {})", qu.depth, qu.backlog);
@@ -186,7 +191,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         }
         Kind::Loss => {
             let why = match r.reason.as_deref() {
-                Some(crate::base::record::LOST_RECURSION) => {
+                Some(reasons::LOST_RECURSION) => {
                     "the kernel skipped the program: another BPF program was running on that CPU"
                 }
                 _ => "ring buffer full; raise --ring-size",
@@ -195,7 +200,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
                 s,
                 "{} events lost from {} ({why})",
                 r.lost.unwrap_or(0),
-                r.hook.unwrap_or("?")
+                r.hook.map_or("?", Hook::program)
             );
         }
         Kind::Listener => {

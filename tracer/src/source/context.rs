@@ -9,7 +9,7 @@ use tracer_common::Hook;
 use crate::{
     base::{
         clock::Clock,
-        record::{tcp_state_name, FirewallRule, Kind, Proc, Queue, Record, Text},
+        record::{FirewallRule, Kind, OwnerSource, Proc, Queue, Record, TcpState, Text},
     },
     source::netns::{self, Observation, Overflow},
 };
@@ -36,7 +36,10 @@ pub fn listener(
     let mut r = Record::new(Kind::Listener, now, time);
     r.netns = Some(netns);
     r.src = Some(addr);
-    r.owner_source = owner.as_ref().filter(|_| queue.is_some()).map(|_| "proc");
+    r.owner_source = owner
+        .as_ref()
+        .filter(|_| queue.is_some())
+        .map(|_| OwnerSource::Proc);
     r.queue = queue;
     r.owner = owner;
     r.v6only = v6only;
@@ -49,7 +52,7 @@ pub fn socket(
     time: String,
     netns: u32,
     (src, dst): (SocketAddr, SocketAddr),
-    state: &'static str,
+    state: TcpState,
     owner: Proc,
 ) -> Record {
     let mut r = Record::new(Kind::Socket, now, time);
@@ -58,7 +61,7 @@ pub fn socket(
     r.dst = Some(dst);
     r.state = Some(state);
     r.owner = Some(owner);
-    r.owner_source = Some("proc");
+    r.owner_source = Some(OwnerSource::Proc);
     r
 }
 
@@ -91,7 +94,7 @@ pub fn process_exit(now: u64, time: String, owner: Proc, how: Option<String>) ->
 /// Events of `hook` the kernel could not hand over, and why.
 pub fn loss(now: u64, time: String, hook: Hook, lost: u64, why: &str) -> Record {
     let mut r = Record::new(Kind::Loss, now, time);
-    r.hook = Some(hook.program());
+    r.hook = Some(hook);
     r.lost = Some(lost);
     r.reason = Some(why.into());
     r
@@ -113,7 +116,7 @@ pub fn overflow(now: u64, time: String, o: Overflow) -> Record {
     }
     if let Some(p) = o.owner {
         r.owner = Some(p);
-        r.owner_source = Some("proc");
+        r.owner_source = Some(OwnerSource::Proc);
     }
     r
 }
@@ -156,7 +159,7 @@ fn sockets_of(
     clock: &Clock,
 ) -> impl Iterator<Item = Record> + '_ {
     sockets.into_iter().map(move |(c, owner)| {
-        let state = tcp_state_name(c.state as i32);
+        let state = TcpState::from_kernel(c.state as i32);
         socket(now, clock.format(now), netns, (c.src, c.dst), state, owner)
     })
 }

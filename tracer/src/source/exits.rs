@@ -4,7 +4,7 @@
 use crate::{
     base::{
         clock::Clock,
-        record::{Kind, Proc, Record},
+        record::{Kind, Proc, Record, TcpState},
     },
     source::context,
 };
@@ -21,7 +21,10 @@ pub struct Exits {
 impl Exits {
     /// Notes a listener's close in `r`, an enriched record, to check its owner later.
     pub fn saw(&mut self, r: &Record) {
-        if r.kind == Kind::State && r.old_state == Some("LISTEN") && r.new_state == Some("CLOSE") {
+        if r.kind == Kind::State
+            && r.old_state == Some(TcpState::Listen)
+            && r.new_state == Some(TcpState::Close)
+        {
             // A listener from before the agent has no owner from the kernel; its
             // close runs in the closing process, which is the one to check.
             if let Some(p) = r.owner.as_ref().or(r.task.as_ref()) {

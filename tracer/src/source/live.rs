@@ -1,7 +1,7 @@
 //! Facts the live source reads from a socket's namespace for a ring-buffer record
 //! (`LiveReads`).
 use crate::{
-    base::record::{Kind, PortUse, Record},
+    base::record::{Kind, PortUse, Record, TcpState},
     source::netns,
 };
 
@@ -39,8 +39,9 @@ impl LiveReads {
     }
 
     fn v6only(&mut self, r: &mut Record) {
-        let opened =
-            r.kind == Kind::State && r.old_state == Some("CLOSE") && r.new_state == Some("LISTEN");
+        let opened = r.kind == Kind::State
+            && r.old_state == Some(TcpState::Close)
+            && r.new_state == Some(TcpState::Listen);
         let (Some(ns), Some(addr), Some(owner)) = (r.netns, r.src, &r.owner) else {
             return;
         };
@@ -57,7 +58,7 @@ impl LiveReads {
 
     fn ports(&mut self, r: &mut Record) {
         if r.kind != Kind::ConnectError
-            || r.state != Some("SYN_SENT")
+            || r.state != Some(TcpState::SynSent)
             || r.errno != Some(libc::EADDRNOTAVAIL)
         {
             return;

@@ -36,7 +36,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
-use crate::base::record::{PortUse, Proc};
+use crate::base::record::{PortUse, Proc, QueueKind};
 
 /// How to enter a network namespace: a /proc/PID/ns/net link or a bind mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -471,8 +471,7 @@ pub struct Overflow {
     pub netns: u32,
     /// net.core.somaxconn of the namespace, which caps every listen() backlog.
     pub somaxconn: Option<u32>,
-    /// "accept" or "syn".
-    pub queue_kind: &'static str,
+    pub queue_kind: QueueKind,
     pub listener: Option<Listener>,
     pub owner: Option<Proc>,
     pub drops: u64,
@@ -665,7 +664,7 @@ pub fn run_monitor(
                     out.push(Overflow {
                         netns,
                         somaxconn,
-                        queue_kind: "accept",
+                        queue_kind: QueueKind::Accept,
                         listener: None,
                         owner: None,
                         drops: accept,
@@ -676,7 +675,7 @@ pub fn run_monitor(
                     out.push(Overflow {
                         netns,
                         somaxconn,
-                        queue_kind: "accept",
+                        queue_kind: QueueKind::Accept,
                         listener: Some(l),
                         owner,
                         drops: accept,
@@ -687,7 +686,7 @@ pub fn run_monitor(
                 out.push(Overflow {
                     netns,
                     somaxconn,
-                    queue_kind: "syn",
+                    queue_kind: QueueKind::Syn,
                     listener: None,
                     owner: None,
                     drops: syn,

@@ -35,6 +35,7 @@ use self::{local::Local, net::Attempt, resolve::Resolution};
 use crate::{
     base::{
         clock::Clock,
+        reasons,
         record::{errno_name, Kind, SCHEMA_VERSION},
     },
     cmd::watch,
@@ -274,7 +275,9 @@ impl Tracer {
         let mut out: Vec<u32> = e
             .evidence
             .iter()
-            .filter(|r| r.kind == Kind::Drop && r.reason.as_deref() == Some("NETFILTER_DROP"))
+            .filter(|r| {
+                r.kind == Kind::Drop && r.reason.as_deref() == Some(reasons::NETFILTER_DROP)
+            })
             .filter_map(|r| r.netns)
             .collect();
         out.extend(e.server_netns.filter(|_| e.cause.starts_with("firewall")));

@@ -4,7 +4,10 @@
 //! The kernel's counters show an overflow even when no connection of it is seen here
 //! (its client is remote): the `overflow` record is explained on its own too.
 use super::{who, Ctx, EventRule, Finding, Rule};
-use crate::base::record::{Kind, Queue, Record};
+use crate::base::{
+    reasons,
+    record::{Kind, Queue, QueueKind, Record},
+};
 use crate::enrich::host::Host;
 
 const WINDOW_NS: u64 = 10_000_000_000;
@@ -40,13 +43,13 @@ impl Rule for AcceptQueueOverflow {
     fn check(&self, c: &Ctx) -> Option<Finding> {
         let port = c.server_port();
         let ns = c.server_netns?;
-        let in_story = c.story.drops("TCP_LISTEN_OVERFLOW").next().is_some()
+        let in_story = c.story.drops(reasons::TCP_LISTEN_OVERFLOW).next().is_some()
             || c.story.evidence.iter().any(|r| {
                 r.kind == Kind::SynackRetransmit
                     && r.queue.as_ref().is_some_and(|q| q.depth > q.backlog)
             });
         let seen = c.host.overflow_near(ns, port, c.at_ns, WINDOW_NS);
-        let ov = seen.filter(|o| o.record.queue_kind == Some("accept"));
+        let ov = seen.filter(|o| o.record.queue_kind == Some(QueueKind::Accept));
         if ov.is_none() && !in_story {
             return None;
         }
@@ -92,7 +95,7 @@ impl Rule for SynQueueOverflow {
         let ov = c
             .host
             .overflow_near(ns, c.server_port(), c.at_ns, WINDOW_NS)?;
-        if ov.record.queue_kind != Some("syn") {
+        if ov.record.queue_kind != Some(QueueKind::Syn) {
             return None;
         }
         Some(Finding {
@@ -128,7 +131,7 @@ impl EventRule for QueueOverflowRecord {
         let drops = r.drops.unwrap_or(0);
         let ns = r.netns.unwrap_or(0);
         let (cause, reason, fix) = match (r.queue_kind, r.src) {
-            (Some("syn"), _) => (
+            (Some(QueueKind::Syn), _) => (
                 "syn_queue_overflow",
                 format!(
                     "the SYN queue in netns {ns} overflowed: {drops} SYNs dropped (SYN flood, or syncookies off)"
@@ -189,10 +192,10 @@ impl EventRule for QueueOverflowRecord {
 
 #[cfg(test)]
 mod tests {
-    use crate::base::record::{Kind, Queue, Record};
+    use crate::base::record::{Kind, Queue, QueueKind, Record};
     use crate::explain::testing::*;
 
-    fn overflow(queue_kind: &'static str, listener: Option<&str>, drops: u64) -> Record {
+    fn overflow(queue_kind: QueueKind, listener: Option<&str>, drops: u64) -> Record {
         let mut r = rec(Kind::Overflow, 500, S, S, SNS);
         r.src = listener.map(|l| l.parse().unwrap());
         r.dst = None;
@@ -208,7 +211,7 @@ mod tests {
                 name: "record: a known listener's accept queue",
                 records: vec![
                     listening(1, S, SNS, 880),
-                    with(overflow("accept", Some(S), 3), |r| {
+                    with(overflow(QueueKind::Accept, Some(S), 3), |r| {
                         r.queue = Some(Queue {
                             depth: 2,
                             backlog: 1,
@@ -227,7 +230,7 @@ mod tests {
                 name: "record: the listener not read",
                 records: vec![
                     listening(1, S, SNS, 880),
-                    overflow("accept", None, 7),
+                    overflow(QueueKind::Accept, None, 7),
                 ],
                 cause: "accept_queue_overflow",
                 phrases: &[
@@ -238,7 +241,7 @@ mod tests {
             },
             Row {
                 name: "record: the SYN queue",
-                records: vec![overflow("syn", Some(S), 5)],
+                records: vec![overflow(QueueKind::Syn, Some(S), 5)],
                 cause: "syn_queue_overflow",
                 phrases: &[
                     "listener 10.0.0.2:8080: the SYN queue in netns 200 overflowed: 5 SYNs dropped",
@@ -267,7 +270,7 @@ mod tests {
             Row {
                 name: "story: timeouts after a SYN queue overflow",
                 records: vec![
-                    overflow("syn", Some(S), 5),
+                    overflow(QueueKind::Syn, Some(S), 5),
                     syn_retransmit(1_000),
                     error(3_000, libc::ETIMEDOUT),
                 ],

@@ -2,7 +2,10 @@
 //! or an ICMP error. Told apart from the TCP stack's own refusal by the kernel's drop
 //! reason (NETFILTER_DROP) and by which RSTs the TCP stack itself sent.
 use super::{Ctx, Finding, Rule};
-use crate::base::record::FirewallRule;
+use crate::base::{
+    reasons,
+    record::{FirewallRule, TcpFlags},
+};
 
 fn nft_fix(port: u16, netns: Option<u32>) -> String {
     let where_ = netns.map_or(String::new(), |ns| format!(" in netns {ns}"));
@@ -119,9 +122,9 @@ fn named(
 fn netfilter_syn_drops<'a>(
     c: &'a Ctx,
 ) -> impl Iterator<Item = &'a crate::base::record::Record> + 'a {
-    c.story.drops("NETFILTER_DROP").filter(|r| {
+    c.story.drops(reasons::NETFILTER_DROP).filter(|r| {
         r.tcp_flags
-            .is_some_and(|f| f.contains('S') && !f.contains('A'))
+            .is_some_and(|f| f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK))
     })
 }
 
@@ -137,7 +140,7 @@ impl Rule for FirewallReject {
         let tcp_stack_refused = c
             .story
             .rsts_sent()
-            .any(|r| r.reason.as_deref() == Some("NO_SOCKET"));
+            .any(|r| r.reason.as_deref() == Some(reasons::NO_SOCKET));
         let how = if c.story.rst_received().is_some() && !tcp_stack_refused {
             "with a forged TCP reset (REJECT --reject-with tcp-reset)"
         } else if c.story.soft_errors() > 0
@@ -181,7 +184,7 @@ pub struct FirewallDrop;
 
 /// Segments of an established connection dropped by netfilter.
 fn established_drops(c: &Ctx) -> Option<Finding> {
-    let drops: Vec<_> = c.story.drops("NETFILTER_DROP").collect();
+    let drops: Vec<_> = c.story.drops(reasons::NETFILTER_DROP).collect();
     let first = drops.first()?;
     let ns = first.netns;
     let port = first.dst.map_or(0, |d| d.port());
@@ -329,6 +332,7 @@ impl Rule for SynUnanswered {
 #[cfg(test)]
 mod tests {
     use crate::base::record::{Kind, Record};
+    use crate::base::record::{TcpFlags, TcpState};
     use crate::explain::testing::*;
 
     const REMOTE: &str = "192.0.2.9:8080";
@@ -360,11 +364,11 @@ mod tests {
                 records: vec![
                     with(rec(Kind::Drop, 2_000, C, S, SNS), |d| {
                         d.reason = Some("NETFILTER_DROP".into());
-                        d.tcp_flags = Some("PA");
+                        d.tcp_flags = Some(TcpFlags::PSH | TcpFlags::ACK);
                     }),
                     with(client_owned(rec(Kind::State, 3_000, C, S, CNS)), |d| {
-                        d.old_state = Some("ESTABLISHED");
-                        d.new_state = Some("CLOSE");
+                        d.old_state = Some(TcpState::Established);
+                        d.new_state = Some(TcpState::Close);
                     }),
                     error(3_000, libc::ETIMEDOUT),
                 ],

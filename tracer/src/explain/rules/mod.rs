@@ -11,7 +11,10 @@ mod unreachable;
 use std::net::SocketAddr;
 
 use super::story::Story;
-use crate::base::record::{Proc, Record};
+use crate::base::{
+    reasons,
+    record::{Proc, Record},
+};
 use crate::enrich::host::Host;
 
 pub struct Ctx<'a> {
@@ -36,7 +39,7 @@ impl Ctx<'_> {
                 || self
                     .story
                     .rsts_sent()
-                    .any(|r| r.reason.as_deref() == Some("NO_SOCKET"))
+                    .any(|r| r.reason.as_deref() == Some(reasons::NO_SOCKET))
                 || (self.errno.is_none() && self.story.rst_received().is_some()))
     }
 }

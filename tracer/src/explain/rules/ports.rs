@@ -7,7 +7,7 @@
 //! has a connection to the destination: its death (SYN_SENT->CLOSE, in the owner's
 //! own call, joined to the errno by the engine) shows the bound address.
 use super::{Ctx, Finding, Rule};
-use crate::base::record::Kind;
+use crate::base::record::{Kind, TcpState};
 
 pub struct LocalPortsExhausted;
 
@@ -20,14 +20,14 @@ impl Rule for LocalPortsExhausted {
         let r = c.story.connect_error()?;
         // EADDRNOTAVAIL before SYN_SENT is another failure (no usable local address).
         if r.errno != Some(libc::EADDRNOTAVAIL)
-            || (r.state != Some("SYN_SENT") && r.ports.is_none())
+            || (r.state != Some(TcpState::SynSent) && r.ports.is_none())
         {
             return None;
         }
         let dst = r.dst?;
         let ns = r.netns.map_or(String::new(), |n| format!(" in netns {n}"));
         let bound = c.story.evidence.iter().find_map(|e| {
-            (e.kind == Kind::State && e.old_state == Some("SYN_SENT"))
+            (e.kind == Kind::State && e.old_state == Some(TcpState::SynSent))
                 .then_some(e.src?)
                 .filter(|s| s.port() != 0)
         });
@@ -92,10 +92,11 @@ impl Rule for LocalPortsExhausted {
 
 #[cfg(test)]
 mod tests {
+    use crate::base::record::TcpState;
     use crate::base::record::{Kind, PortUse, Record};
     use crate::explain::testing::*;
 
-    fn no_local_port(state: Option<&'static str>, ports: Option<PortUse>) -> Record {
+    fn no_local_port(state: Option<TcpState>, ports: Option<PortUse>) -> Record {
         with(
             client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS)),
             |r| {
@@ -117,7 +118,7 @@ mod tests {
         check(vec![
             Row {
                 name: "the range used up, mostly ESTABLISHED",
-                records: vec![no_local_port(Some("SYN_SENT"), Some(held(3, 1)))],
+                records: vec![no_local_port(Some(TcpState::SynSent), Some(held(3, 1)))],
                 cause: "local_ports_exhausted",
                 phrases: &[
                     "curl[4121] -> 10.0.0.2:8080 failed: no free local port for a connection to 10.0.0.2:8080 in netns 100",
@@ -127,13 +128,13 @@ mod tests {
             },
             Row {
                 name: "mostly TIME_WAIT",
-                records: vec![no_local_port(Some("SYN_SENT"), Some(held(0, 4)))],
+                records: vec![no_local_port(Some(TcpState::SynSent), Some(held(0, 4)))],
                 cause: "local_ports_exhausted",
                 phrases: &["let new connections reuse TIME_WAIT ports: sysctl -w net.ipv4.tcp_tw_reuse=1; reuse connections"],
             },
             Row {
                 name: "the port use not read",
-                records: vec![no_local_port(Some("SYN_SENT"), None)],
+                records: vec![no_local_port(Some(TcpState::SynSent), None)],
                 cause: "local_ports_exhausted",
                 phrases: &["(not measured here)"],
             },
@@ -141,11 +142,11 @@ mod tests {
                 name: "a bound port already connected there",
                 records: vec![
                     with(client_owned(rec(Kind::State, 10, C, S, CNS)), |d| {
-                        d.old_state = Some("SYN_SENT");
-                        d.new_state = Some("CLOSE");
+                        d.old_state = Some(TcpState::SynSent);
+                        d.new_state = Some(TcpState::Close);
                         d.task = d.owner.clone();
                     }),
-                    with(no_local_port(Some("SYN_SENT"), None), |r| {
+                    with(no_local_port(Some(TcpState::SynSent), None), |r| {
                         r.task = r.owner.clone();
                     }),
                 ],

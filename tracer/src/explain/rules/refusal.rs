@@ -1,6 +1,7 @@
 //! Refusals by the TCP stack (an RST answering the SYN): which of the classic reasons,
 //! told apart with the listener table of the server's namespace.
 use super::{ago, ss_cmd, who, Ctx, Finding, Rule};
+use crate::base::reasons;
 
 /// How long after a listener closed a refusal is blamed on the restart.
 const RESTART_WINDOW_NS: u64 = 30_000_000_000;
@@ -103,8 +104,8 @@ impl Rule for FamilyMismatch {
         let no_socket = c
             .story
             .rsts_sent()
-            .chain(c.story.drops("NO_SOCKET"))
-            .any(|r| r.reason.as_deref() == Some("NO_SOCKET"));
+            .chain(c.story.drops(reasons::NO_SOCKET))
+            .any(|r| r.reason.as_deref() == Some(reasons::NO_SOCKET));
         let l = match c.host.listener_for(ns, server) {
             // `[::]` with V6ONLY not read (older captures): the kernel's NO_SOCKET says
             // it took no IPv4, the one thing that makes it refuse.
@@ -283,7 +284,7 @@ impl Rule for NothingListening {
         let evidence = if c
             .story
             .rsts_sent()
-            .any(|r| r.reason.as_deref() == Some("NO_SOCKET"))
+            .any(|r| r.reason.as_deref() == Some(reasons::NO_SOCKET))
         {
             " (the server's kernel answered with RST, reason NO_SOCKET)"
         } else {

@@ -3,13 +3,16 @@
 //! with them still queued, by the peer, by keepalive, or timed out retransmitting to a
 //! peer that stopped answering.
 use super::{who, Ctx, Finding, Rule};
-use crate::base::record::{Kind, Record};
+use crate::base::{
+    reasons,
+    record::{Kind, Record, TcpState},
+};
 
 /// The RST this host sent on an established connection.
 fn app_rst<'a>(c: &'a Ctx) -> Option<&'a Record> {
     c.story.rsts_sent().find(|r| {
-        !matches!(r.reason.as_deref(), Some("NO_SOCKET"))
-            && !matches!(r.state, None | Some("LISTEN" | "SYN_SENT"))
+        !matches!(r.reason.as_deref(), Some(reasons::NO_SOCKET))
+            && !matches!(r.state, None | Some(TcpState::Listen | TcpState::SynSent))
     })
 }
 
@@ -36,11 +39,12 @@ impl Rule for ListenerGoneWithQueue {
     fn check(&self, c: &Ctx) -> Option<Finding> {
         // A reason other than TCP_STATE is not a queued child's (those are reset by
         // tcp_disconnect, whatever they hold).
-        if app_rst(c).is_some_and(|r| r.reason.as_deref().is_some_and(|x| x != "TCP_STATE")) {
+        if app_rst(c).is_some_and(|r| r.reason.as_deref().is_some_and(|x| x != reasons::TCP_STATE))
+        {
             return None;
         }
         let (closed, death) = c.story.evidence.iter().find_map(|r| {
-            if r.kind != Kind::State || r.new_state != Some("CLOSE") {
+            if r.kind != Kind::State || r.new_state != Some(TcpState::Close) {
                 return None;
             }
             let closed = c.host.closed_with_queue(r.netns?, r.src?, r.mono_ns)?;
@@ -103,27 +107,27 @@ impl Rule for ApplicationReset {
                 .cloned()
         });
         let (cause, reason, fix) = match rst.reason.as_deref() {
-            Some("TCP_ABORT_ON_CLOSE") => (
+            Some(reasons::TCP_ABORT_ON_CLOSE) => (
                 "reset_unread_data",
                 format!("{} closed its socket with unread data, which makes the kernel send an RST (reason TCP_ABORT_ON_CLOSE)", who(&owner)),
                 "the application must read (or shutdown(SHUT_WR) and drain) what the peer sent before close()",
             ),
-            Some("TCP_STATE") => (
+            Some(reasons::TCP_STATE) => (
                 "reset_linger_zero",
                 format!("{} aborted the connection (close with SO_LINGER 0, or a disconnect), sending an RST (reason TCP_STATE)", who(&owner)),
                 "remove SO_LINGER {on, 0} unless an abortive close is intended, and close gracefully",
             ),
-            Some("TCP_ABORT_ON_DATA") => (
+            Some(reasons::TCP_ABORT_ON_DATA) => (
                 "reset_after_shutdown",
                 format!("data arrived after {} had closed or shut down its socket (reason TCP_ABORT_ON_DATA)", who(&owner)),
                 "the peer keeps sending after this side closed: fix the protocol's close sequence (or read until EOF before closing)",
             ),
-            Some("TCP_TIMEWAIT_SOCKET") => (
+            Some(reasons::TCP_TIMEWAIT_SOCKET) => (
                 "reset_time_wait",
                 "a segment arrived for a connection already in TIME_WAIT (reason TCP_TIMEWAIT_SOCKET)".to_string(),
                 "the peer wrote into a connection this side had already closed: fix the close sequence, avoid reusing it",
             ),
-            Some("TCP_KEEPALIVE_TIMEOUT") => return None,
+            Some(reasons::TCP_KEEPALIVE_TIMEOUT) => return None,
             None if from_timer(rst) => return None,
             Some(other) => (
                 "reset_by_application",
@@ -156,8 +160,8 @@ impl Rule for KeepaliveTimeout {
 
     fn check(&self, c: &Ctx) -> Option<Finding> {
         let rst = c.story.rsts_sent().find(|r| {
-            r.reason.as_deref() == Some("TCP_KEEPALIVE_TIMEOUT")
-                || (r.reason.is_none() && r.state == Some("ESTABLISHED") && from_timer(r))
+            r.reason.as_deref() == Some(reasons::TCP_KEEPALIVE_TIMEOUT)
+                || (r.reason.is_none() && r.state == Some(TcpState::Established) && from_timer(r))
         })?;
         Some(Finding {
             cause: self.id(),
@@ -230,6 +234,7 @@ impl Rule for ResetByPeer {
 
 #[cfg(test)]
 mod tests {
+    use crate::base::record::TcpState;
     use crate::base::record::{Kind, Proc, Record};
     use crate::explain::testing::*;
 
@@ -239,7 +244,7 @@ mod tests {
         vec![
             with(rec(Kind::RstSent, 10, S, C, SNS), |r| {
                 r.reason = reason.map(Into::into);
-                r.state = Some("ESTABLISHED");
+                r.state = Some(TcpState::Established);
                 r.owner = python3(880);
                 r.task = Some(Proc {
                     pid: task,
@@ -253,8 +258,8 @@ mod tests {
 
     fn client_died(at_ms: u64, f: impl FnOnce(&mut Record)) -> Record {
         with(client_owned(rec(Kind::State, at_ms, C, S, CNS)), |d| {
-            d.old_state = Some("ESTABLISHED");
-            d.new_state = Some("CLOSE");
+            d.old_state = Some(TcpState::Established);
+            d.new_state = Some(TcpState::Close);
             f(d);
         })
     }
@@ -270,13 +275,13 @@ mod tests {
             listening(1, S, SNS, 880),
             unlistening(100, S, SNS, 880),
             at(with(rec(Kind::State, 0, S, C, SNS), |d| {
-                d.old_state = Some("ESTABLISHED");
-                d.new_state = Some("CLOSE");
+                d.old_state = Some(TcpState::Established);
+                d.new_state = Some(TcpState::Close);
                 d.owner = python3(880);
                 d.task = python3(880);
             })),
             at(with(rec(Kind::RstSent, 0, S, C, SNS), |r| {
-                r.state = Some("CLOSE");
+                r.state = Some(TcpState::Close);
                 r.reason = Some("TCP_STATE".into());
                 r.owner = python3(880);
                 r.task = python3(880);

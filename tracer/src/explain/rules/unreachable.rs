@@ -1,5 +1,6 @@
 //! Routing and neighbour failures.
 use super::{Ctx, Finding, Rule};
+use crate::base::reasons;
 
 pub struct NoRoute;
 
@@ -65,9 +66,9 @@ impl Rule for NoRoute {
         }
         let dropped = c
             .story
-            .drops("IP_OUTNOROUTES")
+            .drops(reasons::IP_OUTNOROUTES)
             .next()
-            .or_else(|| c.story.drops("IP_INNOROUTES").next());
+            .or_else(|| c.story.drops(reasons::IP_INNOROUTES).next());
         if dropped.is_none() && c.errno != Some(libc::ENETUNREACH) {
             return None;
         }
@@ -98,7 +99,7 @@ impl Rule for NeighbourUnreachable {
     }
 
     fn check(&self, c: &Ctx) -> Option<Finding> {
-        let neigh = c.story.drops("NEIGH_FAILED").next().is_some();
+        let neigh = c.story.drops(reasons::NEIGH_FAILED).next().is_some();
         let silent_unreach = c.errno == Some(libc::EHOSTUNREACH)
             && c.story.soft_errors() == 0
             && c.story.rst_received().is_none();
@@ -110,7 +111,7 @@ impl Rule for NeighbourUnreachable {
         let peer = c
             .server
             .or_else(|| c.story.errno_record().and_then(|r| r.dst))
-            .or_else(|| c.story.drops("NEIGH_FAILED").find_map(|d| d.dst))?;
+            .or_else(|| c.story.drops(reasons::NEIGH_FAILED).find_map(|d| d.dst))?;
         let reason = if c.story.was_established() {
             format!(
                 "{} (or the gateway towards it) stopped answering ARP/neighbour discovery during the connection: the host went down or left the link",
@@ -136,6 +137,7 @@ impl Rule for NeighbourUnreachable {
 #[cfg(test)]
 mod tests {
     use crate::base::record::{Kind, Record};
+    use crate::base::record::{TcpFlags, TcpState};
     use crate::explain::testing::*;
 
     fn connect_error(errno: i32) -> Record {
@@ -214,11 +216,11 @@ mod tests {
                 records: vec![
                     with(rec(Kind::Drop, 2_000, C, S, CNS), |d| {
                         d.reason = Some("NEIGH_FAILED".into());
-                        d.tcp_flags = Some("PA");
+                        d.tcp_flags = Some(TcpFlags::PSH | TcpFlags::ACK);
                     }),
                     with(client_owned(rec(Kind::State, 3_000, C, S, CNS)), |d| {
-                        d.old_state = Some("ESTABLISHED");
-                        d.new_state = Some("CLOSE");
+                        d.old_state = Some(TcpState::Established);
+                        d.new_state = Some(TcpState::Close);
                     }),
                     error(3_000, libc::EHOSTUNREACH),
                 ],

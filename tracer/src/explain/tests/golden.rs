@@ -4,7 +4,7 @@
 use super::*;
 use crate::base::{
     clock::Clock,
-    record::{PortUse, Proc, Queue},
+    record::{PortUse, Proc, Queue, QueueKind, TcpState},
 };
 
 fn run_timed(setup: impl FnOnce(&mut Engine, &mut Vec<Explanation>)) -> Vec<Explanation> {
@@ -32,7 +32,7 @@ fn app_reset(reason: Option<&'static str>, task: u32) -> Setup {
     Box::new(move |e, o| {
         let mut rst = owned(rec(Kind::RstSent, 10, S, C, SNS), 880, "python3");
         rst.reason = reason.map(Into::into);
-        rst.state = Some("ESTABLISHED");
+        rst.state = Some(TcpState::Established);
         rst.task = Some(Proc {
             pid: task,
             comm: "x".into(),
@@ -166,7 +166,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
             Box::new(|e, o| {
                 let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
                 r.errno = Some(libc::EADDRNOTAVAIL);
-                r.state = Some("SYN_SENT");
+                r.state = Some(TcpState::SynSent);
                 r.ports = Some(PortUse {
                     range: [40000, 40003],
                     established: 3,
@@ -180,14 +180,14 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
             "local_address_in_use",
             Box::new(|e, o| {
                 let mut death = client_owned(rec(Kind::State, 10, C, S, CNS));
-                death.old_state = Some("SYN_SENT");
-                death.new_state = Some("CLOSE");
+                death.old_state = Some(TcpState::SynSent);
+                death.new_state = Some(TcpState::Close);
                 death.task = death.owner.clone();
                 e.push(death, o);
                 let mut r = client_owned(rec(Kind::ConnectError, 10, "0.0.0.0:0", S, CNS));
                 r.task = r.owner.clone();
                 r.errno = Some(libc::EADDRNOTAVAIL);
-                r.state = Some("SYN_SENT");
+                r.state = Some(TcpState::SynSent);
                 e.push(r, o);
             }),
         ),
@@ -223,7 +223,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
                 let mut ov = Record::new(Kind::Overflow, 500 * MS, String::new());
                 ov.netns = Some(SNS);
                 ov.src = Some(S.parse().unwrap());
-                ov.queue_kind = Some("accept");
+                ov.queue_kind = Some(QueueKind::Accept);
                 ov.queue = Some(Queue {
                     depth: 2,
                     backlog: 1,
@@ -246,7 +246,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
                 let mut ov = Record::new(Kind::Overflow, 500 * MS, String::new());
                 ov.netns = Some(SNS);
                 ov.src = Some(S.parse().unwrap());
-                ov.queue_kind = Some("syn");
+                ov.queue_kind = Some(QueueKind::Syn);
                 ov.drops = Some(300);
                 e.push(ov, o);
             }),
@@ -256,8 +256,8 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
             Box::new(|e, o| {
                 listen(e, 1, S, SNS, 880, o);
                 let mut close = rec(Kind::State, 100, S, "0.0.0.0:0", SNS);
-                close.old_state = Some("LISTEN");
-                close.new_state = Some("CLOSE");
+                close.old_state = Some(TcpState::Listen);
+                close.new_state = Some(TcpState::Close);
                 close.owner = python3(880);
                 close.task = python3(880);
                 e.push(close, o);
@@ -292,8 +292,8 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
             "flow_timeout",
             Box::new(|e, o| {
                 let mut st = client_owned(rec(Kind::State, 10_000, C, S, CNS));
-                st.old_state = Some("ESTABLISHED");
-                st.new_state = Some("CLOSE");
+                st.old_state = Some(TcpState::Established);
+                st.new_state = Some(TcpState::Close);
                 st.retransmits = Some(15);
                 e.push(st, o);
                 e.push(error(10_000, libc::ETIMEDOUT), o);
@@ -304,7 +304,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
             Box::new(|e, o| {
                 let remote = "192.0.2.9:443";
                 let mut got = client_owned(rec(Kind::RstReceived, 10, C, remote, CNS));
-                got.state = Some("ESTABLISHED");
+                got.state = Some(TcpState::Established);
                 e.push(got, o);
                 let mut err = error(10, libc::ECONNRESET);
                 err.dst = Some(remote.parse().unwrap());
