@@ -4,39 +4,16 @@ use std::{io::Write, path::Path};
 
 use anyhow::Result;
 use serde::Serialize;
-use tracer_common::{Hook, KernelOffsets, NO_OFFSET};
+use tracer_common::{Hook, KernelOffsets};
 
 use crate::kernel::{
     btf::{KernelBtf, VMLINUX},
+    hooks::{EVIDENCE, HOOKS},
     info::KernelInfo,
     privileges,
-    probes::{hook_loss, HookStatus, Probes},
+    probes::{HookStatus, Probes},
     tracefs,
 };
-
-/// Fields each hook's decoding uses, by name.
-fn wanted_fields(hook: Hook) -> &'static [&'static str] {
-    match hook {
-        Hook::SendReset => &["skaddr", "skbaddr", "state", "reason", "saddr", "daddr"],
-        Hook::ReceiveReset | Hook::DestroySock => &[
-            "skaddr", "sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6",
-        ],
-        Hook::RetransmitSkb => &[
-            "skaddr", "state", "sport", "dport", "family", "saddr", "daddr",
-        ],
-        Hook::RetransmitSynack => &["skaddr", "sport", "dport", "family", "saddr", "daddr"],
-        Hook::KfreeSkb => &["reason", "rx_sk", "location"],
-        Hook::SetState => &[
-            "skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr",
-            "daddr",
-        ],
-        Hook::ErrorReport => &[
-            "error", "sport", "dport", "family", "protocol", "saddr", "daddr",
-        ],
-        Hook::ConnectEnter => &["uservaddr"],
-        Hook::ConnectExit | Hook::AcceptExit | Hook::Accept4Exit => &["ret"],
-    }
-}
 
 #[derive(Serialize)]
 pub struct HookReport {
@@ -99,12 +76,13 @@ pub fn gather() -> Report {
     } else {
         None
     };
-    let hooks: Vec<HookReport> = Hook::ALL
+    let hooks: Vec<HookReport> = HOOKS
         .iter()
-        .map(|&h| {
-            let (cat, name) = h.tracepoint();
+        .map(|s| {
+            let (h, cat, name) = (s.hook, s.category, s.name);
             let fmt = info.formats.get(&h);
-            let (present, missing) = wanted_fields(h)
+            let (present, missing) = s
+                .fields
                 .iter()
                 .partition(|f| fmt.is_some_and(|fm| fm.field(f).is_some()));
             let (attached, program, error) = match status.as_ref().and_then(|s| s.get(&h)) {
@@ -124,65 +102,19 @@ pub fn gather() -> Report {
                 error,
                 fields_present: present,
                 fields_missing: missing,
-                loses: hook_loss(h),
+                loses: s.loses,
             }
         })
         .collect();
     let attached = |h: Hook| hooks[h as usize].attached;
-    let has_field = |h: Hook, f: &str| info.formats.get(&h).is_some_and(|fm| fm.field(f).is_some());
-    let capabilities = vec![
-        Capability {
-            name: "rst_sent_reason",
-            available: attached(Hook::SendReset) && has_field(Hook::SendReset, "reason"),
-            detail: "why the kernel sent an RST (NO_SOCKET, TCP_STATE, ...; 6.10+)",
-        },
-        Capability {
-            name: "rst_for_closed_port",
-            available: attached(Hook::SendReset) && has_field(Hook::SendReset, "reason"),
-            detail: "an RST event for a SYN to a closed port (6.10+; before, refusals are explained from the client's side)",
-        },
-        Capability { name: "rst_received", available: attached(Hook::ReceiveReset), detail: "RSTs arriving on local sockets" },
-        Capability { name: "syn_retransmits", available: attached(Hook::RetransmitSkb), detail: "unanswered SYNs" },
-        Capability { name: "synack_retransmits", available: attached(Hook::RetransmitSynack), detail: "unanswered SYN-ACKs on listeners" },
-        Capability { name: "drop_reasons", available: attached(Hook::KfreeSkb), detail: "packet drops with the kernel's reason (5.17+)" },
-        Capability {
-            name: "drop_listener",
-            available: attached(Hook::KfreeSkb) && has_field(Hook::KfreeSkb, "rx_sk"),
-            detail: "the socket a dropped packet was for (6.11+)",
-        },
-        Capability { name: "errno", available: attached(Hook::ErrorReport), detail: "the errno handed to the application (5.13+)" },
-        Capability {
-            name: "connect_errors",
-            available: attached(Hook::ConnectEnter) && attached(Hook::ConnectExit),
-            detail: "connect() failing before any packet (no route, prohibit, no free local port)",
-        },
-        Capability { name: "ownership", available: attached(Hook::SetState), detail: "the process owning each socket, listener changes" },
-        Capability {
-            name: "accept_owner",
-            available: attached(Hook::SetState)
-                && (attached(Hook::AcceptExit) || attached(Hook::Accept4Exit))
-                && [offsets.task_files, offsets.files_fdt, offsets.fdtable_fd, offsets.fdtable_max_fds, offsets.file_private_data, offsets.socket_sk]
-                    .iter()
-                    .all(|&o| o != NO_OFFSET),
-            detail: "accepted connections owned by the process that accepted them (pre-fork workers)",
-        },
-        Capability { name: "netns", available: offsets.sk_net != NO_OFFSET && offsets.net_inum != NO_OFFSET, detail: "network namespace of each event (BTF)" },
-        Capability {
-            name: "accept_queue",
-            available: offsets.sk_ack_backlog != NO_OFFSET && offsets.sk_max_ack_backlog != NO_OFFSET,
-            detail: "listener accept queue depth in kernel events (BTF)",
-        },
-        Capability {
-            name: "drop_addresses",
-            available: attached(Hook::KfreeSkb) && offsets.skb_head != NO_OFFSET && offsets.skb_network_header != NO_OFFSET,
-            detail: "addresses and ports of dropped packets (BTF)",
-        },
-        Capability {
-            name: "backlog_counters",
-            available: Path::new("/proc/self/net/netstat").exists(),
-            detail: "accept/SYN queue overflows from TcpExt counters",
-        },
-    ];
+    let capabilities = EVIDENCE
+        .iter()
+        .map(|e| Capability {
+            name: e.name,
+            available: e.available(attached, &info.formats, &offsets),
+            detail: e.detail,
+        })
+        .collect();
     Report {
         kernel: info.release.clone(),
         btf: btf.is_some(),

@@ -6,7 +6,11 @@ use tracer_common::{Config, Hook, RecordLayout, DROP_REASON_BITS, NO_FIELD};
 
 use crate::{
     base::reasons,
-    kernel::{btf::KernelBtf, tracefs::Format},
+    kernel::{
+        btf::KernelBtf,
+        hooks::{fixed_layout, HOOKS},
+        tracefs::Format,
+    },
 };
 
 /// Kernel metadata the decoder and the programs need.
@@ -29,11 +33,11 @@ impl KernelInfo {
                 .unwrap_or_default(),
             ..Default::default()
         };
-        for hook in Hook::ALL {
-            let (cat, name) = hook.tracepoint();
+        for s in &HOOKS {
+            let (cat, name) = (s.category, s.name);
             match Format::read(tracefs, cat, name) {
                 Ok(f) => {
-                    info.formats.insert(hook, f);
+                    info.formats.insert(s.hook, f);
                 }
                 Err(e) => info.missing.push(format!("tracepoint {cat}:{name}: {e:#}")),
             }
@@ -64,25 +68,16 @@ impl KernelInfo {
             .map(|(v, _)| *v)
     }
 
-    /// tcp_send_reset fires for resets sent without a socket, with their reason
-    /// (6.10+): a segment to a closed port then shows as an RST with NO_SOCKET.
-    pub fn traces_rst_for_closed_ports(&self) -> bool {
-        self.formats
-            .get(&Hook::SendReset)
-            .is_some_and(|f| f.field("reason").is_some())
-    }
-
-    /// The hook whose event reports the same as a drop for `reason`, which is then
-    /// left out while that hook is attached: a received RST is freed as TCP_RESET
-    /// once tcp_receive_reset has reported it, and on 6.10+ a segment to a closed
-    /// port is answered by an RST that tcp_send_reset reports with NO_SOCKET. Each
-    /// would be a sixth of a refusal's events.
+    /// The hook whose event reports the same as a drop for `reason` on this kernel
+    /// (`HookSpec::reports_drops`), which is then left out while that hook is attached.
     fn drop_reported_by(&self, reason: &str) -> Option<Hook> {
-        match reason {
-            reasons::TCP_RESET => Some(Hook::ReceiveReset),
-            reasons::NO_SOCKET if self.traces_rst_for_closed_ports() => Some(Hook::SendReset),
-            _ => None,
-        }
+        HOOKS.iter().find_map(|s| {
+            let d = s.reports_drops.filter(|d| d.reason == reason)?;
+            let has = |field| self.formats.get(&s.hook)?.field(field);
+            d.needs_field
+                .is_none_or(|f| has(f).is_some())
+                .then_some(s.hook)
+        })
     }
 
     /// Program configuration for this kernel, a ring buffer of `ring_bytes` and the
@@ -121,36 +116,6 @@ impl KernelInfo {
     }
 }
 
-/// Whether `f` has `fields` (name, offset, size) exactly.
-fn has_layout(f: &Format, fields: &[(&str, usize, usize)]) -> bool {
-    fields.iter().all(|(n, o, s)| {
-        f.field(n)
-            .is_some_and(|fl| fl.offset == *o && fl.size == *s)
-    })
-}
-
-/// Whether the hook's record has the layout its program reads without a helper.
-pub fn fixed_layout(hook: Hook, f: &Format) -> bool {
-    use tracer_common::fixed::*;
-    match hook {
-        Hook::SetState => has_layout(
-            f,
-            &[
-                ("skaddr", SET_STATE_SKADDR, 8),
-                ("oldstate", SET_STATE_OLDSTATE, 4),
-                ("newstate", SET_STATE_NEWSTATE, 4),
-                ("sport", SET_STATE_SPORT, 2),
-                ("protocol", SET_STATE_PROTOCOL, 2),
-            ],
-        ),
-        Hook::DestroySock => has_layout(f, &[("skaddr", DESTROY_SKADDR, 8)]),
-        Hook::ConnectEnter => has_layout(f, &[("uservaddr", CONNECT_USERVADDR, 8)]),
-        Hook::ConnectExit => has_layout(f, &[("ret", CONNECT_RET, 8)]),
-        Hook::AcceptExit | Hook::Accept4Exit => has_layout(f, &[("ret", ACCEPT_RET, 8)]),
-        _ => false,
-    }
-}
-
 pub fn record_layout(f: &Format) -> RecordLayout {
     let off = |name: &str| {
         f.field(name)
@@ -177,5 +142,37 @@ pub fn record_layout(f: &Format) -> RecordLayout {
         },
         dport: off("dport"),
         _pad: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/events.md: TCP_RESET drops are left out while tcp_receive_reset is
+    /// attached, NO_SOCKET ones while tcp_send_reset is and reports them (6.10+).
+    #[test]
+    fn drops_another_hook_reports_are_left_out_while_it_is_attached() {
+        let mut info = KernelInfo::default();
+        for (v, n) in [(2, "NO_SOCKET"), (5, "TCP_RESET"), (6, "NETFILTER_DROP")] {
+            info.drop_reasons.insert(v, n.into());
+        }
+        let offsets = tracer_common::KernelOffsets::UNKNOWN;
+        let kept = |info: &KernelInfo, attached: &[Hook]| -> Vec<u32> {
+            let cfg = info.program_config(offsets, 4096, |h| attached.contains(&h));
+            [2, 5, 6]
+                .into_iter()
+                .filter(|&v| cfg.keeps_drop(v))
+                .collect()
+        };
+        let both = [Hook::SendReset, Hook::ReceiveReset];
+        assert_eq!(kept(&info, &[]), [2, 5, 6]);
+        // tcp_send_reset before 6.10 has no reason: it does not see closed ports.
+        assert_eq!(kept(&info, &both), [2, 6]);
+        let with_reason = "\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n";
+        info.formats
+            .insert(Hook::SendReset, Format::parse(with_reason).unwrap());
+        assert_eq!(kept(&info, &both), [6]);
+        assert_eq!(kept(&info, &[Hook::ReceiveReset]), [2, 6]);
     }
 }

@@ -12,27 +12,10 @@ use aya::{
 };
 use tracer_common::{maps, Config, Hook, KernelOffsets, ListenKey, ListenOwner};
 
-use crate::kernel::{info::KernelInfo, tracefs::Format};
-
-/// What a missing hook costs, for the one warning printed about it.
-pub fn hook_loss(hook: Hook) -> &'static str {
-    match hook {
-        Hook::SendReset => "RSTs sent by this host",
-        Hook::ReceiveReset => "RSTs received by this host",
-        Hook::RetransmitSkb => "SYN retransmits (unanswered connects)",
-        Hook::RetransmitSynack => "SYN-ACK retransmits",
-        Hook::KfreeSkb => "packet drops (firewall, no socket, routing)",
-        Hook::SetState => "listener and connection state changes, and socket ownership",
-        Hook::ErrorReport => "errnos handed to applications",
-        Hook::DestroySock => "socket lifetimes (ownership entries then age out instead)",
-        Hook::ConnectEnter | Hook::ConnectExit => {
-            "connect() failures before any packet (no route, prohibit, policy, no free local port)"
-        }
-        Hook::AcceptExit | Hook::Accept4Exit => {
-            "which process accepted a connection (pre-fork workers are named as their listener's process)"
-        }
-    }
-}
+use crate::kernel::{
+    hooks::{spec, RawWhen},
+    info::KernelInfo,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HookStatus {
@@ -126,7 +109,7 @@ impl Probes {
             };
             if let Some(Ok(info)) = self.ebpf.program(program).map(|p| p.info()) {
                 out.push(ProgramStat {
-                    hook: hook.program(),
+                    hook: spec(*hook).name,
                     program,
                     run_time_ns: info.run_time().as_nanos() as u64,
                     run_count: info.run_count(),
@@ -186,10 +169,12 @@ impl Probes {
     pub fn warn_degraded(&self) {
         for (hook, st) in &self.status {
             if let HookStatus::Missing { why } = st {
-                let (cat, name) = hook.tracepoint();
+                let s = spec(*hook);
                 log::warn!(
-                    "{cat}:{name} unavailable on this kernel ({why}); not visible: {}",
-                    hook_loss(*hook)
+                    "{}:{} unavailable on this kernel ({why}); not visible: {}",
+                    s.category,
+                    s.name,
+                    s.loses
                 );
             }
         }
@@ -199,34 +184,6 @@ impl Probes {
 /// Set, the socket hooks are attached as tracepoints even where they could be raw
 /// tracepoints (diagnostics; the tests of the fallback).
 const TRACEPOINTS_ENV: &str = "RSTRACE_TRACEPOINTS";
-
-/// The raw tracepoint programs of the socket hooks, real and empty, when the kernel's
-/// BTF gave every socket field they read (see inet_sock_set_state.rs).
-fn raw_sock_program(
-    hook: Hook,
-    format: &Format,
-    offsets: &KernelOffsets,
-    floor: bool,
-) -> Option<&'static str> {
-    if !offsets.sock_fields_known() || std::env::var(TRACEPOINTS_ENV).is_ok_and(|v| v == "1") {
-        return None;
-    }
-    let has_err = format.field("err").is_some();
-    Some(match (hook, floor) {
-        (Hook::SetState, false) => "inet_sock_set_state_raw",
-        (Hook::SetState, true) => "floor_raw_set_state",
-        (Hook::DestroySock, false) => "tcp_destroy_sock_raw",
-        (Hook::DestroySock, true) => "floor_raw_destroy_sock",
-        (Hook::ReceiveReset, false) => "tcp_receive_reset_raw",
-        (Hook::ReceiveReset, true) => "floor_raw_receive_reset",
-        (Hook::RetransmitSkb, false) if has_err => "tcp_retransmit_skb_raw_err",
-        (Hook::RetransmitSkb, false) => "tcp_retransmit_skb_raw",
-        (Hook::RetransmitSkb, true) => "floor_raw_retransmit_skb",
-        (Hook::ErrorReport, false) => "inet_sk_error_report_raw",
-        (Hook::ErrorReport, true) => "floor_raw_error_report",
-        _ => return None,
-    })
-}
 
 fn attach_raw(ebpf: &mut Ebpf, program: &'static str, name: &str) -> Result<&'static str> {
     let p: &mut RawTracePoint = ebpf
@@ -239,7 +196,8 @@ fn attach_raw(ebpf: &mut Ebpf, program: &'static str, name: &str) -> Result<&'st
     Ok(program)
 }
 
-/// Attaches the hook's program, or with `floor` its empty counterpart.
+/// Attaches the hook's program, or with `floor` its empty counterpart: the raw
+/// tracepoint program where the table says it can run, else the tracepoint one.
 fn attach(
     ebpf: &mut Ebpf,
     info: &KernelInfo,
@@ -247,37 +205,37 @@ fn attach(
     hook: Hook,
     floor: bool,
 ) -> Result<&'static str> {
-    let (cat, name) = hook.tracepoint();
+    let s = spec(hook);
+    let (cat, name) = (s.category, s.name);
     let format = info
         .formats
         .get(&hook)
         .ok_or_else(|| anyhow!("no tracepoint {cat}:{name}"))?;
-    if let Some(program) = raw_sock_program(hook, format, offsets, floor) {
-        match attach_raw(ebpf, program, name) {
-            Ok(p) => return Ok(p),
-            Err(e) => log::warn!("{e:#}; using the tracepoint instead"),
+    if let Some(raw) = &s.raw {
+        let program = raw.program.pick(format, floor);
+        match raw.when {
+            RawWhen::SockFieldsKnown => {
+                if offsets.sock_fields_known()
+                    && !std::env::var(TRACEPOINTS_ENV).is_ok_and(|v| v == "1")
+                {
+                    match attach_raw(ebpf, program, name) {
+                        Ok(p) => return Ok(p),
+                        Err(e) => log::warn!("{e:#}; using the tracepoint instead"),
+                    }
+                }
+            }
+            RawWhen::RecordHas { field, why_not } => {
+                if format.field(field).is_none() {
+                    return Err(anyhow!(why_not));
+                }
+                return attach_raw(ebpf, program, name);
+            }
         }
     }
-    if hook == Hook::KfreeSkb {
-        if format.field("reason").is_none() {
-            return Err(anyhow!(
-                "kfree_skb has no drop reason (kernel < 5.17); drops cannot be filtered"
-            ));
-        }
-        let program = if floor {
-            hook.floor_program()
-        } else if format.field("rx_sk").is_some() {
-            "kfree_skb_rx"
-        } else {
-            "kfree_skb"
-        };
-        return attach_raw(ebpf, program, name);
-    }
-    let program = if floor {
-        hook.floor_program()
-    } else {
-        hook.program()
-    };
+    let program = s
+        .tracepoint
+        .ok_or_else(|| anyhow!("{cat}:{name} has no tracepoint program"))?
+        .pick(format, floor);
     let p: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| anyhow!("program {program} missing from the object"))?
