@@ -14,6 +14,7 @@ use crate::{
         errno_name, Kind, OwnerSource, Proc, Queue, Record, Sock, TcpFlags, TcpState, Text,
     },
     kernel::{
+        hooks::{spec, HookSpec},
         info::KernelInfo,
         kallsyms::Kallsyms,
         tracefs::{Field, Format},
@@ -188,20 +189,17 @@ fn connect_error(raw: &[u8], r: &mut Record) {
 
 /// The fields a raw-tracepoint socket hook read from the socket: the same record as
 /// its tracepoint's.
-fn sock_fields(raw: &[u8], hook: Hook, r: &mut Record) {
+fn sock_fields(raw: &[u8], hook: &HookSpec, r: &mut Record) {
     let s: SockInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const SockInfo) };
     r.src = Some(SocketAddr::new(ip_of(s.family, s.saddr), s.sport));
     r.dst = Some(SocketAddr::new(ip_of(s.family, s.daddr), s.dport));
-    match hook {
-        Hook::SetState => {
-            r.old_state = Some(TcpState::from_kernel(s.oldstate));
-            r.new_state = Some(TcpState::from_kernel(s.newstate));
-        }
-        Hook::ErrorReport => {
-            r.errno = Some(s.error);
-            r.errno_name = errno_name(s.error);
-        }
-        _ => {}
+    if hook.reads("oldstate") {
+        r.old_state = Some(TcpState::from_kernel(s.oldstate));
+        r.new_state = Some(TcpState::from_kernel(s.newstate));
+    }
+    if hook.reads("error") {
+        r.errno = Some(s.error);
+        r.errno_name = errno_name(s.error);
     }
     if s.state != 0 {
         r.state = Some(TcpState::from_kernel(s.state));
@@ -258,25 +256,12 @@ impl Decoder {
         let h = &ev.hdr;
         let hook = Hook::from_u8(h.hook).ok_or(DecodeError::Hook(h.hook))?;
         let raw = &ev.raw[..];
-        let kind = match hook {
-            Hook::SendReset => Kind::RstSent,
-            Hook::ReceiveReset => Kind::RstReceived,
-            Hook::RetransmitSkb => Kind::SynRetransmit,
-            Hook::RetransmitSynack => Kind::SynackRetransmit,
-            Hook::KfreeSkb => Kind::Drop,
-            // These report nothing; only ownership.
-            Hook::SetState
-            | Hook::DestroySock
-            | Hook::ConnectEnter
-            | Hook::AcceptExit
-            | Hook::Accept4Exit => Kind::State,
-            Hook::ErrorReport => Kind::Error,
-            Hook::ConnectExit => Kind::ConnectError,
-        };
+        let s = spec(hook);
         // The wall-clock text is made only for records that are printed.
-        let mut r = Record::new(kind, h.ts_ns, String::new());
+        let mut r = Record::new(s.kind, h.ts_ns, String::new());
         self.header(h, &mut r);
-        if hook == Hook::KfreeSkb {
+        // A drop carries a DropInfo, never a record.
+        if s.kind == Kind::Drop {
             self.drop(raw, h, &mut r);
             return Ok(r);
         }
@@ -285,7 +270,7 @@ impl Decoder {
             return Ok(r);
         }
         if h.flags & flags::SOCK_INFO != 0 {
-            sock_fields(raw, hook, &mut r);
+            sock_fields(raw, s, &mut r);
             return Ok(r);
         }
         let hf = self.fields.get(&hook).ok_or(DecodeError::NoLayout(hook))?;
@@ -296,10 +281,11 @@ impl Decoder {
             .map(|s| TcpState::from_kernel(s as i32));
         r.old_state = get(raw, &hf.oldstate).map(|s| TcpState::from_kernel(s as i32));
         r.new_state = get(raw, &hf.newstate).map(|s| TcpState::from_kernel(s as i32));
-        if hook == Hook::SendReset {
+        // Besides kfree_skb's (above), tcp_send_reset's is the one record with a reason.
+        if s.reads("reason") {
             r.reason = get(raw, &hf.reason).map(|v| name(&self.rst_reasons, v as u64));
         }
-        if hook == Hook::ErrorReport {
+        if s.reads("error") {
             let e = get(raw, &hf.error).unwrap_or(0) as i32;
             r.errno = Some(e);
             r.errno_name = errno_name(e);
