@@ -23,6 +23,7 @@ pub const RAW_MAX: usize = 96;
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 /// Kernel hooks, as carried in [`EventHeader::hook`] and as index of the loss counters.
+/// What each attaches to and reads is the agent's hook table (tracer/src/kernel/hooks.rs).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
@@ -61,8 +62,10 @@ impl Hook {
         Hook::ALL.get(v as usize).copied()
     }
 
-    /// Program name in the eBPF object.
-    pub const fn program(self) -> &'static str {
+    /// The hook's name in records and captures: its tracepoint's name. The agent's hook
+    /// table (tracer/src/kernel/hooks.rs) takes it from here, so that records, which
+    /// come before the kernel stage, can name hooks too.
+    pub const fn name(self) -> &'static str {
         match self {
             Hook::SendReset => "tcp_send_reset",
             Hook::ReceiveReset => "tcp_receive_reset",
@@ -76,42 +79,6 @@ impl Hook {
             Hook::ConnectExit => "sys_exit_connect",
             Hook::AcceptExit => "sys_exit_accept",
             Hook::Accept4Exit => "sys_exit_accept4",
-        }
-    }
-
-    /// The empty program on the same hook (benchmark floor).
-    pub const fn floor_program(self) -> &'static str {
-        match self {
-            Hook::SendReset => "floor_send_reset",
-            Hook::ReceiveReset => "floor_receive_reset",
-            Hook::RetransmitSkb => "floor_retransmit_skb",
-            Hook::RetransmitSynack => "floor_retransmit_synack",
-            Hook::KfreeSkb => "floor_kfree_skb",
-            Hook::SetState => "floor_set_state",
-            Hook::ErrorReport => "floor_error_report",
-            Hook::DestroySock => "floor_destroy_sock",
-            Hook::ConnectEnter => "floor_enter_connect",
-            Hook::ConnectExit => "floor_exit_connect",
-            Hook::AcceptExit => "floor_exit_accept",
-            Hook::Accept4Exit => "floor_exit_accept4",
-        }
-    }
-
-    /// Tracepoint `(category, name)`.
-    pub const fn tracepoint(self) -> (&'static str, &'static str) {
-        match self {
-            Hook::SendReset => ("tcp", "tcp_send_reset"),
-            Hook::ReceiveReset => ("tcp", "tcp_receive_reset"),
-            Hook::RetransmitSkb => ("tcp", "tcp_retransmit_skb"),
-            Hook::RetransmitSynack => ("tcp", "tcp_retransmit_synack"),
-            Hook::KfreeSkb => ("skb", "kfree_skb"),
-            Hook::SetState => ("sock", "inet_sock_set_state"),
-            Hook::ErrorReport => ("sock", "inet_sk_error_report"),
-            Hook::DestroySock => ("tcp", "tcp_destroy_sock"),
-            Hook::ConnectEnter => ("syscalls", "sys_enter_connect"),
-            Hook::ConnectExit => ("syscalls", "sys_exit_connect"),
-            Hook::AcceptExit => ("syscalls", "sys_exit_accept"),
-            Hook::Accept4Exit => ("syscalls", "sys_exit_accept4"),
         }
     }
 }

@@ -459,7 +459,7 @@ impl QueueKind {
 
 fn serialize_hook<S: Serializer>(h: &Option<Hook>, s: S) -> Result<S::Ok, S::Error> {
     match h {
-        Some(h) => s.serialize_str(h.program()),
+        Some(h) => s.serialize_str(h.name()),
         None => s.serialize_none(),
     }
 }

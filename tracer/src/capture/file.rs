@@ -19,7 +19,7 @@ use crate::{
         private_file::{self, file_id, Dir, FileId},
         record::Record,
     },
-    kernel::{info::KernelInfo, tracefs::Field},
+    kernel::{hooks, info::KernelInfo, tracefs::Field},
 };
 
 pub const MAGIC: &[u8; 8] = b"RSTRACE\0";
@@ -99,8 +99,8 @@ impl Header {
             .formats
             .iter()
             .map(|(h, f)| {
-                let (c, n) = h.tracepoint();
-                (format!("{c}:{n}"), f.fields.clone())
+                let s = hooks::spec(*h);
+                (format!("{}:{}", s.category, s.name), f.fields.clone())
             })
             .collect();
         formats.sort_by(|a, b| a.0.cmp(&b.0));

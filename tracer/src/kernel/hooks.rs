@@ -127,7 +127,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::SendReset,
         category: "tcp",
-        name: "tcp_send_reset",
+        name: Hook::SendReset.name(),
         tracepoint: Some(Program::new("tcp_send_reset", "floor_send_reset")),
         raw: None,
         kind: Kind::RstSent,
@@ -143,7 +143,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::ReceiveReset,
         category: "tcp",
-        name: "tcp_receive_reset",
+        name: Hook::ReceiveReset.name(),
         tracepoint: Some(Program::new("tcp_receive_reset", "floor_receive_reset")),
         raw: Some(RawProgram {
             program: Program::new("tcp_receive_reset_raw", "floor_raw_receive_reset"),
@@ -162,7 +162,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::RetransmitSkb,
         category: "tcp",
-        name: "tcp_retransmit_skb",
+        name: Hook::RetransmitSkb.name(),
         tracepoint: Some(Program::new("tcp_retransmit_skb", "floor_retransmit_skb")),
         raw: Some(RawProgram {
             program: Program {
@@ -184,7 +184,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::RetransmitSynack,
         category: "tcp",
-        name: "tcp_retransmit_synack",
+        name: Hook::RetransmitSynack.name(),
         tracepoint: Some(Program::new(
             "tcp_retransmit_synack",
             "floor_retransmit_synack",
@@ -199,7 +199,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::KfreeSkb,
         category: "skb",
-        name: "kfree_skb",
+        name: Hook::KfreeSkb.name(),
         tracepoint: None,
         raw: Some(RawProgram {
             program: Program {
@@ -222,7 +222,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::SetState,
         category: "sock",
-        name: "inet_sock_set_state",
+        name: Hook::SetState.name(),
         tracepoint: Some(Program::new("inet_sock_set_state", "floor_set_state")),
         raw: Some(RawProgram {
             program: Program::new("inet_sock_set_state_raw", "floor_raw_set_state"),
@@ -246,7 +246,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::ErrorReport,
         category: "sock",
-        name: "inet_sk_error_report",
+        name: Hook::ErrorReport.name(),
         tracepoint: Some(Program::new("inet_sk_error_report", "floor_error_report")),
         raw: Some(RawProgram {
             program: Program::new("inet_sk_error_report_raw", "floor_raw_error_report"),
@@ -263,7 +263,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::DestroySock,
         category: "tcp",
-        name: "tcp_destroy_sock",
+        name: Hook::DestroySock.name(),
         tracepoint: Some(Program::new("tcp_destroy_sock", "floor_destroy_sock")),
         raw: Some(RawProgram {
             program: Program::new("tcp_destroy_sock_raw", "floor_raw_destroy_sock"),
@@ -279,7 +279,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::ConnectEnter,
         category: "syscalls",
-        name: "sys_enter_connect",
+        name: Hook::ConnectEnter.name(),
         tracepoint: Some(Program::new("sys_enter_connect", "floor_enter_connect")),
         raw: None,
         kind: Kind::State,
@@ -291,7 +291,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::ConnectExit,
         category: "syscalls",
-        name: "sys_exit_connect",
+        name: Hook::ConnectExit.name(),
         tracepoint: Some(Program::new("sys_exit_connect", "floor_exit_connect")),
         raw: None,
         kind: Kind::ConnectError,
@@ -303,7 +303,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::AcceptExit,
         category: "syscalls",
-        name: "sys_exit_accept",
+        name: Hook::AcceptExit.name(),
         tracepoint: Some(Program::new("sys_exit_accept", "floor_exit_accept")),
         raw: None,
         kind: Kind::State,
@@ -315,7 +315,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::Accept4Exit,
         category: "syscalls",
-        name: "sys_exit_accept4",
+        name: Hook::Accept4Exit.name(),
         tracepoint: Some(Program::new("sys_exit_accept4", "floor_exit_accept4")),
         raw: None,
         kind: Kind::State,

@@ -200,7 +200,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
                 s,
                 "{} events lost from {} ({why})",
                 r.lost.unwrap_or(0),
-                r.hook.map_or("?", Hook::program)
+                r.hook.map_or("?", Hook::name)
             );
         }
         Kind::Listener => {
