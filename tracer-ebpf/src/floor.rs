@@ -1,5 +1,5 @@
 //! Empty programs, one per hook: the floor `cargo xtask bench` compares each
-//! program's cost with (loaded only by `rstrace bench-floor`).
+//! program's cost with (loaded only by `tracer-drivers bench-floor`).
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},

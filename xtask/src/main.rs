@@ -82,11 +82,11 @@ enum Task {
     },
 }
 
-/// Runs the capture reader's fuzzer of the `profile` build; crashing inputs are
-/// saved in fuzz-crashes/.
+/// Runs the capture reader's fuzzer of the `profile` build (tracer-drivers); crashing
+/// inputs are saved in fuzz-crashes/.
 fn fuzz_capture(root: &Path, profile: &str, seconds: u64, seed: u64) -> Result<()> {
     run(
-        Command::new(root.join("target").join(profile).join("rstrace"))
+        Command::new(root.join("target").join(profile).join("tracer-drivers"))
             .args(["fuzz-capture", "--seconds", &seconds.to_string()])
             .args(["--seed", &seed.to_string()])
             .arg("--crashes")
@@ -172,7 +172,7 @@ fn main() -> Result<()> {
         }
         Task::VmTest { kernel, filter } => vm::vm_test(&kernel, filter.as_deref()),
         Task::Fuzz { seconds, seed } => {
-            run(cargo().args(["build", "--release", "--package", "tracer"]))?;
+            run(cargo().args(["build", "--release", "--package", "tracer-drivers"]))?;
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -192,12 +192,16 @@ fn main() -> Result<()> {
                 "--package",
                 "tracer",
                 "--package",
+                "tracer-drivers",
+                "--package",
                 "tests",
                 "--bins",
             ]))?;
             let mut args: Vec<OsString> = vec![
                 "--rstrace".into(),
                 root.join("target/release/rstrace").into_os_string(),
+                "--drivers".into(),
+                root.join("target/release/tracer-drivers").into_os_string(),
                 "--out".into(),
                 root.join("BENCHMARKS.md").into_os_string(),
                 "--seconds".into(),
@@ -245,7 +249,13 @@ fn main() -> Result<()> {
             }
             run(&mut unit)?;
             // Real-kernel tests: build them, then run the binaries as root, serially.
-            run(cargo().args(["build", "--package", "tracer"]))?;
+            run(cargo().args([
+                "build",
+                "--package",
+                "tracer",
+                "--package",
+                "tracer-drivers",
+            ]))?;
             // A short, fixed-seed run of the capture reader's fuzzer (no root).
             fuzz_capture(&root, "debug", 15, 1)?;
             let out = cargo()

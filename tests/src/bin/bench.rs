@@ -12,7 +12,7 @@ use std::{
     mem::size_of,
     net::SocketAddrV4,
     os::fd::{AsRawFd, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -27,6 +27,8 @@ use tests::{
 
 struct Opts {
     rstrace: PathBuf,
+    /// The floor and codec drivers (tracer-drivers).
+    drivers: PathBuf,
     out: PathBuf,
     seconds: f64,
     reps: usize,
@@ -39,6 +41,7 @@ struct Opts {
 fn opts() -> Opts {
     let mut o = Opts {
         rstrace: "target/release/rstrace".into(),
+        drivers: "target/release/tracer-drivers".into(),
         out: "BENCHMARKS.md".into(),
         seconds: 2.0,
         reps: 5,
@@ -53,12 +56,13 @@ fn opts() -> Opts {
         }
         match (a.as_str(), args.next()) {
             ("--rstrace", Some(v)) => o.rstrace = v.into(),
+            ("--drivers", Some(v)) => o.drivers = v.into(),
             ("--out", Some(v)) => o.out = v.into(),
             ("--seconds", Some(v)) => o.seconds = v.parse().expect("--seconds"),
             ("--reps", Some(v)) => o.reps = v.parse().expect("--reps"),
             ("--storm", Some(v)) => o.storm = Some(v),
             _ => panic!(
-                "usage: bench [--rstrace PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME] [--costs]"
+                "usage: bench [--rstrace PATH] [--drivers PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME] [--costs]"
             ),
         }
     }
@@ -284,10 +288,15 @@ fn scratch() -> PathBuf {
 
 impl Agent {
     fn start(o: &Opts, args: &[&str], capture: Option<PathBuf>) -> Agent {
+        Agent::start_program(&o.rstrace, args, capture)
+    }
+
+    /// `program` (rstrace, or the floor's driver) with `args`, once it says it watches.
+    fn start_program(program: &Path, args: &[&str], capture: Option<PathBuf>) -> Agent {
         let stats = scratch().join(format!("stats-{}.json", rand_u64()));
         let _ = fs::remove_file(&stats);
         let out = fs::File::create(scratch().join("watch.out")).unwrap();
-        let mut child = Command::new(&o.rstrace)
+        let mut child = Command::new(program)
             .args(args)
             .arg("--stats")
             .arg(&stats)
@@ -377,7 +386,7 @@ fn rand_u64() -> u64 {
 fn start_mode(o: &Opts, mode: Mode) -> Option<Agent> {
     match mode {
         Mode::Base => None,
-        Mode::Floor => Some(Agent::start(o, &["bench-floor"], None)),
+        Mode::Floor => Some(Agent::start_program(&o.drivers, &["bench-floor"], None)),
         Mode::Watch => Some(Agent::start(o, &["watch"], None)),
         Mode::Record => {
             let f = scratch().join("bench.rst");
@@ -547,7 +556,7 @@ fn main() {
         // Pair the runs of each repetition (the order rotated, the pairing is by rep).
         results.push(m);
     }
-    md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`. The floor column attaches empty programs to the same hooks instead, of the same types (`rstrace bench-floor`; raw tracepoints where rstrace uses them): the cost of the kernel running any such program there, which no change to the programs' code can remove.\n\n");
+    md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`. The floor column attaches empty programs to the same hooks instead, of the same types (`tracer-drivers bench-floor`; raw tracepoints where rstrace uses them): the cost of the kernel running any such program there, which no change to the programs' code can remove.\n\n");
     md.push_str("| storm | baseline ops/s, median (range) | floor / baseline | watch / baseline, median (range) | record / baseline, median (range) |\n|---|---|---|---|---|\n");
     let mut targets: Vec<(String, bool, String)> = Vec::new();
     for m in &results {
@@ -631,7 +640,7 @@ fn main() {
     let phase = |loads: &[(Load, SocketAddrV4, &str)]| {
         let floor_stats = scratch().join("floor.json");
         let _ = fs::remove_file(&floor_stats);
-        let mut floor = Command::new(&o.rstrace)
+        let mut floor = Command::new(&o.drivers)
             .args(["bench-floor", "--stats"])
             .arg(&floor_stats)
             .stderr(Stdio::piped())
@@ -777,7 +786,7 @@ fn main() {
     let mut w = vec![];
     let mut e = vec![];
     for _ in 0..3 {
-        let out = Command::new(&o.rstrace)
+        let out = Command::new(&o.drivers)
             .args(["bench-codec", "--connections", "200000", "--file"])
             .arg(scratch().join("codec.rst"))
             .output()

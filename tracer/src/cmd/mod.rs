@@ -11,9 +11,7 @@ use std::{
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-pub mod bench;
 pub mod doctor;
-pub mod fuzz;
 pub mod probe;
 pub mod replay;
 pub mod watch;
@@ -43,31 +41,6 @@ enum Command {
     Summary(ReplayArgs),
     /// Print every record of a capture file as JSON Lines (docs/events.md).
     Export(ReplayArgs),
-    /// Benchmark helper: empty programs on every hook (the cost floor).
-    #[command(hide = true)]
-    BenchFloor {
-        #[arg(long)]
-        stats: PathBuf,
-    },
-    /// Benchmark helper: capture write and explain throughput.
-    #[command(hide = true)]
-    BenchCodec {
-        #[arg(long, default_value_t = 200_000)]
-        connections: u64,
-        #[arg(long)]
-        file: PathBuf,
-    },
-    /// Fuzz the capture reader for a bounded time (`cargo xtask fuzz`).
-    #[command(hide = true)]
-    FuzzCapture {
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Where inputs that make the reader panic are saved.
-        #[arg(long, default_value = "fuzz-crashes")]
-        crashes: PathBuf,
-    },
     /// Run the connection runbook against HOST:PORT and explain the result: resolve,
     /// connect with the kernel evidence attached, trace the path when SYNs go
     /// unanswered, list the firewall rules and listeners for the port.
@@ -357,13 +330,6 @@ fn run_other(cli: Cli) -> Result<()> {
         Command::Summary(a) => replay::summary(a.config(cli.verbose > 0)?),
         Command::Export(a) => replay::export(a.config(cli.verbose > 0)?),
         Command::Doctor { json } => doctor::run(json),
-        Command::BenchFloor { stats } => bench::floor(stats),
-        Command::FuzzCapture {
-            seconds,
-            seed,
-            crashes,
-        } => fuzz::run(seconds, seed, &crashes),
-        Command::BenchCodec { connections, file } => bench::codec(connections, file),
     }
 }
 

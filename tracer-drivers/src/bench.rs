@@ -1,5 +1,5 @@
-//! Hidden commands behind `cargo xtask bench`: the empty-program floor and the capture
-//! codec's throughput. Not part of the user interface.
+//! The drivers behind `cargo xtask bench`: the empty-program floor and the capture
+//! codec's throughput.
 use std::{
     io,
     net::SocketAddr,
@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::KernelOffsets;
 
-use crate::{
+use tracer::{
     base::{
         clock::Clock,
         reasons,
@@ -49,7 +49,7 @@ pub fn floor(stats: PathBuf) -> Result<()> {
         io::Result::Ok(())
     })?;
     let json = serde_json::json!({ "programs": probes.program_stats() });
-    crate::base::private_file::write(&stats, json.to_string().as_bytes())
+    tracer::base::private_file::write(&stats, json.to_string().as_bytes())
         .with_context(|| format!("writing {}", stats.display()))
 }
 
@@ -57,7 +57,7 @@ pub fn floor(stats: PathBuf) -> Result<()> {
 pub fn refused_storm(n: u64) -> Vec<Record> {
     let clock = Clock::now();
     let mut out = Vec::with_capacity(n as usize * 6);
-    let server: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+    let server = SocketAddr::from(([10, 0, 0, 2], 8080));
     let curl = Proc {
         pid: 4121,
         comm: "curl".into(),
@@ -115,7 +115,7 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
     let records = refused_storm(n);
     let clock = Clock::now();
     let header = Header {
-        format: crate::capture::file::FORMAT_VERSION,
+        format: tracer::capture::file::FORMAT_VERSION,
         clock_mono_ns: clock.mono_ns,
         ..Default::default()
     };
@@ -142,7 +142,7 @@ pub fn codec(n: u64, path: PathBuf) -> Result<()> {
     let mut readers = [Reader::open(&path)?];
     let clock = readers[0].header.clock();
     let mut pipe = Pipeline::new(clock, Filter::default(), JsonLines::new(io::sink(), false));
-    let read = crate::cmd::replay::run(&mut readers, &mut pipe)?.records;
+    let read = tracer::cmd::replay::run(&mut readers, &mut pipe)?.records;
     let explain_s = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     let json = serde_json::json!({

@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::capture::{CaptureWriter, Header, Reader, RotatePolicy};
-use crate::{
+use tracer::capture::{CaptureWriter, Header, Reader, RotatePolicy};
+use tracer::{
     pipeline::{filter::Filter, Pipeline},
     sink::TextLines,
 };
@@ -41,9 +41,9 @@ impl Rng {
 /// A valid capture of a small refusal storm, as bytes.
 fn seed(dir: &Path, connections: u64) -> Result<Vec<u8>> {
     let path = dir.join("seed.rst");
-    let records = crate::cmd::bench::refused_storm(connections);
+    let records = crate::bench::refused_storm(connections);
     let header = Header {
-        format: crate::capture::file::FORMAT_VERSION,
+        format: tracer::capture::file::FORMAT_VERSION,
         kernel: "fuzz".into(),
         ..Default::default()
     };
@@ -119,7 +119,7 @@ fn exercise(data: Vec<u8>) -> Result<()> {
         Filter::default(),
         TextLines::new(io::sink(), true, true),
     );
-    super::replay::run(&mut [reader], &mut pipe)?;
+    tracer::cmd::replay::run(&mut [reader], &mut pipe)?;
     Ok(())
 }
 
@@ -141,7 +141,7 @@ pub fn run(seconds: u64, seed_value: u64, crashes: &Path) -> Result<()> {
         if outcome.is_err() {
             std::fs::create_dir_all(crashes)?;
             let path = crashes.join(format!("crash-{seed_value}-{runs}.rst"));
-            crate::base::private_file::write(&path, &input)?;
+            tracer::base::private_file::write(&path, &input)?;
             let _ = std::fs::remove_dir_all(&dir);
             bail!(
                 "the reader panicked after {runs} inputs; input saved to {}",
