@@ -1,6 +1,7 @@
 //! Harness for the real-kernel tests: network namespaces joined by veth that clean up
 //! on drop (and so on panic), peer processes ended by pid, and an `rstrace watch
 //! --json` whose records the tests wait for.
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
@@ -27,6 +28,7 @@ pub mod net {
     /// Moves the calling thread into the named namespace (`ip netns add`).
     pub fn join_netns(name: &str) -> std::io::Result<()> {
         let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+        // SAFETY: `f` is an open namespace file for the call.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -58,19 +60,23 @@ pub mod net {
 
     /// An IPv6 socket of type `ty`.
     pub fn socket6(ty: i32) -> std::io::Result<OwnedFd> {
+        // SAFETY: socket takes no pointers; the descriptor is taken over below.
         let fd = unsafe { libc::socket(libc::AF_INET6, ty, 0) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: socket returned this descriptor; nothing else owns it.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// An IPv4 socket of type `ty` (SOCK_STREAM | flags, SOCK_DGRAM).
     pub fn socket(ty: i32) -> std::io::Result<OwnedFd> {
+        // SAFETY: socket takes no pointers; the descriptor is taken over below.
         let fd = unsafe { libc::socket(libc::AF_INET, ty, 0) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: socket returned this descriptor; nothing else owns it.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
@@ -97,6 +103,7 @@ pub fn skip(why: &str) {
 /// True when the real-kernel tests can run. Without root they fail, unless
 /// `RSTRACE_TEST_ALLOW_SKIPS=1` says skipping them is intended (then each says so).
 pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         assert!(
             std::env::var("RSTRACE_TEST_ALLOW_SKIPS").is_ok_and(|v| v == "1"),
@@ -539,6 +546,7 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // SAFETY: kill takes no pointers; the pid is a child this test started.
         unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
         let _ = self.child.wait();
     }
@@ -595,8 +603,11 @@ pub fn attached_programs(env: &[(&str, &str)]) -> HashMap<String, String> {
 
 /// The running kernel's (major, minor) version.
 pub fn kernel_version() -> (u32, u32) {
+    // SAFETY: utsname is byte arrays; all zeros is a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is writable.
     assert_eq!(unsafe { libc::uname(&mut u) }, 0, "uname");
+    // SAFETY: uname filled `release` with a NUL-terminated string, within the array.
     let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
         .to_string_lossy()
         .into_owned();
@@ -758,6 +769,7 @@ impl Agent {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill takes no pointers; the pid is a child this test started.
         unsafe { libc::kill(self.pid as i32, sig) };
     }
 
@@ -884,6 +896,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill takes no pointers; the pid is a child this test started.
         unsafe { libc::kill(self.pid as i32, sig) };
     }
 
@@ -935,6 +948,7 @@ impl Drop for Daemon {
         }
         // Workers outliving their master (it was killed): ours too, by pid.
         for k in kids {
+            // SAFETY: kill takes no pointers; the pids are the daemon's workers.
             unsafe { libc::kill(k as i32, libc::SIGKILL) };
         }
     }
@@ -954,6 +968,8 @@ impl Drop for KillOnDrop {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(std::process::id()) {
+            // SAFETY: kill takes no pointers; the pid is a child of this process
+            // (checked above).
             unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
         }
     }

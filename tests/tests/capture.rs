@@ -1,5 +1,6 @@
 //! Capture files against the real kernel: what `explain` says of a recording must be
 //! what `watch` printed live, and a recording cut off by kill -9 still explains.
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{
     collections::BTreeSet,
     fs::Permissions,
@@ -243,6 +244,7 @@ fn record_briefly(file: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
         stderr += &line;
         stderr += "\n";
         if line.contains("watching") {
+            // SAFETY: kill takes no pointers; the pid is a child this test started.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
             break;
         }

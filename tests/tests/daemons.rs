@@ -3,6 +3,7 @@
 //! processes either way. Their behaviour is what the toy `peer` cannot show: nginx's
 //! workers accept what its master listens on; redis's accepted sockets outlive the
 //! agent's start.
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{
     path::PathBuf,
     process::{Command, Stdio},

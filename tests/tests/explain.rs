@@ -1,6 +1,7 @@
 //! One real-kernel scenario per explanation rule, between namespaces over veth: the
 //! failure is created for real and the test asserts the cause id rstrace gives, the
 //! process it names, the port, and that no other cause was given for that port.
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -785,6 +786,7 @@ fn listener_gone_with_queue(p: u16, server_first: bool, sig: i32, sig_name: &str
     let cpid = client.pid as u64;
     // All three handshakes complete into the queue (nobody accepts).
     std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill takes no pointers; the pid is a child this test started.
     unsafe { libc::kill(server.pid as i32, sig) };
     let e = explained(&mut agent, p, "listener_closed_with_queue", 5 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(cpid), "{e}");
@@ -1083,6 +1085,7 @@ fn one_of_two_reuseport_listeners_killed_with_its_queue() {
         &["connect", &addr(&t, p), "--count", "12", "--hold", "20000"],
     );
     std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill takes no pointers; the pid is a child this test started.
     unsafe { libc::kill(victim.pid as i32, libc::SIGKILL) };
     let e = explained(&mut agent, p, "listener_closed_with_queue", 5 * SEC);
     assert_eq!(pid_of(&e, "process"), Some(client.pid as u64), "{e}");

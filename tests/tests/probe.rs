@@ -3,6 +3,7 @@
 //! checks the verdict, the hop or rule or listener it names, the runbook's step and
 //! the exit code, in JSON and in text, and that the probe ends within its timeout
 //! plus a second.
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{
     process::Command,
     time::{Duration, Instant},

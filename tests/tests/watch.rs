@@ -458,11 +458,13 @@ fn text_output_explains_with_the_owning_process_and_fix() {
             Ok(l) if l.contains("[nothing_listening]") => break l,
             Ok(l) => seen.push(l),
             Err(_) => {
+                // SAFETY: kill takes no pointers; the pid is a child this test started.
                 unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
                 panic!("no explanation line; saw {seen:?}");
             }
         }
     };
+    // SAFETY: kill takes no pointers; the pid is a child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success());
     assert!(found.contains(&format!("peer[{cpid}]")), "{found}");

@@ -468,6 +468,14 @@ const _: () = assert!(
     core::mem::offset_of!(Config, keep_drop)
         == core::mem::offset_of!(Config, offsets) + core::mem::size_of::<KernelOffsets>()
 );
+// Nor anywhere else: RecordLayout and KernelOffsets are all u16 and all u32.
+const _: () = assert!(
+    core::mem::offset_of!(Config, offsets) == core::mem::size_of::<[RecordLayout; Hook::COUNT]>()
+);
+const _: () = assert!(
+    core::mem::size_of::<Config>()
+        == core::mem::offset_of!(Config, keep_drop) + DROP_REASON_BITS / 8 + 4 * 4
+);
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
@@ -476,8 +484,15 @@ const _: () = assert!(core::mem::size_of::<ListenOwner>() == 48);
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // Pod needs every bit pattern valid and no uninitialized (padding) bytes. All four
+    // are `#[repr(C)]` structs of integers and arrays or structs of integers, and the
+    // asserts above pin their sizes to the sum of their fields.
+    // SAFETY: integers only; no implicit padding (sizes asserted).
     unsafe impl aya::Pod for Config {}
+    // SAFETY: integers only; no implicit padding (40 bytes asserted).
     unsafe impl aya::Pod for SockOwner {}
+    // SAFETY: integers only; no implicit padding (8 bytes asserted).
     unsafe impl aya::Pod for ListenKey {}
+    // SAFETY: integers only; no implicit padding (48 bytes asserted).
     unsafe impl aya::Pod for ListenOwner {}
 }

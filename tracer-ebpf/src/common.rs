@@ -75,6 +75,9 @@ fn connect_slot(tid: u32) -> Option<(*mut u64, u64)> {
 #[inline(always)]
 pub fn connect_begin(tid: u32, uaddr: u64) {
     if let Some((slot, tag)) = connect_slot(tid) {
+        // SAFETY: `slot` is an element of CONNECTS, alive as long as the program; one
+        // aligned word written whole (a thread on another CPU sees one value or the
+        // other).
         unsafe { core::ptr::write_volatile(slot, tag | (uaddr & CONNECT_ADDR_MASK)) };
     }
 }
@@ -84,8 +87,10 @@ pub fn connect_begin(tid: u32, uaddr: u64) {
 #[inline(always)]
 pub fn connect_mark_sent(tid: u32) {
     if let Some((slot, tag)) = connect_slot(tid) {
+        // SAFETY: as in connect_begin, read whole.
         let v = unsafe { core::ptr::read_volatile(slot) };
         if v & !(CONNECT_ADDR_MASK | CONNECT_SENT) == tag && v & CONNECT_ADDR_MASK != 0 {
+            // SAFETY: as in connect_begin.
             unsafe { core::ptr::write_volatile(slot, v | CONNECT_SENT) };
         }
     }
@@ -96,11 +101,13 @@ pub fn connect_mark_sent(tid: u32) {
 #[inline(always)]
 pub fn connect_take(tid: u32) -> Option<(u64, bool)> {
     let (slot, tag) = connect_slot(tid)?;
+    // SAFETY: as in connect_begin, read whole.
     let v = unsafe { core::ptr::read_volatile(slot) };
     let uaddr = v & CONNECT_ADDR_MASK;
     if v & !(CONNECT_ADDR_MASK | CONNECT_SENT) != tag || uaddr == 0 {
         return None;
     }
+    // SAFETY: as in connect_begin.
     unsafe { core::ptr::write_volatile(slot, 0) };
     Some((uaddr, v & CONNECT_SENT != 0))
 }
@@ -133,9 +140,15 @@ pub fn load_record(ctx: &TracePointContext, hook: Hook) -> Option<Pending> {
     if layout.len == 0 {
         return None;
     }
+    // SAFETY: this CPU's element of a per-CPU array, alive as long as the program, and
+    // only tracepoint programs use it: the kernel runs one tracepoint or kprobe program
+    // at a time per CPU (a shared per-CPU guard), so this run has it alone until it
+    // returns, and the Pending holding it does not outlive the run.
     let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     // The record lives in a per-CPU trace buffer far larger than RAW_MAX, so a
     // fixed-size copy is always in bounds even for shorter records.
+    // SAFETY: the helper checks the source (a fault is an error, not a crash) and
+    // writes only the RAW_MAX bytes of `ev.raw`.
     unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut ev.raw).ok()? };
     ev.hdr.hook = hook as u8;
     ev.hdr.flags = 0;
@@ -166,7 +179,11 @@ fn raw_read<T>(raw: &[u8; RAW_MAX], off: u16) -> Option<T> {
     if off == NO_FIELD || o > RAW_MAX - core::mem::size_of::<T>() {
         return None;
     }
-    unsafe { bpf_probe_read_kernel(raw.as_ptr().add(o) as *const T).ok() }
+    // SAFETY: `o + size_of::<T>()` is within `raw` (checked above).
+    let field = unsafe { raw.as_ptr().add(o) };
+    // SAFETY: the helper checks the read anyway; T is an integer at every call, valid
+    // for any bytes.
+    unsafe { bpf_probe_read_kernel(field as *const T).ok() }
 }
 
 #[inline(always)]
@@ -189,7 +206,11 @@ pub fn raw_u16(raw: &[u8; RAW_MAX], off: u16) -> Option<u16> {
 /// when the program is attached.
 #[inline(always)]
 pub fn ctx_field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
-    unsafe { core::ptr::read_unaligned((ctx.as_ptr() as *const u8).add(off) as *const T) }
+    // SAFETY: the verifier proves `off + size_of::<T>()` within the record when the
+    // program loads (else it refuses the program).
+    let field = unsafe { (ctx.as_ptr() as *const u8).add(off) };
+    // SAFETY: as above; T is an integer at every call, valid for any bytes.
+    unsafe { core::ptr::read_unaligned(field as *const T) }
 }
 
 /// Reads a `T` at `base + off` in kernel memory.
@@ -198,6 +219,8 @@ pub fn kread<T>(base: u64, off: u32) -> Option<T> {
     if base == 0 || off == NO_OFFSET {
         return None;
     }
+    // SAFETY: the helper checks the kernel address (a fault is an error); T is an
+    // integer or a byte array at every call, valid for any bytes.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
@@ -233,6 +256,7 @@ pub fn fill_queue(cfg: &Config, ev: &mut Event, sk: u64) {
 #[inline(always)]
 pub fn current_owner(netns: u32) -> SockOwner {
     SockOwner {
+        // SAFETY: a helper without arguments.
         since_ns: unsafe { bpf_ktime_get_ns() },
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         netns,
@@ -250,6 +274,9 @@ pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
     if sk == 0 {
         return;
     }
+    // SAFETY: the value stays allocated for this run (map values are freed after an
+    // RCU grace period); another CPU may rewrite it meanwhile, which at worst mixes
+    // two owners' integers, and the fields are copied out at once.
     if let Some(o) = unsafe { SOCKS.get(sk) } {
         ev.hdr.owner_tgid = o.tgid;
         ev.hdr.owner_comm = o.comm;
@@ -267,6 +294,7 @@ pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
 /// The reader polls the ring, so it is woken only when a backlog builds up.
 #[inline(always)]
 pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
+    // SAFETY: a helper without arguments.
     ev.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.hdr.cur_pid_tgid = bpf_get_current_pid_tgid();
     ev.hdr.cur_comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -277,6 +305,9 @@ pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
     };
     if EVENTS.output::<Event>(&*ev, flags as u64).is_err() {
         if let Some(n) = LOSSES.get_ptr_mut(hook as u32) {
+            // SAFETY: this CPU's counter of a per-CPU array, alive as long as the
+            // program; a raw tracepoint nested on this CPU may lose one count, nothing
+            // more.
             unsafe { *n += 1 };
         }
     }
@@ -319,6 +350,7 @@ pub fn sock_info(cfg: &Config, sk: u64) -> SockInfo {
 #[inline(always)]
 pub fn report_sock(cfg: &Config, hook: Hook, sk: u64, info: SockInfo) -> u32 {
     let mut ev = stack_event(hook, flags::SOCK_INFO, core::mem::size_of::<SockInfo>());
+    // SAFETY: a SockInfo fits in RAW_MAX bytes (asserted in tracer-common).
     unsafe {
         core::ptr::write_unaligned(ev.raw.as_mut_ptr() as *mut SockInfo, info);
     }

@@ -152,9 +152,11 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
                 owner: current_owner(sock_netns(cfg, c.sk)),
                 sk: c.sk,
             };
+            #[expect(clippy::needless_borrows_for_generic_args, reason = "no second copy")]
             let _ = SOCKS.insert(c.sk, &entry.owner, 0);
             // Only the first listener of the port: see LISTENERS. A socket listening
             // again (already known) is the same listener.
+            #[expect(clippy::needless_borrows_for_generic_args, reason = "no second copy")]
             let _ = LISTENERS.insert(
                 listen_key(entry.owner.netns, c.sport),
                 &entry,
@@ -164,8 +166,14 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
         }
         (st::LISTEN, st::SYN_RECV) => {
             let key = listen_key(sock_netns(cfg, c.sk), c.sport);
+            // SAFETY: the value stays allocated for this run (freed after an RCU
+            // grace period) and is only read.
             if let Some(l) = unsafe { LISTENERS.get(key) } {
                 // Straight from the map value (a listener counts no retransmits).
+                #[expect(
+                    clippy::needless_borrows_for_generic_args,
+                    reason = "no copy on the stack"
+                )]
                 let _ = SOCKS.insert(c.sk, &l.owner, 0);
             }
         }
@@ -175,6 +183,7 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
                 let key = listen_key(netns, c.sport);
                 // The entry's own socket, or (entry made by the agent) a listener that
                 // was there before rstrace: one opened since is in SOCKS.
+                // SAFETY: as above.
                 let ours = unsafe { LISTENERS.get(key) }
                     .is_some_and(|l| l.sk == c.sk || (l.sk == 0 && !known));
                 if ours {
@@ -196,6 +205,7 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
 /// pointer arithmetic on a maybe-null map value, which the verifier rejects.
 #[inline(always)]
 fn is_known(sk: u64) -> bool {
+    // SAFETY: the value stays allocated for this run and is only read.
     unsafe { SOCKS.get(sk) }.is_some_and(|o| o.since_ns != 0)
 }
 

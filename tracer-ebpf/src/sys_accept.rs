@@ -48,6 +48,8 @@ fn on_accept(ctx: &TracePointContext, hook: Hook) -> Option<()> {
     let sk = socket_of(cfg, ret as u64)?;
     // Inherited from its listener (TCP, namespace known): re-owned only when another
     // process accepted it, so that a single-process server pays no map update.
+    // SAFETY: as in common::attribute: the value stays allocated for this run and is
+    // copied out at once.
     let inherited = unsafe { SOCKS.get(sk) }.map(|o| (o.tgid, o.netns));
     let netns = match inherited {
         Some((tgid, _)) if tgid == (bpf_get_current_pid_tgid() >> 32) as u32 => return None,
@@ -63,6 +65,7 @@ fn on_accept(ctx: &TracePointContext, hook: Hook) -> Option<()> {
 #[inline(always)]
 fn socket_of(cfg: &Config, fd: u64) -> Option<u64> {
     let o = &cfg.offsets;
+    // SAFETY: a helper without arguments; the pointer is only read through kread.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = kread(task, o.task_files)?;
     let fdt: u64 = kread(files, o.files_fdt)?;

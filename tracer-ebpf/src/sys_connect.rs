@@ -70,6 +70,8 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     }
     let p = load_record(ctx, Hook::ConnectExit)?;
     let mut sa = [0u8; 24];
+    // SAFETY: the helper checks the user address (a fault is an error) and writes only
+    // the 24 bytes of `sa`.
     unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa).ok()? };
     let family = u16::from_ne_bytes([sa[0], sa[1]]);
     let mut info = ConnectInfo {
@@ -85,6 +87,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
         _ => return None,
     }
     let o = &p.cfg.offsets;
+    // SAFETY: a helper without arguments; the pointer is only read through kread.
     let task = unsafe { bpf_get_current_task() };
     let nsproxy: u64 = kread(task, o.task_nsproxy).unwrap_or(0);
     let net: u64 = kread(nsproxy, o.nsproxy_net).unwrap_or(0);
@@ -95,6 +98,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     p.ev.hdr.netns = owner.netns;
     p.ev.hdr.flags |= flags::OWNER_KNOWN | flags::CONNECT_INFO;
     p.ev.hdr.raw_len = core::mem::size_of::<ConnectInfo>() as u16;
+    // SAFETY: a ConnectInfo fits in RAW_MAX bytes (asserted in tracer-common).
     unsafe { core::ptr::write_unaligned(p.ev.raw.as_mut_ptr() as *mut ConnectInfo, info) };
     submit(p.cfg, p.ev, Hook::ConnectExit);
     Some(())

@@ -40,6 +40,8 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 fn count(sk: u64) {
     if let Some(o) = SOCKS.get_ptr_mut(sk) {
+        // SAFETY: the value stays allocated for this run; a retransmit of the same
+        // socket counted on another CPU at the same instant may be lost, nothing more.
         unsafe { (*o).retrans += 1 };
     }
 }

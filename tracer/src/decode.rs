@@ -79,9 +79,9 @@ fn int(raw: &[u8], f: &Field) -> i64 {
     match (f.size, f.signed) {
         (1, _) => b[0] as i64,
         (2, _) => u16::from_ne_bytes([b[0], b[1]]) as i64,
-        (4, true) => i32::from_ne_bytes(b.try_into().unwrap()) as i64,
-        (4, false) => u32::from_ne_bytes(b.try_into().unwrap()) as i64,
-        (8, _) => u64::from_ne_bytes(b.try_into().unwrap()) as i64,
+        (4, true) => i32::from_ne_bytes(b.try_into().expect("4 bytes sliced")) as i64,
+        (4, false) => u32::from_ne_bytes(b.try_into().expect("4 bytes sliced")) as i64,
+        (8, _) => u64::from_ne_bytes(b.try_into().expect("8 bytes sliced")) as i64,
         _ => 0,
     }
 }
@@ -144,7 +144,9 @@ fn endpoints(raw: &[u8], hf: &HookFields) -> (Option<SocketAddr>, Option<SocketA
     };
     let v6 = |f: &Option<Field>| {
         f.as_ref().filter(|f| f.size == 16).map(|f| {
-            let a: [u8; 16] = raw[f.offset..f.offset + 16].try_into().unwrap();
+            let a: [u8; 16] = raw[f.offset..f.offset + 16]
+                .try_into()
+                .expect("16 bytes sliced");
             a
         })
     };
@@ -169,7 +171,9 @@ fn endpoints(raw: &[u8], hf: &HookFields) -> (Option<SocketAddr>, Option<SocketA
     )
 }
 
-fn connect_error(raw: &[u8], r: &mut Record) {
+fn connect_error(raw: &[u8; RAW_MAX], r: &mut Record) {
+    // SAFETY: ConnectInfo is integers (any bytes are a value) and fits in RAW_MAX
+    // (asserted in tracer-common).
     let c: ConnectInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const ConnectInfo) };
     let ip = ip_of(c.family, c.addr);
     let unspecified: IpAddr = if ip.is_ipv4() {
@@ -189,7 +193,9 @@ fn connect_error(raw: &[u8], r: &mut Record) {
 
 /// The fields a raw-tracepoint socket hook read from the socket: the same record as
 /// its tracepoint's.
-fn sock_fields(raw: &[u8], hook: &HookSpec, r: &mut Record) {
+fn sock_fields(raw: &[u8; RAW_MAX], hook: &HookSpec, r: &mut Record) {
+    // SAFETY: SockInfo is integers (any bytes are a value) and fits in RAW_MAX
+    // (asserted in tracer-common).
     let s: SockInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const SockInfo) };
     r.src = Some(SocketAddr::new(ip_of(s.family, s.saddr), s.sport));
     r.dst = Some(SocketAddr::new(ip_of(s.family, s.daddr), s.dport));
@@ -251,7 +257,8 @@ impl Decoder {
                 want: size_of::<Event>(),
             });
         }
-        // SAFETY: length checked; Event is plain old data.
+        // SAFETY: the length is checked above; Event is integers, so any bytes are a
+        // value.
         let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) };
         let h = &ev.hdr;
         let hook = Hook::from_u8(h.hook).ok_or(DecodeError::Hook(h.hook))?;
@@ -262,15 +269,15 @@ impl Decoder {
         self.header(h, &mut r);
         // A drop carries a DropInfo, never a record.
         if s.kind == Kind::Drop {
-            self.drop(raw, h, &mut r);
+            self.drop(&ev.raw, h, &mut r);
             return Ok(r);
         }
         if h.flags & flags::CONNECT_INFO != 0 {
-            connect_error(raw, &mut r);
+            connect_error(&ev.raw, &mut r);
             return Ok(r);
         }
         if h.flags & flags::SOCK_INFO != 0 {
-            sock_fields(raw, s, &mut r);
+            sock_fields(&ev.raw, s, &mut r);
             return Ok(r);
         }
         let hf = self.fields.get(&hook).ok_or(DecodeError::NoLayout(hook))?;
@@ -326,10 +333,12 @@ impl Decoder {
         }
     }
 
-    fn drop(&mut self, raw: &[u8], h: &EventHeader, r: &mut Record) {
+    fn drop(&mut self, raw: &[u8; RAW_MAX], h: &EventHeader, r: &mut Record) {
         if h.flags & flags::DROP_INFO == 0 {
             return;
         }
+        // SAFETY: DropInfo is integers (any bytes are a value) and fits in RAW_MAX
+        // (asserted in tracer-common).
         let d: DropInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const DropInfo) };
         r.reason = Some(name(&self.drop_reasons, d.reason as u64));
         let syms = &mut self.syms;
@@ -415,6 +424,7 @@ mod tests {
     }
 
     fn event(hook: Hook, fill: impl FnOnce(&mut [u8; RAW_MAX])) -> Vec<u8> {
+        // SAFETY: Event is integers; all zeros is a valid value.
         let mut ev: Event = unsafe { std::mem::zeroed() };
         ev.hdr.hook = hook as u8;
         ev.hdr.ts_ns = 1_500_000;
@@ -424,6 +434,8 @@ mod tests {
         ev.hdr.netns = 4026531840;
         fill(&mut ev.raw);
         let p = &ev as *const Event as *const u8;
+        // SAFETY: `ev` is alive and fully initialized (no padding: its size is
+        // asserted in tracer-common).
         unsafe { std::slice::from_raw_parts(p, size_of::<Event>()) }.to_vec()
     }
 
@@ -533,8 +545,9 @@ mod tests {
                 "10.0.0.2:8080",
             ),
         ] {
-            let mut bytes = event(Hook::SetState, |r| unsafe {
-                std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s)
+            let mut bytes = event(Hook::SetState, |r| {
+                // SAFETY: a SockInfo fits in the RAW_MAX bytes of `r` (asserted).
+                unsafe { std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s) }
             });
             let flags_off = std::mem::offset_of!(EventHeader, flags);
             bytes[flags_off] |= flags::SOCK_INFO;
@@ -552,8 +565,9 @@ mod tests {
         // Other hooks: their own fields only.
         let mut s = info(libc::AF_INET, v4[0], v4[1]);
         (s.error, s.state) = (libc::ETIMEDOUT, 0);
-        let mut bytes = event(Hook::ErrorReport, |r| unsafe {
-            std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s)
+        let mut bytes = event(Hook::ErrorReport, |r| {
+            // SAFETY: a SockInfo fits in the RAW_MAX bytes of `r` (asserted).
+            unsafe { std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s) }
         });
         bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO;
         let r = d.decode(&bytes).unwrap();
@@ -562,8 +576,9 @@ mod tests {
             (Kind::Error, Some(110), None)
         );
         (s.error, s.state) = (0, tracer_common::tcp_state::SYN_SENT);
-        let mut bytes = event(Hook::RetransmitSkb, |r| unsafe {
-            std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s)
+        let mut bytes = event(Hook::RetransmitSkb, |r| {
+            // SAFETY: a SockInfo fits in the RAW_MAX bytes of `r` (asserted).
+            unsafe { std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s) }
         });
         bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO;
         let r = d.decode(&bytes).unwrap();

@@ -51,7 +51,8 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
-    /// cargo fmt --check and clippy with warnings denied.
+    /// cargo fmt --check, the stage order, and clippy with warnings denied (on the
+    /// eBPF programs too).
     Lint,
     /// Fuzz the capture reader for a bounded time (inputs that crash it are saved in
     /// fuzz-crashes/).
@@ -92,6 +93,38 @@ fn fuzz_capture(root: &Path, profile: &str, seconds: u64, seed: u64) -> Result<(
             .arg("--crashes")
             .arg(root.join("fuzz-crashes")),
     )
+}
+
+/// Clippy on the eBPF programs, for the target and with the toolchain tracer/build.rs
+/// builds them with (aya-build: nightly, core rebuilt), in a target directory of its
+/// own. Their unsafe code is the kernel side's.
+fn ebpf_clippy(root: &Path) -> Command {
+    let target = if cfg!(target_endian = "big") {
+        "bpfeb-unknown-none"
+    } else {
+        "bpfel-unknown-none"
+    };
+    let mut c = Command::new("rustup");
+    c.current_dir(root)
+        .env("PATH", setup::path_with_tools())
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf-lint"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "tracer-ebpf",
+        ])
+        .args(["--release", "--target", target, "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]);
+    c
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -230,7 +263,8 @@ fn main() -> Result<()> {
                 "--",
                 "-D",
                 "warnings",
-            ]))
+            ]))?;
+            run(&mut ebpf_clippy(&root))
         }
         Task::Test { filter } => {
             setup::debian_packages(setup::TEST_PACKAGES)?;

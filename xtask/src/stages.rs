@@ -89,7 +89,7 @@ pub fn check(src: &Path) -> Result<()> {
         let top = rel
             .components()
             .next()
-            .unwrap()
+            .expect("a file under src has a first component")
             .as_os_str()
             .to_string_lossy();
         let top = top.trim_end_matches(".rs");

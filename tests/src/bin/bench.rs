@@ -6,6 +6,7 @@
 //! and repeated; then the kernel's own BPF statistics per program next to an empty
 //! program on the same hook; the highest refusal rate with zero loss; the agent's CPU
 //! and memory; the capture codec's throughput. Writes BENCHMARKS.md. Run as root.
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{
     fs,
     io::{BufRead, BufReader},
@@ -79,6 +80,7 @@ fn socket(ty: i32) -> OwnedFd {
 
 fn connect(fd: &OwnedFd, a: SocketAddrV4) -> i32 {
     let sa = sockaddr(a);
+    // SAFETY: `sa` is a sockaddr_in alive for the call, its size passed with it.
     let r = unsafe {
         libc::connect(
             fd.as_raw_fd(),
@@ -141,6 +143,8 @@ fn generate(load: Load, client: &str, target: SocketAddrV4, secs: f64, rate: Opt
                 }
                 Load::OtherHost => {
                     let fd = udp.as_ref().unwrap();
+                    // SAFETY: the byte and `sa` are alive for the call, their sizes
+                    // passed with them.
                     let r = unsafe {
                         libc::sendto(
                             fd.as_raw_fd(),
@@ -178,6 +182,7 @@ impl Server {
             join_netns(&ns);
             let fd = socket(libc::SOCK_STREAM);
             let one = 1i32;
+            // SAFETY: the option is an i32 alive for the call, its size passed with it.
             unsafe {
                 libc::setsockopt(
                     fd.as_raw_fd(),
@@ -189,6 +194,8 @@ impl Server {
             };
             let sa = sockaddr(addr);
             assert_eq!(
+                // SAFETY: `sa` is a sockaddr_in alive for the call, its size passed
+                // with it.
                 unsafe {
                     libc::bind(
                         fd.as_raw_fd(),
@@ -198,11 +205,14 @@ impl Server {
                 },
                 0
             );
+            // SAFETY: no pointers; `fd` is open.
             assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 4096) }, 0);
             let tv = libc::timeval {
                 tv_sec: 0,
                 tv_usec: 100_000,
             };
+            // SAFETY: the option is a timeval alive for the call, its size passed with
+            // it.
             unsafe {
                 libc::setsockopt(
                     fd.as_raw_fd(),
@@ -214,10 +224,12 @@ impl Server {
             };
             tx.send(()).unwrap();
             while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: null address pointers ask for no peer address.
                 let c = unsafe {
                     libc::accept(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut())
                 };
                 if c >= 0 {
+                    // SAFETY: `c` is the descriptor accept just returned, closed once.
                     unsafe { libc::close(c) };
                 }
             }
@@ -277,6 +289,7 @@ fn cpu_seconds(pid: u32) -> f64 {
         .collect();
     let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf takes no pointers.
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
@@ -344,6 +357,7 @@ impl Agent {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
         let cpu_s = cpu_seconds(pid) - self.cpu_before;
+        // SAFETY: kill takes no pointers; the pid is the agent this benchmark started.
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
         let st = self.child.wait().unwrap();
         assert!(
@@ -379,6 +393,7 @@ impl Agent {
 
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
+    // SAFETY: `b` is writable for the 8 bytes asked for.
     unsafe { libc::getrandom(b.as_mut_ptr() as *mut _, 8, 0) };
     u64::from_ne_bytes(b)
 }
@@ -451,6 +466,7 @@ fn prog_mean(programs: &[Value], hook: &str) -> Option<(f64, u64)> {
 
 fn main() {
     let o = opts();
+    // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root");
     let mut md = String::new();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -654,6 +670,8 @@ fn main() {
             generate(*load, client, *target, o.seconds, None);
         }
         let run = agent.finish();
+        // SAFETY: kill takes no pointers; the pid is the floor driver this benchmark
+        // started.
         unsafe { libc::kill(floor.id() as i32, libc::SIGINT) };
         floor.wait().unwrap();
         let f: Value = serde_json::from_str(&fs::read_to_string(&floor_stats).unwrap_or_default())

@@ -54,6 +54,8 @@ fn tcp_socket(flags: i32) -> Result<OwnedFd> {
 }
 
 fn setsockopt<T>(fd: &OwnedFd, level: i32, opt: i32, v: T) -> Result<()> {
+    // SAFETY: `v` is alive for the call and its size passed with it; the kernel only
+    // reads it.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -93,6 +95,8 @@ fn bound(addr: SocketAddr, v6only: bool, reuseport: bool) -> Result<OwnedFd> {
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, reuseport as i32)?;
             let sa = sockaddr(a);
+            // SAFETY: `sa` is a sockaddr_in alive for the call, its size passed with
+            // it.
             let r = unsafe {
                 libc::bind(
                     fd.as_raw_fd(),
@@ -108,6 +112,8 @@ fn bound(addr: SocketAddr, v6only: bool, reuseport: bool) -> Result<OwnedFd> {
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, reuseport as i32)?;
             setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as i32)?;
             let sa = net::sockaddr6(a);
+            // SAFETY: `sa` is a sockaddr_in6 alive for the call, its size passed with
+            // it.
             let r = unsafe {
                 libc::bind(
                     fd.as_raw_fd(),
@@ -127,9 +133,11 @@ fn bound(addr: SocketAddr, v6only: bool, reuseport: bool) -> Result<OwnedFd> {
 
 /// Forks; the child dies with its parent (so that ending the peer by pid ends both).
 fn fork_child() -> Result<bool> {
+    // SAFETY: the peer is single-threaded, so the child may go on running Rust code.
     match unsafe { libc::fork() } {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => {
+            // SAFETY: prctl with integer arguments only.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             Ok(true)
         }
@@ -152,11 +160,13 @@ fn listen(addr: SocketAddr, l: Listen) -> Result<()> {
         .failed_listen
         .then(|| bound(addr, l.v6only, l.reuseport))
         .transpose()?;
+    // SAFETY: no pointers; `fd` is open.
     if unsafe { libc::listen(fd.as_raw_fd(), l.backlog) } != 0 {
         bail!("listen: {}", std::io::Error::last_os_error());
     }
     if let Some(second) = second {
         if fork_child()? {
+            // SAFETY: no pointers; `second` is open.
             let r = unsafe { libc::listen(second.as_raw_fd(), l.backlog) };
             say(&format!(
                 "failed-listen errno={}",
@@ -166,6 +176,7 @@ fn listen(addr: SocketAddr, l: Listen) -> Result<()> {
         }
         drop(second);
         let mut status = 0;
+        // SAFETY: `status` is writable.
         unsafe { libc::wait(&mut status) };
     }
     if l.fork_accept {
@@ -183,10 +194,12 @@ fn listen(addr: SocketAddr, l: Listen) -> Result<()> {
             std::thread::sleep(Duration::from_secs(3600));
             continue;
         }
+        // SAFETY: null address pointers ask for no peer address.
         let c = unsafe { libc::accept(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
         if c < 0 {
             bail!("accept: {}", std::io::Error::last_os_error());
         }
+        // SAFETY: `c` is the descriptor accept just returned; nothing else owns it.
         let c = unsafe { OwnedFd::from_raw_fd(c) };
         match serve {
             Serve::Linger0 => setsockopt(
@@ -204,6 +217,7 @@ fn listen(addr: SocketAddr, l: Listen) -> Result<()> {
                     events: libc::POLLIN,
                     revents: 0,
                 };
+                // SAFETY: `p` is one writable pollfd, as the count says.
                 unsafe { libc::poll(&mut p, 1, 60_000) };
             }
             Serve::Close => {}
@@ -236,6 +250,7 @@ fn until_failure(fd: &OwnedFd, then: &str) -> Result<i32> {
         let mut b = [0u8; 4096];
         let n = if then == "write" {
             std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: `b` is readable for the 1 byte sent.
             unsafe {
                 libc::send(
                     fd.as_raw_fd(),
@@ -245,6 +260,7 @@ fn until_failure(fd: &OwnedFd, then: &str) -> Result<i32> {
                 )
             }
         } else {
+            // SAFETY: `b` is writable for its whole length, as passed.
             unsafe { libc::recv(fd.as_raw_fd(), b.as_mut_ptr() as *mut _, b.len(), 0) }
         };
         if n < 0 {
@@ -307,6 +323,8 @@ fn connect(addr: SocketAddr, c: Connect) -> Result<()> {
         if let Some(local) = c.bind {
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
             let la = sockaddr(local);
+            // SAFETY: `la` is a sockaddr_in alive for the call, its size passed with
+            // it.
             if unsafe {
                 libc::bind(
                     fd.as_raw_fd(),
@@ -318,6 +336,8 @@ fn connect(addr: SocketAddr, c: Connect) -> Result<()> {
                 bail!("bind {local}: {}", std::io::Error::last_os_error());
             }
         }
+        // SAFETY: `sa` points into `dest`, alive for the call, with its size in
+        // `sa_len`.
         let r = unsafe { libc::connect(fd.as_raw_fd(), sa, sa_len) };
         let e = if r == 0 { 0 } else { errno() };
         say(&format!("errno={e}"));
@@ -332,6 +352,7 @@ fn connect(addr: SocketAddr, c: Connect) -> Result<()> {
         }
         if e == 0 && c.send > 0 {
             let data = vec![b'x'; c.send];
+            // SAFETY: `data` is readable for its whole length, as passed.
             unsafe {
                 libc::send(
                     fd.as_raw_fd(),
@@ -357,8 +378,11 @@ fn connect(addr: SocketAddr, c: Connect) -> Result<()> {
 
 /// Runs on `cpu` only.
 fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is a bit array; all zeros is a valid (empty) set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t; CPU_SET checks `cpu` against its size.
     unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is alive for the call, its size passed with it.
     if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
         bail!(
             "sched_setaffinity {cpu}: {}",

@@ -14,6 +14,7 @@ impl Clock {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        // SAFETY: `ts` is a valid, writable timespec for the call's duration.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         Clock {
             mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,

@@ -100,8 +100,9 @@ impl Dir {
     }
 
     fn fstat(&self) -> io::Result<libc::stat> {
-        // SAFETY: an all-zero stat is valid; fstat fills it.
+        // SAFETY: stat is plain integers; all zeros is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the fd is open (owned by self) and `st` is writable.
         check(unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) })?;
         Ok(st)
     }
@@ -109,8 +110,10 @@ impl Dir {
     /// What `name` is, without following a symlink; None if nothing is there.
     pub fn stat(&self, name: &OsStr) -> io::Result<Option<libc::stat>> {
         let c = cstr(name)?;
-        // SAFETY: as in fstat; `c` is a valid C string.
+        // SAFETY: stat is plain integers; all zeros is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the fd is open, `c` is a NUL-terminated string that outlives the
+        // call, and `st` is writable.
         let r = unsafe {
             libc::fstatat(
                 self.fd.as_raw_fd(),
@@ -194,11 +197,14 @@ impl Dir {
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: `c` is a valid C string; the fd returned is owned by the File below.
         let fd = check(unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags, 0o600) })?;
+        // SAFETY: openat succeeded, so `fd` is open and nothing else owns it.
         let f = unsafe { File::from_raw_fd(fd) };
         let set = || -> io::Result<()> {
             // The umask may have removed bits from 0600: set it exactly.
+            // SAFETY: `fd` stays open while `f` lives, which outlives this closure.
             check(unsafe { libc::fchmod(fd, 0o600) })?;
             if let Some((uid, gid)) = self.owner {
+                // SAFETY: as for fchmod.
                 check(unsafe { libc::fchown(fd, uid, gid) })?;
             }
             Ok(())
@@ -252,8 +258,9 @@ impl Dir {
 
 /// Fstat of an open file, for its identity.
 pub fn file_id(f: &File) -> io::Result<FileId> {
-    // SAFETY: as in Dir::fstat.
+    // SAFETY: stat is plain integers; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is open for the call and `st` is writable.
     check(unsafe { libc::fstat(f.as_raw_fd(), &mut st) })?;
     Ok(id(&st))
 }

@@ -499,6 +499,7 @@ mod hostile_paths {
 
         // A file of another user's (uid 65534 owns it here), at the name the oldest
         // file would be dropped from.
+        // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return; // Giving a file away needs root.
         }
@@ -538,6 +539,7 @@ mod hostile_paths {
         ) else {
             return;
         };
+        // SAFETY: umask has no preconditions (this test runs alone in its process).
         unsafe { libc::umask(u32::from_str_radix(&umask, 8).unwrap()) };
         let d = Path::new(&dir);
         let rotating = RotatePolicy {

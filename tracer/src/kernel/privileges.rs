@@ -43,6 +43,7 @@ pub fn raise_memlock() {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
+    // SAFETY: `rlim` is a valid rlimit alive for the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!(
             "setrlimit(RLIMIT_MEMLOCK): {}",

@@ -17,6 +17,7 @@ pub fn ensure_tracefs() -> Result<PathBuf> {
         }
     }
     let target = CANDIDATES[0];
+    // SAFETY: every pointer is a NUL-terminated string literal; data may be null.
     let res = unsafe {
         libc::mount(
             c"tracefs".as_ptr(),

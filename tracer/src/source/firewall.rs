@@ -97,15 +97,17 @@ pub fn output_in(ns: Option<&Path>, cmd: &str, args: &[&str]) -> Result<String> 
         .transpose()?;
     if let Some(f) = &file {
         let fd = f.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; fd stays open until exec.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let join = move || {
+            // SAFETY: `fd` is `file`'s, open until after the spawn (the child's copy
+            // until its exec).
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls setns, which is async-signal-safe (allowed
+        // between fork and exec); it allocates nothing and takes no lock.
+        unsafe { c.pre_exec(join) };
     }
     let out = c.output().with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {

@@ -149,6 +149,7 @@ pub fn in_netns<T: Send + 'static>(
 ) -> Result<T> {
     let ns = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     thread::spawn(move || {
+        // SAFETY: `ns` is an open namespace file; setns moves only this new thread.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
         }
@@ -439,6 +440,7 @@ pub fn owner_of_inode(inode: u32) -> Option<Proc> {
 /// Addresses configured in the current namespace.
 pub fn local_addresses() -> Result<Vec<IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is writable; the list it gets is freed below, once.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         bail!("getifaddrs: {}", std::io::Error::last_os_error());
     }
@@ -448,17 +450,23 @@ pub fn local_addresses() -> Result<Vec<IpAddr>> {
         // SAFETY: getifaddrs returned a valid list, freed below.
         let ifa = unsafe { &*cur };
         if !ifa.ifa_addr.is_null() {
+            // SAFETY: a non-null ifa_addr points at a socket address of the list.
             let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
             if family == libc::AF_INET {
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                // SAFETY: an AF_INET address is a whole sockaddr_in.
+                let sin =
+                    unsafe { std::ptr::read_unaligned(ifa.ifa_addr as *const libc::sockaddr_in) };
                 out.push(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
             } else if family == libc::AF_INET6 {
-                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                // SAFETY: an AF_INET6 address is a whole sockaddr_in6.
+                let sin6 =
+                    unsafe { std::ptr::read_unaligned(ifa.ifa_addr as *const libc::sockaddr_in6) };
                 out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
             }
         }
         cur = ifa.ifa_next;
     }
+    // SAFETY: `head` came from getifaddrs and nothing refers to the list any more.
     unsafe { libc::freeifaddrs(head) };
     out.sort();
     out.dedup();

@@ -167,6 +167,7 @@ pub fn scan(ip: IpAddr, port: u16) -> Local {
     local
         .listeners
         .sort_by_key(|l| (!l.accepts_target, l.netns, l.addr));
+    // SAFETY: geteuid has no preconditions.
     if local.listeners.iter().any(|l| l.owner.is_none()) && unsafe { libc::geteuid() } != 0 {
         local
             .missing

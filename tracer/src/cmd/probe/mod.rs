@@ -310,6 +310,7 @@ fn enter_netns(name: &str) -> Result<(Option<PathBuf>, Option<String>)> {
             path.display()
         )
     })?;
+    // SAFETY: `f` is an open namespace file for the call.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         let e = io::Error::last_os_error();
         bail!("--netns {name}: joining it: {e} (entering a namespace needs root)");
@@ -320,48 +321,54 @@ fn enter_netns(name: &str) -> Result<(Option<PathBuf>, Option<String>)> {
     }
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
     let (src, dst, root) = (c(&hosts.to_string_lossy()), c(resolve::HOSTS), c("/"));
-    // SAFETY: plain syscalls on NUL-terminated paths.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            bail!(
-                "--netns {name}: unshare(CLONE_NEWNS) for its hosts file: {}",
-                io::Error::last_os_error()
-            );
-        }
-        // Keep our bind mount from propagating to the host.
-        if libc::mount(
+    // SAFETY: no pointers; it changes only this thread's mount namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        bail!(
+            "--netns {name}: unshare(CLONE_NEWNS) for its hosts file: {}",
+            io::Error::last_os_error()
+        );
+    }
+    // Keep our bind mount from propagating to the host.
+    // SAFETY: `root` is a NUL-terminated string alive for the call; the others may be
+    // null for a propagation change.
+    let slave = unsafe {
+        libc::mount(
             std::ptr::null(),
             root.as_ptr(),
             std::ptr::null(),
             libc::MS_SLAVE | libc::MS_REC,
             std::ptr::null(),
-        ) != 0
-        {
-            bail!(
-                "--netns {name}: making mounts private: {}",
-                io::Error::last_os_error()
-            );
-        }
-        if libc::mount(
+        )
+    };
+    if slave != 0 {
+        bail!(
+            "--netns {name}: making mounts private: {}",
+            io::Error::last_os_error()
+        );
+    }
+    // SAFETY: `src` and `dst` are NUL-terminated strings alive for the call; type and
+    // data may be null for a bind mount.
+    let bind = unsafe {
+        libc::mount(
             src.as_ptr(),
             dst.as_ptr(),
             std::ptr::null(),
             libc::MS_BIND,
             std::ptr::null(),
-        ) != 0
-        {
-            // As `ip netns exec` does: say so, and go on with the host's file.
-            return Ok((
-                None,
-                Some(format!(
-                    "the namespace's hosts file: bind-mounting {} over {}: {}; names \
-                     resolve as on the host",
-                    hosts.display(),
-                    resolve::HOSTS,
-                    io::Error::last_os_error()
-                )),
-            ));
-        }
+        )
+    };
+    if bind != 0 {
+        // As `ip netns exec` does: say so, and go on with the host's file.
+        return Ok((
+            None,
+            Some(format!(
+                "the namespace's hosts file: bind-mounting {} over {}: {}; names \
+                 resolve as on the host",
+                hosts.display(),
+                resolve::HOSTS,
+                io::Error::last_os_error()
+            )),
+        ));
     }
     Ok((Some(hosts), None))
 }
@@ -387,6 +394,7 @@ pub fn run(cfg: ProbeConfig) -> Result<u8> {
         Some(n) => enter_netns(n)?,
         None => (None, None),
     };
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let mut base_missing: Vec<String> = hosts_missing.into_iter().collect();
     let mut tracer = if crate::kernel::privileges::check().is_ok() {

@@ -17,6 +17,7 @@ fn errno() -> i32 {
 }
 
 fn to_storage(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain integers; all zeros is a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let len = match a {
         SocketAddr::V4(v4) => {
@@ -50,21 +51,26 @@ fn to_storage(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-/// Reads an IPv4/IPv6 socket address at `p` (None for other families).
+/// Reads an IPv4/IPv6 socket address at `p`, aligned or not (None for other
+/// families).
 ///
 /// # Safety
 /// `p` points to at least a sockaddr_in6's worth of readable bytes.
-unsafe fn from_sockaddr(p: *const libc::sockaddr) -> Option<SocketAddr> {
-    match (*p).sa_family as i32 {
+unsafe fn from_sockaddr(p: *const u8) -> Option<SocketAddr> {
+    // SAFETY: the caller gives more readable bytes than a sockaddr's.
+    let family = unsafe { std::ptr::read_unaligned(p as *const libc::sockaddr) }.sa_family;
+    match family as i32 {
         libc::AF_INET => {
-            let sin = std::ptr::read_unaligned(p as *const libc::sockaddr_in);
+            // SAFETY: the caller gives more readable bytes than a sockaddr_in's.
+            let sin = unsafe { std::ptr::read_unaligned(p as *const libc::sockaddr_in) };
             Some(SocketAddr::new(
                 IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()),
                 u16::from_be(sin.sin_port),
             ))
         }
         libc::AF_INET6 => {
-            let sin6 = std::ptr::read_unaligned(p as *const libc::sockaddr_in6);
+            // SAFETY: the caller gives a sockaddr_in6's worth of readable bytes.
+            let sin6 = unsafe { std::ptr::read_unaligned(p as *const libc::sockaddr_in6) };
             Some(SocketAddr::new(
                 IpAddr::from(sin6.sin6_addr.s6_addr),
                 u16::from_be(sin6.sin6_port),
@@ -75,6 +81,8 @@ unsafe fn from_sockaddr(p: *const libc::sockaddr) -> Option<SocketAddr> {
 }
 
 fn setsockopt(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    // SAFETY: `fd` is open; the option value is an i32 alive for the call, its size
+    // passed with it.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -104,6 +112,7 @@ fn tcp_socket(
     } else {
         libc::AF_INET6
     };
+    // SAFETY: no pointers; the descriptor returned is taken over below.
     let raw = unsafe {
         libc::socket(
             family,
@@ -140,16 +149,19 @@ fn tcp_socket(
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let (ss, len) = to_storage(any);
+    // SAFETY: `ss` holds a socket address of `len` bytes, alive for the call.
     if unsafe { libc::bind(fd.as_raw_fd(), &ss as *const _ as *const _, len) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: sockaddr_storage is plain integers; all zeros is a valid value.
     let mut got: libc::sockaddr_storage = unsafe { zeroed() };
     let mut glen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `got` is writable for the `glen` bytes the kernel is told of.
     if unsafe { libc::getsockname(fd.as_raw_fd(), &mut got as *mut _ as *mut _, &mut glen) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: getsockname filled a sockaddr_storage.
-    let port = unsafe { from_sockaddr(&got as *const _ as *const _) }.map_or(0, |a| a.port());
+    // SAFETY: a sockaddr_storage is larger than a sockaddr_in6.
+    let port = unsafe { from_sockaddr(&got as *const _ as *const u8) }.map_or(0, |a| a.port());
     Ok((fd, port))
 }
 
@@ -218,11 +230,14 @@ fn read_errqueue(fd: &OwnedFd) -> Vec<Icmp> {
             iov_len: data.len(),
         };
         let mut control = [0u64; 64];
+        // SAFETY: msghdr is integers and raw pointers; all zeros (null) is valid.
         let mut msg: libc::msghdr = unsafe { zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut _;
         msg.msg_controllen = size_of::<[u64; 64]>();
+        // SAFETY: `msg` points at `iov` and `control`, both alive and writable for the
+        // lengths given.
         let n = unsafe {
             libc::recvmsg(
                 fd.as_raw_fd(),
@@ -233,31 +248,44 @@ fn read_errqueue(fd: &OwnedFd) -> Vec<Icmp> {
         if n < 0 {
             break;
         }
-        // SAFETY: the cmsg macros walk the control buffer recvmsg filled.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
-                if (level == libc::SOL_IP && ty == libc::IP_RECVERR)
-                    || (level == libc::SOL_IPV6 && ty == libc::IPV6_RECVERR)
-                {
-                    let p = libc::CMSG_DATA(c);
-                    let ee = std::ptr::read_unaligned(p as *const SockExtendedErr);
-                    if ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6 {
-                        // SO_EE_OFFENDER: the sender's address follows the struct.
-                        let off = p.add(size_of::<SockExtendedErr>()) as *const libc::sockaddr;
-                        let from = from_sockaddr(off).map(|a| a.ip());
-                        let v6 = ee.ee_origin == SO_EE_ORIGIN_ICMP6;
-                        out.push(Icmp {
-                            from,
-                            icmp_type: ee.ee_type,
-                            code: ee.ee_code,
-                            name: icmp_name(v6, ee.ee_type, ee.ee_code),
-                        });
-                    }
+        // Every read below stays inside `control` (zero-initialized, so each byte is
+        // a valid integer): the cmsg macros return only headers within the
+        // msg_controllen bytes recvmsg filled, and the bound checks the rest.
+        let end = control.as_ptr() as usize + size_of::<[u64; 64]>();
+        // SAFETY: `msg` describes `control` as recvmsg left it.
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !c.is_null() {
+            // SAFETY: a header within `control` (above).
+            let hdr = unsafe { std::ptr::read_unaligned(c) };
+            if (hdr.cmsg_level == libc::SOL_IP && hdr.cmsg_type == libc::IP_RECVERR)
+                || (hdr.cmsg_level == libc::SOL_IPV6 && hdr.cmsg_type == libc::IPV6_RECVERR)
+            {
+                // SAFETY: `c` is a header within `control`.
+                let p = unsafe { libc::CMSG_DATA(c) };
+                // The error, then SO_EE_OFFENDER: the sender's address.
+                let off = size_of::<SockExtendedErr>();
+                if p as usize + off + size_of::<libc::sockaddr_in6>() > end {
+                    break;
                 }
-                c = libc::CMSG_NXTHDR(&msg, c);
+                // SAFETY: within `control` (bound checked above).
+                let ee = unsafe { std::ptr::read_unaligned(p as *const SockExtendedErr) };
+                if ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6 {
+                    // SAFETY: within `control` (bound checked above).
+                    let offender = unsafe { p.add(off) };
+                    // SAFETY: a sockaddr_in6's worth of bytes within `control` (bound
+                    // checked above).
+                    let from = unsafe { from_sockaddr(offender) }.map(|a| a.ip());
+                    let v6 = ee.ee_origin == SO_EE_ORIGIN_ICMP6;
+                    out.push(Icmp {
+                        from,
+                        icmp_type: ee.ee_type,
+                        code: ee.ee_code,
+                        name: icmp_name(v6, ee.ee_type, ee.ee_code),
+                    });
+                }
             }
+            // SAFETY: `c` is a header of `msg`'s control buffer.
+            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
         }
     }
     out
@@ -266,6 +294,7 @@ fn read_errqueue(fd: &OwnedFd) -> Vec<Icmp> {
 fn so_error(fd: &OwnedFd) -> i32 {
     let mut v: i32 = 0;
     let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `v` is writable for the `len` bytes the kernel is told of.
     unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -282,6 +311,7 @@ fn so_error(fd: &OwnedFd) -> i32 {
 /// Ok(Some(errno)) failed at once.
 fn start_connect(fd: &OwnedFd, dst: SocketAddr) -> Option<i32> {
     let (ss, len) = to_storage(dst);
+    // SAFETY: `ss` holds a socket address of `len` bytes, alive for the call.
     if unsafe { libc::connect(fd.as_raw_fd(), &ss as *const _ as *const _, len) } == 0 {
         return Some(0);
     }
@@ -351,6 +381,7 @@ pub fn connect(
             revents: 0,
         };
         let wait = left.min(Duration::from_millis(20)).as_millis() as i32;
+        // SAFETY: `p` is one writable pollfd, as the count says.
         let r = unsafe { libc::poll(&mut p, 1, wait.max(1)) };
         if r < 0 && errno() != libc::EINTR {
             return Err(io::Error::last_os_error());
@@ -423,6 +454,7 @@ pub fn trace(dst: SocketAddr, max_hops: u32, budget: Duration) -> io::Result<Pat
                         events: libc::POLLOUT,
                         revents: 0,
                     };
+                    // SAFETY: `p` is one writable pollfd, as the count says.
                     let r = unsafe { libc::poll(&mut p, 1, 0) };
                     (r > 0 && p.revents & (libc::POLLOUT | libc::POLLHUP) != 0)
                         .then(|| so_error(fd))
