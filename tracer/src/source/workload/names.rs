@@ -287,7 +287,8 @@ pub fn netns_names(dirs: &[PathBuf]) -> HashMap<u32, Text> {
 }
 
 fn is_nsfs(p: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    // In statfs's own type: i64 or i32 by target, so no cast either way.
+    const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
     let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
     else {
         return false;
@@ -295,7 +296,7 @@ fn is_nsfs(p: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct it is given.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid C string, `s` a valid statfs.
-    (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0) && s.f_type as i64 == NSFS_MAGIC
+    (unsafe { libc::statfs(c.as_ptr(), &mut s) } == 0) && s.f_type == NSFS_MAGIC
 }
 
 #[cfg(test)]
