@@ -45,9 +45,35 @@ fn test_sources() -> String {
     };
     add(&root().join("tests/tests"), None);
     add(&root().join("tests/src"), Some("lib.rs"));
-    add(&root().join("tracer/src/explain"), Some("tests.rs"));
-    add(&root().join("tracer/src/capture"), Some("tests.rs"));
+    unit_tests(&root().join("tracer/src"), &mut text);
+    // The golden files are what the golden test asserts, kind by kind and cause by cause.
+    for e in fs::read_dir(root().join("tracer/tests/golden"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "jsonl") {
+            text += &fs::read_to_string(e.path()).unwrap();
+        }
+    }
     text
+}
+
+/// The agent's unit tests: whole test files, and the `mod tests` of other files.
+fn unit_tests(dir: &Path, text: &mut String) {
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            unit_tests(&p, text);
+            continue;
+        }
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let src = fs::read_to_string(&p).unwrap();
+        if matches!(name.as_str(), "tests.rs" | "testing.rs" | "golden.rs") {
+            *text += &src;
+        } else if let Some(i) = src.find("#[cfg(test)]\nmod tests {") {
+            *text += &src[i..];
+        }
+    }
 }
 
 fn untested(ids: &[String], sources: &str) -> Vec<String> {
