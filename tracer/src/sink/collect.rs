@@ -10,6 +10,11 @@ pub struct Collect {
 }
 
 impl Collect {
+    /// The explanations so far, in order.
+    pub fn explanations(&self) -> &[Explanation] {
+        &self.explanations
+    }
+
     /// The explanations so far, in order; the sink starts empty again.
     pub fn take(&mut self) -> Vec<Explanation> {
         std::mem::take(&mut self.explanations)

@@ -227,12 +227,22 @@ impl Tracer {
         }
     }
 
-    /// The explanations of attempt `a`: late evidence is awaited briefly, then the
-    /// engine is made to conclude what is pending.
+    /// The explanations of attempt `a`: late evidence is awaited briefly (a failed
+    /// attempt until the engine explains it by itself, which includes its waits for
+    /// context, up to 1.2 s), then the engine is made to conclude what is pending.
+    /// Concluding at once made a slow host's verdict lack the context it asked for.
     fn explain(&mut self, a: &Attempt) -> Vec<Explanation> {
-        let until = Instant::now() + Duration::from_millis(150);
-        while Instant::now() < until {
+        let start = Instant::now();
+        let (least, most) = (Duration::from_millis(150), Duration::from_millis(1200));
+        loop {
             self.pump();
+            let waited = start.elapsed();
+            let ours = |e: &Explanation| e.src.is_some_and(|s| s.port() == a.src_port);
+            let done = waited >= least
+                && (a.errno == 0 || self.pipe.sink().explanations().iter().any(ours));
+            if done || waited >= most {
+                break;
+            }
             thread::sleep(Duration::from_millis(10));
         }
         self.pump();
