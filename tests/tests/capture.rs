@@ -93,7 +93,7 @@ fn explaining_a_recording_gives_what_watch_printed_live() {
     );
     c.wait(10 * SEC);
     for p in [8201, 8202, 8203, 8204] {
-        agent.wait_for(&format!("live explanation for {p}"), 5 * SEC, |v| {
+        agent.wait_for(&format!("live explanation for {p}"), 10 * SEC, |v| {
             s(v, "kind") == "failure" && port(s(v, "dst")) == p
         });
     }
