@@ -550,6 +550,18 @@ mount -t bpf bpf /sys/fs/bpf
 echo 1 > /proc/sys/kernel/printk
 while read -r m; do insmod "$m" || echo "=== insmod $m failed"; done < /etc/rstrace/modules
 ip link set lo up
+# The hooks' tracepoints stay enabled (nothing recorded: tracing_on is 0), so that
+# rstrace's many attaches and detaches do not flip their static keys: live code
+# patching under multi-threaded TCG once hit its own breakpoint (Oops: int3 in
+# syscall_trace_enter, 6.12 guest) and panicked the guest.
+T=/sys/kernel/tracing
+echo 0 > $T/tracing_on
+for e in tcp/tcp_send_reset tcp/tcp_receive_reset tcp/tcp_retransmit_skb \
+    tcp/tcp_retransmit_synack tcp/tcp_destroy_sock skb/kfree_skb sock/inet_sock_set_state \
+    sock/inet_sk_error_report syscalls/sys_enter_connect syscalls/sys_exit_connect \
+    syscalls/sys_exit_accept syscalls/sys_exit_accept4; do
+    [ -e $T/events/$e/enable ] && echo 1 > $T/events/$e/enable
+done
 echo "=== kernel $(uname -r)"
 echo "=== rstrace doctor"
 $RSTRACE_BIN doctor
