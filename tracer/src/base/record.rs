@@ -145,7 +145,60 @@ pub struct FirewallRule {
     pub verdict: Text,
 }
 
+/// Connection tracking statistics of a namespace (`conntrack -S`, from
+/// `/proc/net/stat/nf_conntrack`), counters summed over the CPUs since boot (or since
+/// the namespace was made).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConntrackStats {
+    /// Connections tracked in the namespace's table now.
+    pub entries: u64,
+    /// net.netfilter.nf_conntrack_max (the limit every namespace's table is held to),
+    /// when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
+    /// Packets conntrack could not match to a valid state (marked INVALID: out of
+    /// window, for a flow it does not know, malformed).
+    pub invalid: u64,
+    /// Packets conntrack itself dropped (a full table, no memory, an invalid packet
+    /// its protocol tracker refused).
+    pub drop: u64,
+    /// Entries evicted early to make room in a full table.
+    pub early_drop: u64,
+    /// New entries that could not be inserted (a race, a NAT clash).
+    pub insert_failed: u64,
+}
+
+impl ConntrackStats {
+    /// The counters as a sentence shows them: `invalid 5, drop 0, early_drop 0,
+    /// insert_failed 0; 3 entries (limit 262144)`.
+    pub fn counters(&self) -> String {
+        let limit = self.max.map_or(String::new(), |m| format!(" (limit {m})"));
+        format!(
+            "invalid {}, drop {}, early_drop {}, insert_failed {}; {} entries{limit}",
+            self.invalid, self.drop, self.early_drop, self.insert_failed, self.entries
+        )
+    }
+}
+
 impl FirewallRule {
+    /// Whether the rule matches packets conntrack marked INVALID (`ct state invalid`,
+    /// `-m conntrack --ctstate INVALID`, `-m state --state INVALID`, also within a
+    /// list of states), so that what it drops is what conntrack refused, whatever
+    /// the port.
+    pub fn matches_invalid(&self) -> bool {
+        if &*self.source == "nft" {
+            return nft_states_include_invalid(&self.rule);
+        }
+        let words: Vec<&str> = self.rule.split_whitespace().collect();
+        words.iter().enumerate().any(|(i, w)| {
+            matches!(*w, "--ctstate" | "--state")
+                && (i == 0 || words[i - 1] != "!")
+                && words.get(i + 1).is_some_and(|states| {
+                    states.split(',').any(|s| s.eq_ignore_ascii_case("INVALID"))
+                })
+        })
+    }
+
     /// Where it is, for a sentence: `table inet filter, chain input, handle 4`.
     pub fn place(&self) -> String {
         let mut s = format!("table {} {}, chain {}", self.family, self.table, self.chain);
@@ -194,6 +247,23 @@ impl FirewallRule {
             ),
         }
     }
+}
+
+/// Whether the states an nft `ct state` match lists (one word or a `{ .. }` set)
+/// include `invalid`; a negated match (`ct state != ..`) does not count.
+fn nft_states_include_invalid(rule: &str) -> bool {
+    let Some((_, rest)) = rule.split_once("ct state ") else {
+        return false;
+    };
+    if rest.starts_with("!=") {
+        return false;
+    }
+    let rest = rest.trim_start_matches("== ");
+    let states = match rest.strip_prefix('{') {
+        Some(set) => set.split('}').next().unwrap_or(""),
+        None => rest.split_whitespace().next().unwrap_or(""),
+    };
+    states.split([',', ' ']).any(|s| s.trim() == "invalid")
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -289,6 +359,10 @@ pub struct Record {
     /// none was found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<FirewallRule>>,
+    /// Firewall rule records: the namespace's connection tracking statistics, read
+    /// with its rules (absent when conntrack is not loaded, or from older captures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackStats>,
 }
 
 impl Record {
@@ -324,6 +398,7 @@ impl Record {
             ports: None,
             v6only: None,
             rules: None,
+            conntrack: None,
         }
     }
 }
@@ -580,5 +655,44 @@ mod tests {
         assert_eq!(TcpFlags::from_bits(0x12).letters(), "SA");
         assert_eq!(TcpFlags::parse("AS"), None);
         assert_eq!(TcpFlags::parse("X"), None);
+    }
+
+    fn rule(source: &str, text: &str) -> FirewallRule {
+        FirewallRule {
+            source: source.into(),
+            family: "inet".into(),
+            table: "t".into(),
+            chain: "input".into(),
+            hook: Some("input".into()),
+            priority: Some(0),
+            handle: Some(2),
+            rule: text.into(),
+            verdict: "drop".into(),
+        }
+    }
+
+    #[test]
+    fn rules_matching_packets_conntrack_marked_invalid() {
+        for (source, text, want) in [
+            ("nft", "ct state invalid counter drop", true),
+            ("nft", "ct state { invalid, untracked } drop", true),
+            ("nft", "tcp dport 80 ct state invalid reject with tcp reset", true),
+            ("nft", "ct state != invalid drop", false),
+            ("nft", "ct state { established, related } accept", false),
+            ("nft", "ct status dnat drop", false),
+            ("nft", "tcp dport 8080 drop", false),
+            ("iptables", "-A INPUT -m conntrack --ctstate INVALID -j DROP", true),
+            ("iptables", "-A INPUT -m state --state INVALID -j DROP", true),
+            (
+                "iptables",
+                "-A INPUT -p tcp -m conntrack --ctstate INVALID,UNTRACKED -j REJECT --reject-with tcp-reset",
+                true,
+            ),
+            ("iptables", "-A INPUT -m conntrack ! --ctstate INVALID -j DROP", false),
+            ("ip6tables", "-A INPUT -m conntrack --ctstate NEW -j DROP", false),
+            ("iptables", "-A INPUT -p tcp --dport 80 -j DROP", false),
+        ] {
+            assert_eq!(rule(source, text).matches_invalid(), want, "{source}: {text}");
+        }
     }
 }

@@ -10,8 +10,8 @@ use thiserror::Error;
 use tracer_common::Hook;
 
 use crate::base::record::{
-    errno_name, FirewallRule, Kind, OwnerSource, PortUse, Proc, Queue, QueueKind, Record, Sock,
-    TcpFlags, TcpState, Text,
+    errno_name, ConntrackStats, FirewallRule, Kind, OwnerSource, PortUse, Proc, Queue, QueueKind,
+    Record, Sock, TcpFlags, TcpState, Text,
 };
 use crate::base::FastMap;
 
@@ -150,6 +150,7 @@ const SOMAXCONN: u32 = 1 << 21;
 const PORTS: u32 = 1 << 22;
 const V6ONLY: u32 = 1 << 23;
 const RULES: u32 = 1 << 24;
+const CONNTRACK: u32 = 1 << 25;
 
 /// Builds one chunk: records are encoded against a dictionary that is written first.
 #[derive(Default)]
@@ -262,6 +263,7 @@ impl ChunkEncoder {
         set(r.ports.is_some(), PORTS);
         set(r.v6only.is_some(), V6ONLY);
         set(r.rules.is_some(), RULES);
+        set(r.conntrack.is_some(), CONNTRACK);
 
         self.scratch.clear();
         self.scratch.put_u8(kind_code(r.kind));
@@ -371,6 +373,18 @@ impl ChunkEncoder {
                     &mut self.scratch,
                     x.handle.map_or(0, |h| h.saturating_add(1)),
                 );
+            }
+        }
+        if let Some(c) = &r.conntrack {
+            for v in [
+                c.entries,
+                c.max.map_or(0, |m| m.saturating_add(1)),
+                c.invalid,
+                c.drop,
+                c.early_drop,
+                c.insert_failed,
+            ] {
+                put_varint(&mut self.scratch, v);
             }
         }
         put_varint(&mut self.body, self.scratch.len() as u64);
@@ -638,6 +652,16 @@ fn decode_fields(
             });
         }
         r.rules = Some(v);
+    }
+    if has(CONNTRACK) {
+        r.conntrack = Some(ConntrackStats {
+            entries: get_varint(b)?,
+            max: get_varint(b)?.checked_sub(1),
+            invalid: get_varint(b)?,
+            drop: get_varint(b)?,
+            early_drop: get_varint(b)?,
+            insert_failed: get_varint(b)?,
+        });
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

@@ -97,6 +97,7 @@ prop_compose! {
         ports in proptest::option::of((any::<[u16; 2]>(), any::<u32>(), any::<u32>(), any::<u32>())),
         v6only in proptest::option::of(any::<bool>()),
         rules in proptest::option::of(proptest::collection::vec(arb_rule(), 0..4)),
+        conntrack in proptest::option::of((any::<u64>(), proptest::option::of(0u64..u64::MAX), any::<[u64; 4]>())),
     ) -> Record {
         let mut r = Record::new(KINDS[kind], mono, String::new());
         r.netns = netns;
@@ -122,6 +123,14 @@ prop_compose! {
         r.addrs = addrs;
         r.v6only = v6only;
         r.rules = rules;
+        r.conntrack = conntrack.map(|(entries, max, c)| crate::base::record::ConntrackStats {
+            entries,
+            max,
+            invalid: c[0],
+            drop: c[1],
+            early_drop: c[2],
+            insert_failed: c[3],
+        });
         r.ports = ports.map(|(range, established, time_wait, other)| crate::base::record::PortUse {
             range,
             established,

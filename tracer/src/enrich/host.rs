@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     base::{
-        record::{FirewallRule, Kind, Proc, Record, Sock, TcpState, Text},
+        record::{ConntrackStats, FirewallRule, Kind, Proc, Record, Sock, TcpState, Text},
         FastMap,
     },
     source::context,
@@ -87,9 +87,18 @@ pub struct Host {
     firewall: FastMap<(u32, u16), RulesRead>,
 }
 
-/// One read of a namespace's rules for a port: the dropped packet's destination it
-/// was read for, the rules (empty: none found), what could not be read.
-type RulesRead = (SocketAddr, Vec<FirewallRule>, Option<Text>);
+/// One read of a namespace's rules for a port.
+#[derive(Clone, Debug)]
+pub struct RulesRead {
+    /// The destination of the dropped packet it was read for.
+    dst: SocketAddr,
+    /// The rules (empty: none found).
+    pub rules: Vec<FirewallRule>,
+    /// What could not be read.
+    missing: Option<Text>,
+    /// The namespace's conntrack statistics then.
+    pub conntrack: Option<ConntrackStats>,
+}
 
 /// At most this many (namespace, port) firewall reads are remembered.
 const MAX_FIREWALL: usize = 4096;
@@ -251,15 +260,22 @@ impl Host {
                         && self
                             .firewall
                             .get(&key)
-                            .is_some_and(|(_, v, _)| !v.is_empty())
+                            .is_some_and(|read| !read.rules.is_empty())
                     {
                         return;
                     }
                     if self.firewall.len() >= MAX_FIREWALL && !self.firewall.contains_key(&key) {
                         self.firewall.clear();
                     }
-                    self.firewall
-                        .insert(key, (dst, rules.clone(), r.reason.clone()));
+                    self.firewall.insert(
+                        key,
+                        RulesRead {
+                            dst,
+                            rules: rules.clone(),
+                            missing: r.reason.clone(),
+                            conntrack: r.conntrack.clone(),
+                        },
+                    );
                 }
             }
             Kind::ProcessExit => {
@@ -404,14 +420,15 @@ impl Host {
         }
         let mut firewall: Vec<_> = self.firewall.iter().collect();
         firewall.sort_by_key(|(k, _)| **k);
-        for ((ns, _), (dst, rules, missing)) in firewall {
+        for ((ns, _), read) in firewall {
             out.push(context::firewall_rule(
                 now,
                 time.to_string(),
                 *ns,
-                *dst,
-                rules.clone(),
-                missing.clone(),
+                read.dst,
+                read.rules.clone(),
+                read.missing.clone(),
+                read.conntrack.clone(),
             ));
         }
         out
@@ -422,7 +439,13 @@ impl Host {
     pub fn firewall_rules(&self, netns: u32, port: u16) -> Option<&[FirewallRule]> {
         self.firewall
             .get(&(netns, port))
-            .map(|(_, r, _)| r.as_slice())
+            .map(|read| read.rules.as_slice())
+    }
+
+    /// The read of namespace `netns`'s rules for `port`, with the conntrack
+    /// statistics read then.
+    pub fn firewall_read(&self, netns: u32, port: u16) -> Option<&RulesRead> {
+        self.firewall.get(&(netns, port))
     }
 
     /// The process holding a socket that existed before the agent saw its namespace.

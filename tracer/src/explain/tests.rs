@@ -239,6 +239,96 @@ fn a_firewall_drop_names_the_rule_read_from_the_namespace() {
 }
 
 #[test]
+fn a_drop_by_a_rule_for_invalid_packets_is_conntracks_with_its_counters() {
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+    let mut rules = fw_rules(
+        20,
+        &[(
+            "input",
+            Some("input"),
+            Some(0),
+            2,
+            "ct state invalid counter drop",
+            "drop",
+        )],
+    );
+    rules.conntrack = Some(crate::base::record::ConntrackStats {
+        entries: 1,
+        max: Some(262144),
+        invalid: 3,
+        drop: 0,
+        early_drop: 0,
+        insert_failed: 0,
+    });
+    e.push(rules, &mut out);
+    e.push(error(3_000, libc::ETIMEDOUT), &mut out);
+    e.advance(3_100 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["conntrack_invalid"]);
+    assert!(
+        out[0].explanation.contains(
+            "conntrack in netns 200 marked the SYNs to port 8080 INVALID (it has no valid state for them), and the rule `ct state invalid counter drop` (table inet filter, chain input, handle 2) drops them (1 dropped at nf_hook_slow+0x4c); conntrack there counts invalid 3, drop 0, early_drop 0, insert_failed 0; 1 entries (limit 262144) (`conntrack -S`)"
+        ),
+        "{}",
+        out[0].explanation
+    );
+    assert!(
+        out[0].fix.contains("nf_conntrack_tcp_be_liberal=1")
+            && out[0]
+                .fix
+                .ends_with("or remove the rule: nft delete rule inet filter input handle 2"),
+        "{}",
+        out[0].fix
+    );
+}
+
+#[test]
+fn a_rule_for_the_port_is_the_firewalls_also_beside_one_for_invalid_packets() {
+    // kube-proxy hosts have a `ct state invalid drop` rule on every port: a rule for
+    // the port itself is what drops a new connection's SYNs.
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    addresses(&mut e, &mut out);
+    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+    e.push(
+        fw_rules(
+            20,
+            &[
+                (
+                    "input",
+                    Some("input"),
+                    Some(0),
+                    2,
+                    "ct state invalid drop",
+                    "drop",
+                ),
+                (
+                    "input",
+                    Some("input"),
+                    Some(0),
+                    4,
+                    "tcp dport 8080 drop",
+                    "drop",
+                ),
+            ],
+        ),
+        &mut out,
+    );
+    e.push(error(3_000, libc::ETIMEDOUT), &mut out);
+    e.advance(3_100 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["firewall_drop"]);
+    assert!(
+        out[0].explanation.contains(
+            "the rule `tcp dport 8080 drop` (table inet filter, chain input, handle 4) in netns 200 drops SYNs"
+        ),
+        "{}",
+        out[0].explanation
+    );
+}
+
+#[test]
 fn a_failed_read_of_the_rules_does_not_hide_the_rule_found_before() {
     let mut e = Engine::default();
     let mut out = Vec::new();

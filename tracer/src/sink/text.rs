@@ -235,6 +235,9 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
             if !listed.is_empty() {
                 let _ = write!(s, "port {port} blocked by {}", listed.join("; "));
             }
+            if let Some(c) = &r.conntrack {
+                let _ = write!(s, "; conntrack: {}", c.counters());
+            }
         }
     }
     if let Some(n) = r.retransmits {
@@ -282,6 +285,21 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "00:40:23.123456 FIREWALL-RULE  no rule found that drops or rejects port 8081 (nftables rules in netns 7: running nft: not found) netns 7"
+        );
+        r.reason = None;
+        r.conntrack = Some(crate::base::record::ConntrackStats {
+            entries: 3,
+            max: Some(262144),
+            invalid: 5,
+            drop: 0,
+            early_drop: 0,
+            insert_failed: 1,
+        });
+        let mut out = Vec::new();
+        record(&r, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "00:40:23.123456 FIREWALL-RULE  no rule found that drops or rejects port 8081; conntrack: invalid 5, drop 0, early_drop 0, insert_failed 1; 3 entries (limit 262144) netns 7"
         );
     }
 

@@ -9,7 +9,9 @@ use tracer_common::Hook;
 use crate::{
     base::{
         clock::Clock,
-        record::{FirewallRule, Kind, OwnerSource, Proc, Queue, Record, TcpState, Text},
+        record::{
+            ConntrackStats, FirewallRule, Kind, OwnerSource, Proc, Queue, Record, TcpState, Text,
+        },
     },
     source::netns::{self, Observation, Overflow},
 };
@@ -66,7 +68,8 @@ pub fn socket(
 }
 
 /// A namespace's rules that drop or reject the port of `dst` (empty: none found);
-/// `missing` says what could not be read.
+/// `missing` says what could not be read; `conntrack`, the namespace's conntrack
+/// statistics read with them.
 pub fn firewall_rule(
     now: u64,
     time: String,
@@ -74,12 +77,14 @@ pub fn firewall_rule(
     dst: SocketAddr,
     rules: Vec<FirewallRule>,
     missing: Option<Text>,
+    conntrack: Option<ConntrackStats>,
 ) -> Record {
     let mut r = Record::new(Kind::FirewallRule, now, time);
     r.netns = Some(netns);
     r.dst = Some(dst);
     r.rules = Some(rules);
     r.reason = missing;
+    r.conntrack = conntrack;
     r
 }
 
@@ -190,6 +195,7 @@ pub fn observed(o: Observation, clock: &Clock) -> Vec<Record> {
             at_ns,
             rules,
             missing,
+            conntrack,
         } => {
             let rules: Vec<FirewallRule> = rules.iter().map(|x| x.to_record()).collect();
             let missing =
@@ -201,6 +207,7 @@ pub fn observed(o: Observation, clock: &Clock) -> Vec<Record> {
                 dst,
                 rules,
                 missing,
+                conntrack,
             )]
         }
         Observation::Started => Vec::new(),

@@ -218,8 +218,21 @@ fn expr_text(e: &Value) -> (String, Option<String>) {
     }
 }
 
-/// The rules of an `nft -j list ruleset` that match destination port `port`.
-pub fn nft_rules(json: &str, port: u16, netns: &str) -> Result<Vec<Rule>> {
+/// Whether an nft match expression is `ct state` holding `invalid` (not negated).
+fn matches_ct_invalid(m: &Value) -> bool {
+    m["left"]["ct"]["key"].as_str() == Some("state") && m["op"].as_str() != Some("!=") && {
+        let r = &m["right"];
+        let has = |v: &Value| v.as_str() == Some("invalid");
+        has(r)
+            || r.as_array().is_some_and(|a| a.iter().any(has))
+            || r["set"].as_array().is_some_and(|a| a.iter().any(has))
+    }
+}
+
+/// The rules of an `nft -j list ruleset` that match destination port `port`; with
+/// `invalid_too`, also the rules for packets conntrack marked INVALID that match no
+/// other port (`ct state invalid drop`: they act on every port).
+pub fn nft_rules(json: &str, port: u16, netns: &str, invalid_too: bool) -> Result<Vec<Rule>> {
     let v: Value = serde_json::from_str(json).context("parsing nft -j output")?;
     let items = v["nftables"].as_array().cloned().unwrap_or_default();
     let sets: Vec<(String, Value)> = items
@@ -256,7 +269,13 @@ pub fn nft_rules(json: &str, port: u16, netns: &str) -> Result<Vec<Rule>> {
             let negated = m["op"].as_str() == Some("!=");
             is_dport && holds(&m["right"], port, &sets) != negated
         });
-        if !dport_match {
+        let any_dport = exprs
+            .iter()
+            .any(|e| e["match"]["left"]["payload"]["field"].as_str() == Some("dport"));
+        let ct_invalid = exprs
+            .iter()
+            .any(|e| e.get("match").is_some_and(matches_ct_invalid));
+        if !dport_match && !(invalid_too && ct_invalid && !any_dport) {
             continue;
         }
         let mut words = Vec::new();
@@ -303,8 +322,16 @@ fn ipt_holds(arg: &str, port: u16) -> bool {
     })
 }
 
-/// The lines of an `iptables-save` that match destination port `port`.
-pub fn iptables_rules(save: &str, port: u16, netns: &str, source: &'static str) -> Vec<Rule> {
+/// The lines of an `iptables-save` that match destination port `port`; with
+/// `invalid_too`, also those for packets conntrack marked INVALID (`--ctstate
+/// INVALID`, `--state INVALID`) that name no port.
+pub fn iptables_rules(
+    save: &str,
+    port: u16,
+    netns: &str,
+    source: &'static str,
+    invalid_too: bool,
+) -> Vec<Rule> {
     let mut table = String::new();
     let mut out = Vec::new();
     for line in save.lines() {
@@ -316,10 +343,25 @@ pub fn iptables_rules(save: &str, port: u16, netns: &str, source: &'static str) 
             continue;
         };
         let words: Vec<&str> = rest.split_whitespace().collect();
-        let matched = words.windows(2).any(|w| {
-            matches!(w[0], "--dport" | "--dports" | "--destination-port") && ipt_holds(w[1], port)
-        });
-        if !matched {
+        let is_dport = |w: &str| matches!(w, "--dport" | "--dports" | "--destination-port");
+        let matched = words
+            .windows(2)
+            .any(|w| is_dport(w[0]) && ipt_holds(w[1], port));
+        let invalid = invalid_too
+            && !words.iter().any(|w| is_dport(w))
+            && crate::base::record::FirewallRule {
+                source: source.into(),
+                family: "".into(),
+                table: "".into(),
+                chain: "".into(),
+                hook: None,
+                priority: None,
+                handle: None,
+                rule: line.into(),
+                verdict: "".into(),
+            }
+            .matches_invalid();
+        if !matched && !invalid {
             continue;
         }
         let verdict = words
@@ -361,13 +403,19 @@ pub fn iptables_rules(save: &str, port: u16, netns: &str, source: &'static str) 
     out
 }
 
-/// The rules matching `port` in the namespace at `ns` (None: ours), named `label`;
-/// and what could not be read.
-pub fn rules_in(ns: Option<&Path>, label: &str, port: u16) -> (Vec<Rule>, Vec<String>) {
+/// The rules matching `port` in the namespace at `ns` (None: ours), named `label`
+/// (with `invalid_too`, also those for packets conntrack marked INVALID, on any
+/// port); and what could not be read.
+pub fn rules_in(
+    ns: Option<&Path>,
+    label: &str,
+    port: u16,
+    invalid_too: bool,
+) -> (Vec<Rule>, Vec<String>) {
     let mut rules = Vec::new();
     let mut missing = Vec::new();
     match output_in(ns, "nft", &["-j", "list", "ruleset"]) {
-        Ok(json) => match nft_rules(&json, port, label) {
+        Ok(json) => match nft_rules(&json, port, label, invalid_too) {
             Ok(r) => rules.extend(r),
             Err(e) => missing.push(format!("nftables rules in {label}: {e:#}")),
         },
@@ -379,7 +427,7 @@ pub fn rules_in(ns: Option<&Path>, label: &str, port: u16) -> (Vec<Rule>, Vec<St
     ] {
         match output_in(ns, bin, &[]) {
             Ok(save) => {
-                for r in iptables_rules(&save, port, label, source) {
+                for r in iptables_rules(&save, port, label, source, invalid_too) {
                     // iptables-nft rules also show in the nft ruleset: list each once.
                     if !rules
                         .iter()
@@ -424,7 +472,7 @@ mod tests {
 
     #[test]
     fn nft_rules_matching_the_port_with_their_verdicts() {
-        let r = nft_rules(RULESET, 8105, "host").unwrap();
+        let r = nft_rules(RULESET, 8105, "host", false).unwrap();
         let got: Vec<(u64, &str, &str)> = r
             .iter()
             .map(|r| (r.handle.unwrap(), r.verdict.as_str(), r.rule.as_str()))
@@ -449,16 +497,63 @@ mod tests {
             r[0].delete_command(),
             "nft delete rule inet f input handle 4"
         );
-        let web = nft_rules(RULESET, 443, "host").unwrap();
+        let web = nft_rules(RULESET, 443, "host", false).unwrap();
         assert_eq!(web.len(), 1);
         assert_eq!(web[0].verdict, "accept");
-        assert!(nft_rules(RULESET, 9999, "host").unwrap().is_empty());
+        assert!(nft_rules(RULESET, 9999, "host", false).unwrap().is_empty());
+    }
+
+    /// As nft 1.0.6 lists `ct state invalid counter drop`, a port's own
+    /// `ct state invalid` reject, and an iptables-nft `-m conntrack` rule (an opaque
+    /// `xt` match there: only iptables-save shows its states).
+    const CT_RULESET: &str = r#"{"nftables": [
+      {"chain": {"family": "inet", "table": "t", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}},
+      {"rule": {"family": "inet", "table": "t", "chain": "input", "handle": 2, "expr": [
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}},
+        {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}},
+      {"rule": {"family": "inet", "table": "t", "chain": "input", "handle": 3, "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}},
+        {"reject": {"type": "tcp reset"}}]}},
+      {"rule": {"family": "inet", "table": "t", "chain": "input", "handle": 4, "expr": [
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+        {"accept": null}]}},
+      {"rule": {"family": "ip", "table": "filter", "chain": "INPUT", "handle": 5, "expr": [
+        {"xt": {"type": "match", "name": "conntrack"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}]}"#;
+
+    #[test]
+    fn conntrack_invalid_rules_match_every_port_when_asked() {
+        let r = nft_rules(CT_RULESET, 8080, "host", true).unwrap();
+        let got: Vec<(u64, &str)> = r
+            .iter()
+            .map(|r| (r.handle.unwrap(), r.rule.as_str()))
+            .collect();
+        assert_eq!(got, vec![(2, "ct state invalid counter drop")]);
+        assert!(r[0].to_record().matches_invalid());
+        // A port's own rule, and the rule for INVALID packets of every port.
+        let on_80: Vec<u64> = nft_rules(CT_RULESET, 80, "host", true)
+            .unwrap()
+            .iter()
+            .map(|r| r.handle.unwrap())
+            .collect();
+        assert_eq!(on_80, vec![2, 3]);
+        // Not asked (probe's port listing): only the port's rules.
+        assert!(nft_rules(CT_RULESET, 8080, "host", false)
+            .unwrap()
+            .is_empty());
+        let save = "*filter\n-A INPUT -m conntrack --ctstate INVALID -j DROP\n-A INPUT -p tcp --dport 22 -m state --state INVALID -j DROP\n-A INPUT -m conntrack --ctstate NEW -j DROP\nCOMMIT\n";
+        let r = iptables_rules(save, 8080, "host", "iptables", true);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].rule, "-A INPUT -m conntrack --ctstate INVALID -j DROP");
+        assert_eq!(r[0].verdict, "drop");
+        assert!(iptables_rules(save, 8080, "host", "iptables", false).is_empty());
+        assert_eq!(iptables_rules(save, 22, "host", "iptables", true).len(), 2);
     }
 
     #[test]
     fn iptables_save_lines_matching_the_port() {
         let save = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 8106 -j REJECT --reject-with tcp-reset\n-A INPUT -p tcp -m multiport --dports 80,8000:8200 -j DROP\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n";
-        let r = iptables_rules(save, 8106, "host", "iptables");
+        let r = iptables_rules(save, 8106, "host", "iptables", false);
         assert_eq!(r.len(), 2);
         assert_eq!(
             (r[0].chain.as_str(), r[0].verdict.as_str()),
@@ -473,7 +568,7 @@ mod tests {
             r[0].delete_command(),
             "iptables -t filter -D INPUT -p tcp -m tcp --dport 8106 -j REJECT --reject-with tcp-reset"
         );
-        assert!(iptables_rules(save, 9000, "host", "iptables").is_empty());
+        assert!(iptables_rules(save, 9000, "host", "iptables", false).is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! what a ring-buffer record cannot hold), and the context records all of it
 //! becomes. Live only: a replay reads these records from the capture. Uses `base`
 //! and `kernel`.
+pub mod conntrack;
 pub mod context;
 pub mod exits;
 pub mod firewall;

@@ -94,6 +94,17 @@ pub struct TcpCounters {
 }
 
 /// TcpExt counters of a namespace.
+/// The namespace's connection tracking statistics; None when conntrack is not loaded.
+pub fn read_conntrack(ns: &NetnsRef) -> Result<Option<crate::base::record::ConntrackStats>> {
+    match ns.pid {
+        Some(pid) => crate::source::conntrack::read(Path::new(&format!("/proc/{pid}/net"))),
+        // /proc/thread-self/net follows the calling thread's namespace.
+        None => in_netns(&ns.path, || {
+            crate::source::conntrack::read(Path::new("/proc/thread-self/net"))
+        }),
+    }
+}
+
 pub fn read_counters(ns: &NetnsRef) -> Result<TcpCounters> {
     let text = match ns.pid {
         Some(pid) => fs::read_to_string(format!("/proc/{pid}/net/netstat"))?,
@@ -546,6 +557,9 @@ pub enum Observation {
         at_ns: u64,
         rules: Vec<crate::source::firewall::Rule>,
         missing: Vec<String>,
+        /// The namespace's conntrack statistics, read with the rules (None: conntrack
+        /// not loaded, or unreadable).
+        conntrack: Option<crate::base::record::ConntrackStats>,
     },
 }
 
@@ -777,20 +791,28 @@ fn firewall_rules(
 ) -> Option<Observation> {
     // A namespace made since the last scan, or whose process found then has exited,
     // is looked for again.
-    let path = match namespaces.get(&netns) {
-        Some(n) if n.path.exists() => n.path.clone(),
-        _ => scan_namespaces().remove(&netns)?.path,
+    let ns = match namespaces.get(&netns) {
+        Some(n) if n.path.exists() => n.clone(),
+        _ => scan_namespaces().remove(&netns)?,
     };
+    let at_ns = crate::base::clock::Clock::now().mono_ns;
+    // Read first, closest to the drop: the rules take two commands to read.
+    let conntrack = read_conntrack(&ns).unwrap_or_else(|e| {
+        log::debug!("reading the conntrack statistics of netns {netns}: {e:#}");
+        None
+    });
     let label = format!("netns {netns}");
-    let (rules, missing) = crate::source::firewall::rules_in(Some(&path), &label, dst.port());
+    let (rules, missing) =
+        crate::source::firewall::rules_in(Some(&ns.path), &label, dst.port(), true);
     let mut rules: Vec<_> = rules.into_iter().filter(|r| r.blocks()).collect();
     crate::source::firewall::in_hook_order(&mut rules);
     Some(Observation::Firewall {
         netns,
         dst,
-        at_ns: crate::base::clock::Clock::now().mono_ns,
+        at_ns,
         rules,
         missing,
+        conntrack,
     })
 }
 

@@ -639,7 +639,7 @@ fn probe_once(
                         None => continue,
                     },
                 };
-                let (rules, miss) = firewall::rules_in(path, &label, a.dst.port());
+                let (rules, miss) = firewall::rules_in(path, &label, a.dst.port(), false);
                 report.firewall.extend(rules);
                 report.firewall_checked.push(label);
                 missing.extend(miss);

@@ -14,7 +14,9 @@ fn nft_fix(port: u16, netns: Option<u32>) -> String {
 
 /// The rules read from the namespace that drop or reject `port` (a `firewall_rule`
 /// record), those with a verdict like `verdict` first (they are the ones that can
-/// have done what was seen): the acting one first. Empty when none was read.
+/// have done what was seen): the acting one first. Empty when none was read. Rules
+/// for packets conntrack marked INVALID are left out: they act on every port, and
+/// only on what conntrack refused (see `conntrack_invalid`).
 fn rules_for<'a>(
     c: &'a Ctx,
     netns: Option<u32>,
@@ -24,12 +26,14 @@ fn rules_for<'a>(
     let Some(all) = netns.and_then(|ns| c.host.firewall_rules(ns, port)) else {
         return Vec::new();
     };
+    let all: Vec<&FirewallRule> = all.iter().filter(|r| !r.matches_invalid()).collect();
     let like: Vec<&FirewallRule> = all
         .iter()
+        .copied()
         .filter(|r| r.verdict.starts_with(verdict))
         .collect();
     if like.is_empty() {
-        all.iter().collect()
+        all
     } else {
         like
     }

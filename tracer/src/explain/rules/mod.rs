@@ -2,6 +2,7 @@
 //! the story. Each has a stable id (the `cause` of the output), a confidence, the
 //! sentence's reason and the runbook's fix.
 mod backlog;
+mod conntrack;
 mod firewall;
 mod ports;
 mod refusal;
@@ -77,6 +78,7 @@ pub static EVENT_RULES: &[&dyn EventRule] = &[&backlog::QueueOverflowRecord];
 pub static RULES: &[&dyn Rule] = &[
     &backlog::AcceptQueueOverflow,
     &backlog::SynQueueOverflow,
+    &conntrack::ConntrackInvalid,
     &firewall::FirewallReject,
     &firewall::FirewallDrop,
     &ports::LocalPortsExhausted,

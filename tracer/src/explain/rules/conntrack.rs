@@ -1,0 +1,74 @@
+//! Connection tracking: packets conntrack could not match to a valid state (marked
+//! INVALID: the flow outlived its entry, the table was flushed or full, the replies
+//! take another path, the segment fell out of the TCP window) dropped or rejected by
+//! a `ct state invalid` rule (kube-proxy installs one). The kernel gives no drop
+//! reason of its own for it (6.18: `NETFILTER_DROP` at nft_do_chain, as for any
+//! rule): what tells it is the rule read from the namespace's ruleset, and the
+//! namespace's conntrack counters read with it.
+use super::{Ctx, Finding, Rule};
+use crate::base::record::{FirewallRule, TcpFlags};
+
+pub struct ConntrackInvalid;
+
+impl Rule for ConntrackInvalid {
+    fn id(&self) -> &'static str {
+        "conntrack_invalid"
+    }
+
+    fn check(&self, c: &Ctx) -> Option<Finding> {
+        let drops: Vec<_> = c.story.drops("NETFILTER_DROP").collect();
+        let first = drops.first()?;
+        let ns = first.netns?;
+        let port = first.dst?.port();
+        let read = c.host.firewall_read(ns, port)?;
+        let (invalid, others): (Vec<&FirewallRule>, Vec<&FirewallRule>) =
+            read.rules.iter().partition(|r| r.matches_invalid());
+        // A rule for the port itself drops valid packets as well (it is the
+        // firewall's doing, named by firewall_drop); one for INVALID packets only
+        // acts on what conntrack refused.
+        let rule = invalid.first()?;
+        if !others.is_empty() {
+            return None;
+        }
+        let syn = first
+            .tcp_flags
+            .is_some_and(|f| f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK));
+        let what = if syn && !c.story.was_established() {
+            format!("the SYNs to port {port}")
+        } else {
+            "the packets of this established connection".to_string()
+        };
+        let verb = if rule.verdict.starts_with("reject") {
+            "rejects"
+        } else {
+            "drops"
+        };
+        let also = match invalid.len() {
+            1 => String::new(),
+            n => format!(" ({} other rules for INVALID packets follow it)", n - 1),
+        };
+        let counters = read.conntrack.as_ref().map_or_else(
+            || "; its conntrack counters could not be read".to_string(),
+            |s| format!("; conntrack there counts {} (`conntrack -S`)", s.counters()),
+        );
+        let reason = format!(
+            "conntrack in netns {ns} marked {what} INVALID (it has no valid state for them), and the rule `{}` ({}){also} {verb} them ({} {} at {}){counters}",
+            rule.rule,
+            rule.place(),
+            drops.len(),
+            if verb == "rejects" { "rejected" } else { "dropped" },
+            first.location.as_deref().unwrap_or("netfilter"),
+        );
+        let fix = format!(
+            "conntrack lost or never had this flow's state: an idle flow outlived net.netfilter.nf_conntrack_tcp_timeout_established, the table was flushed or full, the replies take another path (asymmetric routing), or the segments fell out of its TCP window. In netns {ns}: conntrack -S; conntrack -L -p tcp --dport {port}; check the routes both ways and the idle timeout against the clients' keepalives; to accept out-of-window segments: sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1; or remove the rule: {}",
+            rule.delete_command()
+        );
+        Some(Finding {
+            cause: self.id(),
+            confidence: if syn { 0.8 } else { 0.85 },
+            reason,
+            fix,
+            culprit: None,
+        })
+    }
+}
