@@ -112,7 +112,10 @@ fn assert_conntrack_invalid(
         "{e}"
     );
     assert!(invalid_counted(text), "no invalid packets counted: {e}");
-    assert!(s(e, "fix").ends_with(&format!("or remove the rule: {delete}")), "{e}");
+    assert!(
+        s(e, "fix").ends_with(&format!("or remove the rule: {delete}")),
+        "{e}"
+    );
     assert!(s(e, "fix").contains("nf_conntrack_tcp_be_liberal=1"), "{e}");
     let fw = records
         .iter()
@@ -128,7 +131,11 @@ fn assert_conntrack_invalid(
         .arg(file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -185,7 +192,15 @@ fn an_iptables_ctstate_invalid_rule_is_named_from_iptables_save() {
     let rule = "-A INPUT -m conntrack --ctstate INVALID -j DROP";
     let (mut agent, cpid, lines) = forgotten_flow(&t, p, &file, || {
         t.server.exec(&[
-            "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP",
+            "iptables",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
         ]);
     });
     assert_eq!(lines, vec!["errno=0", "failed errno=110"]);
@@ -234,7 +249,10 @@ fn a_rule_for_the_port_beside_one_for_invalid_packets_is_the_firewalls() {
     });
     agent.stop();
     let all = failures(&agent.records(), p);
-    assert!(all.iter().all(|v| s(v, "cause") == "firewall_drop"), "{all:#?}");
+    assert!(
+        all.iter().all(|v| s(v, "cause") == "firewall_drop"),
+        "{all:#?}"
+    );
     assert!(
         s(&e, "explanation").contains(&format!(
             "the rule `tcp dport {p} drop` (table inet rstrace_test, chain input, handle {h}) in netns {} drops SYNs to port {p}",

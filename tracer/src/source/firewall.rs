@@ -275,7 +275,9 @@ pub fn nft_rules(json: &str, port: u16, netns: &str, invalid_too: bool) -> Resul
         let ct_invalid = exprs
             .iter()
             .any(|e| e.get("match").is_some_and(matches_ct_invalid));
-        if !dport_match && !(invalid_too && ct_invalid && !any_dport) {
+        // A rule for INVALID packets that names no port acts on this one too.
+        let for_every_port = invalid_too && ct_invalid && !any_dport;
+        if !(dport_match || for_every_port) {
             continue;
         }
         let mut words = Vec::new();
