@@ -288,7 +288,7 @@ fn invalid_count(ns: &tests::Netns) -> u64 {
 }
 
 #[test]
-fn a_flow_conntrack_forgot_behind_a_dnat_is_reset_by_the_router_and_only_counted() {
+fn a_flow_conntrack_forgot_behind_a_dnat_is_reset_by_the_router_and_only_counted_invalid() {
     if !require_root() {
         return;
     }

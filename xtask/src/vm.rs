@@ -78,6 +78,8 @@ const MODULES: &[(&str, bool)] = &[
     ("nft_reject_ipv4", false),
     ("nft_reject_ipv6", false),
     ("nft_ct", false),
+    ("nft_chain_nat", false),
+    ("nft_nat", false),
     ("nft_limit", false),
     ("nft_counter", false),
     ("nft_compat", false),
@@ -96,6 +98,7 @@ const TOOLS: &[(&str, &str, bool)] = &[
     ("/usr/sbin/nft", "/usr/sbin/nft", true),
     ("/usr/bin/setpriv", "/usr/bin/setpriv", true),
     ("/usr/sbin/iptables", "/usr/sbin/iptables", false),
+    ("/usr/sbin/iptables-save", "/usr/sbin/iptables-save", false),
 ];
 /// iptables loads its matches and targets with dlopen: ldd does not list them.
 const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
