@@ -72,3 +72,77 @@ impl Rule for ConntrackInvalid {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::base::record::{ConntrackStats, FirewallRule, Kind, Record};
+    use crate::explain::testing::*;
+
+    /// The server namespace's rules read for port 8080 (handle, text), with its
+    /// conntrack counters.
+    fn rules_read(rules: &[(u64, &str)]) -> Record {
+        with(
+            Record::new(Kind::FirewallRule, 20 * 1_000_000, String::new()),
+            |r| {
+                r.netns = Some(SNS);
+                r.dst = Some(S.parse().unwrap());
+                r.rules = Some(
+                    rules
+                        .iter()
+                        .map(|&(handle, rule)| FirewallRule {
+                            source: "nft".into(),
+                            family: "inet".into(),
+                            table: "filter".into(),
+                            chain: "input".into(),
+                            hook: Some("input".into()),
+                            priority: Some(0),
+                            handle: Some(handle),
+                            rule: rule.into(),
+                            verdict: "drop".into(),
+                        })
+                        .collect(),
+                );
+                r.conntrack = Some(ConntrackStats {
+                    entries: 1,
+                    max: Some(262144),
+                    invalid: 3,
+                    ..Default::default()
+                });
+            },
+        )
+    }
+
+    #[test]
+    fn table() {
+        check(vec![
+            Row {
+                name: "SYNs dropped by the rule for INVALID packets alone",
+                records: vec![
+                    drop_syn(0, "NETFILTER_DROP"),
+                    rules_read(&[(2, "ct state invalid counter drop")]),
+                    error(3_000, libc::ETIMEDOUT),
+                ],
+                cause: "conntrack_invalid",
+                phrases: &[
+                    "conntrack in netns 200 marked the SYNs to port 8080 INVALID (it has no valid state for them), and the rule `ct state invalid counter drop` (table inet filter, chain input, handle 2) drops them (1 dropped at nf_hook_slow+0x4c); conntrack there counts invalid 3, drop 0, early_drop 0, insert_failed 0; 1 entries (limit 262144) (`conntrack -S`)",
+                    "sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1",
+                    "or remove the rule: nft delete rule inet filter input handle 2",
+                ],
+            },
+            Row {
+                // kube-proxy hosts have a rule for INVALID packets on every port: a
+                // rule for the port itself is what drops a new connection's SYNs.
+                name: "a rule for the port beside one for INVALID packets",
+                records: vec![
+                    drop_syn(0, "NETFILTER_DROP"),
+                    rules_read(&[(2, "ct state invalid drop"), (4, "tcp dport 8080 drop")]),
+                    error(3_000, libc::ETIMEDOUT),
+                ],
+                cause: "firewall_drop",
+                phrases: &[
+                    "the rule `tcp dport 8080 drop` (table inet filter, chain input, handle 4) in netns 200 drops SYNs",
+                ],
+            },
+        ]);
+    }
+}
