@@ -261,6 +261,14 @@ pub fn records() -> Vec<Record> {
             verdict: "reject".into(),
         },
     ]);
+    r.conntrack = Some(crate::base::record::ConntrackStats {
+        entries: 3,
+        max: Some(262144),
+        invalid: 5,
+        drop: 1,
+        early_drop: 2,
+        insert_failed: 4,
+    });
     out.push(r);
 
     // Every TCP state (and the name of a code the kernel may add), as old and new.
@@ -368,14 +376,24 @@ fn read_capture(data: Vec<u8>) -> Vec<Record> {
     out
 }
 
+/// The records as the capture written by the previous version holds them: without
+/// the fields added since (a firewall_rule record's conntrack statistics), which an
+/// older capture cannot have and reads back absent.
+fn as_previous(mut records: Vec<Record>) -> Vec<Record> {
+    for r in &mut records {
+        r.conntrack = None;
+    }
+    records
+}
+
 #[test]
 fn a_capture_written_by_the_previous_version_still_reads() {
     let records = read_capture(PREVIOUS_CAPTURE.to_vec());
-    assert_eq!(records, self::records());
-    check(
-        "records.jsonl",
-        RECORDS_JSON,
-        &json_lines(&records, super::json::record),
+    let want = as_previous(self::records());
+    assert_eq!(records, want);
+    assert_eq!(
+        json_lines(&records, super::json::record),
+        json_lines(&want, super::json::record)
     );
 }
 

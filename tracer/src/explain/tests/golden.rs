@@ -127,6 +127,31 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
             }),
         ),
         (
+            "conntrack_invalid",
+            Box::new(|e, o| {
+                e.push(drop_syn(0, "NETFILTER_DROP"), o);
+                let mut rules = fw_rules(
+                    20,
+                    &[(
+                        "input",
+                        Some("input"),
+                        Some(0),
+                        2,
+                        "ct state invalid drop",
+                        "drop",
+                    )],
+                );
+                rules.conntrack = Some(crate::base::record::ConntrackStats {
+                    entries: 1,
+                    max: Some(262144),
+                    invalid: 3,
+                    ..Default::default()
+                });
+                e.push(rules, o);
+                e.push(error(3_000, libc::ETIMEDOUT), o);
+            }),
+        ),
+        (
             "firewall_reject",
             Box::new(|e, o| {
                 e.push(drop_syn(0, "NETFILTER_DROP"), o);
