@@ -3,6 +3,7 @@
 //! start of, with `nf_conntrack_tcp_loose=0`, the way a flow it has forgotten looks)
 //! dropped by a `ct state invalid` rule (kube-proxy installs one); the explanation
 //! names the rule and the namespace's conntrack counters, live and from a capture.
+#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use serde_json::Value;
