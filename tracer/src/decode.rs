@@ -240,7 +240,7 @@ impl Decoder {
                 .collect(),
             drop_reasons: texts(&info.drop_reasons),
             rst_reasons: texts(&info.rst_reasons),
-            syms: Kallsyms::default(),
+            syms: Kallsyms::open(),
             comms: Default::default(),
             locations: Default::default(),
         }

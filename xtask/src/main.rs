@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | watch | test | vm-test | lint`.
+//! Project tasks: `cargo xtask setup | build | watch | test | vm-test | lint | man`.
 //!
 //! Every task first runs `setup`, which installs what a fresh machine lacks
 //! (Debian packages, rust-src for nightly, bpf-linker built against nightly's LLVM)
@@ -54,6 +54,12 @@ enum Task {
     /// cargo fmt --check, the stage order, and clippy with warnings denied (on the
     /// eBPF programs too).
     Lint,
+    /// Write the man pages (rstrace.1, rstrace-COMMAND.1), generated from the command
+    /// line's definitions, into target/man/man1 (or DIR/man1).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Fuzz the capture reader for a bounded time (inputs that crash it are saved in
     /// fuzz-crashes/).
     Fuzz {
@@ -249,6 +255,19 @@ fn main() -> Result<()> {
                 args.push("--costs".into());
             }
             run(&mut as_root(&root.join("target/release/bench"), &args, &[]))
+        }
+        Task::Man { out } => {
+            run(cargo().args(["build", "--package", "tracer"]))?;
+            let dir = out.unwrap_or_else(|| root.join("target/man")).join("man1");
+            run(Command::new(root.join("target/debug/rstrace"))
+                .args(["man-pages", "--dir"])
+                .arg(&dir))?;
+            println!(
+                "man pages in {} (man -l {}/rstrace.1)",
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
         }
         Task::Lint => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;

@@ -60,6 +60,23 @@ fn sudo_owner() -> Option<(libc::uid_t, libc::gid_t)> {
     Some((var("SUDO_UID")?, var("SUDO_GID")?))
 }
 
+/// Whether files written at `path` need more than the privileges of their own
+/// directory's owner: given to the user who ran sudo (chown), or in a directory of
+/// another user (its permissions, a sticky bit). Rotation then needs the capabilities
+/// that override those checks for as long as it records.
+pub fn written_for_another_user(path: &Path) -> bool {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    sudo_owner().is_some_and(|(uid, _)| uid != euid)
+        || std::fs::metadata(dir)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) != euid)
+            .unwrap_or(true)
+}
+
 impl Dir {
     /// Opens the directory that is to hold `path`; returns it with the file's name.
     pub fn of(path: &Path) -> io::Result<(Dir, OsString)> {

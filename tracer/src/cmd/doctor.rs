@@ -36,6 +36,18 @@ pub struct Capability {
     pub detail: &'static str,
 }
 
+/// A Linux capability rstrace uses: whether this process holds it, and when and why
+/// rstrace needs it.
+#[derive(Serialize)]
+pub struct CapabilityUse {
+    pub name: String,
+    pub held: bool,
+    /// `start`: dropped once the programs are attached; `live`: kept while watching.
+    pub phase: privileges::Phase,
+    pub why: &'static str,
+    pub without: &'static str,
+}
+
 #[derive(Serialize)]
 pub struct Report {
     pub kernel: String,
@@ -47,6 +59,43 @@ pub struct Report {
     pub drop_reasons_known: usize,
     pub rst_reasons_known: usize,
     pub capabilities: Vec<Capability>,
+    /// The Linux capabilities rstrace uses (the service definitions in dist/ grant
+    /// exactly these).
+    pub linux_capabilities: Vec<CapabilityUse>,
+    /// The host's files rstrace reads: what a container needs mounted from the host.
+    pub host_paths: Vec<HostPath>,
+}
+
+#[derive(Serialize)]
+pub struct HostPath {
+    pub path: &'static str,
+    pub why: &'static str,
+}
+
+/// The host's files rstrace reads (a container sees the host's processes through the
+/// host's PID namespace, not through a mount).
+fn host_paths() -> Vec<HostPath> {
+    let mut out = vec![
+        HostPath {
+            path: "/sys/kernel/tracing",
+            why: "tracefs: the tracepoints' formats and ids (/sys/kernel/debug/tracing on \
+                  kernels that only have it there)",
+        },
+        HostPath {
+            path: VMLINUX,
+            why: "kernel BTF: raw tracepoints, structure offsets, namespaces",
+        },
+        HostPath {
+            path: "/proc",
+            why: "the host's processes (socket owners, namespaces, exits), \
+                  /proc/kallsyms, TcpExt counters: the host's PID namespace",
+        },
+    ];
+    out.extend(crate::source::netns::NETNS_DIRS.iter().map(|d| HostPath {
+        path: d,
+        why: "network namespaces kept by bind mounts, with no process inside",
+    }));
+    out
 }
 
 pub fn gather() -> Report {
@@ -125,6 +174,17 @@ pub fn gather() -> Report {
         drop_reasons_known: info.drop_reasons.len(),
         rst_reasons_known: info.rst_reasons.len(),
         capabilities,
+        linux_capabilities: privileges::held()
+            .into_iter()
+            .map(|(n, held)| CapabilityUse {
+                name: privileges::name(n.cap),
+                held,
+                phase: n.phase,
+                why: n.why,
+                without: n.without,
+            })
+            .collect(),
+        host_paths: host_paths(),
     }
 }
 
@@ -178,6 +238,23 @@ pub fn run(json: bool) -> Result<()> {
         writeln!(out, "\nkernel structures (BTF) missing")?;
         for m in &r.offsets_missing {
             writeln!(out, "  {m}")?;
+        }
+    }
+    writeln!(out, "\nlinux capabilities (held: when)")?;
+    for c in &r.linux_capabilities {
+        let when = match c.phase {
+            privileges::Phase::Start => "start-up only",
+            privileges::Phase::Live => "kept while watching",
+        };
+        writeln!(
+            out,
+            "  {:<20} {:<4} {when}: {}",
+            c.name,
+            if c.held { "yes" } else { "NO" },
+            c.why
+        )?;
+        if !c.held {
+            writeln!(out, "      without it: {}", c.without)?;
         }
     }
     writeln!(out, "\nevidence")?;

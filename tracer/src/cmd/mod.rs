@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod doctor;
 pub mod probe;
 pub mod replay;
+pub mod service;
 pub mod watch;
 
 use crate::{capture, pipeline::filter};
@@ -50,11 +51,24 @@ enum Command {
     /// internal error. With --count, 0 only when every run reached the target, else
     /// the code of the last failed run.
     Probe(ProbeArgs),
-    /// Show what this kernel lets rstrace see: hooks, fields, available evidence.
+    /// Show what this kernel lets rstrace see: hooks, fields, available evidence, and
+    /// the capabilities rstrace holds and uses.
     Doctor {
         /// Machine-readable report.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script (e.g. `rstrace completions bash >
+    /// /etc/bash_completion.d/rstrace`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (rstrace.1 and one per command) into DIR (`cargo xtask man`).
+    #[command(hide = true)]
+    ManPages {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -330,7 +344,32 @@ fn run_other(cli: Cli) -> Result<()> {
         Command::Summary(a) => replay::summary(a.config(cli.verbose > 0)?),
         Command::Export(a) => replay::export(a.config(cli.verbose > 0)?),
         Command::Doctor { json } => doctor::run(json),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "rstrace", &mut io::stdout().lock());
+            Ok(())
+        }
+        Command::ManPages { dir } => man_pages(&dir),
     }
+}
+
+/// rstrace.1 and rstrace-COMMAND.1 for each command shown in --help, from the clap
+/// definitions.
+fn man_pages(dir: &std::path::Path) -> Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let write = |name: &str, page: clap::Command| -> Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+    };
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("rstrace-{}", sub.get_name());
+        write(&name, sub.clone().display_name(name.clone()))?;
+    }
+    write("rstrace", cmd)
 }
 
 pub fn main() -> ExitCode {

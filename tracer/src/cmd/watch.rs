@@ -264,6 +264,14 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         )?);
     }
 
+    // Attached, maps and files open: from here on only what the live loop uses. Before
+    // the monitor thread starts, which inherits this thread's capabilities.
+    let recording_elsewhere = cfg
+        .record
+        .as_ref()
+        .is_some_and(|r| crate::base::private_file::written_for_another_user(&r.path));
+    privileges::drop_all_but(&privileges::live_set(recording_elsewhere))?;
+
     // SAFETY: the ring buffer's fd is owned by `maps.ring`, which the AsyncFd owns and
     // which outlives the registration.
     let mut ring = unsafe { AsyncFd::register_with_interest(maps.ring, Interest::READABLE) }
@@ -322,6 +330,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         Hook::COUNT,
         session.info.release
     );
+    super::service::notify_ready();
 
     let result: Result<()> = loop {
         let step: io::Result<()> = tokio::select! {
@@ -363,6 +372,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             break Err(e.into());
         }
     };
+    super::service::notify_stopping();
     stop.store(true, Ordering::Relaxed);
     drop(orx);
     let _ = monitor.join();

@@ -1,15 +1,31 @@
 //! Kernel code addresses to function names (drop locations), loaded on first use.
-use std::fs;
+//!
+//! The file is opened at start-up: the kernel decides whether it shows addresses
+//! (CAP_SYSLOG) when it is opened, and the agent drops that capability once attached.
+use std::{fs, io::Read as _};
 
 #[derive(Default)]
 pub struct Kallsyms {
+    /// /proc/kallsyms, opened but not yet read.
+    file: Option<fs::File>,
     /// Sorted (address, name) of text symbols; None until first use.
     syms: Option<Vec<(u64, String)>>,
 }
 
 impl Kallsyms {
-    fn load() -> Vec<(u64, String)> {
-        let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    /// Opens /proc/kallsyms now, to read it on first use.
+    pub fn open() -> Kallsyms {
+        Kallsyms {
+            file: fs::File::open("/proc/kallsyms").ok(),
+            syms: None,
+        }
+    }
+
+    fn load(file: Option<fs::File>) -> Vec<(u64, String)> {
+        let mut text = String::new();
+        if let Some(mut f) = file {
+            let _ = f.read_to_string(&mut text);
+        }
         let mut syms: Vec<(u64, String)> = text
             .lines()
             .filter_map(|l| {
@@ -26,7 +42,8 @@ impl Kallsyms {
 
     /// `function+0xoff`, or the hex address when symbols are not readable.
     pub fn resolve(&mut self, addr: u64) -> String {
-        let syms = self.syms.get_or_insert_with(Self::load);
+        let file = &mut self.file;
+        let syms = self.syms.get_or_insert_with(|| Self::load(file.take()));
         let i = syms.partition_point(|(a, _)| *a <= addr);
         match i.checked_sub(1).and_then(|i| syms.get(i)) {
             Some((a, name)) => format!("{name}+{:#x}", addr - a),

@@ -1,39 +1,209 @@
-//! Checks up front that rstrace may do what it needs, to fail with a clear message
-//! instead of an EPERM from deep inside the loader.
-use anyhow::{bail, Result};
+//! The Linux capabilities rstrace uses, what each is for, and the drop to the few the
+//! live loop still needs once the programs are attached.
+//!
+//! Checked up front so that a missing one fails with a clear message instead of an
+//! EPERM from deep inside the loader. Which capability each operation needs was
+//! measured on this project's kernels with `setpriv --bounding-set`, operation by
+//! operation (README "Run it as a node service").
+use std::collections::HashSet;
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+use anyhow::{bail, Context as _, Result};
+use caps::{CapSet, Capability as Cap};
+use serde::Serialize;
 
-fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+/// When rstrace needs a capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Loading and attaching; dropped once the programs are attached.
+    Start,
+    /// Kept for the live loop.
+    Live,
 }
 
+/// One capability rstrace uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Need {
+    pub cap: Cap,
+    pub phase: Phase,
+    /// What it is for.
+    pub why: &'static str,
+    /// What rstrace cannot do without it.
+    pub without: &'static str,
+}
+
+/// Every capability rstrace uses. The service definitions (dist/) grant exactly these.
+pub const NEEDS: &[Need] = &[
+    Need {
+        cap: Cap::CAP_BPF,
+        phase: Phase::Live,
+        why: "load the eBPF programs and maps; while watching, enter listeners found in \
+              /proc into the listener map and read the loss counters (kernels before 6.5 \
+              check it on every bpf() call when unprivileged BPF is disabled)",
+        without: "no program can be loaded",
+    },
+    Need {
+        cap: Cap::CAP_PERFMON,
+        phase: Phase::Start,
+        why: "attach the programs to tracepoints and let them read kernel memory",
+        without: "no program can be attached",
+    },
+    Need {
+        cap: Cap::CAP_SYS_ADMIN,
+        phase: Phase::Live,
+        why: "setns() into other network namespaces for their listeners, sockets, \
+              backlog counters and firewall rules; mount tracefs when it is missing",
+        without: "other namespaces are not read: their listeners, pre-existing sockets, \
+                  backlog overflows and firewall rules are missing",
+    },
+    Need {
+        cap: Cap::CAP_SYS_PTRACE,
+        phase: Phase::Live,
+        why: "read other processes' /proc/PID/ns/net and /proc/PID/fd links: which \
+              namespace each lives in, which process holds a socket",
+        without: "sockets and listeners from before the agent have no owner, and \
+                  namespaces without a bind mount are not found",
+    },
+    Need {
+        cap: Cap::CAP_DAC_READ_SEARCH,
+        phase: Phase::Live,
+        why: "list /proc/PID/fd of processes running as other users (www-data, \
+              postgres...)",
+        without: "sockets of processes of other users have no owner",
+    },
+    Need {
+        cap: Cap::CAP_NET_ADMIN,
+        phase: Phase::Live,
+        why: "let `nft -j list ruleset` and `iptables-save` (run by rstrace) read a \
+              namespace's firewall rules",
+        without: "firewall drops and rejects do not name their rule",
+    },
+    Need {
+        cap: Cap::CAP_SYSLOG,
+        phase: Phase::Start,
+        why: "open /proc/kallsyms with its addresses (kept open), to name the kernel \
+              function that dropped a packet",
+        without: "drop locations are hexadecimal addresses",
+    },
+    Need {
+        cap: Cap::CAP_SYS_RESOURCE,
+        phase: Phase::Start,
+        why: "raise RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to (or \
+              LimitMEMLOCK=infinity)",
+        without: "before 5.11, maps may fail to load",
+    },
+    Need {
+        cap: Cap::CAP_SETPCAP,
+        phase: Phase::Start,
+        why: "shrink the bounding set after start-up, so that the commands rstrace runs \
+              as root (nft, iptables-save) get only the capabilities it kept",
+        without: "those commands get the whole bounding set",
+    },
+];
+
+/// Capabilities a capture file's rotation uses when the file is given to the user who
+/// ran sudo, or lies in a directory of another user: kept only when recording there.
+const RECORDING_ELSEWHERE: [Cap; 3] = [Cap::CAP_CHOWN, Cap::CAP_DAC_OVERRIDE, Cap::CAP_FOWNER];
+
+fn effective() -> HashSet<Cap> {
+    caps::read(None, CapSet::Effective).unwrap_or_default()
+}
+
+/// The name as the kernel and capsh spell it (`CAP_BPF`).
+pub fn name(c: Cap) -> String {
+    c.to_string()
+}
+
+/// Each capability rstrace uses, and whether this process holds it.
+pub fn held() -> Vec<(Need, bool)> {
+    let eff = effective();
+    NEEDS.iter().map(|n| (*n, eff.contains(&n.cap))).collect()
+}
+
+/// Fails, naming what is missing, when the programs cannot be loaded; warns for each
+/// capability whose absence only degrades the output.
 pub fn check() -> Result<()> {
-    let caps = effective_caps();
-    let has = |c: u32| caps & (1u64 << c) != 0;
-    let bpf_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
-    if !bpf_ok {
+    let eff = effective();
+    let has = |c: Cap| eff.contains(&c);
+    // CAP_SYS_ADMIN alone covers BPF and perf events too.
+    let missing: Vec<&Need> = NEEDS
+        .iter()
+        .filter(|n| matches!(n.cap, Cap::CAP_BPF | Cap::CAP_PERFMON) && !has(n.cap))
+        .collect();
+    if !missing.is_empty() && !has(Cap::CAP_SYS_ADMIN) {
+        let lines: Vec<String> = missing
+            .iter()
+            .map(|n| format!("  {}: {}", name(n.cap), n.why))
+            .collect();
         bail!(
-            "rstrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (to load and \
-             attach its eBPF programs) plus CAP_SYS_ADMIN (to mount tracefs and read other \
-             network namespaces). Run it with sudo."
+            "rstrace lacks the capabilities it needs to load and attach its eBPF programs:\n\
+             {}\nRun it as root (sudo), or grant what `rstrace doctor` lists (the systemd \
+             unit in dist/systemd does).",
+            lines.join("\n")
         );
     }
-    if !has(CAP_SYS_ADMIN) {
-        log::warn!(
-            "without CAP_SYS_ADMIN rstrace cannot enter other network namespaces: \
-             backlog overflows there will not be reported"
+    for n in NEEDS {
+        if n.phase == Phase::Live && !has(n.cap) && n.cap != Cap::CAP_BPF {
+            log::warn!("without {}: {}", name(n.cap), n.without);
+        }
+    }
+    Ok(())
+}
+
+/// Kept for the live loop: the live needs this process holds, and the recording ones
+/// when `recording_elsewhere`.
+pub fn live_set(recording_elsewhere: bool) -> HashSet<Cap> {
+    let eff = effective();
+    NEEDS
+        .iter()
+        .filter(|n| n.phase == Phase::Live)
+        .map(|n| n.cap)
+        .chain(
+            recording_elsewhere
+                .then_some(RECORDING_ELSEWHERE)
+                .into_iter()
+                .flatten(),
+        )
+        .filter(|c| eff.contains(c))
+        .collect()
+}
+
+/// Drops every capability but `keep`, for this thread and those it starts from now on
+/// (capabilities are per thread: call it before any other thread exists), and for the
+/// commands it runs: the bounding set (as root an exec gets all of it) and the
+/// ambient set (without root, an exec keeps only those).
+pub fn drop_all_but(keep: &HashSet<Cap>) -> Result<()> {
+    let before = effective();
+    if before.contains(&Cap::CAP_SETPCAP) {
+        for c in caps::all().difference(keep) {
+            caps::drop(None, CapSet::Bounding, *c)
+                .with_context(|| format!("dropping {c} from the bounding set"))?;
+        }
+    } else {
+        log::info!(
+            "without CAP_SETPCAP the bounding set stays as it is: commands rstrace runs as \
+             root (nft, iptables-save) get all of it"
         );
     }
+    // The ambient set must stay within the inheritable one, which must stay within the
+    // permitted one.
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+    caps::set(None, CapSet::Inheritable, keep).context("setting inheritable capabilities")?;
+    for c in keep {
+        if let Err(e) = caps::raise(None, CapSet::Ambient, *c) {
+            log::debug!("raising ambient {c}: {e}");
+        }
+    }
+    caps::set(None, CapSet::Effective, keep).context("setting effective capabilities")?;
+    caps::set(None, CapSet::Permitted, keep).context("setting permitted capabilities")?;
+    let mut kept: Vec<String> = keep.iter().map(|c| name(*c)).collect();
+    kept.sort();
+    log::info!(
+        "programs attached: kept {} of {} capabilities ({})",
+        keep.len(),
+        before.len(),
+        kept.join(", ")
+    );
     Ok(())
 }
 
@@ -49,5 +219,25 @@ pub fn raise_memlock() {
             "setrlimit(RLIMIT_MEMLOCK): {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_capability_is_listed_once() {
+        let set: HashSet<Cap> = NEEDS.iter().map(|n| n.cap).collect();
+        assert_eq!(set.len(), NEEDS.len());
+        for c in RECORDING_ELSEWHERE {
+            assert!(!set.contains(&c), "{c} is a recording extra, not a need");
+        }
+    }
+
+    #[test]
+    fn names_are_the_kernels() {
+        assert_eq!(name(Cap::CAP_DAC_READ_SEARCH), "CAP_DAC_READ_SEARCH");
+        assert_eq!(name(Cap::CAP_BPF), "CAP_BPF");
     }
 }

@@ -46,6 +46,9 @@ pub struct NetnsRef {
     pub pid: Option<u32>,
 }
 
+/// Where namespaces without a process are kept by bind mounts: `ip netns` and docker.
+pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/docker/netns"];
+
 /// Every network namespace in use, by inode: those of processes, and those kept by
 /// bind mounts (`ip netns add`, container runtimes) even with no process inside.
 pub fn scan_namespaces() -> HashMap<u32, NetnsRef> {
@@ -66,7 +69,7 @@ pub fn scan_namespaces() -> HashMap<u32, NetnsRef> {
             }
         }
     }
-    for dir in ["/run/netns", "/var/run/docker/netns"] {
+    for dir in NETNS_DIRS {
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
