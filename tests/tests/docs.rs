@@ -98,13 +98,20 @@ fn every_documented_cause_kind_and_command_is_tested() {
     let kinds = first_column(&events, "| kind | source | fires when |");
     assert!(kinds.len() >= 14, "{kinds:?}");
     let commands: Vec<String> = [
-        "watch", "record", "explain", "summary", "export", "doctor", "probe",
+        "watch",
+        "record",
+        "explain",
+        "summary",
+        "export",
+        "doctor",
+        "probe",
+        "completions",
     ]
     .iter()
     .filter(|c| readme.contains(&format!("rstrace {c}")))
     .map(|c| c.to_string())
     .collect();
-    assert_eq!(commands.len(), 7, "the README shows {commands:?}");
+    assert_eq!(commands.len(), 8, "the README shows {commands:?}");
     for (what, ids) in [
         ("cause", causes),
         ("record kind", kinds),
