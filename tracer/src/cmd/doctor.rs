@@ -68,7 +68,7 @@ pub struct Report {
 
 #[derive(Serialize)]
 pub struct HostPath {
-    pub path: &'static str,
+    pub path: String,
     pub why: &'static str,
 }
 
@@ -77,24 +77,40 @@ pub struct HostPath {
 fn host_paths() -> Vec<HostPath> {
     let mut out = vec![
         HostPath {
-            path: "/sys/kernel/tracing",
+            path: "/sys/kernel/tracing".into(),
             why: "tracefs: the tracepoints' formats and ids (/sys/kernel/debug/tracing on \
                   kernels that only have it there)",
         },
         HostPath {
-            path: VMLINUX,
+            path: VMLINUX.into(),
             why: "kernel BTF: raw tracepoints, structure offsets, namespaces",
         },
         HostPath {
-            path: "/proc",
+            path: "/proc".into(),
             why: "the host's processes (socket owners, namespaces, exits), \
                   /proc/kallsyms, TcpExt counters: the host's PID namespace",
         },
     ];
     out.extend(crate::source::netns::NETNS_DIRS.iter().map(|d| HostPath {
-        path: d,
+        path: d.to_string(),
         why: "network namespaces kept by bind mounts, with no process inside",
     }));
+    out.push(HostPath {
+        path: "/sys/fs/cgroup".into(),
+        why: "the cgroup tree: the workload (unit, container, pod) owning a socket",
+    });
+    let roots = crate::source::workload::names::StateRoots::default();
+    let runtime = "container runtimes' and the kubelet's state: container and pod names";
+    for p in [&roots.docker].into_iter().chain(&roots.storage).chain([
+        &roots.containerd_tasks,
+        &roots.pod_logs,
+        &roots.container_logs,
+    ]) {
+        out.push(HostPath {
+            path: p.display().to_string(),
+            why: runtime,
+        });
+    }
     out
 }
 

@@ -68,8 +68,9 @@ pub const NEEDS: &[Need] = &[
         cap: Cap::CAP_DAC_READ_SEARCH,
         phase: Phase::Live,
         why: "list /proc/PID/fd of processes running as other users (www-data, \
-              postgres...)",
-        without: "sockets of processes of other users have no owner",
+              postgres...); open cgroups by id (open_by_handle_at) for the workload",
+        without: "sockets of processes of other users have no owner, and cgroups \
+                  are not found by id",
     },
     Need {
         cap: Cap::CAP_NET_ADMIN,
