@@ -55,8 +55,8 @@ fn cap_sets(pid: u32) -> Vec<(String, u64)> {
         .lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.starts_with("Cap")
-                .then(|| (k.to_string(), u64::from_str_radix(v.trim(), 16).unwrap()))
+            let bits = u64::from_str_radix(v.trim(), 16).ok()?;
+            k.starts_with("Cap").then(|| (k.to_string(), bits))
         })
         .collect()
 }
@@ -233,6 +233,7 @@ fn without_enough_capabilities_it_names_each_missing_one() {
     for cap in ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_NET_ADMIN"] {
         assert!(seen.contains(&format!("without {cap}: ")), "{cap}: {seen}");
     }
+    // SAFETY: kill takes no pointers; the pid is a child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     // Its last lines are read, so that it can print them.
     lines.for_each(drop);
@@ -278,6 +279,7 @@ fn readiness_is_told_on_notify_socket_once_attached() {
         eff.1, LIVE_CAPS,
         "ready before the capabilities were dropped"
     );
+    // SAFETY: kill takes no pointers; the pid is a child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let n = sock.recv(&mut buf).expect("no STOPPING=1");
     assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
@@ -288,7 +290,7 @@ fn readiness_is_told_on_notify_socket_once_attached() {
 fn tempdir(what: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rstrace-{what}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
+    fs::create_dir_all(&d).expect("a scratch directory");
     d
 }
 

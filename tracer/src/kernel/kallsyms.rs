@@ -21,6 +21,10 @@ impl Kallsyms {
         }
     }
 
+    #[expect(
+        clippy::verbose_file_reads,
+        reason = "the file opened at start-up, not a path read now, decides the addresses"
+    )]
     fn load(file: Option<fs::File>) -> Vec<(u64, String)> {
         let mut text = String::new();
         if let Some(mut f) = file {
