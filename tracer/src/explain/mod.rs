@@ -22,7 +22,7 @@ use self::{collapse::Bursts, schedule::Scheduler, story::Story};
 
 /// Records in, explanations out: the host model, the open stories and the bursts.
 pub struct Engine {
-    pub host: Host,
+    host: Host,
     stories: Scheduler,
     bursts: Bursts,
     /// Stories the scheduler handed over, kept to reuse its allocation.
@@ -30,10 +30,10 @@ pub struct Engine {
     clock: Option<Clock>,
     /// Collapse bursts of a cause into a count (off for `probe`, which needs the
     /// explanation of each of its own connections, among its path-trace SYNs').
-    pub collapse: bool,
+    collapse: bool,
     /// Someone answers firewall-rule questions (watch's monitor); without one (probe)
     /// a story must not wait for an answer that never comes.
-    pub rules_answered: bool,
+    rules_answered: bool,
 }
 
 impl Default for Engine {
@@ -59,6 +59,19 @@ impl Engine {
     }
 
     /// True once after a story needed namespace addresses the engine does not have.
+    /// For `probe`: no burst collapsing, and no waits for firewall-rule answers
+    /// (probe reads the rules itself).
+    pub fn for_probe(mut self) -> Engine {
+        self.collapse = false;
+        self.rules_answered = false;
+        self
+    }
+
+    /// The host model the records built.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
     pub fn take_context_request(&mut self) -> bool {
         self.stories.take_context_request()
     }

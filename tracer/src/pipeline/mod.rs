@@ -83,8 +83,7 @@ impl<S: Sink> Pipeline<S> {
     /// `probe`: every failure explained alone (no bursts), and firewall rules awaited
     /// from no one (it reads them itself).
     pub fn for_probe(mut self) -> Self {
-        self.engine.collapse = false;
-        self.engine.rules_answered = false;
+        self.engine = self.engine.for_probe();
         self
     }
 
@@ -98,7 +97,7 @@ impl<S: Sink> Pipeline<S> {
         if let Some(w) = self.capture.as_mut() {
             w.write(&r)?;
         }
-        if !self.enricher.process(&mut r, &self.engine.host) {
+        if !self.enricher.process(&mut r, self.engine.host()) {
             return Ok(());
         }
         self.ask_owner(&r);
@@ -220,7 +219,7 @@ impl<S: Sink> Pipeline<S> {
         if let Some(w) = self.capture.as_mut() {
             w.tick()?;
             if w.wants_rotation() {
-                let context = self.engine.host.snapshot(now, &self.clock.format(now));
+                let context = self.engine.host().snapshot(now, &self.clock.format(now));
                 w.rotate(&context)?;
             }
         }
