@@ -439,19 +439,6 @@ fn the_daemonset_grants_and_mounts_what_doctor_lists() {
         .find(|e| e["name"] == "NODE_NAME")
         .expect("NODE_NAME");
     assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-    let ann = &pod["metadata"]["annotations"];
-    assert_eq!(ann["prometheus.io/scrape"], "true");
-    let metrics = c["ports"]
-        .as_sequence()
-        .expect("ports")
-        .iter()
-        .find(|p| p["name"] == "metrics")
-        .expect("a metrics port");
-    assert_eq!(ann["prometheus.io/port"], "9977");
-    assert_eq!(metrics["containerPort"], 9977);
-    for probe in ["livenessProbe", "readinessProbe"] {
-        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
-    }
     for r in ["cpu", "memory"] {
         assert!(c["resources"]["requests"][r].is_string(), "no {r} request");
     }
