@@ -434,7 +434,7 @@ pub struct Config {
     /// Value of SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, u32::MAX when absent.
     pub listen_overflow_reason: u32,
     /// Wake the reader only once this many bytes wait in the ring (it also polls):
-    /// a wakeup per event costs more than the event.
+    /// a wakeup per event costs more than the event. 0 while the reader sleeps.
     pub wake_bytes: u32,
     pub _pad: u32,
     /// 1 when the configuration was written (programs do nothing before).

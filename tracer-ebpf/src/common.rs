@@ -291,7 +291,8 @@ pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
 }
 
 /// Stamps and writes the event; a full ring buffer is counted as a loss of `hook`.
-/// The reader polls the ring, so it is woken only when a backlog builds up.
+/// The reader polls the ring while events come, so it is woken only when a backlog
+/// builds up; asleep, it sets `wake_bytes` to 0 and every event wakes it.
 #[inline(always)]
 pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
     // SAFETY: a helper without arguments.

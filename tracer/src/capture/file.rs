@@ -328,6 +328,11 @@ impl CaptureWriter {
     }
 
     /// Writes the open chunk if it is older than the flush interval.
+    /// Whether records wait for the flush interval to be written.
+    pub fn holds_records(&self) -> bool {
+        self.chunk_started.is_some()
+    }
+
     pub fn tick(&mut self) -> io::Result<()> {
         if self
             .chunk_started

@@ -13,10 +13,12 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _, Result};
+use aya::maps::{MapData, PerCpuArray};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
     sync::mpsc,
+    time::MissedTickBehavior,
 };
 use tracer_common::{Hook, KernelOffsets, ListenKey, ListenOwner, SockOwner};
 
@@ -231,6 +233,81 @@ impl Live {
         }
         pipe.advance(now)
     }
+
+    /// Moves the pipeline to the present; a request of the engine for the namespaces'
+    /// context is passed on to the monitor.
+    fn advance_now<S: Sink>(
+        &mut self,
+        pipe: &mut Pipeline<S>,
+        clock: &Clock,
+        monitor: &Monitor,
+    ) -> io::Result<()> {
+        let r = self.advance(now_ns(), pipe, clock);
+        if pipe.take_context_request() {
+            monitor.rescan.store(true, Ordering::Relaxed);
+            monitor.wake();
+        }
+        r
+    }
+}
+
+/// The namespace monitor thread's controls.
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    rescan: Arc<AtomicBool>,
+    /// Wakes it from its wait for questions.
+    asks: std::sync::mpsc::SyncSender<netns::Ask>,
+}
+
+impl Monitor {
+    fn wake(&self) {
+        // A full queue wakes it as well.
+        let _ = self.asks.try_send(netns::Ask::Wake);
+    }
+}
+
+/// Empty polls of the ring after which the reader sleeps until the kernel wakes it
+/// (100 ms at the 20 ms poll: a failure's events come closer together than that).
+const QUIET_POLLS: u32 = 5;
+
+/// The programs' loss counters (ring full, recursion), turned into loss records.
+struct Losses {
+    map: PerCpuArray<MapData, u64>,
+    before: [[u64; Hook::COUNT]; 2],
+    total: u64,
+}
+
+impl Losses {
+    fn new(map: PerCpuArray<MapData, u64>, probes: &Probes) -> Losses {
+        let before = [read_losses(&map), probes.recursion_misses()];
+        Losses {
+            map,
+            before,
+            total: 0,
+        }
+    }
+
+    fn report<S: Sink>(
+        &mut self,
+        probes: &Probes,
+        pipe: &mut Pipeline<S>,
+        clock: &Clock,
+    ) -> io::Result<()> {
+        let now = [read_losses(&self.map), probes.recursion_misses()];
+        let mut res = Ok(());
+        for (i, why) in [LOST_RING_FULL, LOST_RECURSION].into_iter().enumerate() {
+            for hook in Hook::ALL {
+                let d = now[i][hook as usize].saturating_sub(self.before[i][hook as usize]);
+                self.total += d;
+                if d > 0 && res.is_ok() {
+                    let t = now_ns();
+                    res = pipe.push(context::loss(t, clock.format(t), hook, d, why));
+                }
+            }
+        }
+        self.before = now;
+        res
+    }
 }
 
 async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
@@ -251,8 +328,8 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     };
     // Owners the kernel did not know, looked up in /proc by the monitor thread.
     let (lookup_tx, lookup_rx) = std::sync::mpsc::sync_channel(1024);
-    let mut pipe =
-        Pipeline::new(clock, cfg.filter.clone(), Fanout(vec![sink])).with_lookups(lookup_tx);
+    let mut pipe = Pipeline::new(clock, cfg.filter.clone(), Fanout(vec![sink]))
+        .with_lookups(lookup_tx.clone());
     if let Some(rec) = &cfg.record {
         let header = Header::new(&session.info, clock);
         pipe = pipe.with_capture(CaptureWriter::create(
@@ -278,21 +355,34 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         .context("registering the ring buffer with epoll")?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut loss_tick = tokio::time::interval(Duration::from_millis(250));
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    // The programs wake the reader only when a backlog builds up (a wakeup per event
-    // costs the kernel more than the event), so the ring is also read on this tick.
-    let mut poll_tick = tokio::time::interval(Duration::from_millis(20));
-    let loss_map = maps.losses;
-    let losses = |probes: &Probes| [read_losses(&loss_map), probes.recursion_misses()];
-    let mut lost_before = losses(&session.probes);
-    let mut lost = 0u64;
+    let every = |ms| {
+        let mut i = tokio::time::interval(Duration::from_millis(ms));
+        i.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        i
+    };
+    // Reading: the ring is polled (the programs wake the reader only when a backlog
+    // builds up) and the losses read. Asleep after QUIET_POLLS empty polls: every
+    // event wakes the reader, and what has no deadline of its own (the engine's sweep
+    // of old stories, losses by recursion, which write no event) runs on `idle_tick`.
+    let mut poll_tick = every(20);
+    let mut loss_tick = every(250);
+    let mut idle_tick = every(1000);
+    // While something waits for a time (a story's deadline, a burst, a flush, an
+    // exit check): the pipeline is moved on.
+    let mut tick = every(50);
+    let mut wakeups = maps.wakeups;
+    let mut asleep = false;
+    let mut quiet_polls = 0u32;
+    let mut losses = Losses::new(maps.losses, &session.probes);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let rescan = Arc::new(AtomicBool::new(false));
+    let monitor = Monitor {
+        stop: Arc::new(AtomicBool::new(false)),
+        rescan: Arc::new(AtomicBool::new(false)),
+        asks: lookup_tx,
+    };
     let (otx, mut orx) = mpsc::channel::<Observation>(1024);
-    let monitor = {
-        let (stop, rescan) = (stop.clone(), rescan.clone());
+    let monitor_thread = {
+        let (stop, rescan) = (monitor.stop.clone(), monitor.rescan.clone());
         let interval = cfg.overflow_interval;
         std::thread::spawn(move || {
             netns::run_monitor(interval, stop, rescan, lookup_rx, |o| {
@@ -333,49 +423,55 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     super::service::notify_ready();
 
     let result: Result<()> = loop {
-        let step: io::Result<()> = tokio::select! {
+        let waiting = !asleep || pipe.waiting() || live.exits.waiting();
+        let step: Result<()> = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
+                let woke = if asleep {
+                    asleep = false;
+                    quiet_polls = 0;
+                    wakeups.set_asleep(false)
+                } else {
+                    Ok(())
+                };
                 let res = live.drain(guard.get_inner_mut(), &mut decoder, &mut pipe);
                 guard.clear_ready();
-                res
+                woke.and(res.map_err(Into::into))
             }
-            _ = poll_tick.tick() => live.drain(ring.get_mut(), &mut decoder, &mut pipe),
-            Some(o) = orx.recv() => on_observation(o, &mut pipe, &mut listener_map, &clock),
-            _ = tick.tick() => {
-                let r = live.advance(now_ns(), &mut pipe, &clock);
-                if pipe.take_context_request() {
-                    rescan.store(true, Ordering::Relaxed);
-                }
-                r
-            }
-            _ = loss_tick.tick() => {
-                let now = losses(&session.probes);
-                let mut res = Ok(());
-                for (i, why) in [LOST_RING_FULL, LOST_RECURSION].into_iter().enumerate() {
-                    for hook in Hook::ALL {
-                        let d = now[i][hook as usize].saturating_sub(lost_before[i][hook as usize]);
-                        lost += d;
-                        if d > 0 && res.is_ok() {
-                            let t = now_ns();
-                            res = pipe.push(context::loss(t, clock.format(t), hook, d, why));
-                        }
+            _ = poll_tick.tick(), if !asleep => {
+                let before = live.events;
+                live.drain(ring.get_mut(), &mut decoder, &mut pipe).map_err(Into::into).and_then(|()| {
+                    quiet_polls = if live.events == before { quiet_polls + 1 } else { 0 };
+                    if quiet_polls < QUIET_POLLS {
+                        return Ok(());
                     }
-                }
-                lost_before = now;
-                res
+                    wakeups.set_asleep(true)?;
+                    asleep = true;
+                    // What the programs wrote before they were told is read now.
+                    Ok(live.drain(ring.get_mut(), &mut decoder, &mut pipe)?)
+                })
+            }
+            Some(o) = orx.recv() => Ok(on_observation(o, &mut pipe, &mut listener_map, &clock)?),
+            _ = tick.tick(), if waiting => Ok(live.advance_now(&mut pipe, &clock, &monitor)?),
+            _ = loss_tick.tick(), if !asleep => Ok(losses.report(&session.probes, &mut pipe, &clock)?),
+            _ = idle_tick.tick(), if asleep => {
+                live.drain(ring.get_mut(), &mut decoder, &mut pipe)
+                    .and_then(|()| live.advance_now(&mut pipe, &clock, &monitor))
+                    .and_then(|()| losses.report(&session.probes, &mut pipe, &clock))
+                    .map_err(Into::into)
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         };
-        if let Err(e) = step.and_then(|_| pipe.flush()) {
-            break Err(e.into());
+        if let Err(e) = step.and_then(|_| Ok(pipe.flush()?)) {
+            break Err(e);
         }
     };
     super::service::notify_stopping();
-    stop.store(true, Ordering::Relaxed);
+    monitor.stop.store(true, Ordering::Relaxed);
+    monitor.wake();
     drop(orx);
-    let _ = monitor.join();
+    let _ = monitor_thread.join();
     // What is still in the ring, the stories waiting for evidence and the bursts
     // still counting are explained before exit: the totals equal the failures.
     let result = result.and_then(|()| {
@@ -384,7 +480,7 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         Ok(())
     });
     let _ = pipe.flush();
-    let events = live.events;
+    let (events, lost) = (live.events, losses.total);
     eprintln!("rstrace: read {events} events, {lost} lost");
     if let Some(path) = &cfg.stats {
         let stats = serde_json::json!({

@@ -76,6 +76,10 @@ impl Bursts {
     }
 
     /// Closes the bursts whose window ended by `now`, with their count line.
+    pub(super) fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
     pub(super) fn close(&mut self, now: u64, clock: Option<Clock>, out: &mut Vec<Explanation>) {
         let closed: Vec<_> = self
             .open

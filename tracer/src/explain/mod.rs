@@ -91,6 +91,12 @@ impl Engine {
         self.ready = ready;
     }
 
+    /// Whether a later `advance` may explain something: a story waits for its
+    /// deadline or a burst is still counting.
+    pub fn waiting(&self) -> bool {
+        self.stories.has_deadlines() || !self.bursts.is_empty()
+    }
+
     /// Explains the stories due by `now` and closes finished bursts.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Explanation>) {
         let mut ready = std::mem::take(&mut self.ready);

@@ -260,6 +260,11 @@ impl Scheduler {
         }
     }
 
+    /// Whether a story waits for a deadline (possibly one since moved or met).
+    pub(super) fn has_deadlines(&self) -> bool {
+        !self.due.is_empty()
+    }
+
     /// Hands the stories due by `now` over to `ready`, in deadline order; a story with
     /// questions open waits once more for their answers.
     pub(super) fn advance(

@@ -40,6 +40,28 @@ pub struct Maps {
     pub ring: RingBuf<MapData>,
     pub losses: PerCpuArray<MapData, u64>,
     pub listeners: HashMap<MapData, ListenKey, ListenOwner>,
+    pub wakeups: Wakeups,
+}
+
+/// When the programs wake the reader. Reading, it polls the ring and is woken only
+/// when a backlog builds up (a wakeup per event costs the kernel more than the
+/// event); asleep, every event wakes it, so that an agent that sees nothing does not
+/// poll.
+pub struct Wakeups {
+    map: Array<MapData, Config>,
+    cfg: Config,
+    backlog_bytes: u32,
+}
+
+impl Wakeups {
+    pub fn set_asleep(&mut self, asleep: bool) -> Result<()> {
+        // The rest of the configuration is written again unchanged: a program reading
+        // it meanwhile sees the same bytes.
+        self.cfg.wake_bytes = if asleep { 0 } else { self.backlog_bytes };
+        self.map
+            .set(0, self.cfg, 0)
+            .context("writing the programs' wakeup policy")
+    }
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -158,10 +180,23 @@ impl Probes {
                 .take_map(maps::LISTENERS)
                 .ok_or_else(|| anyhow!("no LISTENERS map"))?,
         )?;
+        let map: Array<MapData, Config> = Array::try_from(
+            self.ebpf
+                .take_map(maps::CONFIG)
+                .ok_or_else(|| anyhow!("no CONFIG map"))?,
+        )?;
+        let cfg = map
+            .get(&0, 0)
+            .context("reading the program configuration")?;
         Ok(Maps {
             ring,
             losses,
             listeners,
+            wakeups: Wakeups {
+                map,
+                cfg,
+                backlog_bytes: cfg.wake_bytes,
+            },
         })
     }
 

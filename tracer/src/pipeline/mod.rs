@@ -226,6 +226,12 @@ impl<S: Sink> Pipeline<S> {
         self.drain()
     }
 
+    /// Whether `advance` has work due at a later time (a story's deadline, a burst's
+    /// end, the capture's flush interval).
+    pub fn waiting(&self) -> bool {
+        self.engine.waiting() || self.capture.as_ref().is_some_and(|w| w.holds_records())
+    }
+
     /// Explains what is still pending (end of a replay).
     pub fn finish(&mut self) -> io::Result<()> {
         self.engine.finish(&mut self.explained);

@@ -33,6 +33,10 @@ impl Exits {
         }
     }
 
+    pub fn waiting(&self) -> bool {
+        !self.due.is_empty()
+    }
+
     /// The exits of the owners due for a check by `now`, as records.
     pub fn check(&mut self, now: u64, clock: &Clock) -> Vec<Record> {
         let due: Vec<Proc> = self

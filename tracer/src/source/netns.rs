@@ -729,16 +729,28 @@ pub fn run_monitor(
                 return;
             }
         }
-        // Sleep in short steps so that a rescan request or a lookup is served promptly.
+        // Waits for a question until the next poll, so that a lookup (or a rescan
+        // request, which comes with `Ask::Wake`) is served at once.
         let until = Instant::now() + interval;
-        while Instant::now() < until
-            && !stop.load(Ordering::Relaxed)
-            && !rescan.load(Ordering::Relaxed)
-        {
+        while !stop.load(Ordering::Relaxed) && !rescan.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let first = match lookups.recv_timeout(left) {
+                Ok(a) => a,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                // No one asks any more: only the stop flag can end the wait.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    thread::sleep(Duration::from_millis(10).min(left));
+                    continue;
+                }
+            };
             let mut batch: Vec<Lookup> = Vec::new();
             let mut rulesets: Vec<(u32, SocketAddr)> = Vec::new();
-            for a in lookups.try_iter().take(MAX_LOOKUPS) {
+            for a in std::iter::once(first).chain(lookups.try_iter().take(MAX_LOOKUPS - 1)) {
                 match a {
+                    Ask::Wake => {}
                     Ask::Socket(l) => batch.push(l),
                     Ask::Firewall { netns, dst } => {
                         if !rulesets
@@ -764,7 +776,6 @@ pub fn run_monitor(
                     }
                 }
             }
-            thread::sleep(Duration::from_millis(10).min(interval));
         }
     }
 }
@@ -780,6 +791,8 @@ pub enum Ask {
     /// The rules of a namespace's firewall that drop or reject the port of `dst`
     /// (the destination of a packet netfilter dropped there).
     Firewall { netns: u32, dst: SocketAddr },
+    /// Nothing to read: the monitor looks at `rescan` and `stop` now.
+    Wake,
 }
 
 /// Rulesets read per serving of the questions (each runs nft and iptables-save).
