@@ -166,6 +166,8 @@ pub struct EventHeader {
     pub cur_pid_tgid: u64,
     /// When the ownership entry was made (connect/listen), CLOCK_MONOTONIC ns.
     pub owner_since_ns: u64,
+    /// The owner's cgroup v2 id, taken with the ownership entry; 0 when unknown.
+    pub owner_cgroup: u64,
     /// Process (tgid) that owns the socket, 0 when unknown.
     pub owner_tgid: u32,
     /// Network namespace inode of the socket or packet, 0 when unknown.
@@ -229,6 +231,8 @@ pub struct SockOwner {
     pub retrans: u32,
     pub _pad: u32,
     pub comm: [u8; 16],
+    /// The owner's cgroup v2 id (`bpf_get_current_cgroup_id`), 0 when unknown.
+    pub cgroup: u64,
 }
 
 /// Value of the listener map: the owner of a listening port and its socket.
@@ -458,8 +462,8 @@ impl Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 88);
-const _: () = assert!(core::mem::size_of::<Event>() == 88 + RAW_MAX);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 96);
+const _: () = assert!(core::mem::size_of::<Event>() == 96 + RAW_MAX);
 const _: () = assert!(core::mem::size_of::<DropInfo>() <= RAW_MAX);
 const _: () = assert!(core::mem::size_of::<ConnectInfo>() <= RAW_MAX);
 const _: () = assert!(core::mem::size_of::<SockInfo>() <= RAW_MAX);
@@ -477,9 +481,9 @@ const _: () = assert!(
         == core::mem::offset_of!(Config, keep_drop) + DROP_REASON_BITS / 8 + 4 * 4
 );
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ListenOwner>() == 48);
+const _: () = assert!(core::mem::size_of::<ListenOwner>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -489,10 +493,10 @@ mod pod {
     // asserts above pin their sizes to the sum of their fields.
     // SAFETY: integers only; no implicit padding (sizes asserted).
     unsafe impl aya::Pod for Config {}
-    // SAFETY: integers only; no implicit padding (40 bytes asserted).
+    // SAFETY: integers only; no implicit padding (48 bytes asserted).
     unsafe impl aya::Pod for SockOwner {}
     // SAFETY: integers only; no implicit padding (8 bytes asserted).
     unsafe impl aya::Pod for ListenKey {}
-    // SAFETY: integers only; no implicit padding (48 bytes asserted).
+    // SAFETY: integers only; no implicit padding (56 bytes asserted).
     unsafe impl aya::Pod for ListenOwner {}
 }

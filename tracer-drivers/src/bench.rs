@@ -61,10 +61,12 @@ pub fn refused_storm(n: u64) -> Vec<Record> {
     let curl = Proc {
         pid: 4121,
         comm: "curl".into(),
+        cgroup: None,
     };
     let task = Proc {
         pid: 4121,
         comm: "curl".into(),
+        cgroup: None,
     };
     for i in 0..n {
         let t = clock.mono_ns + i * 20_000;

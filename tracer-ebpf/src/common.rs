@@ -8,8 +8,8 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -164,6 +164,7 @@ pub fn load_record(ctx: &TracePointContext, hook: Hook) -> Option<Pending> {
     ev.hdr.max_ack_backlog = 0;
     ev.hdr.owner_tgid = 0;
     ev.hdr.owner_since_ns = 0;
+    ev.hdr.owner_cgroup = 0;
     ev.hdr.owner_comm = [0; 16];
     Some(Pending { ev, cfg, layout })
 }
@@ -263,6 +264,9 @@ pub fn current_owner(netns: u32) -> SockOwner {
         retrans: 0,
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        // SAFETY: a helper without arguments (tracepoints and raw tracepoints since
+        // 4.18); on a hybrid host, the unified hierarchy's cgroup.
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
     }
 }
 
@@ -281,6 +285,7 @@ pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
         ev.hdr.owner_tgid = o.tgid;
         ev.hdr.owner_comm = o.comm;
         ev.hdr.owner_since_ns = o.since_ns;
+        ev.hdr.owner_cgroup = o.cgroup;
         ev.hdr.retrans = o.retrans;
         ev.hdr.netns = o.netns;
         ev.hdr.flags |= flags::OWNER_KNOWN;
@@ -369,6 +374,7 @@ fn stack_event(hook: Hook, flags: u8, raw_len: usize) -> Event {
             cur_pid_tgid: 0,
             skaddr: 0,
             owner_since_ns: 0,
+            owner_cgroup: 0,
             owner_tgid: 0,
             netns: 0,
             retrans: 0,

@@ -49,6 +49,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext, reason: u32, rx_sk: u64) -> Option<
     ev.hdr.raw_len = core::mem::size_of::<DropInfo>() as u16;
     ev.hdr.owner_tgid = 0;
     ev.hdr.owner_since_ns = 0;
+    ev.hdr.owner_cgroup = 0;
     ev.hdr.owner_comm = [0; 16];
     ev.hdr.retrans = 0;
     ev.hdr.netns = 0;

@@ -95,6 +95,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     p.ev.hdr.owner_tgid = owner.tgid;
     p.ev.hdr.owner_comm = owner.comm;
     p.ev.hdr.owner_since_ns = owner.since_ns;
+    p.ev.hdr.owner_cgroup = owner.cgroup;
     p.ev.hdr.netns = owner.netns;
     p.ev.hdr.flags |= flags::OWNER_KNOWN | flags::CONNECT_INFO;
     p.ev.hdr.raw_len = core::mem::size_of::<ConnectInfo>() as u16;

@@ -311,6 +311,7 @@ impl Decoder {
             r.owner = Some(Proc {
                 pid: h.owner_tgid,
                 comm: self.comm(&h.owner_comm),
+                cgroup: (h.owner_cgroup != 0).then_some(h.owner_cgroup),
             });
             r.owner_source = Some(OwnerSource::Kernel);
         }
@@ -318,6 +319,7 @@ impl Decoder {
         r.task = Some(Proc {
             pid,
             comm: self.comm(&h.cur_comm),
+            cgroup: None,
         });
         if h.skaddr != 0 {
             r.sock = Some(Sock(h.skaddr));
@@ -458,7 +460,8 @@ mod tests {
             r.owner,
             Some(Proc {
                 pid: 4121,
-                comm: "curl".into()
+                comm: "curl".into(),
+                cgroup: None
             })
         );
         assert_eq!(r.netns, Some(4026531840));

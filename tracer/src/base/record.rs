@@ -96,6 +96,11 @@ impl Kind {
 pub struct Proc {
     pub pid: u32,
     pub comm: Text,
+    /// The process's cgroup v2 id, which names its workload (a `Workload` context
+    /// record maps it); taken by the kernel with the ownership entry, or from
+    /// /proc/PID/cgroup for owners found there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -151,6 +151,7 @@ const PORTS: u32 = 1 << 22;
 const V6ONLY: u32 = 1 << 23;
 const RULES: u32 = 1 << 24;
 const CONNTRACK: u32 = 1 << 25;
+const OWNER_CGROUP: u32 = 1 << 26;
 
 /// Builds one chunk: records are encoded against a dictionary that is written first.
 #[derive(Default)]
@@ -264,6 +265,8 @@ impl ChunkEncoder {
         set(r.v6only.is_some(), V6ONLY);
         set(r.rules.is_some(), RULES);
         set(r.conntrack.is_some(), CONNTRACK);
+        let owner_cgroup = r.owner.as_ref().and_then(|p| p.cgroup);
+        set(owner_cgroup.is_some(), OWNER_CGROUP);
 
         self.scratch.clear();
         self.scratch.put_u8(kind_code(r.kind));
@@ -386,6 +389,10 @@ impl ChunkEncoder {
             ] {
                 put_varint(&mut self.scratch, v);
             }
+        }
+        if let Some(id) = owner_cgroup {
+            let i = self.value(id);
+            put_varint(&mut self.scratch, i);
         }
         put_varint(&mut self.body, self.scratch.len() as u64);
         self.body.extend_from_slice(&self.scratch);
@@ -523,6 +530,7 @@ fn decode_fields(
         Ok(Proc {
             pid,
             comm: string(b)?,
+            cgroup: None,
         })
     };
     let state = |b: &mut &[u8]| -> R<TcpState> { Ok(TcpState::from_kernel(get_varint(b)? as i32)) };
@@ -662,6 +670,12 @@ fn decode_fields(
             early_drop: get_varint(b)?,
             insert_failed: get_varint(b)?,
         });
+    }
+    if has(OWNER_CGROUP) {
+        let id = value(b)?;
+        if let Some(p) = &mut r.owner {
+            p.cgroup = Some(id);
+        }
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

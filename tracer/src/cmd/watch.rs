@@ -169,6 +169,7 @@ fn seed_listeners(
                 retrans: 0,
                 _pad: 0,
                 comm,
+                cgroup: p.cgroup.unwrap_or(0),
             },
             sk: 0,
         };

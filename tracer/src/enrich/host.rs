@@ -492,6 +492,7 @@ mod tests {
         r.owner = Some(Proc {
             pid,
             comm: "srv".into(),
+            cgroup: None,
         });
         r
     }
@@ -585,6 +586,7 @@ mod tests {
                 l.owner = Some(Proc {
                     pid: 7,
                     comm: "srv".into(),
+                    cgroup: None,
                 });
                 h.on_record(&l);
             }

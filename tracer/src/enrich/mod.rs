@@ -142,6 +142,7 @@ mod tests {
         rst.owner = Some(Proc {
             pid: 7,
             comm: "curl".into(),
+            cgroup: None,
         });
         rst.netns = Some(99);
         assert!(e.process(&mut rst, &h));
@@ -180,6 +181,7 @@ mod tests {
         open.owner = Some(Proc {
             pid: 880,
             comm: "python3".into(),
+            cgroup: None,
         });
         h.on_record(&open);
         let mut synack = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");

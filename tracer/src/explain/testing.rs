@@ -21,6 +21,7 @@ pub fn client_owned(mut r: Record) -> Record {
     r.owner = Some(Proc {
         pid: 4121,
         comm: "curl".into(),
+        cgroup: None,
     });
     r
 }
@@ -75,6 +76,7 @@ pub fn python3(pid: u32) -> Option<Proc> {
     Some(Proc {
         pid,
         comm: "python3".into(),
+        cgroup: None,
     })
 }
 

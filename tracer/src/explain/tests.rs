@@ -15,6 +15,7 @@ fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut V
     r.owner = Some(Proc {
         pid,
         comm: "python3".into(),
+        cgroup: None,
     });
     e.push(r, out);
 }
@@ -26,6 +27,7 @@ fn unlisten(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut
     r.owner = Some(Proc {
         pid,
         comm: "python3".into(),
+        cgroup: None,
     });
     e.push(r, out);
 }
@@ -100,6 +102,7 @@ fn restart_names_the_exited_owner_and_time() {
         exit.owner = Some(Proc {
             pid: 880,
             comm: "python3".into(),
+            cgroup: None,
         });
         e.push(exit, o);
         refusal(e, 2_200, o);
@@ -475,6 +478,7 @@ fn the_side_that_reset_is_the_culprit_never_the_process_that_failed() {
         r.owner = Some(Proc {
             pid: 77,
             comm: "redis-cli".into(),
+            cgroup: None,
         });
         r
     };
@@ -484,6 +488,7 @@ fn the_side_that_reset_is_the_culprit_never_the_process_that_failed() {
                 r.owner = Some(Proc {
                     pid: 88,
                     comm: "redis-server".into(),
+                    cgroup: None,
                 });
             }
             r
@@ -535,6 +540,7 @@ fn application_resets_by_reason() {
             rst.owner = Some(Proc {
                 pid: 880,
                 comm: "python3".into(),
+                cgroup: None,
             });
             e.push(rst, o);
             e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
@@ -597,6 +603,7 @@ fn accept_overflow_explains_the_record_and_the_timeouts_it_causes() {
         ov.owner = Some(Proc {
             pid: 880,
             comm: "python3".into(),
+            cgroup: None,
         });
         e.push(ov, o);
         e.push(syn_retransmit(1_000), o);
@@ -775,6 +782,7 @@ fn died(at_ms: u64, old: TcpState, task_pid: u32) -> Record {
     st.task = Some(Proc {
         pid: task_pid,
         comm: "x".into(),
+        cgroup: None,
     });
     st
 }
@@ -846,10 +854,12 @@ fn keepalive_resets_are_told_from_application_resets_without_reasons() {
             rst.owner = Some(Proc {
                 pid: 880,
                 comm: "python3".into(),
+                cgroup: None,
             });
             rst.task = Some(Proc {
                 pid: task,
                 comm: "x".into(),
+                cgroup: None,
             });
             e.push(rst, o);
             e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);

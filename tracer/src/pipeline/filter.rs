@@ -79,6 +79,7 @@ mod tests {
         r.owner = Some(Proc {
             pid: 42,
             comm: "curl".into(),
+            cgroup: None,
         });
         r
     }

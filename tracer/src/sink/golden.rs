@@ -69,6 +69,7 @@ fn who(pid: u32, comm: &str) -> Option<Proc> {
     Some(Proc {
         pid,
         comm: comm.into(),
+        cgroup: None,
     })
 }
 

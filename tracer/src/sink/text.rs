@@ -311,6 +311,7 @@ mod tests {
         r.owner = Some(Proc {
             pid: 4121,
             comm: "curl".into(),
+            cgroup: None,
         });
         r.errno = Some(111);
         r.errno_name = Some("ECONNREFUSED");

@@ -435,6 +435,7 @@ pub fn socket_owners(wanted: &[u32]) -> HashMap<u32, Proc> {
                         Proc {
                             pid: p.pid as u32,
                             comm: comm.into(),
+                            cgroup: crate::source::workload::id_of_pid(p.pid as u32),
                         },
                     );
                 }

@@ -249,6 +249,7 @@ mod tests {
                 r.task = Some(Proc {
                     pid: task,
                     comm: "x".into(),
+                    cgroup: None,
                 });
             }),
             client_owned(rec(Kind::RstReceived, 10, C, S, CNS)),

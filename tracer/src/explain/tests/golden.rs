@@ -24,6 +24,7 @@ fn owned(mut r: Record, pid: u32, comm: &str) -> Record {
     r.owner = Some(Proc {
         pid,
         comm: comm.into(),
+        cgroup: None,
     });
     r
 }
@@ -36,6 +37,7 @@ fn app_reset(reason: Option<&'static str>, task: u32) -> Setup {
         rst.task = Some(Proc {
             pid: task,
             comm: "x".into(),
+            cgroup: None,
         });
         e.push(rst, o);
         e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
@@ -87,6 +89,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
                 exit.owner = Some(Proc {
                     pid: 880,
                     comm: "python3".into(),
+                    cgroup: None,
                 });
                 e.push(exit, o);
                 refusal(e, 2_200, o);
@@ -258,6 +261,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
                 ov.owner = Some(Proc {
                     pid: 880,
                     comm: "python3".into(),
+                    cgroup: None,
                 });
                 e.push(ov, o);
                 e.push(syn_retransmit(1_000), o);

@@ -196,6 +196,17 @@ impl Resolver {
     }
 }
 
+/// The cgroup v2 id of a process, from /proc/PID/cgroup, for owners found in /proc
+/// where no resolver is at hand; None without a v2 hierarchy.
+pub fn id_of_pid(pid: u32) -> Option<u64> {
+    static MOUNT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let mount = MOUNT.get_or_init(|| {
+        cgroupfs::v2_mount(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+    });
+    let rel = cgroupfs::path_of_pid(pid)?;
+    cgroupfs::id_of_dir(&mount.as_ref()?.join(rel.trim_start_matches('/')))
+}
+
 impl Default for Resolver {
     fn default() -> Self {
         Self::new()
