@@ -491,7 +491,24 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(ns: &Netns, args: &[&str]) -> Peer {
-        let mut child = Command::new(peer_bin())
+        Peer::spawn_with(ns, args, Command::new(peer_bin()))
+    }
+
+    /// A peer that runs in the cgroup v2 directory `cgroup` from its start (so that
+    /// the kernel records its sockets' owner there).
+    pub fn spawn_in_cgroup(ns: &Netns, cgroup: &std::path::Path, args: &[&str]) -> Peer {
+        use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+        let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+            .expect("cgroup path");
+        let mut cmd = Command::new(peer_bin());
+        // SAFETY: between fork and exec, join_cgroup makes only async-signal-safe
+        // calls (open, write, close) on memory made before the fork.
+        unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
+        Peer::spawn_with(ns, args, cmd)
+    }
+
+    fn spawn_with(ns: &Netns, args: &[&str], mut cmd: Command) -> Peer {
+        let mut child = cmd
             .arg("--netns")
             .arg(&ns.name)
             .args(args)
@@ -550,6 +567,25 @@ impl Drop for Peer {
         unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` this is ("0" moves
+/// the writer itself). Async-signal-safe: it runs between fork and exec.
+fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: a NUL-terminated path that outlives the call.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: one byte read from a static buffer, written to the fd opened above.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the fd opened above, closed once.
+    unsafe { libc::close(fd) };
+    if n != 1 {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// The `peer` binary, built beside the test executables (target/<profile>/peer).

@@ -456,3 +456,86 @@ fn summary_export_and_time_filters_work_offline_without_privileges() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// A cgroup v2 directory named like a systemd service, removed (with its parent) on
+/// drop, after the processes in it are gone.
+struct ServiceCgroup {
+    top: PathBuf,
+    dir: PathBuf,
+}
+
+impl ServiceCgroup {
+    /// None (the test skips, saying why) without a cgroup v2 hierarchy.
+    fn make(unit: &str) -> Option<ServiceCgroup> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let Some(mount) = mountinfo.lines().find_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            if tail.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            head.split(' ').nth(4).map(PathBuf::from)
+        }) else {
+            eprintln!("skipped: no cgroup v2 hierarchy mounted");
+            return None;
+        };
+        let top = mount.join(format!("rstrace-test-{}.slice", std::process::id()));
+        let dir = top.join(unit);
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(ServiceCgroup { top, dir })
+    }
+}
+
+impl Drop for ServiceCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::remove_dir(&self.top);
+    }
+}
+
+#[test]
+fn a_refusal_names_the_systemd_service_whose_listener_exited_live_and_replayed() {
+    if !require_root() {
+        return;
+    }
+    let Some(cg) = ServiceCgroup::make("web.service") else {
+        return;
+    };
+    let t = Topology::new();
+    let file = scratch("workload.rst");
+    let mut agent = Agent::start(&["--addr", &t.server_ip, "--record", file.to_str().unwrap()]);
+    let addr = format!("{}:8211", t.server_ip);
+    let mut server = Peer::spawn_in_cgroup(&t.server, &cg.dir, &["listen", &addr]);
+    server.wait_line(5 * SEC, |l| l == "ready");
+    let spid = server.pid as u64;
+    drop(server); // SIGKILL: the listener closes as the process exits.
+    std::thread::sleep(Duration::from_millis(600));
+    let c = Peer::spawn(&t.client, &["connect", &addr]);
+    assert_eq!(c.wait(10 * SEC), vec!["errno=111"]);
+    agent.wait_for("live explanation for 8211", 10 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == 8211
+    });
+    std::thread::sleep(SEC);
+    agent.stop();
+    let live = agent.records();
+    // The context record that names the listener's cgroup, before its records.
+    assert!(
+        live.iter().any(|v| s(v, "kind") == "workload"
+            && v["cgroup"].as_u64().is_some()
+            && v["unit"] == "web.service"),
+        "no workload record for web.service"
+    );
+    let replayed = explain(&file, &t.server_ip);
+    for (what, all) in [("live", live), ("replay", replayed)] {
+        let e = all
+            .iter()
+            .find(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == 8211)
+            .unwrap_or_else(|| panic!("{what}: no explanation for 8211"));
+        assert_eq!(pid_of(e, "culprit"), Some(spid), "{what}: {e}");
+        assert_eq!(e["culprit"]["unit"], "web.service", "{what}: {e}");
+        assert!(
+            s(e, "explanation").contains(&format!("web.service (peer[{spid}])")),
+            "{what}: {e}"
+        );
+    }
+    drop(cg);
+}

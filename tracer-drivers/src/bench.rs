@@ -62,11 +62,13 @@ pub fn refused_storm(n: u64) -> Vec<Record> {
         pid: 4121,
         comm: "curl".into(),
         cgroup: None,
+        workload: None,
     };
     let task = Proc {
         pid: 4121,
         comm: "curl".into(),
         cgroup: None,
+        workload: None,
     };
     for i in 0..n {
         let t = clock.mono_ns + i * 20_000;

@@ -312,6 +312,7 @@ impl Decoder {
                 pid: h.owner_tgid,
                 comm: self.comm(&h.owner_comm),
                 cgroup: (h.owner_cgroup != 0).then_some(h.owner_cgroup),
+                workload: None,
             });
             r.owner_source = Some(OwnerSource::Kernel);
         }
@@ -320,6 +321,7 @@ impl Decoder {
             pid,
             comm: self.comm(&h.cur_comm),
             cgroup: None,
+            workload: None,
         });
         if h.skaddr != 0 {
             r.sock = Some(Sock(h.skaddr));
@@ -461,7 +463,8 @@ mod tests {
             Some(Proc {
                 pid: 4121,
                 comm: "curl".into(),
-                cgroup: None
+                cgroup: None,
+                workload: None,
             })
         );
         assert_eq!(r.netns, Some(4026531840));

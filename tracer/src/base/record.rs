@@ -6,6 +6,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::base::workload::Workload;
 use serde::{Serialize, Serializer};
 use tracer_common::Hook;
 
@@ -68,6 +69,9 @@ pub enum Kind {
     /// Context: the firewall rules of a namespace that drop or reject a destination
     /// port, read when netfilter was seen dropping packets to it.
     FirewallRule,
+    /// Context: the workload (systemd unit, container, pod) of a cgroup v2 id, written
+    /// when a record first carries the id, so that a capture replays with the names.
+    Workload,
 }
 
 impl Kind {
@@ -88,6 +92,7 @@ impl Kind {
             Kind::ProcessExit => "EXIT",
             Kind::Socket => "SOCKET",
             Kind::FirewallRule => "FIREWALL-RULE",
+            Kind::Workload => "WORKLOAD",
         }
     }
 }
@@ -101,6 +106,20 @@ pub struct Proc {
     /// /proc/PID/cgroup for owners found there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<u64>,
+    /// What that cgroup names (`unit`, `container`, `pod`), from the workload context
+    /// records; filled by the enrich stage, never stored with the process.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+impl Proc {
+    /// `comm[pid]`, after its workload when it has one: `web.service (nginx[880])`.
+    pub fn named(&self) -> String {
+        match self.workload.as_ref().filter(|w| !w.is_empty()) {
+            Some(w) => format!("{w} ({}[{}])", self.comm, self.pid),
+            None => format!("{}[{}]", self.comm, self.pid),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -368,6 +387,11 @@ pub struct Record {
     /// with its rules (absent when conntrack is not loaded, or from older captures).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<ConntrackStats>,
+    /// Workload records: the cgroup v2 id and what it names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<u64>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 impl Record {
@@ -404,6 +428,8 @@ impl Record {
             v6only: None,
             rules: None,
             conntrack: None,
+            cgroup: None,
+            workload: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::base::record::{
     errno_name, ConntrackStats, FirewallRule, Kind, OwnerSource, PortUse, Proc, Queue, QueueKind,
     Record, Sock, TcpFlags, TcpState, Text,
 };
+use crate::base::workload::{Container, Pod, Qos, Runtime, Workload};
 use crate::base::FastMap;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -57,7 +58,7 @@ fn unzigzag(v: u64) -> i64 {
 }
 
 /// Stable kind codes of the capture format (never renumbered).
-const KINDS: [(Kind, u8); 15] = [
+const KINDS: [(Kind, u8); 16] = [
     (Kind::RstSent, 1),
     (Kind::RstReceived, 2),
     (Kind::SynRetransmit, 3),
@@ -73,6 +74,7 @@ const KINDS: [(Kind, u8); 15] = [
     (Kind::ConnectError, 13),
     (Kind::Socket, 14),
     (Kind::FirewallRule, 15),
+    (Kind::Workload, 16),
 ];
 
 fn kind_code(k: Kind) -> u8 {
@@ -152,6 +154,48 @@ const V6ONLY: u32 = 1 << 23;
 const RULES: u32 = 1 << 24;
 const CONNTRACK: u32 = 1 << 25;
 const OWNER_CGROUP: u32 = 1 << 26;
+const CGROUP: u32 = 1 << 27;
+const WORKLOAD: u32 = 1 << 28;
+
+fn runtime_code(r: Runtime) -> u64 {
+    match r {
+        Runtime::Docker => 1,
+        Runtime::Containerd => 2,
+        Runtime::CriO => 3,
+        Runtime::Podman => 4,
+        Runtime::Lxc => 5,
+        Runtime::Cri => 6,
+    }
+}
+
+fn runtime_of(c: u64) -> R<Runtime> {
+    Ok(match c {
+        1 => Runtime::Docker,
+        2 => Runtime::Containerd,
+        3 => Runtime::CriO,
+        4 => Runtime::Podman,
+        5 => Runtime::Lxc,
+        6 => Runtime::Cri,
+        _ => return Err(CodecError::Bad("enumerated value")),
+    })
+}
+
+fn qos_code(q: Qos) -> u64 {
+    match q {
+        Qos::Guaranteed => 1,
+        Qos::Burstable => 2,
+        Qos::BestEffort => 3,
+    }
+}
+
+fn qos_of(c: u64) -> R<Qos> {
+    Ok(match c {
+        1 => Qos::Guaranteed,
+        2 => Qos::Burstable,
+        3 => Qos::BestEffort,
+        _ => return Err(CodecError::Bad("enumerated value")),
+    })
+}
 
 /// Builds one chunk: records are encoded against a dictionary that is written first.
 #[derive(Default)]
@@ -225,6 +269,35 @@ impl ChunkEncoder {
         put_varint(&mut self.scratch, c);
     }
 
+    /// Optional strings as index + 1 (0: none), optional parts after a 0/1.
+    fn workload(&mut self, w: &Workload) {
+        let unit = w.unit.as_ref().map_or(0, |u| self.string(u) + 1);
+        put_varint(&mut self.scratch, unit);
+        put_varint(&mut self.scratch, w.unit_user.map_or(0, |u| u as u64 + 1));
+        match &w.container {
+            Some(c) => {
+                let id = self.string(&c.id);
+                let name = c.name.as_ref().map_or(0, |n| self.string(n) + 1);
+                for v in [1, runtime_code(c.runtime), id, name, c.monitor as u64] {
+                    put_varint(&mut self.scratch, v);
+                }
+            }
+            None => put_varint(&mut self.scratch, 0),
+        }
+        match &w.pod {
+            Some(p) => {
+                let uid = self.string(&p.uid);
+                let ns = p.namespace.as_ref().map_or(0, |n| self.string(n) + 1);
+                let name = p.name.as_ref().map_or(0, |n| self.string(n) + 1);
+                let qos = p.qos.map_or(0, qos_code);
+                for v in [1, uid, qos, ns, name] {
+                    put_varint(&mut self.scratch, v);
+                }
+            }
+            None => put_varint(&mut self.scratch, 0),
+        }
+    }
+
     pub fn push(&mut self, r: &Record) {
         if self.first_ns.is_none() {
             self.first_ns = Some(r.mono_ns);
@@ -267,6 +340,8 @@ impl ChunkEncoder {
         set(r.conntrack.is_some(), CONNTRACK);
         let owner_cgroup = r.owner.as_ref().and_then(|p| p.cgroup);
         set(owner_cgroup.is_some(), OWNER_CGROUP);
+        set(r.cgroup.is_some(), CGROUP);
+        set(r.workload.is_some(), WORKLOAD);
 
         self.scratch.clear();
         self.scratch.put_u8(kind_code(r.kind));
@@ -393,6 +468,13 @@ impl ChunkEncoder {
         if let Some(id) = owner_cgroup {
             let i = self.value(id);
             put_varint(&mut self.scratch, i);
+        }
+        if let Some(id) = r.cgroup {
+            let i = self.value(id);
+            put_varint(&mut self.scratch, i);
+        }
+        if let Some(w) = &r.workload {
+            self.workload(w);
         }
         put_varint(&mut self.body, self.scratch.len() as u64);
         self.body.extend_from_slice(&self.scratch);
@@ -531,6 +613,7 @@ fn decode_fields(
             pid,
             comm: string(b)?,
             cgroup: None,
+            workload: None,
         })
     };
     let state = |b: &mut &[u8]| -> R<TcpState> { Ok(TcpState::from_kernel(get_varint(b)? as i32)) };
@@ -676,6 +759,46 @@ fn decode_fields(
         if let Some(p) = &mut r.owner {
             p.cgroup = Some(id);
         }
+    }
+    if has(CGROUP) {
+        r.cgroup = Some(value(b)?);
+    }
+    if has(WORKLOAD) {
+        let opt = |b: &mut &[u8]| -> R<Option<Text>> {
+            match get_varint(b)? {
+                0 => Ok(None),
+                i => strings
+                    .get(i as usize - 1)
+                    .cloned()
+                    .map(Some)
+                    .ok_or(CodecError::Bad("string index")),
+            }
+        };
+        let mut w = Workload {
+            unit: opt(b)?,
+            unit_user: get_varint(b)?.checked_sub(1).map(|u| u as u32),
+            ..Default::default()
+        };
+        if get_varint(b)? != 0 {
+            w.container = Some(Container {
+                runtime: runtime_of(get_varint(b)?)?,
+                id: string(b)?,
+                name: opt(b)?,
+                monitor: get_varint(b)? != 0,
+            });
+        }
+        if get_varint(b)? != 0 {
+            w.pod = Some(Pod {
+                uid: string(b)?,
+                qos: match get_varint(b)? {
+                    0 => None,
+                    c => Some(qos_of(c)?),
+                },
+                namespace: opt(b)?,
+                name: opt(b)?,
+            });
+        }
+        r.workload = Some(w);
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

@@ -48,6 +48,7 @@ fn arb_proc() -> impl Strategy<Value = Proc> {
         pid,
         comm: comm.into(),
         cgroup: None,
+        workload: None,
     })
 }
 
@@ -181,6 +182,7 @@ fn sample(i: u64) -> Record {
         pid: 4121,
         comm: "curl".into(),
         cgroup: None,
+        workload: None,
     });
     r.netns = Some(4026531840);
     r
@@ -589,4 +591,41 @@ mod hostile_paths {
             }
         }
     }
+}
+
+#[test]
+fn workload_records_round_trip() {
+    use crate::base::workload::{Container, Pod, Qos, Runtime, Workload};
+    let full = Workload {
+        unit: Some("cri-containerd-0123.scope".into()),
+        unit_user: Some(1000),
+        container: Some(Container {
+            runtime: Runtime::Containerd,
+            id: "0123456789abcdef".into(),
+            name: Some("app".into()),
+            monitor: true,
+        }),
+        pod: Some(Pod {
+            uid: "7a1b6c2e-3f4d-4a5b-9c8d-0e1f2a3b4c5d".into(),
+            qos: Some(Qos::Burstable),
+            namespace: Some("default".into()),
+            name: Some("web-0".into()),
+        }),
+    };
+    let unit = Workload {
+        unit: Some("web.service".into()),
+        ..Default::default()
+    };
+    let mut records = Vec::new();
+    for (i, w) in [full, unit].into_iter().enumerate() {
+        let mut r = Record::new(Kind::Workload, i as u64, String::new());
+        r.cgroup = Some(9000 + i as u64);
+        r.workload = Some(w);
+        records.push(r);
+    }
+    let mut enc = ChunkEncoder::default();
+    for r in &records {
+        enc.push(r);
+    }
+    assert_eq!(decode_chunk(&enc.finish()).unwrap(), records);
 }

@@ -43,6 +43,7 @@ use crate::{
         exits::Exits,
         live::LiveReads,
         netns::{self, Observation},
+        workload::Resolver,
     },
 };
 
@@ -330,7 +331,8 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     // Owners the kernel did not know, looked up in /proc by the monitor thread.
     let (lookup_tx, lookup_rx) = std::sync::mpsc::sync_channel(1024);
     let mut pipe = Pipeline::new(clock, cfg.filter.clone(), Fanout(vec![sink]))
-        .with_lookups(lookup_tx.clone());
+        .with_lookups(lookup_tx.clone())
+        .with_workloads(Resolver::new());
     if let Some(rec) = &cfg.record {
         let header = Header::new(&session.info, clock);
         pipe = pipe.with_capture(CaptureWriter::create(

@@ -7,6 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use crate::base::workload::Workload;
 use crate::{
     base::{
         record::{ConntrackStats, FirewallRule, Kind, Proc, Record, Sock, TcpState, Text},
@@ -85,7 +86,13 @@ pub struct Host {
     /// (netns, port): the rules (empty: none found) and what could not be read.
     /// (The destination of the dropped packet they were read for is kept too.)
     firewall: FastMap<(u32, u16), RulesRead>,
+    /// What each cgroup v2 id names, from workload context records (bounded).
+    workloads: FastMap<u64, Workload>,
 }
+
+/// At most this many cgroups' workloads are remembered; past that the map starts
+/// over (the live side writes an id's record again when it sees it again).
+const MAX_WORKLOADS: usize = 32_768;
 
 /// One read of a namespace's rules for a port.
 #[derive(Clone, Debug)]
@@ -117,6 +124,11 @@ pub fn accepts(bound: SocketAddr, dst: SocketAddr) -> bool {
 }
 
 impl Host {
+    /// The workload of a cgroup v2 id, when a context record named it.
+    pub fn workload(&self, cgroup: u64) -> Option<&Workload> {
+        self.workloads.get(&cgroup)
+    }
+
     pub fn on_record(&mut self, r: &Record) {
         match r.kind {
             Kind::Listener => {
@@ -244,6 +256,14 @@ impl Host {
                         }
                     }
                     _ => {}
+                }
+            }
+            Kind::Workload => {
+                if let (Some(id), Some(w)) = (r.cgroup, &r.workload) {
+                    if self.workloads.len() >= MAX_WORKLOADS {
+                        self.workloads.clear();
+                    }
+                    self.workloads.insert(id, w.clone());
                 }
             }
             Kind::Addresses => {
@@ -388,6 +408,12 @@ impl Host {
     /// The context as records, to open a new capture file with.
     pub fn snapshot(&self, now: u64, time: &str) -> Vec<Record> {
         let mut out = Vec::new();
+        // First: the owners below are named by them.
+        let mut workloads: Vec<_> = self.workloads.iter().collect();
+        workloads.sort_by_key(|(id, _)| **id);
+        for (id, w) in workloads {
+            out.push(context::workload(now, time.to_string(), *id, w.clone()));
+        }
         let mut namespaces: Vec<_> = self.addrs.iter().collect();
         namespaces.sort_by_key(|(ns, _)| **ns);
         for (ns, a) in namespaces {
@@ -493,6 +519,7 @@ mod tests {
             pid,
             comm: "srv".into(),
             cgroup: None,
+            workload: None,
         });
         r
     }
@@ -587,6 +614,7 @@ mod tests {
                     pid: 7,
                     comm: "srv".into(),
                     cgroup: None,
+                    workload: None,
                 });
                 h.on_record(&l);
             }

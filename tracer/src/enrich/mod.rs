@@ -59,6 +59,7 @@ impl Enricher {
                 | Kind::Addresses
                 | Kind::ProcessExit
                 | Kind::FirewallRule
+                | Kind::Workload
         );
         if socket_tuple && r.owner.is_none() {
             // A socket from before the agent: the kernel never saw its owner.
@@ -105,6 +106,12 @@ impl Enricher {
                 }
             }
         }
+        // The owner's workload, named by a context record (captures store the id).
+        if let Some(o) = r.owner.as_mut() {
+            if o.workload.is_none() {
+                o.workload = o.cgroup.and_then(|id| host.workload(id)).cloned();
+            }
+        }
         true
     }
 
@@ -143,6 +150,7 @@ mod tests {
             pid: 7,
             comm: "curl".into(),
             cgroup: None,
+            workload: None,
         });
         rst.netns = Some(99);
         assert!(e.process(&mut rst, &h));
@@ -182,6 +190,7 @@ mod tests {
             pid: 880,
             comm: "python3".into(),
             cgroup: None,
+            workload: None,
         });
         h.on_record(&open);
         let mut synack = rec(Kind::SynackRetransmit, "10.0.0.2:8080", "10.0.0.1:5000");

@@ -116,7 +116,7 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
             .cloned()
     });
     let who = match &victim {
-        Some(p) => format!("{}[{}]", p.comm, p.pid),
+        Some(p) => p.named(),
         None => src.map_or("?".into(), |a| a.to_string()),
     };
     let out = outcome(errno, s);

@@ -22,6 +22,7 @@ pub fn client_owned(mut r: Record) -> Record {
         pid: 4121,
         comm: "curl".into(),
         cgroup: None,
+        workload: None,
     });
     r
 }
@@ -77,6 +78,7 @@ pub fn python3(pid: u32) -> Option<Proc> {
         pid,
         comm: "python3".into(),
         cgroup: None,
+        workload: None,
     })
 }
 

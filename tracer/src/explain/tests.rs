@@ -16,6 +16,7 @@ fn listen(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut V
         pid,
         comm: "python3".into(),
         cgroup: None,
+        workload: None,
     });
     e.push(r, out);
 }
@@ -28,6 +29,7 @@ fn unlisten(e: &mut Engine, at_ms: u64, addr: &str, ns: u32, pid: u32, out: &mut
         pid,
         comm: "python3".into(),
         cgroup: None,
+        workload: None,
     });
     e.push(r, out);
 }
@@ -103,6 +105,7 @@ fn restart_names_the_exited_owner_and_time() {
             pid: 880,
             comm: "python3".into(),
             cgroup: None,
+            workload: None,
         });
         e.push(exit, o);
         refusal(e, 2_200, o);
@@ -479,6 +482,7 @@ fn the_side_that_reset_is_the_culprit_never_the_process_that_failed() {
             pid: 77,
             comm: "redis-cli".into(),
             cgroup: None,
+            workload: None,
         });
         r
     };
@@ -489,6 +493,7 @@ fn the_side_that_reset_is_the_culprit_never_the_process_that_failed() {
                     pid: 88,
                     comm: "redis-server".into(),
                     cgroup: None,
+                    workload: None,
                 });
             }
             r
@@ -541,6 +546,7 @@ fn application_resets_by_reason() {
                 pid: 880,
                 comm: "python3".into(),
                 cgroup: None,
+                workload: None,
             });
             e.push(rst, o);
             e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
@@ -604,6 +610,7 @@ fn accept_overflow_explains_the_record_and_the_timeouts_it_causes() {
             pid: 880,
             comm: "python3".into(),
             cgroup: None,
+            workload: None,
         });
         e.push(ov, o);
         e.push(syn_retransmit(1_000), o);
@@ -783,6 +790,7 @@ fn died(at_ms: u64, old: TcpState, task_pid: u32) -> Record {
         pid: task_pid,
         comm: "x".into(),
         cgroup: None,
+        workload: None,
     });
     st
 }
@@ -855,11 +863,13 @@ fn keepalive_resets_are_told_from_application_resets_without_reasons() {
                 pid: 880,
                 comm: "python3".into(),
                 cgroup: None,
+                workload: None,
             });
             rst.task = Some(Proc {
                 pid: task,
                 comm: "x".into(),
                 cgroup: None,
+                workload: None,
             });
             e.push(rst, o);
             e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);

@@ -28,7 +28,8 @@ impl Filter {
         if !self.in_window(r.mono_ns) {
             return false;
         }
-        if r.kind == Kind::Loss {
+        // Neither names an endpoint; a workload record names the owners that follow.
+        if matches!(r.kind, Kind::Loss | Kind::Workload) {
             return true;
         }
         self.check(r.src.iter().chain(r.dst.iter()), r.owner.iter())
@@ -80,6 +81,7 @@ mod tests {
             pid: 42,
             comm: "curl".into(),
             cgroup: None,
+            workload: None,
         });
         r
     }

@@ -7,7 +7,7 @@
 //! so a replay of the captured records gives what live gave.
 pub mod filter;
 
-use std::io;
+use std::{io, sync::Arc};
 
 use crate::{
     base::{
@@ -20,6 +20,10 @@ use crate::{
     explain::{Engine, Explanation},
     pipeline::filter::Filter,
     sink::Sink,
+    source::{
+        context,
+        workload::{Resolver, Workload},
+    },
 };
 
 /// The stages after decoding, joined. Built by `new` (what replay needs), with the
@@ -37,7 +41,19 @@ pub struct Pipeline<S: Sink> {
     lookups: Option<std::sync::mpsc::SyncSender<crate::source::netns::Ask>>,
     /// Sockets and rulesets already asked about, and when (bounded).
     asked: crate::base::FastMap<crate::source::netns::Ask, u64>,
+    /// Live: names the owners' cgroups, written as workload context records.
+    workloads: Option<Workloads>,
 }
+
+/// The cgroups whose workload record was written, with what it said.
+struct Workloads {
+    resolver: Resolver,
+    written: crate::base::FastMap<u64, Arc<Workload>>,
+}
+
+/// At most this many cgroups are remembered as written (then the map starts over,
+/// and the next record of each writes it again).
+const MAX_WRITTEN: usize = 32_768;
 
 /// A socket is asked about once in this long.
 const ASK_AGAIN_NS: u64 = 10_000_000_000;
@@ -61,7 +77,42 @@ impl<S: Sink> Pipeline<S> {
             explained: Vec::new(),
             lookups: None,
             asked: crate::base::FastMap::default(),
+            workloads: None,
         }
+    }
+
+    /// Live: names the workload of each owner's cgroup, once per cgroup (again when
+    /// names missing at first are found), in a context record before the first
+    /// record that carries it.
+    pub fn with_workloads(mut self, resolver: Resolver) -> Self {
+        self.workloads = Some(Workloads {
+            resolver,
+            written: crate::base::FastMap::default(),
+        });
+        self
+    }
+
+    /// The workload record `r`'s owner's cgroup needs first, if any.
+    fn workload_record(&mut self, r: &Record) -> Option<Record> {
+        let id = r.owner.as_ref()?.cgroup?;
+        let ws = self.workloads.as_mut()?;
+        let w = ws.resolver.resolve(id)?;
+        if ws.written.get(&id).is_some_and(|old| Arc::ptr_eq(old, &w)) {
+            return None;
+        }
+        if ws.written.len() >= MAX_WRITTEN {
+            ws.written.clear();
+        }
+        ws.written.insert(id, w.clone());
+        if w.is_empty() {
+            return None;
+        }
+        Some(context::workload(
+            r.mono_ns,
+            String::new(),
+            id,
+            (*w).clone(),
+        ))
     }
 
     /// Also writes every record, as it comes, to a capture file.
@@ -94,6 +145,9 @@ impl<S: Sink> Pipeline<S> {
     /// Pushes `r`, showing it to `seen` once enriched (the live source watches
     /// listeners close there).
     pub fn push_seen(&mut self, mut r: Record, seen: impl FnOnce(&Record)) -> io::Result<()> {
+        if let Some(w) = self.workload_record(&r) {
+            self.push(w)?;
+        }
         if let Some(w) = self.capture.as_mut() {
             w.write(&r)?;
         }

@@ -70,6 +70,7 @@ fn who(pid: u32, comm: &str) -> Option<Proc> {
         pid,
         comm: comm.into(),
         cgroup: None,
+        workload: None,
     })
 }
 

@@ -219,6 +219,11 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         Kind::Socket => {
             let _ = write!(s, "{owner} holds {src} -> {dst}");
         }
+        Kind::Workload => {
+            let id = r.cgroup.unwrap_or(0);
+            let w = r.workload.clone().unwrap_or_default();
+            let _ = write!(s, "cgroup {id} is {w}");
+        }
         Kind::FirewallRule => {
             let port = r.dst.map_or(0, |d| d.port());
             let rules = r.rules.as_deref().unwrap_or(&[]);
@@ -312,6 +317,7 @@ mod tests {
             pid: 4121,
             comm: "curl".into(),
             cgroup: None,
+            workload: None,
         });
         r.errno = Some(111);
         r.errno_name = Some("ECONNREFUSED");

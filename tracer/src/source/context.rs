@@ -12,6 +12,7 @@ use crate::{
         record::{
             ConntrackStats, FirewallRule, Kind, OwnerSource, Proc, Queue, Record, TcpState, Text,
         },
+        workload::Workload,
     },
     source::netns::{self, Observation, Overflow},
 };
@@ -93,6 +94,14 @@ pub fn process_exit(now: u64, time: String, owner: Proc, how: Option<String>) ->
     let mut r = Record::new(Kind::ProcessExit, now, time);
     r.owner = Some(owner);
     r.reason = how.map(Into::into);
+    r
+}
+
+/// What a cgroup v2 id names (systemd unit, container, pod).
+pub fn workload(now: u64, time: String, cgroup: u64, w: Workload) -> Record {
+    let mut r = Record::new(Kind::Workload, now, time);
+    r.cgroup = Some(cgroup);
+    r.workload = Some(w);
     r
 }
 

@@ -436,6 +436,7 @@ pub fn socket_owners(wanted: &[u32]) -> HashMap<u32, Proc> {
                             pid: p.pid as u32,
                             comm: comm.into(),
                             cgroup: crate::source::workload::id_of_pid(p.pid as u32),
+                            workload: None,
                         },
                     );
                 }

@@ -145,7 +145,7 @@ impl EventRule for QueueOverflowRecord {
                     .listeners(ns)
                     .iter()
                     .map(|l| match &l.owner {
-                        Some(p) => format!("{} ({}[{}])", l.addr, p.comm, p.pid),
+                        Some(p) => format!("{} ({})", l.addr, p.named()),
                         None => l.addr.to_string(),
                     })
                     .collect();

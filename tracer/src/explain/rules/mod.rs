@@ -102,10 +102,8 @@ pub static RULES: &[&dyn Rule] = &[
 ];
 
 pub fn who(p: &Option<Proc>) -> String {
-    p.as_ref().map_or_else(
-        || "an unknown process".to_string(),
-        |p| format!("{}[{}]", p.comm, p.pid),
-    )
+    p.as_ref()
+        .map_or_else(|| "an unknown process".to_string(), |p| p.named())
 }
 
 pub fn ago(ns: u64) -> String {

@@ -250,6 +250,7 @@ mod tests {
                     pid: task,
                     comm: "x".into(),
                     cgroup: None,
+                    workload: None,
                 });
             }),
             client_owned(rec(Kind::RstReceived, 10, C, S, CNS)),

@@ -25,6 +25,7 @@ fn owned(mut r: Record, pid: u32, comm: &str) -> Record {
         pid,
         comm: comm.into(),
         cgroup: None,
+        workload: None,
     });
     r
 }
@@ -38,6 +39,7 @@ fn app_reset(reason: Option<&'static str>, task: u32) -> Setup {
             pid: task,
             comm: "x".into(),
             cgroup: None,
+            workload: None,
         });
         e.push(rst, o);
         e.push(client_owned(rec(Kind::RstReceived, 10, C, S, CNS)), o);
@@ -90,6 +92,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
                     pid: 880,
                     comm: "python3".into(),
                     cgroup: None,
+                    workload: None,
                 });
                 e.push(exit, o);
                 refusal(e, 2_200, o);
@@ -262,6 +265,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
                     pid: 880,
                     comm: "python3".into(),
                     cgroup: None,
+                    workload: None,
                 });
                 e.push(ov, o);
                 e.push(syn_retransmit(1_000), o);
