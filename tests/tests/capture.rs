@@ -536,6 +536,10 @@ fn a_refusal_names_the_systemd_service_whose_listener_exited_live_and_replayed()
             s(e, "explanation").contains(&format!("web.service (peer[{spid}])")),
             "{what}: {e}"
         );
+        assert!(
+            s(e, "fix").contains("systemctl status web.service"),
+            "{what}: {e}"
+        );
     }
     drop(cg);
 }

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::base::clock::Clock;
 use crate::base::record::{errno_name, Proc, Record, SCHEMA_VERSION};
+use crate::base::workload::{Runtime, Workload};
 use crate::enrich::host::Host;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -120,6 +121,7 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
         None => src.map_or("?".into(), |a| a.to_string()),
     };
     let out = outcome(errno, s);
+    let fix = with_workload_fix(finding.fix, finding.culprit.as_ref());
     let explanation = format!(
         "{who} -> {} {out}: {}",
         dst.map_or("?".into(), |d| d.to_string()),
@@ -142,11 +144,61 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
         errno_inferred: s.errno().is_none() && errno.is_some(),
         outcome: out,
         explanation,
-        fix: finding.fix,
+        fix,
         count: 1,
         window_ms: None,
         evidence: Vec::new(),
     }
+}
+
+/// The fix, followed by the commands that look at the culprit's workload.
+fn with_workload_fix(fix: String, culprit: Option<&Proc>) -> String {
+    match culprit
+        .and_then(|p| p.workload.as_ref())
+        .and_then(workload_commands)
+    {
+        Some(cmds) => format!("{fix}; {cmds}"),
+        None => fix,
+    }
+}
+
+/// What to run to see why a workload's process went away: its pod, its container
+/// runtime's view, or its systemd unit, the most specific first.
+fn workload_commands(w: &Workload) -> Option<String> {
+    if let Some(p) = &w.pod {
+        if let (Some(ns), Some(name)) = (&p.namespace, &p.name) {
+            return Some(format!(
+                "the pod: kubectl -n {ns} describe pod {name} (restarts, readiness probe), kubectl -n {ns} logs {name} --previous"
+            ));
+        }
+    }
+    if let Some(c) = &w.container {
+        if w.pod.is_none() && !c.monitor {
+            let name = c.name.as_deref().unwrap_or_else(|| c.short_id());
+            return Some(match c.runtime {
+                Runtime::Docker => {
+                    format!("the container: docker ps -a --filter name={name}, docker logs {name}")
+                }
+                Runtime::Podman => {
+                    format!("the container: podman ps -a --filter name={name}, podman logs {name}")
+                }
+                Runtime::Lxc => format!("the container: lxc-info -n {name}"),
+                Runtime::Containerd | Runtime::CriO | Runtime::Cri => {
+                    format!(
+                        "the container: crictl ps -a --id {}, crictl logs {}",
+                        c.short_id(),
+                        c.short_id()
+                    )
+                }
+            });
+        }
+        return None;
+    }
+    let unit = w.unit.as_ref()?;
+    let user = if w.unit_user.is_some() { "--user " } else { "" };
+    Some(format!(
+        "the service: systemctl {user}status {unit}, journalctl {user}-u {unit} -n 100"
+    ))
 }
 
 /// The explanation of a record that stands alone, if an event rule finds one. The
@@ -155,6 +207,7 @@ pub(super) fn explain_event(host: &Host, r: &Record) -> Option<Explanation> {
     let (rule, finding) = EVENT_RULES
         .iter()
         .find_map(|rule| Some((rule, rule.check(host, r)?)))?;
+    let fix = with_workload_fix(finding.fix, finding.culprit.as_ref());
     Some(Explanation {
         v: SCHEMA_VERSION,
         kind: "failure",
@@ -172,7 +225,7 @@ pub(super) fn explain_event(host: &Host, r: &Record) -> Option<Explanation> {
         errno_inferred: false,
         outcome: rule.outcome(),
         explanation: finding.reason,
-        fix: finding.fix,
+        fix,
         count: 1,
         window_ms: None,
         evidence: Vec::new(),
@@ -211,5 +264,56 @@ fn unexplained(c: &Ctx) -> Finding {
         fix: "run with -v (or --json) for the evidence and check the server and the path by hand"
             .into(),
         culprit: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::workload::{Container, Pod};
+
+    #[test]
+    fn the_fix_names_the_culprits_unit_container_or_pod() {
+        let mut p = Proc {
+            pid: 880,
+            comm: "nginx".into(),
+            cgroup: Some(7),
+            workload: None,
+        };
+        assert_eq!(with_workload_fix("f".into(), Some(&p)), "f");
+        p.workload = Some(Workload {
+            unit: Some("nginx.service".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            with_workload_fix("f".into(), Some(&p)),
+            "f; the service: systemctl status nginx.service, journalctl -u nginx.service -n 100"
+        );
+        p.workload = Some(Workload {
+            unit: Some("docker-0123.scope".into()),
+            container: Some(Container {
+                runtime: Runtime::Docker,
+                id: "0123456789abcdef".into(),
+                name: Some("web".into()),
+                monitor: false,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            with_workload_fix("f".into(), Some(&p)),
+            "f; the container: docker ps -a --filter name=web, docker logs web"
+        );
+        let w = p.workload.as_mut().unwrap();
+        w.pod = Some(Pod {
+            uid: "u".into(),
+            qos: None,
+            namespace: Some("shop".into()),
+            name: Some("web-0".into()),
+        });
+        assert_eq!(
+            with_workload_fix("f".into(), Some(&p)),
+            "f; the pod: kubectl -n shop describe pod web-0 (restarts, readiness probe), kubectl -n shop logs web-0 --previous"
+        );
+        assert_eq!(p.named(), "pod shop/web-0 container web (nginx[880])");
     }
 }
