@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{
-    capability, pid_of, port, require_root, rstrace_bin, s, time_scale, Agent, Peer, Topology,
+    capability, pid_of, port, require_root, rstrace_bin, s, time_scale, wait_until, Agent, Peer,
+    Topology,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -979,7 +980,27 @@ fn connects_with_every_port_in_time_wait_are_port_exhaustion() {
     for _ in 0..4 {
         server.wait_line(5 * SEC, |l| l == "closed");
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // No TIME_WAIT reuse, whatever the kernel's default, and the four ports in
+    // TIME_WAIT (not on their way there) before the next connect: a slow guest once
+    // connected at once.
+    t.client.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"]);
+    let port_hex = format!(":{p:04X} ");
+    wait_until(
+        "the client's four ports in TIME_WAIT",
+        5 * SEC * time_scale(),
+        || {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &t.client.name, "cat", "/proc/net/tcp"])
+                .output()
+                .expect("ip netns exec");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // Columns: sl local remote st ...; TIME_WAIT is 06.
+            text.lines()
+                .filter(|l| l.contains(&port_hex) && l.split_whitespace().nth(3) == Some("06"))
+                .count()
+                == 4
+        },
+    );
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, p)]);
     let cpid = client.pid as u64;
     assert_eq!(client.wait(10 * SEC), vec!["errno=99"]);
