@@ -217,8 +217,14 @@ fn without_enough_capabilities_it_names_each_missing_one() {
         "{err}"
     );
 
-    // Enough to attach, not to read other processes and namespaces well.
-    let mut child = run(",+bpf,+perfmon,+sys_admin");
+    // Enough to attach, not to read other processes and namespaces well. Before 5.11
+    // maps are charged to RLIMIT_MEMLOCK, which only CAP_SYS_RESOURCE lifts.
+    let attach = if tests::kernel_version() < (5, 11) {
+        ",+bpf,+perfmon,+sys_admin,+sys_resource"
+    } else {
+        ",+bpf,+perfmon,+sys_admin"
+    };
+    let mut child = run(attach);
     let _kill = tests::KillOnDrop(child.id());
     let mut seen = Vec::new();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -236,8 +242,9 @@ fn without_enough_capabilities_it_names_each_missing_one() {
     // SAFETY: kill takes no pointers; the pid is a child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     // Its last lines are read, so that it can print them.
-    lines.for_each(drop);
-    assert!(child.wait().unwrap().success());
+    let last: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {seen}\n{}", last.join("\n"));
 }
 
 /// `Type=notify`: READY=1 arrives on $NOTIFY_SOCKET once the programs are attached
