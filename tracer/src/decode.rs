@@ -191,19 +191,38 @@ fn connect_error(raw: &[u8; RAW_MAX], r: &mut Record) {
     }
 }
 
+/// What a hook's records carry beyond the common fields, taken from the hook table
+/// once instead of searching its field names on every event.
+#[derive(Clone, Copy)]
+struct Carries {
+    transition: bool,
+    reason: bool,
+    error: bool,
+}
+
+impl Carries {
+    fn of(s: &HookSpec) -> Carries {
+        Carries {
+            transition: s.reads("oldstate"),
+            reason: s.reads("reason"),
+            error: s.reads("error"),
+        }
+    }
+}
+
 /// The fields a raw-tracepoint socket hook read from the socket: the same record as
 /// its tracepoint's.
-fn sock_fields(raw: &[u8; RAW_MAX], hook: &HookSpec, r: &mut Record) {
+fn sock_fields(raw: &[u8; RAW_MAX], carries: Carries, r: &mut Record) {
     // SAFETY: SockInfo is integers (any bytes are a value) and fits in RAW_MAX
     // (asserted in tracer-common).
     let s: SockInfo = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const SockInfo) };
     r.src = Some(SocketAddr::new(ip_of(s.family, s.saddr), s.sport));
     r.dst = Some(SocketAddr::new(ip_of(s.family, s.daddr), s.dport));
-    if hook.reads("oldstate") {
+    if carries.transition {
         r.old_state = Some(TcpState::from_kernel(s.oldstate));
         r.new_state = Some(TcpState::from_kernel(s.newstate));
     }
-    if hook.reads("error") {
+    if carries.error {
         r.errno = Some(s.error);
         r.errno_name = errno_name(s.error);
     }
@@ -223,6 +242,7 @@ const TEXT_CACHE_MAX: usize = 4096;
 
 pub struct Decoder {
     fields: HashMap<Hook, HookFields>,
+    carries: [Carries; Hook::COUNT],
     drop_reasons: HashMap<u64, Text>,
     rst_reasons: HashMap<u64, Text>,
     syms: Kallsyms,
@@ -238,6 +258,7 @@ impl Decoder {
                 .iter()
                 .map(|(h, f)| (*h, HookFields::new(f)))
                 .collect(),
+            carries: Hook::ALL.map(|h| Carries::of(spec(h))),
             drop_reasons: texts(&info.drop_reasons),
             rst_reasons: texts(&info.rst_reasons),
             syms: Kallsyms::open(),
@@ -277,7 +298,7 @@ impl Decoder {
             return Ok(r);
         }
         if h.flags & flags::SOCK_INFO != 0 {
-            sock_fields(&ev.raw, s, &mut r);
+            sock_fields(&ev.raw, self.carries[hook as usize], &mut r);
             return Ok(r);
         }
         let hf = self.fields.get(&hook).ok_or(DecodeError::NoLayout(hook))?;
@@ -289,10 +310,11 @@ impl Decoder {
         r.old_state = get(raw, &hf.oldstate).map(|s| TcpState::from_kernel(s as i32));
         r.new_state = get(raw, &hf.newstate).map(|s| TcpState::from_kernel(s as i32));
         // Besides kfree_skb's (above), tcp_send_reset's is the one record with a reason.
-        if s.reads("reason") {
+        let carries = self.carries[hook as usize];
+        if carries.reason {
             r.reason = get(raw, &hf.reason).map(|v| name(&self.rst_reasons, v as u64));
         }
-        if s.reads("error") {
+        if carries.error {
             let e = get(raw, &hf.error).unwrap_or(0) as i32;
             r.errno = Some(e);
             r.errno_name = errno_name(e);
