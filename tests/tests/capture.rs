@@ -494,6 +494,17 @@ impl Drop for ServiceCgroup {
 
 #[test]
 fn a_refusal_names_the_systemd_service_whose_listener_exited_live_and_replayed() {
+    service_listener_exits(false, 8211);
+}
+
+/// The same with the service running before the agent: its owner and cgroup come
+/// from /proc, not from the kernel's ownership entries.
+#[test]
+fn a_service_from_before_the_agent_is_named_when_its_listener_exits() {
+    service_listener_exits(true, 8212);
+}
+
+fn service_listener_exits(server_first: bool, p: u16) {
     if !require_root() {
         return;
     }
@@ -501,18 +512,20 @@ fn a_refusal_names_the_systemd_service_whose_listener_exited_live_and_replayed()
         return;
     };
     let t = Topology::new();
-    let file = scratch("workload.rst");
-    let mut agent = Agent::start(&["--addr", &t.server_ip, "--record", file.to_str().unwrap()]);
-    let addr = format!("{}:8211", t.server_ip);
+    let file = scratch(&format!("workload-{p}.rst"));
+    let addr = format!("{}:{p}", t.server_ip);
+    let start = || Agent::start(&["--addr", &t.server_ip, "--record", file.to_str().unwrap()]);
+    let mut agent = (!server_first).then(start);
     let mut server = Peer::spawn_in_cgroup(&t.server, &cg.dir, &["listen", &addr]);
     server.wait_line(5 * SEC, |l| l == "ready");
+    let mut agent = agent.take().unwrap_or_else(start);
     let spid = server.pid as u64;
     drop(server); // SIGKILL: the listener closes as the process exits.
     std::thread::sleep(Duration::from_millis(600));
     let c = Peer::spawn(&t.client, &["connect", &addr]);
     assert_eq!(c.wait(10 * SEC), vec!["errno=111"]);
-    agent.wait_for("live explanation for 8211", 10 * SEC, |v| {
-        s(v, "kind") == "failure" && port(s(v, "dst")) == 8211
+    agent.wait_for(&format!("live explanation for {p}"), 10 * SEC, |v| {
+        s(v, "kind") == "failure" && port(s(v, "dst")) == p
     });
     std::thread::sleep(SEC);
     agent.stop();
@@ -528,8 +541,8 @@ fn a_refusal_names_the_systemd_service_whose_listener_exited_live_and_replayed()
     for (what, all) in [("live", live), ("replay", replayed)] {
         let e = all
             .iter()
-            .find(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == 8211)
-            .unwrap_or_else(|| panic!("{what}: no explanation for 8211"));
+            .find(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+            .unwrap_or_else(|| panic!("{what}: no explanation for {p}"));
         assert_eq!(pid_of(e, "culprit"), Some(spid), "{what}: {e}");
         assert_eq!(e["culprit"]["unit"], "web.service", "{what}: {e}");
         assert!(
