@@ -1019,3 +1019,22 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The explained failures of connections to port `p`.
+pub fn failures(records: &[Value], p: u16) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
+        .cloned()
+        .collect()
+}
+
+/// A fresh path `name` in this test process's scratch directory for `area` (capture
+/// files, trigger files).
+pub fn scratch_file(area: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rstrace-{area}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch directory");
+    let p = d.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}

@@ -49,11 +49,7 @@ fn key(v: &Value) -> (String, u16, Option<u64>, Option<u64>, String, u64) {
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rstrace-capture-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
+    tests::scratch_file("capture", name)
 }
 
 #[test]

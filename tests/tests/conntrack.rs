@@ -7,25 +7,15 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use serde_json::Value;
-use tests::{capability, pid_of, port, require_root, rstrace_bin, s, Agent, Peer, Topology};
-
-const SEC: Duration = Duration::from_secs(1);
-
-fn failures(records: &[Value], p: u16) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
-        .cloned()
-        .collect()
-}
+use tests::{
+    capability, failures, pid_of, port, require_root, rstrace_bin, s, Agent, Peer, Topology,
+};
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rstrace-conntrack-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
+    tests::scratch_file("conntrack", name)
 }
+
+const SEC: Duration = Duration::from_secs(1);
 
 /// A connection to port `p` established before conntrack tracked the server's
 /// namespace; then `block` installs the rule for INVALID packets there (which starts

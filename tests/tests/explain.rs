@@ -712,11 +712,7 @@ fn an_established_flow_whose_next_hop_stops_answering() {
 
 /// A capture file for this test process (removed first if left over).
 fn recording(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rstrace-explain-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
+    tests::scratch_file("explain", name)
 }
 
 /// `rstrace explain --json` of a recording: its explanations for port `p`.

@@ -4,17 +4,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{capability, owner_pid, pid_of, port, require_root, s, Agent, Peer, Topology};
+use tests::{
+    capability, failures, owner_pid, pid_of, port, require_root, s, Agent, Peer, Topology,
+};
 
 const SEC: Duration = Duration::from_secs(1);
-
-fn failures(records: &[Value], p: u16) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
-        .cloned()
-        .collect()
-}
 
 fn dump(v: &[Value]) -> String {
     v.iter()
