@@ -1,8 +1,9 @@
 //! A bounded mutation fuzzer for the capture reader (`cargo xtask fuzz`): valid
 //! captures are damaged in the ways files get damaged (bit flips, cuts, inserted and
 //! duplicated bytes, overwritten lengths) and read back through the reader and the
-//! explanation pipeline, which must never panic. Not coverage-guided; deterministic
-//! for a given seed.
+//! explanation pipeline, which must never panic; each is also read through a small
+//! window with short reads, which must read the same records and warnings as reading
+//! it whole. Not coverage-guided; deterministic for a given seed.
 use std::{
     io,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -14,6 +15,7 @@ use anyhow::{bail, Result};
 
 use tracer::capture::{CaptureWriter, Header, Reader, RotatePolicy};
 use tracer::{
+    base::record::Record,
     pipeline::{filter::Filter, Pipeline},
     sink::TextLines,
 };
@@ -108,10 +110,50 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
     }
 }
 
-/// Reads and explains `data` the way `rstrace explain` does.
-fn exercise(data: Vec<u8>) -> Result<()> {
+/// Hands out at most `most` bytes per read, so that chunks straddle the reader's
+/// window edges as they do on a pipe or a slow disk.
+struct Short {
+    data: io::Cursor<Vec<u8>>,
+    most: usize,
+}
+
+impl io::Read for Short {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.most);
+        self.data.read(&mut buf[..n])
+    }
+}
+
+type Outcome = std::result::Result<(Vec<Record>, Vec<String>), String>;
+
+fn read_all(reader: Result<Reader>) -> Outcome {
+    let mut r = reader.map_err(|e| format!("{e:#}"))?;
+    let mut out = Vec::new();
+    while let Some(c) = r.next_chunk().map_err(|e| format!("{e:#}"))? {
+        out.extend(c);
+    }
+    Ok((out, r.warnings))
+}
+
+/// Reads `data` whole and through a `window`-byte window with short reads (the two
+/// must agree), then explains it the way `rstrace explain` does. Returns what
+/// disagreed.
+fn exercise(data: Vec<u8>, window: usize, most: usize) -> Option<String> {
+    let whole = read_all(Reader::from_bytes(data.clone(), "fuzz"));
+    let src = Short {
+        data: io::Cursor::new(data.clone()),
+        most,
+    };
+    let streamed = read_all(Reader::from_read(Box::new(src), "fuzz", window));
+    if whole != streamed {
+        return Some(format!(
+            "read whole: {:?}; through a {window}-byte window: {:?}",
+            whole.map(|(r, w)| (r.len(), w)),
+            streamed.map(|(r, w)| (r.len(), w))
+        ));
+    }
     let Ok(reader) = Reader::from_bytes(data, "fuzz") else {
-        return Ok(());
+        return None;
     };
     let clock = reader.header.clock();
     let mut pipe = Pipeline::new(
@@ -119,8 +161,9 @@ fn exercise(data: Vec<u8>) -> Result<()> {
         Filter::default(),
         TextLines::new(io::sink(), true, true),
     );
-    tracer::cmd::replay::run(&mut [reader], &mut pipe)?;
-    Ok(())
+    // Errors are fine (a clear message); only a panic or a disagreement is not.
+    let _ = tracer::cmd::replay::run(&mut [reader], &mut pipe);
+    None
 }
 
 pub fn run(seconds: u64, seed_value: u64, crashes: &Path) -> Result<()> {
@@ -136,15 +179,22 @@ pub fn run(seconds: u64, seed_value: u64, crashes: &Path) -> Result<()> {
         let mut data = seeds[rng.below(seeds.len())].clone();
         mutate(&mut rng, &mut data);
         let input = data.clone();
-        let outcome = catch_unwind(AssertUnwindSafe(|| exercise(data)));
+        let window = [1, 13, 256, 4096, 1 << 20][rng.below(5)];
+        let most = 1 + rng.below(window * 2);
+        let outcome = catch_unwind(AssertUnwindSafe(|| exercise(data, window, most)));
         runs += 1;
-        if outcome.is_err() {
+        let failed = match outcome {
+            Err(_) => Some("panicked".to_string()),
+            Ok(Some(diff)) => Some(format!("disagreed ({diff})")),
+            Ok(None) => None,
+        };
+        if let Some(what) = failed {
             std::fs::create_dir_all(crashes)?;
             let path = crashes.join(format!("crash-{seed_value}-{runs}.rst"));
             tracer::base::private_file::write(&path, &input)?;
             let _ = std::fs::remove_dir_all(&dir);
             bail!(
-                "the reader panicked after {runs} inputs; input saved to {}",
+                "the reader {what} after {runs} inputs; input saved to {}",
                 path.display()
             );
         }

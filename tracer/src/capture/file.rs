@@ -5,7 +5,7 @@
 use std::{
     ffi::OsString,
     fs::{self, File},
-    io::{self, Write},
+    io::{self, Read, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -428,11 +428,31 @@ impl CaptureWriter {
     }
 }
 
-/// Reads a capture file chunk by chunk, skipping damage with a warning.
+/// Bytes asked of the file per read once the header is read; a chunk larger than this
+/// grows the window to hold it whole (up to CHUNK_MAX).
+const READ_SIZE: usize = 1024 * 1024;
+/// The header is read with a smaller window: many rotated files are opened at once.
+const HEADER_READ_SIZE: usize = 64 * 1024;
+/// Headers longer than this are not read (rstrace writes a few KiB).
+const HEADER_MAX: usize = CHUNK_MAX;
+
+/// Reads a capture file chunk by chunk, skipping damage (the reasons are in
+/// `warnings`). The file is streamed through a window that holds the chunk being
+/// decoded and what the last read brought after it, so memory does not grow with the
+/// file: each byte is read into the window once and decoded from there.
 pub struct Reader {
     pub header: Header,
-    data: Vec<u8>,
-    pos: usize,
+    src: Box<dyn Read>,
+    /// The window: `buf[start..end]` is read and not yet consumed.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    read_size: usize,
+    /// File offset of `buf[start]`.
+    offset: u64,
+    /// The file's size when known (for progress).
+    size: Option<u64>,
     pub warnings: Vec<String>,
     pub chunks: u64,
     name: String,
@@ -440,92 +460,232 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
-        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Reader::from_bytes(data, &path.display().to_string())
+        let name = path.display().to_string();
+        let file = File::open(path).with_context(|| format!("reading {name}"))?;
+        let size = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let mut r = Reader::from_read(Box::new(file), &name, READ_SIZE)?;
+        r.size = size;
+        Ok(r)
     }
 
     pub fn from_bytes(data: Vec<u8>, name: &str) -> Result<Reader> {
-        let (header, pos) =
-            Header::decode(&data).with_context(|| format!("{name}: unreadable header"))?;
-        Ok(Reader {
-            header,
-            data,
-            pos,
+        let size = data.len() as u64;
+        let mut r = Reader::from_read(Box::new(io::Cursor::new(data)), name, READ_SIZE)?;
+        r.size = Some(size);
+        Ok(r)
+    }
+
+    /// Reads the header from `src`; then reads `read_size` bytes at a time (small
+    /// sizes are for tests that cut chunks at every window boundary).
+    pub fn from_read(src: Box<dyn Read>, name: &str, read_size: usize) -> Result<Reader> {
+        let mut r = Reader {
+            header: Header::default(),
+            src,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            eof: false,
+            read_size: read_size.clamp(1, HEADER_READ_SIZE),
+            offset: 0,
+            size: None,
             warnings: Vec::new(),
             chunks: 0,
             name: name.to_string(),
-        })
+        };
+        let unreadable = || format!("{name}: unreadable header");
+        let have = r.fill(18).with_context(|| format!("reading {name}"))?;
+        let mut want = 18;
+        if have >= 18 && r.window()[..8] == MAGIC[..] {
+            let w = r.window();
+            let format = u16::from_le_bytes([w[8], w[9]]);
+            let len = u32::from_le_bytes([w[10], w[11], w[12], w[13]]);
+            if len as usize <= HEADER_MAX {
+                want += len as usize;
+            } else if format <= FORMAT_VERSION {
+                // A damaged length: count the bytes that follow rather than hold them.
+                let want = 18 + len as usize;
+                let there = r
+                    .count_to(want)
+                    .with_context(|| format!("reading {name}"))?;
+                if there < want {
+                    return Err(anyhow::anyhow!(
+                        "header cut off ({} of {len} bytes)",
+                        there - 18
+                    ))
+                    .with_context(unreadable);
+                }
+                bail!("{name}: unreadable header: a header of {len} bytes is longer than any rstrace writes");
+            }
+        }
+        // A newer format, whatever its length, is refused here from the window.
+        r.fill(want).with_context(|| format!("reading {name}"))?;
+        let (header, used) = Header::decode(r.window()).with_context(unreadable)?;
+        r.header = header;
+        r.consume(used);
+        r.read_size = read_size.max(1);
+        Ok(r)
     }
 
-    /// Next chunk's records, None at the end of the file.
-    pub fn next_chunk(&mut self) -> Option<Vec<Record>> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes of the file read and decoded (or skipped) so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The file's size, when it is a regular file.
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    fn window(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.end - self.start);
+        self.start += n;
+        self.offset += n as u64;
+    }
+
+    /// Reads until the window holds `n` bytes or the file ends; returns what it holds.
+    fn fill(&mut self, n: usize) -> io::Result<usize> {
+        while self.end - self.start < n && !self.eof {
+            if self.buf.len() - self.start < n {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                let size = n.max(self.read_size);
+                if self.buf.len() < size {
+                    self.buf.resize(size, 0);
+                }
+            }
+            let to = self
+                .buf
+                .len()
+                .min(self.end + self.read_size.max(n - (self.end - self.start)));
+            match self.src.read(&mut self.buf[self.end..to]) {
+                Ok(0) => self.eof = true,
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.end - self.start)
+    }
+
+    /// Consumes up to `n` bytes without keeping them; returns how many there were.
+    fn count_to(&mut self, n: usize) -> io::Result<usize> {
+        let mut seen = 0;
+        while seen < n {
+            if self.start == self.end && self.fill(1)? == 0 {
+                break;
+            }
+            let k = (self.end - self.start).min(n - seen);
+            self.consume(k);
+            seen += k;
+        }
+        Ok(seen)
+    }
+
+    /// Next chunk's records, None at the end of the file. Damage is skipped (and
+    /// recorded in `warnings`); only a failing read is an error.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<Record>>> {
+        let got = self.next_chunk_io();
+        if !matches!(got, Ok(Some(_))) {
+            // Done with this file: its window is freed (several files are open).
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+        got.with_context(|| format!("reading {}", self.name))
+    }
+
+    fn next_chunk_io(&mut self) -> io::Result<Option<Vec<Record>>> {
         loop {
-            let rest = &self.data[self.pos..];
-            if rest.is_empty() {
-                return None;
+            let have = self.fill(CHUNK_HEADER)?;
+            if have == 0 {
+                return Ok(None);
             }
-            if rest.len() < CHUNK_HEADER {
+            if have < CHUNK_HEADER {
                 self.warn(format!(
-                    "cut off after {} complete chunks ({} trailing bytes)",
+                    "cut off after {} complete chunks ({have} trailing bytes)",
                     self.chunks,
-                    rest.len()
                 ));
-                self.pos = self.data.len();
-                return None;
+                self.consume(have);
+                return Ok(None);
             }
-            let mut h = rest;
+            let mut h = self.window();
             let magic = h.get_u32_le();
             let len = h.get_u32_le() as usize;
             let crc = h.get_u32_le();
             if magic != CHUNK_MAGIC || len > CHUNK_MAX {
-                self.resync("damaged chunk header");
+                self.resync("damaged chunk header")?;
                 continue;
             }
-            if h.len() < len {
+            let have = self.fill(CHUNK_HEADER + len)?;
+            if have < CHUNK_HEADER + len {
                 self.warn(format!(
                     "cut off after {} complete chunks (last chunk has {} of {len} bytes)",
                     self.chunks,
-                    h.len()
+                    have - CHUNK_HEADER
                 ));
-                self.pos = self.data.len();
-                return None;
+                self.consume(have);
+                return Ok(None);
             }
-            let payload = &h[..len];
+            let payload = &self.window()[CHUNK_HEADER..CHUNK_HEADER + len];
             if crc32fast::hash(payload) != crc {
-                self.resync("chunk checksum mismatch");
+                self.resync("chunk checksum mismatch")?;
                 continue;
             }
-            self.pos += CHUNK_HEADER + len;
-            match decode_chunk(payload) {
+            let decoded = decode_chunk(payload);
+            let at = self.offset;
+            self.consume(CHUNK_HEADER + len);
+            match decoded {
                 Ok(records) => {
                     self.chunks += 1;
-                    return Some(records);
+                    return Ok(Some(records));
                 }
-                Err(e) => self.warn(format!(
-                    "chunk at byte {} skipped: {e}",
-                    self.pos - CHUNK_HEADER - len
-                )),
+                Err(e) => self.warn(format!("chunk at byte {at} skipped: {e}")),
             }
         }
     }
 
     /// Skips to the next place that looks like a chunk.
-    fn resync(&mut self, why: &str) {
-        let start = self.pos;
+    fn resync(&mut self, why: &str) -> io::Result<()> {
+        let start = self.offset;
         let needle = CHUNK_MAGIC.to_le_bytes();
-        let next = self.data[start + 1..]
-            .windows(4)
-            .position(|w| w == needle)
-            .map(|i| start + 1 + i);
-        self.pos = next.unwrap_or(self.data.len());
+        self.consume(1);
+        loop {
+            let have = self.end - self.start;
+            if let Some(i) = self.window().windows(4).position(|w| w == needle) {
+                self.consume(i);
+                break;
+            }
+            // The last three bytes may begin a magic the next read completes.
+            let keep = have.min(3);
+            self.consume(have - keep);
+            if self.fill(keep + 1)? <= keep {
+                self.consume(keep);
+                break;
+            }
+        }
         self.warn(format!(
             "{why} at byte {start}: skipped {} bytes",
-            self.pos - start
+            self.offset - start
         ));
+        Ok(())
     }
 
+    /// Kept for the caller to report (the reader itself prints nothing, so that a
+    /// progress line can be cleared first).
     fn warn(&mut self, w: String) {
-        log::warn!("{}: {w}", self.name);
         self.warnings.push(w);
     }
 }

@@ -224,7 +224,7 @@ fn small_file(dir: &std::path::Path, chunks: u64) -> (Vec<u8>, Vec<usize>, Vec<R
 fn read_all(data: Vec<u8>) -> anyhow::Result<(Vec<Record>, Vec<String>)> {
     let mut r = Reader::from_bytes(data, "test")?;
     let mut out = Vec::new();
-    while let Some(c) = r.next_chunk() {
+    while let Some(c) = r.next_chunk()? {
         out.extend(c);
     }
     Ok((out, r.warnings))
@@ -294,6 +294,152 @@ fn a_damaged_chunk_is_skipped_with_a_warning() {
     let (records, warnings) = read_all(data).unwrap();
     assert_eq!(records.len(), 6);
     assert!(!warnings.is_empty());
+}
+
+/// The reader as it was when it held the whole file: the streaming reader must skip
+/// the same damage with the same words.
+fn whole_file_read(data: &[u8]) -> Result<(Vec<Record>, Vec<String>), String> {
+    use bytes::Buf;
+    let (_, mut pos) = Header::decode(data).map_err(|e| format!("t: unreadable header: {e:#}"))?;
+    let (mut out, mut warnings, mut chunks) = (Vec::new(), Vec::new(), 0);
+    let magic_bytes = *b"CHNK";
+    let resync = |pos: &mut usize, why: &str, warnings: &mut Vec<String>| {
+        let start = *pos;
+        *pos = data[start + 1..]
+            .windows(4)
+            .position(|w| w == magic_bytes)
+            .map_or(data.len(), |i| start + 1 + i);
+        warnings.push(format!(
+            "{why} at byte {start}: skipped {} bytes",
+            *pos - start
+        ));
+    };
+    loop {
+        let rest = &data[pos..];
+        if rest.is_empty() {
+            break;
+        }
+        if rest.len() < 12 {
+            warnings.push(format!(
+                "cut off after {chunks} complete chunks ({} trailing bytes)",
+                rest.len()
+            ));
+            break;
+        }
+        let mut h = rest;
+        let (magic, len, crc) = (h.get_u32_le(), h.get_u32_le() as usize, h.get_u32_le());
+        if magic != u32::from_le_bytes(magic_bytes) || len > 16 * 1024 * 1024 {
+            resync(&mut pos, "damaged chunk header", &mut warnings);
+            continue;
+        }
+        if h.len() < len {
+            warnings.push(format!(
+                "cut off after {chunks} complete chunks (last chunk has {} of {len} bytes)",
+                h.len()
+            ));
+            break;
+        }
+        if crc32fast::hash(&h[..len]) != crc {
+            resync(&mut pos, "chunk checksum mismatch", &mut warnings);
+            continue;
+        }
+        match decode_chunk(&h[..len]) {
+            Ok(r) => {
+                chunks += 1;
+                out.extend(r);
+            }
+            Err(e) => warnings.push(format!("chunk at byte {pos} skipped: {e}")),
+        }
+        pos += 12 + len;
+    }
+    Ok((out, warnings))
+}
+
+/// Hands out at most a few bytes per read, as a pipe or a slow disk may.
+struct Trickle {
+    data: std::io::Cursor<Vec<u8>>,
+    rng: u64,
+    most: u64,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.rng = self
+            .rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = (1 + (self.rng >> 33) % self.most) as usize;
+        let n = n.min(buf.len());
+        self.data.read(&mut buf[..n])
+    }
+}
+
+fn streamed(
+    data: &[u8],
+    read_size: usize,
+    most: u64,
+) -> Result<(Vec<Record>, Vec<String>), String> {
+    let src = Trickle {
+        data: std::io::Cursor::new(data.to_vec()),
+        rng: read_size as u64,
+        most,
+    };
+    let mut r = Reader::from_read(Box::new(src), "t", read_size).map_err(|e| format!("{e:#}"))?;
+    let mut out = Vec::new();
+    while let Some(c) = r.next_chunk().map_err(|e| format!("{e:#}"))? {
+        out.extend(c);
+    }
+    assert_eq!(r.offset(), data.len() as u64, "every byte is consumed");
+    Ok((out, r.warnings))
+}
+
+#[test]
+fn streaming_reads_damaged_files_as_the_whole_file_reader_did() {
+    let d = tmp();
+    let (data, _, _) = small_file(&d, 4);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n.max(1) as u64) as usize
+    };
+    let mut damaged = 0;
+    for case in 0..3000 {
+        let mut bad = data.clone();
+        for _ in 0..1 + next(3) {
+            let i = next(bad.len());
+            match next(5) {
+                0 => bad[i] ^= 1 << next(8),
+                1 => bad.truncate(i),
+                2 => {
+                    // A length overwritten with an edge value (chunk or header).
+                    let v: u32 = [0, 11, 0x7f, 1 << 24, (1 << 24) + 1, u32::MAX][next(6)];
+                    let at = [10, i][next(2)].min(bad.len().saturating_sub(4));
+                    if bad.len() >= at + 4 {
+                        bad[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                3 => {
+                    // Chunk magics planted across window edges.
+                    let at = i.min(bad.len());
+                    bad.splice(at..at, *b"CHNKCHN");
+                }
+                _ => {
+                    let n = next(40).min(bad.len() - i.min(bad.len()));
+                    bad.drain(i..i + n);
+                }
+            }
+        }
+        let want = whole_file_read(&bad);
+        damaged += want.as_ref().map_or(0, |(_, w)| w.len().min(1));
+        for (read_size, most) in [(1, 1), (7, 5), (64, 100), (4096, 1 << 20)] {
+            let got = streamed(&bad, read_size, most);
+            assert_eq!(got, want, "case {case}, read size {read_size}");
+        }
+    }
+    // The cases are not all clean ones.
+    assert!(damaged > 1000, "{damaged} damaged cases");
 }
 
 #[test]

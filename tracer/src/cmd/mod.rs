@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod doctor;
 pub mod probe;
+pub mod progress;
 pub mod replay;
 pub mod service;
 pub mod watch;

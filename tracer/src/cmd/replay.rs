@@ -1,9 +1,14 @@
 //! `rstrace explain`, `summary` and `export`: capture files through the same pipeline
 //! as `watch`.
-use std::{io, path::PathBuf, time::SystemTime};
+use std::{
+    io::{self, IsTerminal as _},
+    path::PathBuf,
+    time::SystemTime,
+};
 
 use anyhow::{bail, Context as _, Result};
 
+use super::progress::{Clearing, Progress};
 use crate::capture::Reader;
 use crate::{
     pipeline::{filter::Filter, Pipeline},
@@ -56,10 +61,31 @@ fn to_mono(clock: &crate::base::clock::Clock, t: SystemTime) -> u64 {
 /// Replays the readers' records through `pipe` as `explain` does (also used by the
 /// codec benchmark and the fuzzer).
 pub fn run<S: Sink>(readers: &mut [Reader], pipe: &mut Pipeline<S>) -> Result<Stats> {
+    run_with(readers, pipe, None)
+}
+
+/// `run`, showing `progress` (the bytes it counts are the readers' offsets).
+pub fn run_with<S: Sink>(
+    readers: &mut [Reader],
+    pipe: &mut Pipeline<S>,
+    mut progress: Option<Progress>,
+) -> Result<Stats> {
     let mut stats = Stats::default();
     let mut next_step = 0u64;
+    let mut done_bytes = 0u64;
     for reader in readers.iter_mut() {
-        while let Some(chunk) = reader.next_chunk() {
+        let mut warned = 0;
+        loop {
+            let chunk = reader.next_chunk()?;
+            // The reader prints nothing itself: the progress line goes first.
+            for w in &reader.warnings[warned..] {
+                if let Some(p) = &progress {
+                    p.finish();
+                }
+                log::warn!("{}: {w}", reader.name());
+            }
+            warned = reader.warnings.len();
+            let Some(chunk) = chunk else { break };
             for r in chunk {
                 if r.mono_ns >= next_step {
                     pipe.advance(r.mono_ns)?;
@@ -70,12 +96,24 @@ pub fn run<S: Sink>(readers: &mut [Reader], pipe: &mut Pipeline<S>) -> Result<St
                 stats.records += 1;
                 pipe.push(r)?;
             }
+            if let Some(p) = &mut progress {
+                p.update(stats.records, done_bytes + reader.offset());
+            }
         }
+        done_bytes += reader.offset();
         stats.chunks += reader.chunks;
         stats.warnings += reader.warnings.len();
     }
+    if let Some(p) = &progress {
+        p.finish();
+    }
     pipe.finish()?;
     Ok(stats)
+}
+
+/// A progress line for reading `readers`, when stderr is a terminal.
+fn progress(readers: &[Reader]) -> Option<Progress> {
+    Progress::stderr(readers.iter().map(|r| r.size().unwrap_or(0)).sum())
 }
 
 fn pipeline<S: Sink>(cfg: &ReplayConfig, readers: &[Reader], sink: S) -> Pipeline<S> {
@@ -89,16 +127,28 @@ fn pipeline<S: Sink>(cfg: &ReplayConfig, readers: &[Reader], sink: S) -> Pipelin
     Pipeline::new(clock, filter, sink)
 }
 
+/// Stdout, erasing the progress line before it writes when both are the terminal.
+fn clearing<W: io::Write>(out: W, progress: &Option<Progress>) -> Clearing<W> {
+    Clearing {
+        inner: out,
+        shown: progress
+            .as_ref()
+            .filter(|_| io::stdout().is_terminal())
+            .map(Progress::shown),
+    }
+}
+
 pub fn explain(cfg: ReplayConfig) -> Result<()> {
     let mut readers = open_all(&cfg.files)?;
-    let out = io::stdout().lock();
+    let progress = progress(&readers);
+    let out = clearing(io::stdout().lock(), &progress);
     let sink: Box<dyn Sink> = if cfg.json {
         Box::new(JsonLines::new(out, cfg.events))
     } else {
         Box::new(TextLines::new(out, cfg.events, cfg.verbose))
     };
     let mut pipe = pipeline(&cfg, &readers, sink);
-    let stats = run(&mut readers, &mut pipe)?;
+    let stats = run_with(&mut readers, &mut pipe, progress)?;
     if stats.warnings > 0 {
         eprintln!(
             "rstrace: {} damaged or cut-off part(s) skipped; see the warnings above",
@@ -111,15 +161,18 @@ pub fn explain(cfg: ReplayConfig) -> Result<()> {
 /// Every record, enriched, as JSON Lines (the schema of docs/events.md).
 pub fn export(cfg: ReplayConfig) -> Result<()> {
     let mut readers = open_all(&cfg.files)?;
-    let mut pipe = pipeline(&cfg, &readers, JsonLines::records_only(io::stdout().lock()));
-    run(&mut readers, &mut pipe)?;
+    let progress = progress(&readers);
+    let out = clearing(io::stdout().lock(), &progress);
+    let mut pipe = pipeline(&cfg, &readers, JsonLines::records_only(out));
+    run_with(&mut readers, &mut pipe, progress)?;
     Ok(())
 }
 
 pub fn summary(cfg: ReplayConfig) -> Result<()> {
     let mut readers = open_all(&cfg.files)?;
+    let progress = progress(&readers);
     let mut pipe = pipeline(&cfg, &readers, Summary::default());
-    let stats = run(&mut readers, &mut pipe)?;
+    let stats = run_with(&mut readers, &mut pipe, progress)?;
     let mut s = pipe.into_sink();
     let clock = readers[0].header.clock();
     s.files = cfg.files.iter().map(|f| f.display().to_string()).collect();

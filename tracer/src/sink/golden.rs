@@ -368,7 +368,7 @@ fn explanations_json_and_text_are_unchanged() {
 fn read_capture(data: Vec<u8>) -> Vec<Record> {
     let mut reader = Reader::from_bytes(data, "previous.rst").unwrap();
     let mut out = Vec::new();
-    while let Some(chunk) = reader.next_chunk() {
+    while let Some(chunk) = reader.next_chunk().unwrap() {
         out.extend(chunk);
     }
     assert!(reader.warnings.is_empty(), "{:?}", reader.warnings);
