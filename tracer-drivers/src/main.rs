@@ -28,6 +28,15 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Write a large synthetic capture (a mixed storm) for the capture-read benchmark;
+    /// prints JSON.
+    WriteCapture {
+        #[arg(long, default_value_t = 30_000_000)]
+        records: u64,
+        /// The capture file (replaced).
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Fuzz the capture reader for a bounded time.
     FuzzCapture {
         #[arg(long, default_value_t = 60)]
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::BenchFloor { stats } => bench::floor(stats),
         Command::BenchCodec { connections, file } => bench::codec(connections, file),
+        Command::WriteCapture { records, file } => bench::write_capture(records, file),
         Command::FuzzCapture {
             seconds,
             seed,

@@ -86,6 +86,17 @@ enum Task {
         /// Only the per-program kernel cost; prints instead of writing BENCHMARKS.md.
         #[arg(long)]
         costs: bool,
+        /// Only reading a large capture (`summary`, `explain`: records/s, peak RSS);
+        /// prints instead of writing BENCHMARKS.md.
+        #[arg(long)]
+        read: bool,
+        /// Records of the capture the read step writes.
+        #[arg(long, default_value_t = 30_000_000)]
+        read_records: u64,
+        /// Capture for the read step to read, kept (written first if it is missing):
+        /// to compare builds on the same file.
+        #[arg(long)]
+        read_file: Option<PathBuf>,
     },
 }
 
@@ -224,6 +235,9 @@ fn main() -> Result<()> {
             reps,
             storm,
             costs,
+            read,
+            read_records,
+            read_file,
         } => {
             run(cargo().args([
                 "build",
@@ -253,6 +267,13 @@ fn main() -> Result<()> {
             }
             if costs {
                 args.push("--costs".into());
+            }
+            if read {
+                args.push("--read".into());
+            }
+            args.extend(["--read-records".into(), read_records.to_string().into()]);
+            if let Some(f) = read_file {
+                args.extend(["--read-file".into(), f.into_os_string()]);
             }
             run(&mut as_root(&root.join("target/release/bench"), &args, &[]))
         }

@@ -21,6 +21,10 @@ use std::{
 };
 
 use serde_json::Value;
+
+#[path = "bench/read.rs"]
+mod read;
+
 use tests::{
     net::{self, sockaddr},
     Topology,
@@ -37,6 +41,12 @@ struct Opts {
     storm: Option<String>,
     /// For focused runs: only the kernel cost per program, and no file.
     costs: bool,
+    /// For focused runs: only reading a large capture, and no file.
+    read: bool,
+    /// Records of the capture the read step writes.
+    read_records: u64,
+    /// The capture the read step reads, kept (written first if missing).
+    read_file: Option<PathBuf>,
 }
 
 fn opts() -> Opts {
@@ -48,11 +58,18 @@ fn opts() -> Opts {
         reps: 5,
         storm: None,
         costs: false,
+        read: false,
+        read_records: 30_000_000,
+        read_file: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--costs" {
             o.costs = true;
+            continue;
+        }
+        if a == "--read" {
+            o.read = true;
             continue;
         }
         match (a.as_str(), args.next()) {
@@ -62,8 +79,10 @@ fn opts() -> Opts {
             ("--seconds", Some(v)) => o.seconds = v.parse().expect("--seconds"),
             ("--reps", Some(v)) => o.reps = v.parse().expect("--reps"),
             ("--storm", Some(v)) => o.storm = Some(v),
+            ("--read-records", Some(v)) => o.read_records = v.parse().expect("--read-records"),
+            ("--read-file", Some(v)) => o.read_file = Some(v.into()),
             _ => panic!(
-                "usage: bench [--rstrace PATH] [--drivers PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME] [--costs]"
+                "usage: bench [--rstrace PATH] [--drivers PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME] [--costs] [--read] [--read-records N] [--read-file FILE]"
             ),
         }
     }
@@ -464,8 +483,31 @@ fn prog_mean(programs: &[Value], hook: &str) -> Option<(f64, u64)> {
     (n > 0).then(|| (t as f64 / n as f64, n))
 }
 
+/// The read step: its section and targets (the capture is removed unless kept).
+fn read_step(o: &Opts) -> (String, Vec<(String, bool, String)>) {
+    let file = o
+        .read_file
+        .clone()
+        .unwrap_or_else(|| scratch().join("read.rst"));
+    let out = read::section(&o.rstrace, &o.drivers, &file, o.read_records);
+    if o.read_file.is_none() {
+        let _ = fs::remove_file(&file);
+        let _ = fs::remove_file(file.with_extension("rst.records"));
+    }
+    out
+}
+
 fn main() {
     let o = opts();
+    if o.read {
+        let (md, targets) = read_step(&o);
+        print!("{md}");
+        for (name, ok, got) in &targets {
+            println!("  {}  {name}: {got}", if *ok { "PASS" } else { "FAIL" });
+        }
+        let _ = fs::remove_dir_all(scratch());
+        return;
+    }
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root");
     let mut md = String::new();
@@ -833,6 +875,10 @@ fn main() {
         bpe <= 48.0,
         format!("{bpe:.1} B"),
     ));
+
+    let (read_md, read_targets) = read_step(&o);
+    md.push_str(&read_md);
+    targets.extend(read_targets);
 
     md.push_str("\n## Targets\n\n| target | measured | |\n|---|---|---|\n");
     println!("\ntargets:");
