@@ -276,7 +276,8 @@ const QUIET_POLLS: u32 = 5;
 struct Losses {
     map: PerCpuArray<MapData, u64>,
     before: [[u64; Hook::COUNT]; 2],
-    total: u64,
+    /// Reported so far: ring full, recursion.
+    total: [u64; 2],
 }
 
 impl Losses {
@@ -285,7 +286,7 @@ impl Losses {
         Losses {
             map,
             before,
-            total: 0,
+            total: [0; 2],
         }
     }
 
@@ -300,7 +301,7 @@ impl Losses {
         for (i, why) in [LOST_RING_FULL, LOST_RECURSION].into_iter().enumerate() {
             for hook in Hook::ALL {
                 let d = now[i][hook as usize].saturating_sub(self.before[i][hook as usize]);
-                self.total += d;
+                self.total[i] += d;
                 if d > 0 && res.is_ok() {
                     let t = now_ns();
                     res = pipe.push(context::loss(t, clock.format(t), hook, d, why));
@@ -479,16 +480,21 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     // still counting are explained before exit: the totals equal the failures.
     let result = result.and_then(|()| {
         live.drain(ring.get_mut(), &mut decoder, &mut pipe)?;
+        // Losses since the last tick are reported too: the totals include them.
+        losses.report(&session.probes, &mut pipe, &clock)?;
         pipe.finish()?;
         Ok(())
     });
     let _ = pipe.flush();
-    let (events, lost) = (live.events, losses.total);
+    let (events, [ring_full, recursion]) = (live.events, losses.total);
+    let lost = ring_full + recursion;
     eprintln!("rstrace: read {events} events, {lost} lost");
     if let Some(path) = &cfg.stats {
         let stats = serde_json::json!({
             "events": events,
             "lost": lost,
+            "lost_ring_full": ring_full,
+            "lost_recursion": recursion,
             "programs": session.probes.program_stats(),
         });
         crate::base::private_file::write(path, stats.to_string().as_bytes())
