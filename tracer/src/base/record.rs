@@ -107,9 +107,10 @@ pub struct Proc {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<u64>,
     /// What that cgroup names (`unit`, `container`, `pod`), from the workload context
-    /// records; filled by the enrich stage, never stored with the process.
+    /// records; filled by the enrich stage, never stored with the process. Shared:
+    /// every record of a storm carries its owner's.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
+    pub workload: Option<Arc<Workload>>,
 }
 
 impl Proc {
@@ -390,9 +391,16 @@ pub struct Record {
     /// Workload records: the cgroup v2 id and what it names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<u64>,
+    /// Boxed: only workload records have one, and stories hold many records.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
+    pub workload: Option<Box<Workload>>,
 }
+
+// Stories hold every record of a connection while it waits (a storm's worth of them
+// under the waits of `explain::schedule`): a rarely set field that would make every
+// record bigger belongs in a Box.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Record>() <= 512);
 
 impl Record {
     pub fn new(kind: Kind, mono_ns: u64, time: String) -> Record {

@@ -798,7 +798,7 @@ fn decode_fields(
                 name: opt(b)?,
             });
         }
-        r.workload = Some(w);
+        r.workload = Some(Box::new(w));
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

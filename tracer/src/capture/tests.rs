@@ -766,7 +766,7 @@ fn workload_records_round_trip() {
     for (i, w) in [full, unit].into_iter().enumerate() {
         let mut r = Record::new(Kind::Workload, i as u64, String::new());
         r.cgroup = Some(9000 + i as u64);
-        r.workload = Some(w);
+        r.workload = Some(Box::new(w));
         records.push(r);
     }
     let mut enc = ChunkEncoder::default();

@@ -5,6 +5,7 @@
 use std::{
     collections::VecDeque,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use crate::base::workload::Workload;
@@ -87,7 +88,7 @@ pub struct Host {
     /// (The destination of the dropped packet they were read for is kept too.)
     firewall: FastMap<(u32, u16), RulesRead>,
     /// What each cgroup v2 id names, from workload context records (bounded).
-    workloads: FastMap<u64, Workload>,
+    workloads: FastMap<u64, Arc<Workload>>,
 }
 
 /// At most this many cgroups' workloads are remembered; past that the map starts
@@ -125,7 +126,7 @@ pub fn accepts(bound: SocketAddr, dst: SocketAddr) -> bool {
 
 impl Host {
     /// The workload of a cgroup v2 id, when a context record named it.
-    pub fn workload(&self, cgroup: u64) -> Option<&Workload> {
+    pub fn workload(&self, cgroup: u64) -> Option<&Arc<Workload>> {
         self.workloads.get(&cgroup)
     }
 
@@ -263,7 +264,7 @@ impl Host {
                     if self.workloads.len() >= MAX_WORKLOADS {
                         self.workloads.clear();
                     }
-                    self.workloads.insert(id, w.clone());
+                    self.workloads.insert(id, Arc::new(Workload::clone(w)));
                 }
             }
             Kind::Addresses => {
@@ -412,7 +413,7 @@ impl Host {
         let mut workloads: Vec<_> = self.workloads.iter().collect();
         workloads.sort_by_key(|(id, _)| **id);
         for (id, w) in workloads {
-            out.push(context::workload(now, time.to_string(), *id, w.clone()));
+            out.push(context::workload(now, time.to_string(), *id, Workload::clone(w)));
         }
         let mut namespaces: Vec<_> = self.addrs.iter().collect();
         namespaces.sort_by_key(|(ns, _)| **ns);

@@ -6,6 +6,8 @@
 //! Owners only ever come from socket ownership, never from the task a softirq ran in.
 pub mod host;
 
+use std::sync::Arc;
+
 use crate::{
     base::{
         generations::Generations,
@@ -109,7 +111,7 @@ impl Enricher {
         // The owner's workload, named by a context record (captures store the id).
         if let Some(o) = r.owner.as_mut() {
             if o.workload.is_none() {
-                o.workload = o.cgroup.and_then(|id| host.workload(id)).cloned();
+                o.workload = o.cgroup.and_then(|id| host.workload(id)).map(Arc::clone);
             }
         }
         true

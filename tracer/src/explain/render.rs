@@ -154,7 +154,7 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
 /// The fix, followed by the commands that look at the culprit's workload.
 fn with_workload_fix(fix: String, culprit: Option<&Proc>) -> String {
     match culprit
-        .and_then(|p| p.workload.as_ref())
+        .and_then(|p| p.workload.as_deref())
         .and_then(workload_commands)
     {
         Some(cmds) => format!("{fix}; {cmds}"),
@@ -281,15 +281,15 @@ mod tests {
             workload: None,
         };
         assert_eq!(with_workload_fix("f".into(), Some(&p)), "f");
-        p.workload = Some(Workload {
+        p.workload = Some(std::sync::Arc::new(Workload {
             unit: Some("nginx.service".into()),
             ..Default::default()
-        });
+        }));
         assert_eq!(
             with_workload_fix("f".into(), Some(&p)),
             "f; the service: systemctl status nginx.service, journalctl -u nginx.service -n 100"
         );
-        p.workload = Some(Workload {
+        p.workload = Some(std::sync::Arc::new(Workload {
             unit: Some("docker-0123.scope".into()),
             container: Some(Container {
                 runtime: Runtime::Docker,
@@ -298,12 +298,12 @@ mod tests {
                 monitor: false,
             }),
             ..Default::default()
-        });
+        }));
         assert_eq!(
             with_workload_fix("f".into(), Some(&p)),
             "f; the container: docker ps -a --filter name=web, docker logs web"
         );
-        let w = p.workload.as_mut().unwrap();
+        let w = std::sync::Arc::make_mut(p.workload.as_mut().unwrap());
         w.pod = Some(Pod {
             uid: "u".into(),
             qos: None,

@@ -221,7 +221,7 @@ pub fn record(r: &Record, out: &mut Vec<u8>) {
         }
         Kind::Workload => {
             let id = r.cgroup.unwrap_or(0);
-            let w = r.workload.clone().unwrap_or_default();
+            let w = r.workload.as_deref().cloned().unwrap_or_default();
             let _ = write!(s, "cgroup {id} is {w}");
         }
         Kind::FirewallRule => {

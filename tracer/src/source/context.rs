@@ -101,7 +101,7 @@ pub fn process_exit(now: u64, time: String, owner: Proc, how: Option<String>) ->
 pub fn workload(now: u64, time: String, cgroup: u64, w: Workload) -> Record {
     let mut r = Record::new(Kind::Workload, now, time);
     r.cgroup = Some(cgroup);
-    r.workload = Some(w);
+    r.workload = Some(Box::new(w));
     r
 }
 
