@@ -97,6 +97,23 @@ enum Task {
         /// to compare builds on the same file.
         #[arg(long)]
         read_file: Option<PathBuf>,
+        /// Only the soak (a storm of refusals and firewall-dropped SYNs under
+        /// `watch --record`, RSS sampled every second); prints instead of writing
+        /// BENCHMARKS.md.
+        #[arg(long)]
+        soak: bool,
+        /// Length of the soak's storm, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        soak_seconds: f64,
+        /// Only the idle agent's CPU; prints instead of writing BENCHMARKS.md.
+        #[arg(long)]
+        idle: bool,
+        /// Length of each idle run, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        idle_seconds: f64,
+        /// Idle runs.
+        #[arg(long, default_value_t = 3)]
+        idle_reps: usize,
     },
 }
 
@@ -238,6 +255,11 @@ fn main() -> Result<()> {
             read,
             read_records,
             read_file,
+            soak,
+            soak_seconds,
+            idle,
+            idle_seconds,
+            idle_reps,
         } => {
             run(cargo().args([
                 "build",
@@ -274,6 +296,19 @@ fn main() -> Result<()> {
             args.extend(["--read-records".into(), read_records.to_string().into()]);
             if let Some(f) = read_file {
                 args.extend(["--read-file".into(), f.into_os_string()]);
+            }
+            if soak {
+                args.push("--soak".into());
+            }
+            if idle {
+                args.push("--idle".into());
+            }
+            for (flag, v) in [
+                ("--soak-seconds", soak_seconds.to_string()),
+                ("--idle-seconds", idle_seconds.to_string()),
+                ("--idle-reps", idle_reps.to_string()),
+            ] {
+                args.extend([flag.into(), v.into()]);
             }
             run(&mut as_root(&root.join("target/release/bench"), &args, &[]))
         }

@@ -8,6 +8,7 @@
 //! and memory; the capture codec's throughput. Writes BENCHMARKS.md. Run as root.
 #![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{
+    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader},
     mem::size_of,
@@ -47,6 +48,15 @@ struct Opts {
     read_records: u64,
     /// The capture the read step reads, kept (written first if missing).
     read_file: Option<PathBuf>,
+    /// For focused runs: only the soak, and no file.
+    soak_only: bool,
+    /// Length of the soak's storm.
+    soak_seconds: f64,
+    /// For focused runs: only the idle agent, and no file.
+    idle_only: bool,
+    /// Length of each idle run, and how many.
+    idle_seconds: f64,
+    idle_reps: usize,
 }
 
 fn opts() -> Opts {
@@ -61,11 +71,21 @@ fn opts() -> Opts {
         read: false,
         read_records: 30_000_000,
         read_file: None,
+        soak_only: false,
+        soak_seconds: 60.0,
+        idle_only: false,
+        idle_seconds: 60.0,
+        idle_reps: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--costs" {
-            o.costs = true;
+        match a.as_str() {
+            "--costs" => o.costs = true,
+            "--soak" => o.soak_only = true,
+            "--idle" => o.idle_only = true,
+            _ => {}
+        }
+        if matches!(a.as_str(), "--costs" | "--soak" | "--idle") {
             continue;
         }
         if a == "--read" {
@@ -81,8 +101,11 @@ fn opts() -> Opts {
             ("--storm", Some(v)) => o.storm = Some(v),
             ("--read-records", Some(v)) => o.read_records = v.parse().expect("--read-records"),
             ("--read-file", Some(v)) => o.read_file = Some(v.into()),
+            ("--soak-seconds", Some(v)) => o.soak_seconds = v.parse().expect("--soak-seconds"),
+            ("--idle-seconds", Some(v)) => o.idle_seconds = v.parse().expect("--idle-seconds"),
+            ("--idle-reps", Some(v)) => o.idle_reps = v.parse().expect("--idle-reps"),
             _ => panic!(
-                "usage: bench [--rstrace PATH] [--drivers PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME] [--costs] [--read] [--read-records N] [--read-file FILE]"
+                "usage: bench [--rstrace PATH] [--drivers PATH] [--out FILE] [--seconds S] [--reps N] [--storm NAME] [--costs] [--read] [--read-records N] [--read-file FILE] [--soak] [--soak-seconds S] [--idle] [--idle-seconds S] [--idle-reps N]"
             ),
         }
     }
@@ -129,6 +152,18 @@ enum Load {
 /// Runs `load` from the client namespace for `secs`, at most `rate` per second; the
 /// number of operations per second achieved.
 fn generate(load: Load, client: &str, target: SocketAddrV4, secs: f64, rate: Option<f64>) -> f64 {
+    let (n, elapsed) = generate_n(load, client, target, secs, rate);
+    n as f64 / elapsed
+}
+
+/// `generate`'s operations and the seconds they took.
+fn generate_n(
+    load: Load,
+    client: &str,
+    target: SocketAddrV4,
+    secs: f64,
+    rate: Option<f64>,
+) -> (u64, f64) {
     let client = client.to_string();
     thread::spawn(move || {
         join_netns(&client);
@@ -180,7 +215,7 @@ fn generate(load: Load, client: &str, target: SocketAddrV4, secs: f64, rate: Opt
                 }
             }
         }
-        n as f64 / start.elapsed().as_secs_f64()
+        (n, start.elapsed().as_secs_f64())
     })
     .join()
     .expect("load thread")
@@ -281,6 +316,8 @@ enum Mode {
 struct AgentRun {
     events: u64,
     lost: u64,
+    lost_ring_full: u64,
+    lost_recursion: u64,
     cpu_s: f64,
     rss_kb: u64,
     capture_bytes: u64,
@@ -389,6 +426,8 @@ impl Agent {
         let mut run = AgentRun {
             events: v["events"].as_u64().unwrap_or(0),
             lost: v["lost"].as_u64().unwrap_or(0),
+            lost_ring_full: v["lost_ring_full"].as_u64().unwrap_or(0),
+            lost_recursion: v["lost_recursion"].as_u64().unwrap_or(0),
             cpu_s,
             rss_kb,
             programs: v["programs"].as_array().cloned().unwrap_or_default(),
@@ -497,6 +536,273 @@ fn read_step(o: &Opts) -> (String, Vec<(String, bool, String)>) {
     out
 }
 
+/// A `kB` field of /proc/PID/status (VmRSS, VmHWM), 0 when unreadable.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Failures by cause in what `rstrace watch --json` printed (each line's count).
+fn printed_causes(out: &Path) -> BTreeMap<String, u64> {
+    let mut by = BTreeMap::new();
+    for l in fs::read_to_string(out).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
+        if let (Some(c), Some(n)) = (v["cause"].as_str(), v["count"].as_u64()) {
+            *by.entry(c.to_string()).or_default() += n;
+        }
+    }
+    by
+}
+
+/// Runs `cmd` to its end; its stdout, and its peak RSS in kB and seconds taken.
+fn run_measured(cmd: &mut Command) -> (Vec<u8>, u64, f64) {
+    use std::io::Read as _;
+    let started = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are writable for the call; the pid is this
+    // benchmark's child, not waited for before.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed ({status})");
+    (out, usage.ru_maxrss as u64, started.elapsed().as_secs_f64())
+}
+
+/// The samples of a series, compactly: "a b c ..." rounded to one decimal.
+fn series(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Most the soak's RSS may move over its last 30 s and still be flat: the
+/// allocator's working set breathes with the storm by about this much.
+const FLAT_KB: u64 = 2 * 1024;
+
+/// The soak: refused connects and firewall-dropped SYNs on loopback, one generator
+/// thread each (as fast as each goes), for `o.soak_seconds`, under
+/// `rstrace watch --json --record`; the agent's RSS and CPU sampled every second.
+/// Then `rstrace summary` of the capture must count what the agent printed.
+fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
+    let ns = tests::Netns::new(&format!("rstb{}-soak", std::process::id()));
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    // Above the storms' ports: the input rule would also drop the RST answering a
+    // client whose port were 9102, and that connect would hang for its SYN retries.
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000"]);
+    ns.nft_input("tcp dport 9102 drop");
+    let dir = scratch().join("soak");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let cap = dir.join("soak.rst");
+    let mut agent = Agent::start(
+        o,
+        &["watch", "--json", "--record", cap.to_str().unwrap(), "--keep", "64"],
+        None,
+    );
+    let pid = agent.child.id();
+    thread::sleep(Duration::from_millis(300));
+    agent.mark();
+    let (rss0, cpu0) = (status_kb(pid, "VmRSS:"), cpu_seconds(pid));
+    let start = Instant::now();
+    let secs = o.soak_seconds;
+    let gens = [(Load::Refused, 9103), (Load::SynDrop, 9102)].map(|(load, port)| {
+        let name = ns.name.clone();
+        let target = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+        thread::spawn(move || generate_n(load, &name, target, secs, None))
+    });
+    let (mut rss, mut cpu) = (vec![rss0], vec![cpu0]);
+    for k in 1u32.. {
+        let due = start + Duration::from_secs(k.into());
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+        rss.push(status_kb(pid, "VmRSS:"));
+        cpu.push(cpu_seconds(pid));
+        if gens.iter().all(|g| g.is_finished()) {
+            break;
+        }
+    }
+    let [(refused, rs), (dropped, ds)] = gens.map(|g| g.join().unwrap());
+    let run = agent.finish();
+    let printed = printed_causes(&scratch().join("watch.out"));
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    let (out, summary_kb, summary_s) =
+        run_measured(Command::new(&o.rstrace).args(["summary", "--json"]).args(&files));
+    let _ = fs::remove_dir_all(&dir);
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    let replayed: BTreeMap<String, u64> = v["by_cause"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(c, n)| (c.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let records = v["records"].as_u64().unwrap_or(0);
+
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    let rss_mib: Vec<f64> = rss.iter().map(|&k| mib(k)).collect();
+    let cpu_pct: Vec<f64> = cpu.windows(2).map(|w| 100.0 * (w[1] - w[0])).collect();
+    let last = &rss[rss.len().saturating_sub(30)..];
+    let (lo, hi) = (
+        last.iter().copied().min().unwrap_or(0),
+        last.iter().copied().max().unwrap_or(0),
+    );
+    let peak = run.rss_kb.max(hi);
+    let elapsed = rs.max(ds);
+    let per_k = run.cpu_s * 1e6 / run.events.max(1) as f64;
+    let fmt = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    md.push_str(&format!(
+        "\n## Soak\n\n`cargo xtask bench --soak`: {secs:.0} s of refused connects and firewall-dropped SYNs on loopback at once (one generator thread each, as fast as it goes) under `rstrace watch --json --record` (rotating at 256 MiB); the agent's RSS and CPU sampled every second, then `rstrace summary` of the capture.\n\n\
+         | figure | value |\n|---|---|\n\
+         | refused connects, per second | {refused} ({:.0}/s) |\n\
+         | firewall-dropped SYNs | {dropped} ({:.0}/s) |\n\
+         | events read, per second | {} ({:.0}/s) |\n\
+         | lost: ring full, recursion | {}, {} |\n\
+         | agent CPU, % of one core | {:.1} |\n\
+         | agent CPU ms per 1,000 events | {per_k:.2} |\n\
+         | peak RSS (VmHWM) | {:.1} MiB |\n\
+         | RSS over the last 30 s (min..max) | {:.1}..{:.1} MiB |\n\
+         | capture | {} records, {} files, {:.0} MB, {:.1} B/event |\n\
+         | failures the agent printed, by cause | {} |\n\
+         | failures `rstrace summary` counts in the capture | {} |\n\
+         | `rstrace summary`: time, peak RSS | {summary_s:.1} s, {:.0} MiB |\n\n\
+         RSS, MiB, each second: {}\n\nCPU, % of one core, each second: {}\n",
+        refused as f64 / rs,
+        dropped as f64 / ds,
+        run.events,
+        run.events as f64 / elapsed,
+        run.lost_ring_full,
+        run.lost_recursion,
+        100.0 * run.cpu_s / elapsed,
+        mib(peak),
+        mib(lo),
+        mib(hi),
+        records,
+        files.len(),
+        bytes as f64 / 1e6,
+        bytes as f64 / run.events.max(1) as f64,
+        fmt(&printed),
+        fmt(&replayed),
+        mib(summary_kb),
+        series(&rss_mib),
+        series(&cpu_pct),
+    ));
+    targets.push((
+        "soak: peak RSS <= 40 MiB and flat over the last 30 s".into(),
+        peak <= 40 * 1024 && hi - lo <= FLAT_KB,
+        format!(
+            "peak {:.1} MiB, last 30 s {:.1}..{:.1} MiB",
+            mib(peak),
+            mib(lo),
+            mib(hi)
+        ),
+    ));
+    targets.push((
+        "soak: the capture explains to the counts the agent printed".into(),
+        !printed.is_empty() && printed == replayed && records == run.capture_records,
+        format!(
+            "{} vs {} failures, {records} of {} records",
+            printed.values().sum::<u64>(),
+            replayed.values().sum::<u64>(),
+            run.capture_records
+        ),
+    ));
+}
+
+/// CPU nanoseconds the threads of `pid` ran (schedstat: exact, where /proc/PID/stat
+/// counts in ticks of 10 ms), and their context switches (each one a wakeup).
+fn thread_cpu(pid: u32) -> (u64, u64) {
+    let (mut ns, mut switches) = (0, 0);
+    for t in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let p = t.path();
+        ns += fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        for l in fs::read_to_string(p.join("status")).unwrap_or_default().lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (ns, switches)
+}
+
+/// The agent with nothing to see: `rstrace watch` started, left to settle (start-up
+/// scans), then its CPU over `o.idle_seconds`, `o.idle_reps` times.
+fn idle(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
+    let mut pct = Vec::new();
+    let mut wakeups = Vec::new();
+    let mut rss = Vec::new();
+    for rep in 0..o.idle_reps {
+        let agent = Agent::start(o, &["watch"], None);
+        let pid = agent.child.id();
+        thread::sleep(Duration::from_secs(5));
+        let (ns0, sw0) = thread_cpu(pid);
+        let t = Instant::now();
+        thread::sleep(Duration::from_secs_f64(o.idle_seconds));
+        let (ns1, sw1) = thread_cpu(pid);
+        let el = t.elapsed().as_secs_f64();
+        rss.push(status_kb(pid, "VmRSS:") as f64 / 1024.0);
+        let run = agent.finish();
+        let p = 100.0 * (ns1 - ns0) as f64 / 1e9 / el;
+        eprintln!(
+            "idle rep {rep}: {p:.3}% of a core, {:.1} wakeups/s, {} events",
+            (sw1 - sw0) as f64 / el,
+            run.events
+        );
+        pct.push(p);
+        wakeups.push((sw1 - sw0) as f64 / el);
+    }
+    let (pm, plo, phi) = spread(pct);
+    let (wm, wlo, whi) = spread(wakeups);
+    let (rm, rlo, rhi) = spread(rss);
+    md.push_str(&format!(
+        "\n## Idle agent\n\n`rstrace watch` on a host with no failures: {} runs of {:.0} s each (after 5 s to settle), CPU of all its threads from their schedstat (exact), wakeups from their context switches. Median (range).\n\n\
+         | figure | value |\n|---|---|\n\
+         | CPU, % of one core | {pm:.3} ({plo:.3}..{phi:.3}) |\n\
+         | wakeups per second | {wm:.1} ({wlo:.1}..{whi:.1}) |\n\
+         | RSS MiB | {rm:.1} ({rlo:.1}..{rhi:.1}) |\n",
+        o.idle_reps, o.idle_seconds
+    ));
+    targets.push((
+        "idle agent <= 0.1% of one core".into(),
+        pm <= 0.1,
+        format!("{pm:.3}% ({plo:.3}..{phi:.3})"),
+    ));
+}
+
+fn print_targets(targets: &[(String, bool, String)]) {
+    println!("\ntargets:");
+    for (name, ok, got) in targets {
+        let verdict = if *ok { "PASS" } else { "FAIL" };
+        println!("  {verdict}  {name}: {got}");
+    }
+}
+
 fn main() {
     let o = opts();
     if o.read {
@@ -540,6 +846,20 @@ fn main() {
          repeated {} times for {} s each, and the median and the range (min..max) are given.\n\n",
         o.reps, o.seconds
     ));
+
+    let mut targets: Vec<(String, bool, String)> = Vec::new();
+    if o.soak_only || o.idle_only {
+        if o.idle_only {
+            idle(&o, &mut md, &mut targets);
+        }
+        if o.soak_only {
+            soak(&o, &mut md, &mut targets);
+        }
+        println!("{md}");
+        print_targets(&targets);
+        let _ = fs::remove_dir_all(scratch());
+        return;
+    }
 
     let t = Topology::new();
     let lo = tests::Netns::new(&format!("rstb{}-lo", std::process::id()));
@@ -616,7 +936,6 @@ fn main() {
     }
     md.push_str("## Workload overhead\n\nOperations per second of each storm without rstrace, and the ratio with `rstrace watch` (output to a file) and `rstrace record`. The floor column attaches empty programs to the same hooks instead, of the same types (`tracer-drivers bench-floor`; raw tracepoints where rstrace uses them): the cost of the kernel running any such program there, which no change to the programs' code can remove.\n\n");
     md.push_str("| storm | baseline ops/s, median (range) | floor / baseline | watch / baseline, median (range) | record / baseline, median (range) |\n|---|---|---|---|---|\n");
-    let mut targets: Vec<(String, bool, String)> = Vec::new();
     for m in &results {
         let (bmed, blo, bhi) = spread(m.base.clone());
         let (fmed, flo, fhi) = spread(m.ratios(Mode::Floor));
@@ -879,14 +1198,16 @@ fn main() {
     let (read_md, read_targets) = read_step(&o);
     md.push_str(&read_md);
     targets.extend(read_targets);
+    // 6. The idle agent, then the soak.
+    idle(&o, &mut md, &mut targets);
+    soak(&o, &mut md, &mut targets);
 
     md.push_str("\n## Targets\n\n| target | measured | |\n|---|---|---|\n");
-    println!("\ntargets:");
     for (name, ok, got) in &targets {
         let verdict = if *ok { "PASS" } else { "FAIL" };
         md.push_str(&format!("| {name} | {got} | {verdict} |\n"));
-        println!("  {verdict}  {name}: {got}");
     }
+    print_targets(&targets);
     fs::write(&o.out, md).expect("writing BENCHMARKS.md");
     println!("\nwrote {}", o.out.display());
     let _ = fs::remove_dir_all(scratch());
