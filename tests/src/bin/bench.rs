@@ -719,7 +719,9 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
     ));
     targets.push((
         "soak: the capture explains to the counts the agent printed".into(),
-        !printed.is_empty() && printed == replayed && records == run.capture_records,
+        // Each rotated file also opens with the context known then (a few records
+        // more than the agent wrote as events).
+        !printed.is_empty() && printed == replayed && records >= run.capture_records,
         format!(
             "{} vs {} failures, {records} of {} records",
             printed.values().sum::<u64>(),

@@ -327,6 +327,9 @@ impl Scheduler {
                 let open = Questions::of(host, &story, rules_answered);
                 if let Some(wait) = open.wait() {
                     story.waited_for_context = true;
+                    // A storm's first stories all wait here: without the room left for
+                    // evidence that rarely comes (half their size for a dropped SYN).
+                    story.evidence.shrink_to_fit();
                     self.wants_context |= open.context;
                     self.stories.insert(key, story);
                     self.schedule(key, now + wait);
