@@ -564,6 +564,7 @@ fn printed_causes(out: &Path) -> BTreeMap<String, u64> {
 fn run_measured(cmd: &mut Command) -> (Vec<u8>, u64, f64) {
     use std::io::Read as _;
     let started = Instant::now();
+    #[expect(clippy::zombie_processes, reason = "reaped by wait4, for its rusage")]
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut out = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
@@ -573,13 +574,19 @@ fn run_measured(cmd: &mut Command) -> (Vec<u8>, u64, f64) {
     // SAFETY: `status` and `usage` are writable for the call; the pid is this
     // benchmark's child, not waited for before.
     let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed ({status})");
+    assert!(
+        r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed ({status})"
+    );
     (out, usage.ru_maxrss as u64, started.elapsed().as_secs_f64())
 }
 
 /// The samples of a series, compactly: "a b c ..." rounded to one decimal.
 fn series(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" ")
+    v.iter()
+        .map(|x| format!("{x:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Most the soak's RSS may move over its last 30 s and still be flat: the
@@ -603,7 +610,14 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
     let cap = dir.join("soak.rst");
     let mut agent = Agent::start(
         o,
-        &["watch", "--json", "--record", cap.to_str().unwrap(), "--keep", "64"],
+        &[
+            "watch",
+            "--json",
+            "--record",
+            cap.to_str().unwrap(),
+            "--keep",
+            "64",
+        ],
         None,
     );
     let pid = agent.child.id();
@@ -640,8 +654,11 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
         .iter()
         .map(|f| fs::metadata(f).map_or(0, |m| m.len()))
         .sum();
-    let (out, summary_kb, summary_s) =
-        run_measured(Command::new(&o.rstrace).args(["summary", "--json"]).args(&files));
+    let (out, summary_kb, summary_s) = run_measured(
+        Command::new(&o.rstrace)
+            .args(["summary", "--json"])
+            .args(&files),
+    );
     let _ = fs::remove_dir_all(&dir);
     let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
     let replayed: BTreeMap<String, u64> = v["by_cause"]
@@ -735,13 +752,20 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
 /// counts in ticks of 10 ms), and their context switches (each one a wakeup).
 fn thread_cpu(pid: u32) -> (u64, u64) {
     let (mut ns, mut switches) = (0, 0);
-    for t in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let p = t.path();
         ns += fs::read_to_string(p.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
-        for l in fs::read_to_string(p.join("status")).unwrap_or_default().lines() {
+        for l in fs::read_to_string(p.join("status"))
+            .unwrap_or_default()
+            .lines()
+        {
             if let Some(v) = l
                 .strip_prefix("voluntary_ctxt_switches:")
                 .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))

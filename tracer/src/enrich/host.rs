@@ -413,7 +413,12 @@ impl Host {
         let mut workloads: Vec<_> = self.workloads.iter().collect();
         workloads.sort_by_key(|(id, _)| **id);
         for (id, w) in workloads {
-            out.push(context::workload(now, time.to_string(), *id, Workload::clone(w)));
+            out.push(context::workload(
+                now,
+                time.to_string(),
+                *id,
+                Workload::clone(w),
+            ));
         }
         let mut namespaces: Vec<_> = self.addrs.iter().collect();
         namespaces.sort_by_key(|(ns, _)| **ns);

@@ -218,12 +218,21 @@ fn a_story_waiting_for_the_rules_is_explained_when_they_come() {
     e.push(error(3_000, libc::ETIMEDOUT), &mut out);
     e.advance(3_100 * MS, &mut out);
     assert!(out.is_empty(), "did not wait for the rules: {out:#?}");
-    let rule = ("input", Some("input"), Some(0), 4, "tcp dport 8080 drop", "drop");
+    let rule = (
+        "input",
+        Some("input"),
+        Some(0),
+        4,
+        "tcp dport 8080 drop",
+        "drop",
+    );
     e.push(fw_rules(3_150, &[rule]), &mut out);
     e.advance(3_160 * MS, &mut out);
     assert_eq!(causes(&out), vec!["firewall_drop"]);
     assert!(
-        out[0].explanation.contains("the rule `tcp dport 8080 drop`"),
+        out[0]
+            .explanation
+            .contains("the rule `tcp dport 8080 drop`"),
         "{}",
         out[0].explanation
     );
