@@ -1,18 +1,19 @@
 //! Maps and helpers shared by every hook.
 //!
-//! Each tracepoint program copies the first `RAW_MAX` bytes of its record into a
-//! per-CPU scratch event with one helper call, filters on fields read from that copy
-//! (at offsets the agent read from the running kernel's format files), and only then
-//! writes the event to the ring buffer. The scratch copy lets the programs read fields
-//! at run-time offsets, which the verifier refuses on the tracepoint context itself.
+//! Events are written in place: a program reserves its record in the ring buffer,
+//! fills it and submits it (no copy from a scratch buffer or the stack). A tracepoint
+//! program that must filter first copies the first `RAW_MAX` bytes of its record into
+//! a per-CPU scratch event with one helper call and filters on fields read from that
+//! copy (at offsets the agent read from the running kernel's format files): the
+//! verifier refuses run-time offsets on the tracepoint context itself.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{ring_buf::RingBufEntry, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
@@ -150,22 +151,18 @@ pub fn load_record(ctx: &TracePointContext, hook: Hook) -> Option<Pending> {
     // SAFETY: the helper checks the source (a fault is an error, not a crash) and
     // writes only the RAW_MAX bytes of `ev.raw`.
     unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut ev.raw).ok()? };
+    // SAFETY: the header is 8-aligned words of integers.
+    unsafe {
+        zero_words::<{ core::mem::size_of::<EventHeader>() / 8 }>(
+            &mut ev.hdr as *mut EventHeader as *mut u64,
+        )
+    };
     ev.hdr.hook = hook as u8;
-    ev.hdr.flags = 0;
     ev.hdr.raw_len = if (layout.len as usize) < RAW_MAX {
         layout.len
     } else {
         RAW_MAX as u16
     };
-    ev.hdr.skaddr = 0;
-    ev.hdr.netns = 0;
-    ev.hdr.retrans = 0;
-    ev.hdr.ack_backlog = 0;
-    ev.hdr.max_ack_backlog = 0;
-    ev.hdr.owner_tgid = 0;
-    ev.hdr.owner_since_ns = 0;
-    ev.hdr.owner_cgroup = 0;
-    ev.hdr.owner_comm = [0; 16];
     Some(Pending { ev, cfg, layout })
 }
 
@@ -240,16 +237,32 @@ pub fn skb_netns(cfg: &Config, skb: u64) -> u32 {
     kread(net, cfg.offsets.net_inum).unwrap_or(0)
 }
 
-/// Copies a listener's accept queue depth and limit into the event.
+/// Copies a listener's accept queue depth and limit into the header.
 #[inline(always)]
-pub fn fill_queue(cfg: &Config, ev: &mut Event, sk: u64) {
+pub fn fill_queue(cfg: &Config, hdr: &mut EventHeader, sk: u64) {
     if let (Some(depth), Some(max)) = (
         kread::<u32>(sk, cfg.offsets.sk_ack_backlog),
         kread::<u32>(sk, cfg.offsets.sk_max_ack_backlog),
     ) {
-        ev.hdr.ack_backlog = depth;
-        ev.hdr.max_ack_backlog = max;
-        ev.hdr.flags |= flags::QUEUE_KNOWN;
+        hdr.ack_backlog = depth;
+        hdr.max_ack_backlog = max;
+        hdr.flags |= flags::QUEUE_KNOWN;
+    }
+}
+
+/// The current task's name, through word-aligned memory (aya's wrapper zeroes a byte
+/// array first, a byte-by-byte memset on this target).
+#[inline(always)]
+fn current_comm() -> [u8; 16] {
+    let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: the helper writes the 16 bytes of the buffer (zeroes on failure); any
+    // bytes are a name.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(
+            words.as_mut_ptr() as *mut core::ffi::c_void,
+            16,
+        );
+        core::mem::transmute::<[u64; 2], [u8; 16]>(words.assume_init())
     }
 }
 
@@ -263,7 +276,7 @@ pub fn current_owner(netns: u32) -> SockOwner {
         netns,
         retrans: 0,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: current_comm(),
         // SAFETY: a helper without arguments (tracepoints and raw tracepoints since
         // 4.18); on a hybrid host, the unified hierarchy's cgroup.
         cgroup: unsafe { bpf_get_current_cgroup_id() },
@@ -273,8 +286,8 @@ pub fn current_owner(netns: u32) -> SockOwner {
 /// Fills the socket, owner and namespace of the event from the ownership map, and
 /// the namespace from the socket itself when the map does not know it.
 #[inline(always)]
-pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
-    ev.hdr.skaddr = sk;
+pub fn attribute(cfg: &Config, hdr: &mut EventHeader, sk: u64) {
+    hdr.skaddr = sk;
     if sk == 0 {
         return;
     }
@@ -282,115 +295,298 @@ pub fn attribute(cfg: &Config, ev: &mut Event, sk: u64) {
     // RCU grace period); another CPU may rewrite it meanwhile, which at worst mixes
     // two owners' integers, and the fields are copied out at once.
     if let Some(o) = unsafe { SOCKS.get(sk) } {
-        ev.hdr.owner_tgid = o.tgid;
-        ev.hdr.owner_comm = o.comm;
-        ev.hdr.owner_since_ns = o.since_ns;
-        ev.hdr.owner_cgroup = o.cgroup;
-        ev.hdr.retrans = o.retrans;
-        ev.hdr.netns = o.netns;
-        ev.hdr.flags |= flags::OWNER_KNOWN;
+        hdr.owner_tgid = o.tgid;
+        // SAFETY: both are 16 bytes at 8-aligned offsets of 8-aligned structs.
+        unsafe { copy16(&mut hdr.owner_comm, &o.comm) };
+        hdr.owner_since_ns = o.since_ns;
+        hdr.owner_cgroup = o.cgroup;
+        hdr.retrans = o.retrans;
+        hdr.netns = o.netns;
+        hdr.flags |= flags::OWNER_KNOWN;
     }
-    if ev.hdr.netns == 0 {
-        ev.hdr.netns = sock_netns(cfg, sk);
+    if hdr.netns == 0 {
+        hdr.netns = sock_netns(cfg, sk);
     }
 }
 
-/// Stamps and writes the event; a full ring buffer is counted as a loss of `hook`.
-/// The reader polls the ring while events come, so it is woken only when a backlog
-/// builds up; asleep, it sets `wake_bytes` to 0 and every event wakes it.
+/// Stamps the header with the time and the current task.
 #[inline(always)]
-pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
+fn stamp(hdr: &mut EventHeader) {
     // SAFETY: a helper without arguments.
-    ev.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.hdr.cur_pid_tgid = bpf_get_current_pid_tgid();
-    ev.hdr.cur_comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wake_bytes as u64 {
+    hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.cur_pid_tgid = bpf_get_current_pid_tgid();
+    // Straight into the event (the helper zeroes it when it fails): aya's wrapper
+    // zeroes a copy on the stack first, which the BPF target does byte by byte.
+    // SAFETY: the helper writes at most 16 bytes, the field's size.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(
+            hdr.cur_comm.as_mut_ptr() as *mut core::ffi::c_void,
+            16,
+        )
+    };
+}
+
+/// Zeroes `N` words at `p`, one store each. Volatile: the compiler would merge plain
+/// stores into a memset, which the BPF target calls as a byte-by-byte loop (several
+/// hundred instructions per event).
+///
+/// # Safety
+/// `p` is valid and 8-aligned for `N` words.
+#[inline(always)]
+pub unsafe fn zero_words<const N: usize>(p: *mut u64) {
+    for i in 0..N {
+        // SAFETY: within the N words the caller vouches for.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+    }
+}
+
+/// Copies a 16-byte name as two words (a plain assignment becomes a memmove call,
+/// byte by byte).
+///
+/// # Safety
+/// Both are 8-aligned.
+#[inline(always)]
+pub unsafe fn copy16(dst: *mut [u8; 16], src: *const [u8; 16]) {
+    let (d, s) = (dst as *mut u64, src as *const u64);
+    // SAFETY: two aligned words each, as the caller vouches.
+    unsafe {
+        core::ptr::write_volatile(d, core::ptr::read_volatile(s));
+        core::ptr::write_volatile(d.add(1), core::ptr::read_volatile(s.add(1)));
+    }
+}
+
+/// Ring-buffer flags for a write: the reader polls the ring while events come, so it
+/// is woken only when a backlog builds up; asleep, it sets `wake_bytes` to 0 and
+/// every event wakes it.
+#[inline(always)]
+fn wake_flags(cfg: &Config) -> u64 {
+    (if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wake_bytes as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output::<Event>(&*ev, flags as u64).is_err() {
-        if let Some(n) = LOSSES.get_ptr_mut(hook as u32) {
-            // SAFETY: this CPU's counter of a per-CPU array, alive as long as the
-            // program; a raw tracepoint nested on this CPU may lose one count, nothing
-            // more.
-            unsafe { *n += 1 };
-        }
+    }) as u64
+}
+
+#[inline(always)]
+fn count_loss(hook: Hook) {
+    if let Some(n) = LOSSES.get_ptr_mut(hook as u32) {
+        // SAFETY: this CPU's counter of a per-CPU array, alive as long as the program;
+        // a raw tracepoint nested on this CPU may lose one count, nothing more.
+        unsafe { *n += 1 };
     }
 }
 
-/// The fields a socket hook's tracepoint record would hold, read from the socket the
-/// way the tracepoint reads them (inet_sock ports and source, sock_common peer).
+/// Stamps and writes a scratch event (a tracepoint fallback that filtered its copied
+/// record); a full ring buffer is counted as a loss of `hook`.
 #[inline(always)]
-pub fn sock_info(cfg: &Config, sk: u64) -> SockInfo {
+pub fn submit(cfg: &Config, ev: &mut Event, hook: Hook) {
+    stamp(&mut ev.hdr);
+    if EVENTS.output::<Event>(&*ev, wake_flags(cfg)).is_err() {
+        count_loss(hook);
+    }
+}
+
+/// An event reserved in the ring buffer, its header written, its payload not yet.
+pub struct Slot {
+    entry: RingBufEntry<Event>,
+}
+
+impl Slot {
+    /// Reserves an event of `hook` with a zeroed header; a full ring buffer is counted
+    /// as a loss of `hook`.
+    #[inline(always)]
+    pub fn reserve(hook: Hook, flags: u8, raw_len: usize) -> Option<Slot> {
+        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+            count_loss(hook);
+            return None;
+        };
+        let ev = entry.as_mut_ptr();
+        const WORDS: usize = core::mem::size_of::<EventHeader>() / 8;
+        // SAFETY: the entry is this program's until submitted or discarded, 8-aligned
+        // (ring records are); the header is written whole before any reference to it
+        // is made.
+        unsafe {
+            zero_words::<WORDS>(ev as *mut u64);
+            core::ptr::addr_of_mut!((*ev).hdr.hook).write(hook as u8);
+            core::ptr::addr_of_mut!((*ev).hdr.flags).write(flags);
+            core::ptr::addr_of_mut!((*ev).hdr.raw_len).write(raw_len as u16);
+        }
+        Some(Slot { entry })
+    }
+
+    #[inline(always)]
+    pub fn hdr(&mut self) -> &mut EventHeader {
+        // SAFETY: written whole in `reserve`.
+        unsafe { &mut (*self.entry.as_mut_ptr()).hdr }
+    }
+
+    /// The payload bytes, uninitialized until written.
+    #[inline(always)]
+    pub fn raw_ptr(&mut self) -> *mut u8 {
+        // SAFETY: a field of the reserved entry; no reference is made.
+        unsafe { core::ptr::addr_of_mut!((*self.entry.as_mut_ptr()).raw) as *mut u8 }
+    }
+
+    /// Writes `v` at the start of the payload.
+    #[inline(always)]
+    pub fn put<T>(&mut self, v: T) {
+        // SAFETY: the payload's first bytes, as `payload` checks.
+        unsafe { self.payload::<T>().write(v) };
+    }
+
+    /// The payload as a `T` to fill field by field: it fits and is aligned (the
+    /// payload is 8-aligned, asserted in tracer-common).
+    #[inline(always)]
+    pub fn payload<T>(&mut self) -> *mut T {
+        const {
+            assert!(core::mem::size_of::<T>() <= RAW_MAX);
+            assert!(core::mem::align_of::<T>() <= 8);
+        };
+        self.raw_ptr() as *mut T
+    }
+
+    /// Stamps the header and hands the event to the reader.
+    #[inline(always)]
+    pub fn submit(mut self, cfg: &Config) {
+        stamp(self.hdr());
+        self.entry.submit(wake_flags(cfg));
+    }
+
+    #[inline(always)]
+    pub fn discard(self) {
+        self.entry.discard(BPF_RB_NO_WAKEUP as u64);
+    }
+}
+
+/// Reserves an event of `hook` and copies the first `RAW_MAX` bytes of its tracepoint
+/// record into it with one helper call (for hooks that report every record).
+#[inline(always)]
+pub fn reserve_record(
+    ctx: &TracePointContext,
+    hook: Hook,
+) -> Option<(Slot, &'static Config, RecordLayout)> {
+    let cfg = config()?;
+    let layout = *cfg.layouts.get(hook as usize)?;
+    if layout.len == 0 {
+        return None;
+    }
+    let raw_len = if (layout.len as usize) < RAW_MAX {
+        layout.len as usize
+    } else {
+        RAW_MAX
+    };
+    let mut slot = Slot::reserve(hook, 0, raw_len)?;
+    // The record lives in a per-CPU trace buffer far larger than RAW_MAX, so a
+    // fixed-size copy is always in bounds even for shorter records.
+    // SAFETY: the helper checks the source (a fault is an error, not a crash) and
+    // writes RAW_MAX bytes, the payload's size.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            slot.raw_ptr() as *mut core::ffi::c_void,
+            RAW_MAX as u32,
+            ctx.as_ptr() as *const core::ffi::c_void,
+        )
+    };
+    if r != 0 {
+        slot.discard();
+        return None;
+    }
+    Some((slot, cfg, layout))
+}
+
+impl Slot {
+    /// The payload, once `reserve_record` has copied the record into it.
+    #[inline(always)]
+    pub fn record(&mut self) -> &[u8; RAW_MAX] {
+        // SAFETY: all RAW_MAX bytes written by `reserve_record`.
+        unsafe { &*(self.raw_ptr() as *const [u8; RAW_MAX]) }
+    }
+}
+
+/// What a socket hook's record holds besides the socket's addresses (the first four
+/// fields of `SockInfo`).
+#[derive(Clone, Copy, Default)]
+pub struct SockExtra {
+    pub oldstate: i32,
+    pub newstate: i32,
+    pub state: i32,
+    pub error: i32,
+}
+
+/// Writes the fields a socket hook's tracepoint record would hold into `info`, read
+/// from the socket the way the tracepoint reads them (inet_sock ports and source,
+/// sock_common peer), straight into the event.
+///
+/// # Safety
+/// `info` is a reserved event's payload.
+#[inline(always)]
+unsafe fn fill_sock(cfg: &Config, sk: u64, info: *mut SockInfo, extra: SockExtra) {
     const AF_INET6: u16 = 10;
     let o = &cfg.offsets;
     let family = kread::<u16>(sk, o.skc_family).unwrap_or(0);
-    let mut info = SockInfo {
-        oldstate: 0,
-        newstate: 0,
-        state: 0,
-        error: 0,
-        family,
-        sport: u16::from_be(kread::<u16>(sk, o.inet_sport).unwrap_or(0)),
-        dport: u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0)),
-        _pad: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
-    if family == AF_INET6 {
-        info.saddr = kread(sk, o.skc_v6_rcv_saddr).unwrap_or([0; 16]);
-        info.daddr = kread(sk, o.skc_v6_daddr).unwrap_or([0; 16]);
-    } else {
-        let s: [u8; 4] = kread(sk, o.inet_saddr).unwrap_or([0; 4]);
-        let d: [u8; 4] = kread(sk, o.skc_daddr).unwrap_or([0; 4]);
-        info.saddr[..4].copy_from_slice(&s);
-        info.daddr[..4].copy_from_slice(&d);
-    }
-    info
-}
-
-/// Reports `info` as an event of `hook` on `sk`, with the socket's owner; returns the
-/// namespace. Built on the stack: raw tracepoint programs are not serialized with the
-/// others (see SCRATCH_DROP), so they cannot share SCRATCH.
-#[inline(always)]
-pub fn report_sock(cfg: &Config, hook: Hook, sk: u64, info: SockInfo) -> u32 {
-    let mut ev = stack_event(hook, flags::SOCK_INFO, core::mem::size_of::<SockInfo>());
-    // SAFETY: a SockInfo fits in RAW_MAX bytes (asserted in tracer-common).
+    let sport = u16::from_be(kread::<u16>(sk, o.inet_sport).unwrap_or(0));
+    let dport = u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0));
+    // SAFETY: fields of the payload the caller vouches for, each written (the
+    // addresses as zero words first: 8-aligned in an 8-aligned payload).
     unsafe {
-        core::ptr::write_unaligned(ev.raw.as_mut_ptr() as *mut SockInfo, info);
+        use core::ptr::{addr_of_mut, write_volatile};
+        write_volatile(addr_of_mut!((*info).oldstate), extra.oldstate);
+        write_volatile(addr_of_mut!((*info).newstate), extra.newstate);
+        write_volatile(addr_of_mut!((*info).state), extra.state);
+        write_volatile(addr_of_mut!((*info).error), extra.error);
+        write_volatile(addr_of_mut!((*info).family), family);
+        write_volatile(addr_of_mut!((*info).sport), sport);
+        write_volatile(addr_of_mut!((*info).dport), dport);
+        write_volatile(addr_of_mut!((*info)._pad), 0);
+        let saddr = addr_of_mut!((*info).saddr) as *mut u64;
+        let daddr = addr_of_mut!((*info).daddr) as *mut u64;
+        zero_words::<4>(saddr);
+        let (s_off, d_off, len) = if family == AF_INET6 {
+            (o.skc_v6_rcv_saddr, o.skc_v6_daddr, 16)
+        } else {
+            (o.inet_saddr, o.skc_daddr, 4)
+        };
+        read_into(saddr as *mut u8, len, sk, s_off);
+        read_into(daddr as *mut u8, len, sk, d_off);
     }
-    attribute(cfg, &mut ev, sk);
-    let netns = ev.hdr.netns;
-    submit(cfg, &mut ev, hook);
-    netns
 }
 
+/// Copies `len` bytes at `base + off` in kernel memory to `dst` (left as they are when
+/// unreadable).
+///
+/// # Safety
+/// `dst` is valid for `len` bytes.
 #[inline(always)]
-fn stack_event(hook: Hook, flags: u8, raw_len: usize) -> Event {
-    Event {
-        hdr: EventHeader {
-            ts_ns: 0,
-            cur_pid_tgid: 0,
-            skaddr: 0,
-            owner_since_ns: 0,
-            owner_cgroup: 0,
-            owner_tgid: 0,
-            netns: 0,
-            retrans: 0,
-            ack_backlog: 0,
-            max_ack_backlog: 0,
-            hook: hook as u8,
-            flags,
-            raw_len: raw_len as u16,
-            cur_comm: [0; 16],
-            owner_comm: [0; 16],
-        },
-        raw: [0; RAW_MAX],
+unsafe fn read_into(dst: *mut u8, len: u32, base: u64, off: u32) {
+    if base == 0 || off == NO_OFFSET {
+        return;
     }
+    // SAFETY: the helper checks the kernel address (a fault is an error); `dst` as the
+    // caller vouches.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst as *mut core::ffi::c_void,
+            len,
+            (base + off as u64) as *const core::ffi::c_void,
+        )
+    };
 }
 
-/// Scratch for kfree_skb, apart from SCRATCH: a drop can fire inside another hook's
-/// softirq on the same CPU while that hook is building its event.
-#[map]
-pub static SCRATCH_DROP: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+/// Reports what socket `sk` holds as an event of `hook`, attributed to `owner_sk`'s
+/// owner (0: none, the record names no socket); returns the namespace.
+#[inline(always)]
+pub fn report_sock(
+    cfg: &Config,
+    hook: Hook,
+    sk: u64,
+    owner_sk: u64,
+    extra: SockExtra,
+) -> Option<u32> {
+    let mut slot = Slot::reserve(hook, flags::SOCK_INFO, core::mem::size_of::<SockInfo>())?;
+    // SAFETY: the reserved event's payload.
+    unsafe { fill_sock(cfg, sk, slot.payload(), extra) };
+    attribute(cfg, slot.hdr(), owner_sk);
+    let netns = slot.hdr().netns;
+    slot.submit(cfg);
+    Some(netns)
+}

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::Hook;
 
-use crate::common::{config, kread, load_record, raw_i32, raw_u16, report_sock, sock_info, submit};
+use crate::common::{config, kread, load_record, raw_i32, raw_u16, report_sock, submit, SockExtra};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -57,13 +57,20 @@ fn try_error_report_raw(ctx: &RawTracePointContext) -> Option<()> {
     if kread::<u16>(sk, cfg.offsets.sk_protocol)? != IPPROTO_TCP {
         return None;
     }
-    let mut info = sock_info(cfg, sk);
-    info.error = kread::<i32>(sk, cfg.offsets.sk_err)?;
-    if says_nothing(Some(info.error), Some(info.dport)) {
-        return None;
+    let error = kread::<i32>(sk, cfg.offsets.sk_err)?;
+    // The peer's port only when it decides (most reports carry an errno).
+    if error == 0 {
+        let dport = kread::<u16>(sk, cfg.offsets.skc_dport);
+        if says_nothing(Some(error), dport) {
+            return None;
+        }
     }
     // Like the tracepoint's record, which has no socket address: the agent joins the
     // errno to its socket by the 4-tuple.
-    report_sock(cfg, Hook::ErrorReport, 0, info);
+    let extra = SockExtra {
+        error,
+        ..SockExtra::default()
+    };
+    report_sock(cfg, Hook::ErrorReport, sk, 0, extra);
     Some(())
 }

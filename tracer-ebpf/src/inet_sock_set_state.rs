@@ -22,7 +22,7 @@ use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey, ListenOwner
 
 use crate::common::{
     attribute, config, connect_mark_sent, ctx_field, current_owner, kread, load_record, raw_i32,
-    raw_u16, raw_u64, report_sock, sock_info, sock_netns, submit, LISTENERS, SOCKS,
+    raw_u16, raw_u64, report_sock, sock_netns, submit, SockExtra, LISTENERS, SOCKS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -117,7 +117,7 @@ fn read_change(ctx: &TracePointContext, cfg: &Config) -> Option<Change> {
 #[inline(always)]
 fn report_record(ctx: &TracePointContext, sk: u64) -> Option<u32> {
     let p = load_record(ctx, Hook::SetState)?;
-    attribute(p.cfg, p.ev, sk);
+    attribute(p.cfg, &mut p.ev.hdr, sk);
     let netns = p.ev.hdr.netns;
     submit(p.cfg, p.ev, Hook::SetState);
     Some(netns)
@@ -126,10 +126,12 @@ fn report_record(ctx: &TracePointContext, sk: u64) -> Option<u32> {
 /// Reports the change with what the socket holds, with its owner; the namespace.
 #[inline(always)]
 fn report_change(cfg: &Config, sk: u64, old: i32, new: i32) -> Option<u32> {
-    let mut info = sock_info(cfg, sk);
-    info.oldstate = old;
-    info.newstate = new;
-    Some(report_sock(cfg, Hook::SetState, sk, info))
+    let extra = SockExtra {
+        oldstate: old,
+        newstate: new,
+        ..SockExtra::default()
+    };
+    report_sock(cfg, Hook::SetState, sk, sk, extra)
 }
 
 #[inline(always)]

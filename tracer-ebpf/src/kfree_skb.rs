@@ -8,9 +8,9 @@
 //! 5.17-6.10 (skb, location, reason) and `kfree_skb_rx` for 6.11+ (.., rx_sk).
 //! Before 5.17 there is no reason and the hook is not attached.
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use tracer_common::{flags, DropInfo, Hook, RAW_MAX};
+use tracer_common::{flags, DropInfo, Hook};
 
-use crate::common::{attribute, config, fill_queue, kread, skb_netns, submit, SCRATCH_DROP};
+use crate::common::{attribute, config, fill_queue, kread, skb_netns, zero_words, Slot};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -39,33 +39,18 @@ fn try_kfree_skb(ctx: &RawTracePointContext, reason: u32, rx_sk: u64) -> Option<
     }
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    // SAFETY: this CPU's element of a per-CPU array, alive as long as the program, used
-    // by this program alone, and on 6.1+ the kernel does not run a raw tracepoint
-    // program nested in itself on one CPU (5.10 has no drop reason: not attached). In
-    // between, a nested drop may garble the event it interrupts, within this element.
-    let ev = unsafe { &mut *SCRATCH_DROP.get_ptr_mut(0)? };
-    ev.hdr.hook = Hook::KfreeSkb as u8;
-    ev.hdr.flags = flags::DROP_INFO;
-    ev.hdr.raw_len = core::mem::size_of::<DropInfo>() as u16;
-    ev.hdr.owner_tgid = 0;
-    ev.hdr.owner_since_ns = 0;
-    ev.hdr.owner_cgroup = 0;
-    ev.hdr.owner_comm = [0; 16];
-    ev.hdr.retrans = 0;
-    ev.hdr.netns = 0;
-    let mut info = DropInfo {
-        location,
-        rx_sk,
-        reason,
-        family: 0,
-        tcp_flags: 0,
-        parsed: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        _pad: 0,
+    // Zeroed a word at a time (a struct literal with address arrays compiles to a
+    // byte-by-byte memset on this target).
+    let mut zero = core::mem::MaybeUninit::<DropInfo>::uninit();
+    const WORDS: usize = core::mem::size_of::<DropInfo>() / 8;
+    // SAFETY: DropInfo is WORDS 8-aligned words of integers: all zero is a value.
+    let mut info = unsafe {
+        zero_words::<WORDS>(zero.as_mut_ptr() as *mut u64);
+        zero.assume_init()
     };
+    info.location = location;
+    info.rx_sk = rx_sk;
+    info.reason = reason;
     if parse_headers(cfg, skb, &mut info) == Some(false) {
         // Parsed, and not TCP.
         return None;
@@ -78,17 +63,21 @@ fn try_kfree_skb(ctx: &RawTracePointContext, reason: u32, rx_sk: u64) -> Option<
     } else {
         kread::<u64>(skb, cfg.offsets.skb_sk).unwrap_or(0)
     };
-    attribute(cfg, ev, sk);
-    if ev.hdr.netns == 0 {
-        ev.hdr.netns = skb_netns(cfg, skb);
+    let mut slot = Slot::reserve(
+        Hook::KfreeSkb,
+        flags::DROP_INFO,
+        core::mem::size_of::<DropInfo>(),
+    )?;
+    slot.put(info);
+    let hdr = slot.hdr();
+    attribute(cfg, hdr, sk);
+    if hdr.netns == 0 {
+        hdr.netns = skb_netns(cfg, skb);
     }
     if rx_sk != 0 && reason == cfg.listen_overflow_reason {
-        fill_queue(cfg, ev, rx_sk);
+        fill_queue(cfg, hdr, rx_sk);
     }
-    const _: () = assert!(core::mem::size_of::<DropInfo>() <= RAW_MAX);
-    // SAFETY: a DropInfo fits in RAW_MAX bytes (asserted above).
-    unsafe { core::ptr::write_unaligned(ev.raw.as_mut_ptr() as *mut DropInfo, info) };
-    submit(cfg, ev, Hook::KfreeSkb);
+    slot.submit(cfg);
     Some(())
 }
 

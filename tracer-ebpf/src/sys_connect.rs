@@ -6,7 +6,7 @@
 //! the CLOSE->SYN_SENT transition, and the SYN_SENT->CLOSE that follows carries no
 //! errno). Both run in the calling process, so the current task is the owner.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -14,7 +14,7 @@ use tracer_common::{fixed, flags, ConnectInfo, Hook};
 
 use crate::common::{
     config, connect_begin, connect_take, ctx_field, current_owner, kread, load_record, raw_u64,
-    submit,
+    Slot,
 };
 
 const AF_INET: u16 = 2;
@@ -68,39 +68,57 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     if !reported {
         return None;
     }
-    let p = load_record(ctx, Hook::ConnectExit)?;
-    let mut sa = [0u8; 24];
-    // SAFETY: the helper checks the user address (a fault is an error) and writes only
-    // the 24 bytes of `sa`.
-    unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa).ok()? };
-    let family = u16::from_ne_bytes([sa[0], sa[1]]);
-    let mut info = ConnectInfo {
+    // Words, not bytes: zeroing a byte array is a byte-by-byte memset on this target.
+    let mut sa = core::mem::MaybeUninit::<[u64; 3]>::uninit();
+    // SAFETY: the helper checks the user address (a fault is an error) and writes the
+    // 24 bytes of `sa` (zeroes on failure).
+    if unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            sa.as_mut_ptr() as *mut core::ffi::c_void,
+            24,
+            uaddr as *const core::ffi::c_void,
+        )
+    } != 0
+    {
+        return None;
+    }
+    // SAFETY: written by the helper.
+    let sa = unsafe { sa.assume_init() };
+    // sockaddr_in: family, port (big endian), address; sockaddr_in6: family, port,
+    // flow info, address at byte 8.
+    let family = sa[0] as u16;
+    let port = u16::from_be((sa[0] >> 16) as u16);
+    let addr: [u64; 2] = match family {
+        AF_INET => [sa[0] >> 32, 0],
+        AF_INET6 => [sa[1], sa[2]],
+        _ => return None,
+    };
+    let info = ConnectInfo {
         ret,
         family,
-        port: u16::from_be_bytes([sa[2], sa[3]]),
+        port,
         state: if sent { TCP_SYN_SENT } else { 0 },
-        addr: [0; 16],
+        // SAFETY: 16 bytes either way, in memory order.
+        addr: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(addr) },
     };
-    match family {
-        AF_INET => info.addr[..4].copy_from_slice(&sa[4..8]),
-        AF_INET6 => info.addr.copy_from_slice(&sa[8..24]),
-        _ => return None,
-    }
-    let o = &p.cfg.offsets;
+    let o = &cfg.offsets;
     // SAFETY: a helper without arguments; the pointer is only read through kread.
     let task = unsafe { bpf_get_current_task() };
     let nsproxy: u64 = kread(task, o.task_nsproxy).unwrap_or(0);
     let net: u64 = kread(nsproxy, o.nsproxy_net).unwrap_or(0);
     let owner = current_owner(kread(net, o.net_inum).unwrap_or(0));
-    p.ev.hdr.owner_tgid = owner.tgid;
-    p.ev.hdr.owner_comm = owner.comm;
-    p.ev.hdr.owner_since_ns = owner.since_ns;
-    p.ev.hdr.owner_cgroup = owner.cgroup;
-    p.ev.hdr.netns = owner.netns;
-    p.ev.hdr.flags |= flags::OWNER_KNOWN | flags::CONNECT_INFO;
-    p.ev.hdr.raw_len = core::mem::size_of::<ConnectInfo>() as u16;
-    // SAFETY: a ConnectInfo fits in RAW_MAX bytes (asserted in tracer-common).
-    unsafe { core::ptr::write_unaligned(p.ev.raw.as_mut_ptr() as *mut ConnectInfo, info) };
-    submit(p.cfg, p.ev, Hook::ConnectExit);
+    let mut slot = Slot::reserve(
+        Hook::ConnectExit,
+        flags::OWNER_KNOWN | flags::CONNECT_INFO,
+        core::mem::size_of::<ConnectInfo>(),
+    )?;
+    slot.put(info);
+    let hdr = slot.hdr();
+    hdr.owner_tgid = owner.tgid;
+    hdr.owner_comm = owner.comm;
+    hdr.owner_since_ns = owner.since_ns;
+    hdr.owner_cgroup = owner.cgroup;
+    hdr.netns = owner.netns;
+    slot.submit(cfg);
     Some(())
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::Hook;
 
-use crate::common::{attribute, config, load_record, raw_u64, report_sock, sock_info, submit};
+use crate::common::{attribute, config, raw_u64, report_sock, reserve_record, SockExtra};
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
@@ -16,10 +16,10 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
-    let p = load_record(ctx, Hook::ReceiveReset)?;
-    let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
-    attribute(p.cfg, p.ev, sk);
-    submit(p.cfg, p.ev, Hook::ReceiveReset);
+    let (mut slot, cfg, layout) = reserve_record(ctx, Hook::ReceiveReset)?;
+    let sk = raw_u64(slot.record(), layout.skaddr).unwrap_or(0);
+    attribute(cfg, slot.hdr(), sk);
+    slot.submit(cfg);
     Some(())
 }
 
@@ -28,7 +28,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Option<()> {
 pub fn tcp_receive_reset_raw(ctx: RawTracePointContext) -> u32 {
     if let Some(cfg) = config() {
         let sk: u64 = ctx.arg(0);
-        report_sock(cfg, Hook::ReceiveReset, sk, sock_info(cfg, sk));
+        report_sock(cfg, Hook::ReceiveReset, sk, sk, SockExtra::default());
     }
     0
 }

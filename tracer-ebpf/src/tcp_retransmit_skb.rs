@@ -11,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::{tcp_state, Hook};
 
 use crate::common::{
-    attribute, config, kread, load_record, raw_i32, raw_u64, report_sock, sock_info, submit, SOCKS,
+    attribute, config, kread, load_record, raw_i32, raw_u64, report_sock, submit, SockExtra, SOCKS,
 };
 
 #[tracepoint]
@@ -32,7 +32,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Option<()> {
     if raw_i32(&p.ev.raw, p.layout.state) != Some(tcp_state::SYN_SENT) {
         return None;
     }
-    attribute(p.cfg, p.ev, sk);
+    attribute(p.cfg, &mut p.ev.hdr, sk);
     submit(p.cfg, p.ev, Hook::RetransmitSkb);
     Some(())
 }
@@ -73,8 +73,10 @@ fn try_retransmit_raw(ctx: &RawTracePointContext) -> Option<()> {
     if state != tcp_state::SYN_SENT {
         return None;
     }
-    let mut info = sock_info(cfg, sk);
-    info.state = state;
-    report_sock(cfg, Hook::RetransmitSkb, sk, info);
+    let extra = SockExtra {
+        state,
+        ..SockExtra::default()
+    };
+    report_sock(cfg, Hook::RetransmitSkb, sk, sk, extra);
     Some(())
 }

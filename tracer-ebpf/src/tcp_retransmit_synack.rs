@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::Hook;
 
-use crate::common::{attribute, fill_queue, load_record, raw_u64, submit};
+use crate::common::{attribute, fill_queue, raw_u64, reserve_record};
 
 #[tracepoint]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
@@ -13,10 +13,10 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Option<()> {
-    let p = load_record(ctx, Hook::RetransmitSynack)?;
-    let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
-    attribute(p.cfg, p.ev, sk);
-    fill_queue(p.cfg, p.ev, sk);
-    submit(p.cfg, p.ev, Hook::RetransmitSynack);
+    let (mut slot, cfg, layout) = reserve_record(ctx, Hook::RetransmitSynack)?;
+    let sk = raw_u64(slot.record(), layout.skaddr).unwrap_or(0);
+    attribute(cfg, slot.hdr(), sk);
+    fill_queue(cfg, slot.hdr(), sk);
+    slot.submit(cfg);
     Some(())
 }

@@ -6,7 +6,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{tcp_state, Hook};
 
-use crate::common::{attribute, fill_queue, load_record, raw_i32, raw_u64, skb_netns, submit};
+use crate::common::{attribute, fill_queue, raw_i32, raw_u64, reserve_record, skb_netns};
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -16,17 +16,21 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Option<()> {
-    let p = load_record(ctx, Hook::SendReset)?;
-    let sk = raw_u64(&p.ev.raw, p.layout.skaddr).unwrap_or(0);
-    attribute(p.cfg, p.ev, sk);
+    let (mut slot, cfg, layout) = reserve_record(ctx, Hook::SendReset)?;
+    let raw = slot.record();
+    let sk = raw_u64(raw, layout.skaddr).unwrap_or(0);
+    let skb = raw_u64(raw, layout.skbaddr);
+    let listen = raw_i32(raw, layout.state) == Some(tcp_state::LISTEN);
+    let hdr = slot.hdr();
+    attribute(cfg, hdr, sk);
     if sk == 0 {
         // No socket (SYN to a closed port): the namespace comes from the packet's device.
-        if let Some(skb) = raw_u64(&p.ev.raw, p.layout.skbaddr) {
-            p.ev.hdr.netns = skb_netns(p.cfg, skb);
+        if let Some(skb) = skb {
+            hdr.netns = skb_netns(cfg, skb);
         }
-    } else if raw_i32(&p.ev.raw, p.layout.state) == Some(tcp_state::LISTEN) {
-        fill_queue(p.cfg, p.ev, sk);
+    } else if listen {
+        fill_queue(cfg, hdr, sk);
     }
-    submit(p.cfg, p.ev, Hook::SendReset);
+    slot.submit(cfg);
     Some(())
 }
