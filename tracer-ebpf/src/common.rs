@@ -513,9 +513,98 @@ pub struct SockExtra {
     pub error: i32,
 }
 
+/// The start of `struct sock_common`, the same on every kernel rstrace supports
+/// (checked against BTF's offsets before use): one read instead of one per field.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SkcHead {
+    daddr: [u8; 4],
+    rcv_saddr: [u8; 4],
+    hash: u32,
+    /// Network byte order.
+    dport: u16,
+    num: u16,
+    family: u16,
+    state: u8,
+    reuse: u8,
+}
+
+/// Reads a `T` at `base + off` without zeroing a copy first.
+#[inline(always)]
+fn kread_raw<T: Copy>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == NO_OFFSET {
+        return None;
+    }
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper checks the kernel address and writes size_of::<T>() bytes
+    // (zeroes on failure); T is integers at every call.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            v.as_mut_ptr() as *mut core::ffi::c_void,
+            core::mem::size_of::<T>() as u32,
+            (base + off as u64) as *const core::ffi::c_void,
+        )
+    };
+    // SAFETY: written by the helper.
+    (r == 0).then(|| unsafe { v.assume_init() })
+}
+
+/// The 2 bytes at byte `at` (0..=14) of 16 bytes read as two words.
+#[inline(always)]
+fn u16_at(w: [u64; 2], at: u32) -> u16 {
+    let (word, byte) = if at < 8 { (w[0], at) } else { (w[1], at - 8) };
+    let shift = if cfg!(target_endian = "little") {
+        8 * byte
+    } else {
+        8 * (6 - byte)
+    };
+    (word >> shift) as u16
+}
+
+/// Family, ports (host order) and IPv4 addresses (network order) of a socket, with
+/// as few reads as the kernel's layout allows: the head of sock_common in one, the
+/// inet_sock source address and port in another when they are within 16 bytes.
+#[inline(always)]
+fn sock_head(o: &tracer_common::KernelOffsets, sk: u64) -> (u16, u16, u16, u32, u32) {
+    let (family, dport, daddr) = if o.skc_daddr == 0 && o.skc_dport == 12 && o.skc_family == 16 {
+        match kread_raw::<SkcHead>(sk, 0) {
+            Some(h) => (h.family, h.dport, u32::from_ne_bytes(h.daddr)),
+            None => (0, 0, 0),
+        }
+    } else {
+        (
+            kread::<u16>(sk, o.skc_family).unwrap_or(0),
+            kread::<u16>(sk, o.skc_dport).unwrap_or(0),
+            kread::<u32>(sk, o.skc_daddr).unwrap_or(0),
+        )
+    };
+    let delta = o.inet_sport.wrapping_sub(o.inet_saddr);
+    let (sport, saddr) = if o.inet_saddr != NO_OFFSET && delta < 16 && delta % 2 == 0 {
+        match kread_raw::<[u64; 2]>(sk, o.inet_saddr) {
+            Some(w) => (
+                u16_at(w, delta),
+                u32::from_ne_bytes((w[0] as u32).to_ne_bytes()),
+            ),
+            None => (0, 0),
+        }
+    } else {
+        (
+            kread::<u16>(sk, o.inet_sport).unwrap_or(0),
+            kread::<u32>(sk, o.inet_saddr).unwrap_or(0),
+        )
+    };
+    (
+        family,
+        u16::from_be(sport),
+        u16::from_be(dport),
+        saddr,
+        daddr,
+    )
+}
+
 /// Writes the fields a socket hook's tracepoint record would hold into `info`, read
-/// from the socket the way the tracepoint reads them (inet_sock ports and source,
-/// sock_common peer), straight into the event.
+/// from the socket the way the tracepoint reads them (inet_sock source address and
+/// port, sock_common peer), straight into the event.
 ///
 /// # Safety
 /// `info` is a reserved event's payload.
@@ -523,9 +612,7 @@ pub struct SockExtra {
 unsafe fn fill_sock(cfg: &Config, sk: u64, info: *mut SockInfo, extra: SockExtra) {
     const AF_INET6: u16 = 10;
     let o = &cfg.offsets;
-    let family = kread::<u16>(sk, o.skc_family).unwrap_or(0);
-    let sport = u16::from_be(kread::<u16>(sk, o.inet_sport).unwrap_or(0));
-    let dport = u16::from_be(kread::<u16>(sk, o.skc_dport).unwrap_or(0));
+    let (family, sport, dport, saddr4, daddr4) = sock_head(o, sk);
     // SAFETY: fields of the payload the caller vouches for, each written (the
     // addresses as zero words first: 8-aligned in an 8-aligned payload).
     unsafe {
@@ -541,13 +628,21 @@ unsafe fn fill_sock(cfg: &Config, sk: u64, info: *mut SockInfo, extra: SockExtra
         let saddr = addr_of_mut!((*info).saddr) as *mut u64;
         let daddr = addr_of_mut!((*info).daddr) as *mut u64;
         zero_words::<4>(saddr);
-        let (s_off, d_off, len) = if family == AF_INET6 {
-            (o.skc_v6_rcv_saddr, o.skc_v6_daddr, 16)
+        if family != AF_INET6 {
+            write_volatile(saddr as *mut u32, saddr4);
+            write_volatile(daddr as *mut u32, daddr4);
+        } else if o.skc_v6_rcv_saddr == o.skc_v6_daddr.wrapping_add(16) {
+            // Peer, then local address, adjacent: one read.
+            if let Some(w) = kread_raw::<[u64; 4]>(sk, o.skc_v6_daddr) {
+                write_volatile(daddr, w[0]);
+                write_volatile(daddr.add(1), w[1]);
+                write_volatile(saddr, w[2]);
+                write_volatile(saddr.add(1), w[3]);
+            }
         } else {
-            (o.inet_saddr, o.skc_daddr, 4)
-        };
-        read_into(saddr as *mut u8, len, sk, s_off);
-        read_into(daddr as *mut u8, len, sk, d_off);
+            read_into(saddr as *mut u8, 16, sk, o.skc_v6_rcv_saddr);
+            read_into(daddr as *mut u8, 16, sk, o.skc_v6_daddr);
+        }
     }
 }
 
