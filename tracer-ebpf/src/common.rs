@@ -255,15 +255,17 @@ pub fn fill_queue(cfg: &Config, hdr: &mut EventHeader, sk: u64) {
 #[inline(always)]
 fn current_comm() -> [u8; 16] {
     let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
-    // SAFETY: the helper writes the 16 bytes of the buffer (zeroes on failure); any
-    // bytes are a name.
+    // SAFETY: the helper writes the 16 bytes of the buffer (zeroes on failure).
     unsafe {
         aya_ebpf::helpers::generated::bpf_get_current_comm(
             words.as_mut_ptr() as *mut core::ffi::c_void,
             16,
-        );
-        core::mem::transmute::<[u64; 2], [u8; 16]>(words.assume_init())
-    }
+        )
+    };
+    // SAFETY: written above.
+    let words = unsafe { words.assume_init() };
+    // SAFETY: 16 bytes either way; any bytes are a name.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
 }
 
 /// The current task as a socket owner. Only meaningful in process context.
@@ -336,7 +338,9 @@ fn stamp(hdr: &mut EventHeader) {
 pub unsafe fn zero_words<const N: usize>(p: *mut u64) {
     for i in 0..N {
         // SAFETY: within the N words the caller vouches for.
-        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        let w = unsafe { p.add(i) };
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(w, 0) };
     }
 }
 
@@ -346,6 +350,11 @@ pub unsafe fn zero_words<const N: usize>(p: *mut u64) {
 /// # Safety
 /// Both are 8-aligned.
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    clippy::multiple_unsafe_ops_per_block,
+    reason = "two aligned words, as the caller vouches"
+)]
 pub unsafe fn copy16(dst: *mut [u8; 16], src: *const [u8; 16]) {
     let (d, s) = (dst as *mut u64, src as *const u64);
     // SAFETY: two aligned words each, as the caller vouches.
@@ -395,6 +404,10 @@ impl Slot {
     /// Reserves an event of `hook` with a zeroed header; a full ring buffer is counted
     /// as a loss of `hook`.
     #[inline(always)]
+    #[expect(
+        clippy::multiple_unsafe_ops_per_block,
+        reason = "the header's fields, written under one argument"
+    )]
     pub fn reserve(hook: Hook, flags: u8, raw_len: usize) -> Option<Slot> {
         let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
             count_loss(hook);
@@ -579,7 +592,7 @@ fn sock_head(o: &tracer_common::KernelOffsets, sk: u64) -> (u16, u16, u16, u32, 
         )
     };
     let delta = o.inet_sport.wrapping_sub(o.inet_saddr);
-    let (sport, saddr) = if o.inet_saddr != NO_OFFSET && delta < 16 && delta % 2 == 0 {
+    let (sport, saddr) = if o.inet_saddr != NO_OFFSET && delta < 16 && delta.is_multiple_of(2) {
         match kread_raw::<[u64; 2]>(sk, o.inet_saddr) {
             Some(w) => (
                 u16_at(w, delta),
@@ -609,6 +622,11 @@ fn sock_head(o: &tracer_common::KernelOffsets, sk: u64) -> (u16, u16, u16, u32, 
 /// # Safety
 /// `info` is a reserved event's payload.
 #[inline(always)]
+#[expect(
+    clippy::multiple_unsafe_ops_per_block,
+    clippy::cast_ptr_alignment,
+    reason = "the payload's fields, written under one argument; the address fields are 8-aligned"
+)]
 unsafe fn fill_sock(cfg: &Config, sk: u64, info: *mut SockInfo, extra: SockExtra) {
     const AF_INET6: u16 = 10;
     let o = &cfg.offsets;

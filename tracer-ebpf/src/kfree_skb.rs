@@ -43,11 +43,10 @@ fn try_kfree_skb(ctx: &RawTracePointContext, reason: u32, rx_sk: u64) -> Option<
     // byte-by-byte memset on this target).
     let mut zero = core::mem::MaybeUninit::<DropInfo>::uninit();
     const WORDS: usize = core::mem::size_of::<DropInfo>() / 8;
-    // SAFETY: DropInfo is WORDS 8-aligned words of integers: all zero is a value.
-    let mut info = unsafe {
-        zero_words::<WORDS>(zero.as_mut_ptr() as *mut u64);
-        zero.assume_init()
-    };
+    // SAFETY: DropInfo is WORDS 8-aligned words.
+    unsafe { zero_words::<WORDS>(zero.as_mut_ptr() as *mut u64) };
+    // SAFETY: DropInfo is integers: all zero is a value.
+    let mut info = unsafe { zero.assume_init() };
     info.location = location;
     info.rx_sk = rx_sk;
     info.reason = reason;
