@@ -44,6 +44,28 @@ impl Clock {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in this machine's local time zone, as `journalctl --since`
+/// reads it; None when the C library cannot convert it.
+pub fn local_text(t: SystemTime) -> Option<String> {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    let secs = libc::time_t::try_from(secs).ok()?;
+    // SAFETY: localtime_r writes only into the zeroed tm it is given.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return None;
+    }
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +82,14 @@ mod tests {
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_000),
         };
         assert!(c.format(u64::MAX).starts_with("9999-12-31"));
+    }
+
+    #[test]
+    fn local_time_in_journalctls_format() {
+        let t = local_text(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)).unwrap();
+        // The zone is the machine's: only the shape is fixed.
+        assert_eq!(t.len(), 19, "{t}");
+        assert!(t.starts_with("2027-01-1"), "{t}");
+        assert_eq!((&t[4..5], &t[10..11], &t[13..14]), ("-", " ", ":"), "{t}");
     }
 }

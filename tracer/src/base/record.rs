@@ -368,6 +368,9 @@ pub struct Record {
     /// Addresses records: the namespace's addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addrs: Option<Vec<IpAddr>>,
+    /// Addresses records: the namespace's `ip netns` name, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_name: Option<Text>,
     /// Overflow records: net.core.somaxconn of the listener's namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub somaxconn: Option<u32>,
@@ -431,6 +434,7 @@ impl Record {
             hook: None,
             lost: None,
             addrs: None,
+            netns_name: None,
             somaxconn: None,
             ports: None,
             v6only: None,

@@ -156,6 +156,7 @@ const CONNTRACK: u32 = 1 << 25;
 const OWNER_CGROUP: u32 = 1 << 26;
 const CGROUP: u32 = 1 << 27;
 const WORKLOAD: u32 = 1 << 28;
+const NETNS_NAME: u32 = 1 << 29;
 
 fn runtime_code(r: Runtime) -> u64 {
     match r {
@@ -342,6 +343,7 @@ impl ChunkEncoder {
         set(owner_cgroup.is_some(), OWNER_CGROUP);
         set(r.cgroup.is_some(), CGROUP);
         set(r.workload.is_some(), WORKLOAD);
+        set(r.netns_name.is_some(), NETNS_NAME);
 
         self.scratch.clear();
         self.scratch.put_u8(kind_code(r.kind));
@@ -475,6 +477,10 @@ impl ChunkEncoder {
         }
         if let Some(w) = &r.workload {
             self.workload(w);
+        }
+        if let Some(n) = &r.netns_name {
+            let i = self.string(n);
+            put_varint(&mut self.scratch, i);
         }
         put_varint(&mut self.body, self.scratch.len() as u64);
         self.body.extend_from_slice(&self.scratch);
@@ -799,6 +805,9 @@ fn decode_fields(
             });
         }
         r.workload = Some(Box::new(w));
+    }
+    if has(NETNS_NAME) {
+        r.netns_name = Some(string(b)?);
     }
     // Fields of a newer format after these are skipped by the record's length.
     Ok(())

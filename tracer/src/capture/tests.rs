@@ -775,3 +775,17 @@ fn workload_records_round_trip() {
     }
     assert_eq!(decode_chunk(&enc.finish()).unwrap(), records);
 }
+
+#[test]
+fn netns_names_round_trip() {
+    let mut named = Record::new(Kind::Addresses, 1, String::new());
+    named.netns = Some(4026532301);
+    named.addrs = Some(vec!["10.0.0.2".parse().unwrap()]);
+    named.netns_name = Some("server-ns".into());
+    let mut unnamed = named.clone();
+    unnamed.netns_name = None;
+    let mut enc = ChunkEncoder::default();
+    enc.push(&named);
+    enc.push(&unnamed);
+    assert_eq!(decode_chunk(&enc.finish()).unwrap(), vec![named, unnamed]);
+}

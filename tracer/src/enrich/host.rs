@@ -89,6 +89,8 @@ pub struct Host {
     firewall: FastMap<(u32, u16), RulesRead>,
     /// What each cgroup v2 id names, from workload context records (bounded).
     workloads: FastMap<u64, Arc<Workload>>,
+    /// `ip netns` names of namespaces, from their addresses records.
+    netns_names: FastMap<u32, Text>,
 }
 
 /// At most this many cgroups' workloads are remembered; past that the map starts
@@ -128,6 +130,20 @@ impl Host {
     /// The workload of a cgroup v2 id, when a context record named it.
     pub fn workload(&self, cgroup: u64) -> Option<&Arc<Workload>> {
         self.workloads.get(&cgroup)
+    }
+
+    /// The `ip netns` name of a namespace, when it has one.
+    pub fn netns_name(&self, netns: u32) -> Option<&str> {
+        self.netns_names.get(&netns).map(|n| &**n)
+    }
+
+    /// A namespace as explanations name it: `server-ns (4026532301)` when it has an
+    /// `ip netns` name, else its inode alone.
+    pub fn netns_label(&self, netns: u32) -> String {
+        match self.netns_name(netns) {
+            Some(name) => format!("{name} ({netns})"),
+            None => netns.to_string(),
+        }
     }
 
     pub fn on_record(&mut self, r: &Record) {
@@ -270,6 +286,10 @@ impl Host {
             Kind::Addresses => {
                 if let (Some(ns), Some(a)) = (r.netns, &r.addrs) {
                     self.addrs.insert(ns, a.clone());
+                    match &r.netns_name {
+                        Some(n) => self.netns_names.insert(ns, n.clone()),
+                        None => self.netns_names.remove(&ns),
+                    };
                 }
             }
             Kind::FirewallRule => {
@@ -423,7 +443,13 @@ impl Host {
         let mut namespaces: Vec<_> = self.addrs.iter().collect();
         namespaces.sort_by_key(|(ns, _)| **ns);
         for (ns, a) in namespaces {
-            out.push(context::addresses(now, time.to_string(), *ns, a.clone()));
+            out.push(context::addresses(
+                now,
+                time.to_string(),
+                *ns,
+                a.clone(),
+                self.netns_names.get(ns).cloned(),
+            ));
         }
         let mut listeners: Vec<&Listening> = self.listeners.values().flatten().collect();
         listeners.sort_by_key(|l| (l.netns, l.addr));

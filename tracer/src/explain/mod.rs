@@ -87,7 +87,7 @@ impl Engine {
         if matches!(r.kind, Kind::FirewallRule | Kind::Addresses | Kind::Socket) {
             self.stories.answer_came();
         }
-        if let Some(e) = render::explain_event(&self.host, &r) {
+        if let Some(e) = render::explain_event(&self.host, &r, self.clock) {
             self.emit(e, std::slice::from_ref(&r), out);
             return;
         }
@@ -123,7 +123,7 @@ impl Engine {
 
     fn explain_ready(&mut self, ready: &mut Vec<Story>, out: &mut Vec<Explanation>) {
         for story in ready.drain(..) {
-            let e = render::explain(&self.host, &story);
+            let e = render::explain(&self.host, &story, self.clock);
             self.emit(e, &story.evidence, out);
         }
     }

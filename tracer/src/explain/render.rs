@@ -9,7 +9,7 @@ use super::{
     story::{later_owner, Story, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT},
 };
 use crate::base::clock::Clock;
-use crate::base::record::{errno_name, Proc, Record, SCHEMA_VERSION};
+use crate::base::record::{errno_name, Proc, Record, Text, SCHEMA_VERSION};
 use crate::base::workload::{Runtime, Workload};
 use crate::enrich::host::Host;
 
@@ -33,6 +33,11 @@ pub struct Explanation {
     pub netns: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_netns: Option<u32>,
+    /// The `ip netns` names of those namespaces, when they have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_name: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_netns_name: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub src: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,7 +91,7 @@ pub(super) fn time(clock: Option<Clock>, ns: u64) -> String {
 
 /// The explanation of a complete story: the first rule that finds its cause. Its time
 /// text and evidence are left empty (see `Bursts::emit`).
-pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
+pub(super) fn explain(host: &Host, s: &Story, clock: Option<Clock>) -> Explanation {
     let errno = s.errno().or_else(|| s.inferred_errno());
     let ctx = Ctx {
         host,
@@ -121,7 +126,11 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
         None => src.map_or("?".into(), |a| a.to_string()),
     };
     let out = outcome(errno, s);
-    let fix = with_workload_fix(finding.fix, finding.culprit.as_ref());
+    let fix = with_workload_fix(
+        finding.fix,
+        finding.culprit.as_ref(),
+        exit_since(host, clock, finding.culprit.as_ref()),
+    );
     let explanation = format!(
         "{who} -> {} {out}: {}",
         dst.map_or("?".into(), |d| d.to_string()),
@@ -138,6 +147,8 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
         culprit: finding.culprit,
         netns: s.client_netns(),
         server_netns: ctx.server_netns,
+        netns_name: name_of(host, s.client_netns()),
+        server_netns_name: name_of(host, ctx.server_netns),
         src,
         dst,
         errno_name: errno.and_then(errno_name),
@@ -151,11 +162,24 @@ pub(super) fn explain(host: &Host, s: &Story) -> Explanation {
     }
 }
 
-/// The fix, followed by the commands that look at the culprit's workload.
-fn with_workload_fix(fix: String, culprit: Option<&Proc>) -> String {
+fn name_of(host: &Host, netns: Option<u32>) -> Option<Text> {
+    netns.and_then(|n| host.netns_name(n)).map(Text::from)
+}
+
+/// A minute before the culprit exited, in local time (`journalctl --since`), when
+/// its exit was seen.
+fn exit_since(host: &Host, clock: Option<Clock>, culprit: Option<&Proc>) -> Option<String> {
+    let at = host.exited(culprit?.pid)?;
+    let wall = clock?.wall_at(at).checked_sub(std::time::Duration::from_secs(60))?;
+    crate::base::clock::local_text(wall)
+}
+
+/// The fix, followed by the commands that look at the culprit's workload; `since`,
+/// a minute before it exited, bounds its unit's journal.
+fn with_workload_fix(fix: String, culprit: Option<&Proc>, since: Option<String>) -> String {
     match culprit
         .and_then(|p| p.workload.as_deref())
-        .and_then(workload_commands)
+        .and_then(|w| workload_commands(w, since.as_deref()))
     {
         Some(cmds) => format!("{fix}; {cmds}"),
         None => fix,
@@ -164,7 +188,7 @@ fn with_workload_fix(fix: String, culprit: Option<&Proc>) -> String {
 
 /// What to run to see why a workload's process went away: its pod, its container
 /// runtime's view, or its systemd unit, the most specific first.
-fn workload_commands(w: &Workload) -> Option<String> {
+fn workload_commands(w: &Workload, since: Option<&str>) -> Option<String> {
     if let Some(p) = &w.pod {
         if let (Some(ns), Some(name)) = (&p.namespace, &p.name) {
             return Some(format!(
@@ -196,18 +220,26 @@ fn workload_commands(w: &Workload) -> Option<String> {
     }
     let unit = w.unit.as_ref()?;
     let user = if w.unit_user.is_some() { "--user " } else { "" };
+    let journal = match since {
+        Some(t) => format!("--since '{t}'"),
+        None => "-n 100".to_string(),
+    };
     Some(format!(
-        "the service: systemctl {user}status {unit}, journalctl {user}-u {unit} -n 100"
+        "the service: systemctl {user}status {unit}, journalctl {user}-u {unit} {journal}"
     ))
 }
 
 /// The explanation of a record that stands alone, if an event rule finds one. The
 /// record's local address (a listener's) is what failed.
-pub(super) fn explain_event(host: &Host, r: &Record) -> Option<Explanation> {
+pub(super) fn explain_event(host: &Host, r: &Record, clock: Option<Clock>) -> Option<Explanation> {
     let (rule, finding) = EVENT_RULES
         .iter()
         .find_map(|rule| Some((rule, rule.check(host, r)?)))?;
-    let fix = with_workload_fix(finding.fix, finding.culprit.as_ref());
+    let fix = with_workload_fix(
+        finding.fix,
+        finding.culprit.as_ref(),
+        exit_since(host, clock, finding.culprit.as_ref()),
+    );
     Some(Explanation {
         v: SCHEMA_VERSION,
         kind: "failure",
@@ -219,6 +251,8 @@ pub(super) fn explain_event(host: &Host, r: &Record) -> Option<Explanation> {
         culprit: finding.culprit,
         netns: None,
         server_netns: r.netns,
+        netns_name: None,
+        server_netns_name: name_of(host, r.netns),
         src: None,
         dst: r.src,
         errno_name: None,
@@ -280,14 +314,18 @@ mod tests {
             cgroup: Some(7),
             workload: None,
         };
-        assert_eq!(with_workload_fix("f".into(), Some(&p)), "f");
+        assert_eq!(with_workload_fix("f".into(), Some(&p), None), "f");
         p.workload = Some(std::sync::Arc::new(Workload {
             unit: Some("nginx.service".into()),
             ..Default::default()
         }));
         assert_eq!(
-            with_workload_fix("f".into(), Some(&p)),
+            with_workload_fix("f".into(), Some(&p), None),
             "f; the service: systemctl status nginx.service, journalctl -u nginx.service -n 100"
+        );
+        assert_eq!(
+            with_workload_fix("f".into(), Some(&p), Some("2026-12-01 01:04:21".into())),
+            "f; the service: systemctl status nginx.service, journalctl -u nginx.service --since '2026-12-01 01:04:21'"
         );
         p.workload = Some(std::sync::Arc::new(Workload {
             unit: Some("docker-0123.scope".into()),
@@ -300,7 +338,7 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(
-            with_workload_fix("f".into(), Some(&p)),
+            with_workload_fix("f".into(), Some(&p), None),
             "f; the container: docker ps -a --filter name=web, docker logs web"
         );
         let w = std::sync::Arc::make_mut(p.workload.as_mut().unwrap());
@@ -311,7 +349,7 @@ mod tests {
             name: Some("web-0".into()),
         });
         assert_eq!(
-            with_workload_fix("f".into(), Some(&p)),
+            with_workload_fix("f".into(), Some(&p), None),
             "f; the pod: kubectl -n shop describe pod web-0 (restarts, readiness probe), kubectl -n shop logs web-0 --previous"
         );
         assert_eq!(p.named(), "pod shop/web-0 container web (nginx[880])");

@@ -275,6 +275,93 @@ fn a_firewall_drop_names_the_rule_read_from_the_namespace() {
     );
 }
 
+/// Namespaces with an `ip netns` name are named with it, and the fix runs the
+/// commands there through `ip netns exec`; a refusal's JSON carries the names.
+#[test]
+fn named_namespaces_are_named_and_their_fixes_use_ip_netns_exec() {
+    let named = |e: &mut Engine, out: &mut Vec<Explanation>| {
+        for (ns, a, name) in [(CNS, "10.0.0.1", "client-ns"), (SNS, "10.0.0.2", "server-ns")] {
+            let mut r = Record::new(Kind::Addresses, 0, String::new());
+            r.netns = Some(ns);
+            r.addrs = Some(vec![a.parse().unwrap()]);
+            r.netns_name = Some(name.into());
+            e.push(r, out);
+        }
+    };
+    let mut e = Engine::default();
+    let mut out = Vec::new();
+    named(&mut e, &mut out);
+    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
+    e.push(
+        fw_rules(
+            20,
+            &[(
+                "input",
+                Some("input"),
+                Some(0),
+                4,
+                "tcp dport 8080 drop",
+                "drop",
+            )],
+        ),
+        &mut out,
+    );
+    e.push(error(3_000, libc::ETIMEDOUT), &mut out);
+    e.advance(3_100 * MS, &mut out);
+    assert_eq!(causes(&out), vec!["firewall_drop"]);
+    assert!(
+        out[0]
+            .explanation
+            .contains("handle 4) in netns server-ns (200) drops SYNs to port 8080"),
+        "{}",
+        out[0].explanation
+    );
+    assert_eq!(
+        out[0].fix,
+        "run: ip netns exec server-ns nft delete rule inet filter input handle 4 (or let the \
+         port through before it: ip netns exec server-ns nft insert rule inet filter input \
+         handle 4 tcp dport 8080 accept)"
+    );
+    let out = run(|e, o| {
+        named(e, o);
+        for r in refused(0) {
+            e.push(r, o);
+        }
+    });
+    assert_eq!(causes(&out), vec!["nothing_listening"]);
+    assert!(
+        out[0]
+            .explanation
+            .contains("nothing listens on port 8080 in netns server-ns (200)"),
+        "{}",
+        out[0].explanation
+    );
+    assert!(
+        out[0]
+            .fix
+            .ends_with("check: ip netns exec server-ns ss -tlnp 'sport = :8080'"),
+        "{}",
+        out[0].fix
+    );
+    assert_eq!(
+        (out[0].netns_name.as_deref(), out[0].server_netns_name.as_deref()),
+        (Some("client-ns"), Some("server-ns"))
+    );
+    // A namespace whose name went away is named by its inode again.
+    let out = run(|e, o| {
+        named(e, o);
+        addresses(e, o);
+        for r in refused(0) {
+            e.push(r, o);
+        }
+    });
+    assert!(
+        out[0].explanation.contains("on port 8080 in netns 200 ("),
+        "{}",
+        out[0].explanation
+    );
+}
+
 #[test]
 fn a_failed_read_of_the_rules_does_not_hide_the_rule_found_before() {
     let mut e = Engine::default();

@@ -17,10 +17,18 @@ use crate::{
     source::netns::{self, Observation, Overflow},
 };
 
-pub fn addresses(now: u64, time: String, netns: u32, addrs: Vec<IpAddr>) -> Record {
+/// A namespace's addresses, and its `ip netns` name when it has one.
+pub fn addresses(
+    now: u64,
+    time: String,
+    netns: u32,
+    addrs: Vec<IpAddr>,
+    name: Option<Text>,
+) -> Record {
     let mut r = Record::new(Kind::Addresses, now, time);
     r.netns = Some(netns);
     r.addrs = Some(addrs);
+    r.netns_name = name;
     r
 }
 
@@ -140,12 +148,12 @@ pub fn overflow(now: u64, time: String, o: Overflow) -> Record {
 fn namespace(
     netns: u32,
     now: u64,
-    addrs: Vec<IpAddr>,
+    (addrs, name): (Vec<IpAddr>, Option<Text>),
     listeners: netns::OwnedListeners,
     sockets: netns::OwnedSockets,
     clock: &Clock,
 ) -> Vec<Record> {
-    let mut out = vec![addresses(now, clock.format(now), netns, addrs)];
+    let mut out = vec![addresses(now, clock.format(now), netns, addrs, name)];
     for (l, owner) in listeners {
         let queue = Queue {
             depth: l.depth,
@@ -190,9 +198,10 @@ pub fn observed(o: Observation, clock: &Clock) -> Vec<Record> {
             netns,
             at_ns,
             addrs,
+            name,
             listeners,
             sockets,
-        } => namespace(netns, at_ns, addrs, listeners, sockets, clock),
+        } => namespace(netns, at_ns, (addrs, name), listeners, sockets, clock),
         Observation::Sockets {
             netns,
             at_ns,

@@ -47,7 +47,10 @@ pub struct NetnsRef {
 }
 
 /// Where namespaces without a process are kept by bind mounts: `ip netns` and docker.
-pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/docker/netns"];
+pub const NETNS_DIRS: [&str; 2] = [IP_NETNS_DIR, "/var/run/docker/netns"];
+
+/// Where `ip netns add NAME` binds a namespace: its file names are the names.
+pub const IP_NETNS_DIR: &str = "/run/netns";
 
 /// Every network namespace in use, by inode: those of processes, and those kept by
 /// bind mounts (`ip netns add`, container runtimes) even with no process inside.
@@ -541,6 +544,8 @@ pub enum Observation {
         /// CLOCK_MONOTONIC ns just before the namespace was read: later events win.
         at_ns: u64,
         addrs: Vec<IpAddr>,
+        /// Its `ip netns` name (a bind mount in /run/netns), when it has one.
+        name: Option<crate::base::record::Text>,
         listeners: OwnedListeners,
         sockets: OwnedSockets,
     },
@@ -620,7 +625,9 @@ pub fn run_monitor(
     mut report: impl FnMut(Observation) -> bool,
 ) {
     let mut namespaces: HashMap<u32, NetnsRef> = HashMap::new();
-    let mut described: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+    // What was last reported of each namespace: its addresses and `ip netns` name.
+    let mut described: HashMap<u32, (Vec<IpAddr>, Option<crate::base::record::Text>)> =
+        HashMap::new();
     let mut last_scan: Option<Instant> = None;
     let mut last_full: Option<Instant> = None;
     let mut prev: HashMap<u32, TcpCounters> = HashMap::new();
@@ -631,6 +638,8 @@ pub fn run_monitor(
         let forced = rescan.swap(false, Ordering::Relaxed);
         if forced || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
             namespaces = scan_namespaces();
+            let names =
+                crate::source::workload::names::netns_names(&[PathBuf::from(IP_NETNS_DIR)]);
             prev.retain(|ns, _| namespaces.contains_key(ns));
             described.retain(|ns, _| namespaces.contains_key(ns));
             last_scan = Some(Instant::now());
@@ -639,20 +648,26 @@ pub fn run_monitor(
                 last_full = Some(Instant::now());
             }
             for (&netns, ns) in &namespaces {
-                if !full && !forced && described.contains_key(&netns) {
-                    continue;
-                }
                 let at_ns = crate::base::clock::Clock::now().mono_ns;
                 let new = !described.contains_key(&netns);
+                let name = names.get(&netns).cloned();
+                // A namespace named (or renamed) since is described again at once.
+                let renamed = described.get(&netns).is_some_and(|(_, n)| *n != name);
+                if !full && !forced && !new && !renamed {
+                    continue;
+                }
                 match describe(ns, new && startup_sockets) {
                     Ok((addrs, listeners, sockets)) => {
-                        let changed = described.get(&netns) != Some(&addrs);
-                        described.insert(netns, addrs.clone());
+                        let seen = (addrs, name);
+                        let changed = described.get(&netns) != Some(&seen);
+                        described.insert(netns, seen.clone());
+                        let (addrs, name) = seen;
                         if (new || changed)
                             && !report(Observation::Namespace {
                                 netns,
                                 at_ns,
                                 addrs,
+                                name,
                                 listeners,
                                 sockets,
                             })

@@ -11,7 +11,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{base::record::Proc, source::netns};
+use crate::{
+    base::record::Proc,
+    source::{netns, workload},
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LocalListener {
@@ -22,7 +25,8 @@ pub struct LocalListener {
     pub netns_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<Proc>,
-    /// systemd unit or container of the owner, from its cgroup.
+    /// The systemd unit, container or pod of the owner, from its cgroup, as
+    /// explanations name it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     /// Connections waiting in the accept queue, and its limit.
@@ -53,45 +57,20 @@ pub fn own_netns() -> Option<u32> {
         .map(|m| m.ino() as u32)
 }
 
-/// `ip netns` names by namespace inode.
+/// `ip netns` names by namespace inode (the resolver's reading of /run/netns).
 pub fn netns_names() -> HashMap<u32, String> {
-    let mut out = HashMap::new();
-    if let Ok(dir) = fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            if let Ok(m) = fs::metadata(e.path()) {
-                out.insert(m.ino() as u32, e.file_name().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
+    workload::names::netns_names(&[PathBuf::from(netns::IP_NETNS_DIR)])
+        .into_iter()
+        .map(|(ino, n)| (ino, n.to_string()))
+        .collect()
 }
 
-/// The systemd unit (`nginx.service`) or container (`docker:0123456789ab`) a process
-/// runs in, from /proc/PID/cgroup.
+/// The systemd unit, container or pod a process runs in, as explanations name it
+/// (`nginx.service`, `container web (docker 0123456789ab)`).
 pub fn unit_of(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    unit_from_cgroup(&text)
-}
-
-pub fn unit_from_cgroup(text: &str) -> Option<String> {
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    for part in path.rsplit('/') {
-        for (prefix, kind) in [
-            ("docker-", "docker"),
-            ("cri-containerd-", "containerd"),
-            ("crio-", "cri-o"),
-            ("libpod-", "podman"),
-        ] {
-            if let Some(id) = part.strip_prefix(prefix) {
-                let id = id.trim_end_matches(".scope");
-                return Some(format!("{kind}:{}", &id[..id.len().min(12)]));
-            }
-        }
-        if part.ends_with(".service") {
-            return Some(part.to_string());
-        }
-    }
-    None
+    workload::of_pid(pid)
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_string())
 }
 
 /// Listeners on `port` in every namespace this process can enter, and which
@@ -175,25 +154,4 @@ pub fn scan(ip: IpAddr, port: u16) -> Local {
     }
     local.paths = spaces;
     local
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units_and_containers_come_from_the_cgroup() {
-        assert_eq!(
-            unit_from_cgroup("0::/system.slice/nginx.service\n").as_deref(),
-            Some("nginx.service")
-        );
-        assert_eq!(
-            unit_from_cgroup("0::/system.slice/docker-0123456789abcdef.scope\n").as_deref(),
-            Some("docker:0123456789ab")
-        );
-        assert_eq!(
-            unit_from_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
-            None
-        );
-    }
 }

@@ -102,7 +102,8 @@ impl Rule for SynQueueOverflow {
             cause: self.id(),
             confidence: 0.7,
             reason: format!(
-                "the SYN queue in netns {ns} overflowed ({} SYNs dropped): too many half-open connections (SYN flood, or syncookies off)",
+                "the SYN queue in netns {} overflowed ({} SYNs dropped): too many half-open connections (SYN flood, or syncookies off)",
+                c.host.netns_label(ns),
                 ov.record.drops.unwrap_or(0)
             ),
             fix: SYN_QUEUE_FIX.into(),
@@ -130,11 +131,12 @@ impl EventRule for QueueOverflowRecord {
         }
         let drops = r.drops.unwrap_or(0);
         let ns = r.netns.unwrap_or(0);
+        let label = host.netns_label(ns);
         let (cause, reason, fix) = match (r.queue_kind, r.src) {
             (Some(QueueKind::Syn), _) => (
                 "syn_queue_overflow",
                 format!(
-                    "the SYN queue in netns {ns} overflowed: {drops} SYNs dropped (SYN flood, or syncookies off)"
+                    "the SYN queue in netns {label} overflowed: {drops} SYNs dropped (SYN flood, or syncookies off)"
                 ),
                 SYN_QUEUE_FIX.to_string(),
             ),
@@ -154,7 +156,7 @@ impl EventRule for QueueOverflowRecord {
                 (
                     self.id(),
                     format!(
-                        "{drops} connection attempts were dropped in netns {ns}: an accept queue was full (it drained before its listener could be read; {})",
+                        "{drops} connection attempts were dropped in netns {label}: an accept queue was full (it drained before its listener could be read; {})",
                         if candidates.is_empty() {
                             "no listener is known there".to_string()
                         } else {
@@ -163,7 +165,14 @@ impl EventRule for QueueOverflowRecord {
                     ),
                     accept_fix(
                         r.somaxconn,
-                        &format!("check in netns {ns}: ss -tlnp (Recv-Q above Send-Q means full) and nstat -az TcpExtListenOverflows"),
+                        &match host.netns_name(ns) {
+                            Some(_) => format!(
+                                "check: {} (Recv-Q above Send-Q means full) and {}",
+                                super::ns_exec(host, ns, "ss -tlnp"),
+                                super::ns_exec(host, ns, "nstat -az TcpExtListenOverflows")
+                            ),
+                            None => format!("check in netns {ns}: ss -tlnp (Recv-Q above Send-Q means full) and nstat -az TcpExtListenOverflows"),
+                        },
                     ),
                 )
             }

@@ -5,7 +5,7 @@
 //! reason of its own for it (6.18: `NETFILTER_DROP` at nft_do_chain, as for any
 //! rule): what tells it is the rule read from the namespace's ruleset, and the
 //! namespace's conntrack counters read with it.
-use super::{Ctx, Finding, Rule};
+use super::{exec_all, Ctx, Finding, Rule};
 use crate::base::record::{FirewallRule, TcpFlags};
 
 pub struct ConntrackInvalid;
@@ -52,16 +52,32 @@ impl Rule for ConntrackInvalid {
             |s| format!("; conntrack there counts {} (`conntrack -S`)", s.counters()),
         );
         let reason = format!(
-            "conntrack in netns {ns} marked {what} INVALID (it has no valid state for them), and the rule `{}` ({}){also} {verb} them ({} {} at {}){counters}",
+            "conntrack in netns {} marked {what} INVALID (it has no valid state for them), and the rule `{}` ({}){also} {verb} them ({} {} at {}){counters}",
+            c.host.netns_label(ns),
             rule.rule,
             rule.place(),
             drops.len(),
             if verb == "rejects" { "rejected" } else { "dropped" },
             first.location.as_deref().unwrap_or("netfilter"),
         );
+        let ns_ = Some(ns);
+        let (where_, look) = match c.host.netns_name(ns) {
+            Some(_) => (String::new(), "Run: "),
+            None => (format!(" In netns {ns}:"), ""),
+        };
         let fix = format!(
-            "conntrack lost or never had this flow's state: an idle flow outlived net.netfilter.nf_conntrack_tcp_timeout_established, the table was flushed or full, the replies take another path (asymmetric routing), or the segments fell out of its TCP window. In netns {ns}: conntrack -S; conntrack -L -p tcp --dport {port}; check the routes both ways and the idle timeout against the clients' keepalives; to accept out-of-window segments: sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1; or remove the rule: {}",
-            rule.delete_command()
+            "conntrack lost or never had this flow's state: an idle flow outlived net.netfilter.nf_conntrack_tcp_timeout_established, the table was flushed or full, the replies take another path (asymmetric routing), or the segments fell out of its TCP window.{where_} {look}{}; check the routes both ways and the idle timeout against the clients' keepalives; to accept out-of-window segments: {}; or remove the rule: {}",
+            exec_all(
+                c.host,
+                ns_,
+                &["conntrack -S".into(), format!("conntrack -L -p tcp --dport {port}")]
+            ),
+            exec_all(
+                c.host,
+                ns_,
+                &["sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1".into()]
+            ),
+            exec_all(c.host, ns_, &[rule.delete_command()])
         );
         Some(Finding {
             cause: self.id(),

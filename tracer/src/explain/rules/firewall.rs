@@ -1,15 +1,18 @@
 //! Firewalls: a DROP makes the client time out, a REJECT refuses it with a forged RST
 //! or an ICMP error. Told apart from the TCP stack's own refusal by the kernel's drop
 //! reason (NETFILTER_DROP) and by which RSTs the TCP stack itself sent.
-use super::{Ctx, Finding, Rule};
+use super::{exec_all, find_rule, in_netns, run_in, run_label, Ctx, Finding, Rule};
 use crate::base::{
     reasons,
     record::{FirewallRule, TcpFlags},
 };
+use crate::enrich::host::Host;
 
-fn nft_fix(port: u16, netns: Option<u32>) -> String {
-    let where_ = netns.map_or(String::new(), |ns| format!(" in netns {ns}"));
-    format!("find the rule{where_}: nft list ruleset | grep -n 'dport {port}' (or iptables-save | grep -- '--dport {port}'); allow the port or fix the destination")
+fn nft_fix(host: &Host, port: u16, netns: Option<u32>) -> String {
+    format!(
+        "{}; allow the port or fix the destination",
+        find_rule(host, netns, port)
+    )
 }
 
 /// The rules read from the namespace that drop or reject `port` (a `firewall_rule`
@@ -62,6 +65,7 @@ fn quoted(r: &FirewallRule) -> String {
 /// port 80"), and the fix: the exact commands. None when no rule was read.
 /// `note` follows the namespace ("(the client's own output filter)").
 fn named(
+    host: &Host,
     rules: &[&FirewallRule],
     ns: Option<u32>,
     note: &str,
@@ -69,15 +73,18 @@ fn named(
     does: &str,
 ) -> Option<(String, String)> {
     let first = rules.first()?;
-    let in_ns = ns.map_or(String::new(), |n| format!(" in netns {n}"));
-    let noted = format!("{in_ns}{note}");
+    let noted = format!("{}{note}", in_netns(host, ns));
     if rules.len() == 1 {
         return Some((
             format!("the rule {}{noted} {does}", quoted(first)),
-            format!(
-                "run{in_ns}: {} (or let the port through before it: {})",
-                first.delete_command(),
-                first.allow_command(port)
+            run_in(
+                host,
+                ns,
+                &[first.delete_command()],
+                &format!(
+                    " (or let the port through before it: {})",
+                    exec_all(host, ns, &[first.allow_command(port)])
+                ),
             ),
         ));
     }
@@ -93,11 +100,7 @@ fn named(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let commands = rules
-        .iter()
-        .map(|r| r.delete_command())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let commands: Vec<String> = rules.iter().map(|r| r.delete_command()).collect();
     if first_acts(rules) {
         Some((
             format!(
@@ -106,9 +109,9 @@ fn named(
                 first.rule
             ),
             format!(
-                "run{in_ns}: {} (the one that acts), then the others that would block the port too: {}",
-                first.delete_command(),
-                rules[1..].iter().map(|r| r.delete_command()).collect::<Vec<_>>().join("; ")
+                "{}, then the others that would block the port too: {}",
+                run_in(host, ns, &commands[..1], " (the one that acts)"),
+                exec_all(host, ns, &commands[1..])
             ),
         ))
     } else {
@@ -117,7 +120,11 @@ fn named(
                 "{} rules{noted} match port {port}: {listed}; which of them acts cannot be told (chains at the same hook and priority, or reached by a jump): one {does}",
                 rules.len()
             ),
-            format!("run{in_ns}, to remove every rule that blocks the port: {commands}"),
+            format!(
+                "{}, to remove every rule that blocks the port: {}",
+                run_label(host, ns),
+                exec_all(host, ns, &commands)
+            ),
         ))
     }
 }
@@ -161,7 +168,7 @@ impl Rule for FirewallReject {
         let port = c.server_port();
         let does = format!("rejects SYNs to port {port} {how}");
         let rules = rules_for(c, ns, port, "reject");
-        let (reason, fix) = match named(&rules, ns, "", port, &does) {
+        let (reason, fix) = match named(c.host, &rules, ns, "", port, &does) {
             Some((subject, fix)) => (
                 format!("{subject}; the TCP stack itself did not refuse"),
                 fix,
@@ -169,9 +176,9 @@ impl Rule for FirewallReject {
             None => (
                 format!(
                     "a firewall rule{} {does}; the TCP stack itself did not refuse",
-                    ns.map_or(String::new(), |n| format!(" in netns {n}")),
+                    in_netns(c.host, ns),
                 ),
-                nft_fix(port, ns),
+                nft_fix(c.host, port, ns),
             ),
         };
         Some(Finding {
@@ -198,13 +205,13 @@ fn established_drops(c: &Ctx) -> Option<Finding> {
         first.location.as_deref().unwrap_or("netfilter")
     );
     let rules = rules_for(c, ns, port, "drop");
-    let (reason, fix) = named(&rules, ns, "", port, &does).unwrap_or_else(|| {
+    let (reason, fix) = named(c.host, &rules, ns, "", port, &does).unwrap_or_else(|| {
         (
             format!(
                 "a firewall rule{} {does}",
-                ns.map_or(String::new(), |n| format!(" in netns {n}")),
+                in_netns(c.host, ns),
             ),
-            nft_fix(port, ns),
+            nft_fix(c.host, port, ns),
         )
     });
     Some(Finding {
@@ -243,14 +250,14 @@ impl Rule for FirewallDrop {
             first.location.as_deref().unwrap_or("netfilter")
         );
         let rules = rules_for(c, ns, port, "drop");
-        let (reason, fix) = match named(&rules, ns, outgoing, port, &does) {
+        let (reason, fix) = match named(c.host, &rules, ns, outgoing, port, &does) {
             Some(found) => found,
             None => (
                 format!(
                     "a firewall rule{}{outgoing} {does}",
-                    ns.map_or(String::new(), |n| format!(" in netns {n}")),
+                    in_netns(c.host, ns),
                 ),
-                nft_fix(port, ns),
+                nft_fix(c.host, port, ns),
             ),
         };
         Some(Finding {

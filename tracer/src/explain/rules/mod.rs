@@ -111,10 +111,70 @@ pub fn ago(ns: u64) -> String {
 }
 
 /// `ss` filtered on a port, to run in the given namespace.
-pub fn ss_cmd(port: u16, netns: Option<u32>) -> String {
+pub fn ss_cmd(host: &Host, port: u16, netns: Option<u32>) -> String {
     let base = format!("ss -tlnp 'sport = :{port}'");
     match netns {
+        Some(ns) if host.netns_name(ns).is_some() => ns_exec(host, ns, &base),
         Some(ns) => format!("{base} (in netns {ns}: nsenter --net=<path of net:[{ns}]>)"),
         None => base,
+    }
+}
+
+/// ` in netns LABEL` (`server-ns (4026532301)` when it has an `ip netns` name), or
+/// nothing without a namespace.
+pub fn in_netns(host: &Host, netns: Option<u32>) -> String {
+    netns.map_or(String::new(), |ns| format!(" in netns {}", host.netns_label(ns)))
+}
+
+/// `cmd` as run in a namespace: `ip netns exec NAME cmd` when it has a name, else
+/// `cmd` (the text around it says where).
+pub fn ns_exec(host: &Host, netns: u32, cmd: &str) -> String {
+    match host.netns_name(netns) {
+        Some(name) => format!("ip netns exec {name} {cmd}"),
+        None => cmd.to_string(),
+    }
+}
+
+/// `run in netns N`, or `run` when the namespace has a name (the commands then
+/// say where: see `exec_all`).
+pub fn run_label(host: &Host, netns: Option<u32>) -> String {
+    match netns.filter(|&ns| host.netns_name(ns).is_some()) {
+        Some(_) => "run".to_string(),
+        None => format!("run{}", in_netns(host, netns)),
+    }
+}
+
+/// Commands to run in a namespace, joined: each as `ip netns exec NAME cmd` when it
+/// has a name.
+pub fn exec_all(host: &Host, netns: Option<u32>, cmds: &[String]) -> String {
+    cmds.iter()
+        .map(|c| match netns {
+            Some(ns) => ns_exec(host, ns, c),
+            None => c.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `run in netns N: cmd; cmd`, or `run: ip netns exec NAME cmd; ...`; `tail` follows.
+pub fn run_in(host: &Host, netns: Option<u32>, cmds: &[String], tail: &str) -> String {
+    format!(
+        "{}: {}{tail}",
+        run_label(host, netns),
+        exec_all(host, netns, cmds)
+    )
+}
+
+/// Where to look for the rule that blocks a port in a namespace.
+pub fn find_rule(host: &Host, netns: Option<u32>, port: u16) -> String {
+    let nft = format!("nft list ruleset | grep -n 'dport {port}'");
+    let ipt = format!("iptables-save | grep -- '--dport {port}'");
+    match netns.filter(|&ns| host.netns_name(ns).is_some()) {
+        Some(ns) => format!(
+            "find the rule: {} (or {})",
+            ns_exec(host, ns, &nft),
+            ns_exec(host, ns, &ipt)
+        ),
+        None => format!("find the rule{}: {nft} (or {ipt})", in_netns(host, netns)),
     }
 }

@@ -25,7 +25,7 @@ impl Rule for LocalPortsExhausted {
             return None;
         }
         let dst = r.dst?;
-        let ns = r.netns.map_or(String::new(), |n| format!(" in netns {n}"));
+        let ns = super::in_netns(c.host, r.netns);
         let bound = c.story.evidence.iter().find_map(|e| {
             (e.kind == Kind::State && e.old_state == Some(TcpState::SynSent))
                 .then_some(e.src?)

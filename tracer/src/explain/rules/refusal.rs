@@ -1,6 +1,6 @@
 //! Refusals by the TCP stack (an RST answering the SYN): which of the classic reasons,
 //! told apart with the listener table of the server's namespace.
-use super::{ago, ss_cmd, who, Ctx, Finding, Rule};
+use super::{ago, find_rule, ns_exec, ss_cmd, who, Ctx, Finding, Rule};
 use crate::base::reasons;
 
 /// How long after a listener closed a refusal is blamed on the restart.
@@ -27,7 +27,7 @@ impl Rule for ServiceRestarting {
         let port = server.port();
         let fix = format!(
             "make clients retry with backoff across restarts (or hand the socket over: systemd socket activation, SO_REUSEPORT); check why it stopped: {}",
-            ss_cmd(port, Some(ns))
+            ss_cmd(c.host, port, Some(ns))
         );
         // Opened only after the refusal: the service was not ready yet.
         if let Some(l) = c.host.listener_for(ns, server) {
@@ -140,7 +140,7 @@ impl Rule for FamilyMismatch {
                 } else {
                     l.addr.to_string()
                 },
-                ss_cmd(port, Some(ns)),
+                ss_cmd(c.host, port, Some(ns)),
             ),
             culprit: l.owner.clone(),
         })
@@ -184,7 +184,7 @@ impl Rule for ListenerOtherAddress {
                 "make the service bind {} or 0.0.0.0 (its listen/bind address setting), or connect to {}; check: {}",
                 server.ip(),
                 l.addr,
-                ss_cmd(server.port(), Some(ns))
+                ss_cmd(c.host, server.port(), Some(ns))
             ),
             culprit: l.owner.clone(),
         })
@@ -210,16 +210,18 @@ impl Rule for ListenerOtherNetns {
             cause: self.id(),
             confidence: 0.8,
             reason: format!(
-                "nothing listens on port {} in netns {ns}, but {} listens on {} in netns {} (another container or namespace)",
+                "nothing listens on port {} in netns {}, but {} listens on {} in netns {} (another container or namespace)",
                 server.port(),
+                c.host.netns_label(ns),
                 who(&l.owner),
                 l.addr,
-                l.netns
+                c.host.netns_label(l.netns)
             ),
             fix: format!(
-                "connect to that namespace's address, or publish/forward port {} into netns {ns}; check: {}",
+                "connect to that namespace's address, or publish/forward port {} into netns {}; check: {}",
                 server.port(),
-                ss_cmd(server.port(), Some(l.netns))
+                c.host.netns_label(ns),
+                ss_cmd(c.host, server.port(), Some(l.netns))
             ),
             culprit: l.owner.clone(),
         })
@@ -262,7 +264,13 @@ impl Rule for WrongPort {
                 if ports.len() > 1 { "s" } else { "" },
                 list.join(", ")
             ),
-            fix: format!("check the port the client is configured with; listening ports: ss -tlnp (in netns {ns})"),
+            fix: format!(
+                "check the port the client is configured with; listening ports: {}",
+                match c.host.netns_name(ns) {
+                    Some(_) => ns_exec(c.host, ns, "ss -tlnp"),
+                    None => format!("ss -tlnp (in netns {ns})"),
+                }
+            ),
             culprit: None,
         })
     }
@@ -294,12 +302,13 @@ impl Rule for NothingListening {
             cause: self.id(),
             confidence: if evidence.is_empty() { 0.8 } else { 0.95 },
             reason: format!(
-                "nothing listens on port {} in netns {ns}{evidence}",
-                server.port()
+                "nothing listens on port {} in netns {}{evidence}",
+                server.port(),
+                c.host.netns_label(ns)
             ),
             fix: format!(
                 "start the service (or fix the port the client uses); check: {}",
-                ss_cmd(server.port(), Some(ns))
+                ss_cmd(c.host, server.port(), Some(ns))
             ),
             culprit: None,
         })
@@ -333,8 +342,8 @@ impl Rule for RefusedDespiteListener {
                 l.addr
             ),
             fix: format!(
-                "find the rule in netns {ns}: nft list ruleset | grep -n 'dport {0}' (or iptables-save | grep -- '--dport {0}'); sysctl net.ipv4.tcp_abort_on_overflow",
-                server.port()
+                "{}; sysctl net.ipv4.tcp_abort_on_overflow",
+                find_rule(c.host, Some(ns), server.port())
             ),
             culprit: None,
         })

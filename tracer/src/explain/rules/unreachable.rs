@@ -8,16 +8,19 @@ pub struct NoRoute;
 fn route_refusal(c: &Ctx) -> Option<Finding> {
     let r = c.story.connect_error()?;
     let dst = r.dst?;
-    let ns = r.netns.map_or(String::new(), |n| format!(" in netns {n}"));
-    let check = format!(
-        "ip route get {}{}",
-        dst.ip(),
-        if ns.is_empty() {
-            ""
-        } else {
-            " (run in the client's namespace)"
-        }
-    );
+    let ns = super::in_netns(c.host, r.netns);
+    let check = match r.netns.filter(|&n| c.host.netns_name(n).is_some()) {
+        Some(n) => super::ns_exec(c.host, n, &format!("ip route get {}", dst.ip())),
+        None => format!(
+            "ip route get {}{}",
+            dst.ip(),
+            if ns.is_empty() {
+                ""
+            } else {
+                " (run in the client's namespace)"
+            }
+        ),
+    };
     let (cause, reason, fix) = match r.errno? {
         libc::ENETUNREACH => (
             "no_route",
@@ -80,7 +83,7 @@ impl Rule for NoRoute {
             reason: format!(
                 "there is no route to {}{}",
                 server.ip(),
-                ns.map_or(String::new(), |n| format!(" from netns {n}"))
+                ns.map_or(String::new(), |n| format!(" from netns {}", c.host.netns_label(n)))
             ),
             fix: format!(
                 "ip route get {} (in the client's namespace); add the route or fix the address",

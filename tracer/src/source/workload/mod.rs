@@ -207,6 +207,15 @@ pub fn id_of_pid(pid: u32) -> Option<u64> {
     cgroupfs::id_of_dir(&mount.as_ref()?.join(rel.trim_start_matches('/')))
 }
 
+/// The workload of a running process from /proc/PID/cgroup, with the names the
+/// node's state gives (for one-off questions such as `probe`'s; the live pipeline
+/// resolves cgroup ids with a `Resolver`).
+pub fn of_pid(pid: u32) -> Option<Workload> {
+    let mut w = path::parse(&cgroupfs::path_of_pid(pid)?);
+    Names::new(StateRoots::default()).complete(&mut w);
+    Some(w)
+}
+
 impl Default for Resolver {
     fn default() -> Self {
         Self::new()
