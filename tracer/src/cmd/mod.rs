@@ -88,6 +88,21 @@ struct FilterArgs {
     /// (repeatable).
     #[arg(long, value_name = "COMM")]
     comm: Vec<String>,
+    /// Only failures of, or events on sockets owned by, a process of systemd unit
+    /// UNIT (`nginx` means `nginx.service`; repeatable).
+    #[arg(long, value_name = "UNIT")]
+    unit: Vec<String>,
+    /// Only those of a process in container CONTAINER: its name, or a prefix of its
+    /// id (repeatable).
+    #[arg(long, value_name = "CONTAINER")]
+    container: Vec<String>,
+    /// Only those of a process in Kubernetes pod NAMESPACE/NAME (repeatable).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pod: Vec<String>,
+    /// Only those in network namespace NETNS: its `ip netns` name or its inode
+    /// (either end's, for a failure; repeatable).
+    #[arg(long, value_name = "NETNS")]
+    netns: Vec<String>,
 }
 
 impl FilterArgs {
@@ -97,11 +112,42 @@ impl FilterArgs {
                 bail!("--comm {c:?}: process names are 1 to 15 bytes");
             }
         }
+        let nonempty = |opt: &str, v: &[String]| match v.iter().find(|s| s.trim().is_empty()) {
+            Some(_) => bail!("--{opt} needs a value"),
+            None => Ok(()),
+        };
+        nonempty("unit", &self.unit)?;
+        nonempty("container", &self.container)?;
+        let pods = self
+            .pod
+            .iter()
+            .map(|p| match p.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Ok((ns.to_string(), name.to_string()))
+                }
+                _ => bail!("--pod {p:?}: expected NAMESPACE/NAME, e.g. default/web-0"),
+            })
+            .collect::<Result<_>>()?;
+        let netns = self
+            .netns
+            .iter()
+            .map(|n| match n.parse::<u32>() {
+                Ok(ino) => Ok(filter::NetnsSel::Inode(ino)),
+                Err(_) if !n.is_empty() && !n.contains('/') => {
+                    Ok(filter::NetnsSel::Name(n.clone()))
+                }
+                Err(_) => bail!("--netns {n:?}: expected an `ip netns` name or an inode"),
+            })
+            .collect::<Result<_>>()?;
         Ok(filter::Filter {
             ports: self.port,
             addrs: self.addr,
             pids: self.pid,
             comms: self.comm,
+            units: self.unit,
+            containers: self.container,
+            pods,
+            netns,
             window: None,
         })
     }
@@ -213,6 +259,10 @@ struct RecordArgs {
     /// Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES)]
     ring_size: u32,
+    /// What to record: evidence owned by processes the filters exclude is left out;
+    /// context, and evidence with no owner (the other end's kernel), is kept.
+    #[command(flatten)]
+    filter: FilterArgs,
     #[command(flatten)]
     capture: CaptureArgs,
     /// At exit, write event counts and program statistics here (benchmarks).
@@ -259,6 +309,7 @@ impl CaptureArgs {
                 keep: self.keep,
             },
             flush_every: Duration::from_millis(self.flush_interval),
+            filter: None,
         })
     }
 }
@@ -337,7 +388,10 @@ fn run_other(cli: Cli) -> Result<()> {
                 ring_bytes: a.ring_size,
                 overflow_interval: Duration::from_millis(250),
                 quiet: true,
-                record: Some(a.capture.to(a.output)?),
+                record: Some(watch::RecordTo {
+                    filter: Some(a.filter.filter()?),
+                    ..a.capture.to(a.output)?
+                }),
                 stats: a.stats,
             })
         }

@@ -71,6 +71,8 @@ pub struct RecordTo {
     pub replace: bool,
     pub rotate: RotatePolicy,
     pub flush_every: Duration,
+    /// `record`'s filters: evidence owned by others is not written (`Filter::keeps`).
+    pub filter: Option<Filter>,
 }
 
 /// Everything learnt about the kernel and loaded into it.
@@ -343,6 +345,9 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
             rec.rotate,
             rec.flush_every,
         )?);
+        if let Some(f) = &rec.filter {
+            pipe = pipe.with_capture_filter(f.clone());
+        }
     }
 
     // Attached, maps and files open: from here on only what the live loop uses. Before

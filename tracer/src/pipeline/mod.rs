@@ -43,6 +43,8 @@ pub struct Pipeline<S: Sink> {
     asked: crate::base::FastMap<crate::source::netns::Ask, u64>,
     /// Live: names the owners' cgroups, written as workload context records.
     workloads: Option<Workloads>,
+    /// `record`'s filters: what the capture file keeps (see `Filter::keeps`).
+    capture_filter: Option<Filter>,
 }
 
 /// The cgroups whose workload record was written, with what it said.
@@ -78,6 +80,7 @@ impl<S: Sink> Pipeline<S> {
             lookups: None,
             asked: crate::base::FastMap::default(),
             workloads: None,
+            capture_filter: None,
         }
     }
 
@@ -121,6 +124,12 @@ impl<S: Sink> Pipeline<S> {
         self
     }
 
+    /// Writes to the capture file only what `filter` keeps (`Filter::keeps`).
+    pub fn with_capture_filter(mut self, filter: Filter) -> Self {
+        self.capture_filter = Some(filter);
+        self
+    }
+
     /// Live: asks the namespace monitor for what records lack (owners of unknown
     /// sockets, the rules of a firewall that dropped packets).
     pub fn with_lookups(
@@ -149,7 +158,13 @@ impl<S: Sink> Pipeline<S> {
             self.push(w)?;
         }
         if let Some(w) = self.capture.as_mut() {
-            w.write(&r)?;
+            if self
+                .capture_filter
+                .as_ref()
+                .is_none_or(|f| f.keeps(&r, self.engine.host()))
+            {
+                w.write(&r)?;
+            }
         }
         if !self.enricher.process(&mut r, self.engine.host()) {
             return Ok(());
@@ -157,7 +172,7 @@ impl<S: Sink> Pipeline<S> {
         self.ask_owner(&r);
         self.ask_rules(&r);
         seen(&r);
-        if self.sink.takes(&r) && self.filter.matches(&r) {
+        if self.sink.takes(&r) && self.filter.matches(&r, self.engine.host()) {
             if r.time.is_empty() {
                 r.time = self.clock.format(r.mono_ns);
             }
@@ -295,7 +310,7 @@ impl<S: Sink> Pipeline<S> {
 
     fn drain(&mut self) -> io::Result<()> {
         for e in std::mem::take(&mut self.explained) {
-            if !self.filter.matches_explanation(&e) {
+            if !self.filter.matches_explanation(&e, self.engine.host()) {
                 continue;
             }
             self.sink.explanation(&e)?;
