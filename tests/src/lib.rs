@@ -150,6 +150,11 @@ impl Netns {
         ns
     }
 
+    /// The namespace as explanations name it: its `ip netns` name, then its inode.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.name, self.inode)
+    }
+
     /// Adds a rule to an input filter chain of the namespace's own nftables table
     /// (created on first use; it goes away with the namespace).
     pub fn nft_input(&self, rule: &str) {

@@ -549,6 +549,28 @@ fn service_listener_exits(server_first: bool, p: u16) {
             s(e, "fix").contains("systemctl status web.service"),
             "{what}: {e}"
         );
+        // The unit's journal from a minute before its process exited, in local time.
+        let since = s(e, "fix")
+            .split_once("journalctl -u web.service --since '")
+            .and_then(|(_, t)| t.split_once('\''))
+            .map(|(t, _)| t.to_string())
+            .unwrap_or_else(|| panic!("{what}: no journalctl --since: {e}"));
+        let exited = Command::new("date")
+            .args(["-d", &format!("{since} 60 seconds"), "+%s"])
+            .output()
+            .unwrap();
+        let exited: u64 = String::from_utf8_lossy(&exited.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{what}: `{since}` is not a time date reads"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            now.abs_diff(exited) < 30,
+            "{what}: --since '{since}' is not a minute before the exit: {e}"
+        );
     }
     drop(cg);
 }

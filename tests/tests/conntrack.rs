@@ -93,7 +93,7 @@ fn assert_conntrack_invalid(
         "{all:#?}"
     );
     let e = &first;
-    let ns = t.server.inode;
+    let ns = t.server.label();
     assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
     let text = s(e, "explanation");
     assert!(
@@ -247,7 +247,7 @@ fn a_rule_for_the_port_beside_one_for_invalid_packets_is_the_firewalls() {
     assert!(
         s(&e, "explanation").contains(&format!(
             "the rule `tcp dport {p} drop` (table inet rstrace_test, chain input, handle {h}) in netns {} drops SYNs to port {p}",
-            t.server.inode
+            t.server.label()
         )),
         "{e}"
     );

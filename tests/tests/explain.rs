@@ -122,7 +122,7 @@ fn listener_in_another_namespace() {
     assert_eq!(pid_of(&e, "process"), Some(cpid));
     assert_eq!(pid_of(&e, "culprit"), Some(other.pid as u64), "{e}");
     assert!(
-        s(&e, "explanation").contains(&format!("in netns {}", t.client.inode)),
+        s(&e, "explanation").contains(&format!("in netns {}", t.client.label())),
         "{e}"
     );
 }
@@ -193,7 +193,7 @@ fn firewall_drop_times_out() {
 /// and the fix is the command that deletes it.
 fn assert_names_rule(e: &Value, t: &Topology, rule: &str, does: &str) {
     let h = t.server.nft_handle(rule);
-    let ns = t.server.inode;
+    let (ns, name) = (t.server.label(), &t.server.name);
     assert!(
         s(e, "explanation").contains(&format!(
             "the rule `{rule}` (table inet rstrace_test, chain input, handle {h}) in netns {ns} {does}"
@@ -202,7 +202,7 @@ fn assert_names_rule(e: &Value, t: &Topology, rule: &str, does: &str) {
     );
     assert!(
         s(e, "fix").starts_with(&format!(
-            "run in netns {ns}: nft delete rule inet rstrace_test input handle {h} "
+            "run: ip netns exec {name} nft delete rule inet rstrace_test input handle {h} "
         )),
         "{e}"
     );
@@ -527,7 +527,7 @@ fn of_several_rules_dropping_the_port_the_one_that_acts_is_named() {
     let client = Peer::spawn(&t.client, &["connect", &addr(&t, 8122), "--syncnt", "1"]);
     assert_eq!(client.wait(15 * SEC), vec!["errno=110"]);
     let e = explained(&mut agent, 8122, "firewall_drop", 2 * SEC);
-    let ns = t.server.inode;
+    let (ns, name) = (t.server.label(), &t.server.name);
     assert!(
         s(&e, "explanation").contains(&format!(
             "2 rules in netns {ns} match port 8122: `tcp dport {{ 22, 8122 }} drop` (table inet rstrace_test, chain pre, handle {pre}) [hook prerouting, priority -150], `tcp dport 8122 drop` (table inet rstrace_test, chain input, handle {input}) [hook input, priority 0]; the first in hook/priority order, `tcp dport {{ 22, 8122 }} drop`, runs first and drops SYNs to port 8122"
@@ -536,7 +536,7 @@ fn of_several_rules_dropping_the_port_the_one_that_acts_is_named() {
     );
     assert!(
         s(&e, "fix").starts_with(&format!(
-            "run in netns {ns}: nft delete rule inet rstrace_test pre handle {pre} (the one that acts)"
+            "run: ip netns exec {name} nft delete rule inet rstrace_test pre handle {pre} (the one that acts)"
         )),
         "{e}"
     );
@@ -947,7 +947,7 @@ fn connects_without_a_free_local_port_are_port_exhaustion() {
         format!(
             "peer[{cpid}] -> {0} failed: no free local port for a connection to {0} in netns {1} (connect() failed with EADDRNOTAVAIL before sending anything): the ephemeral port range 40000-40003 (4 ports; net.ipv4.ip_local_port_range) is used up: 4 sockets hold ports towards {0}, 4 ESTABLISHED, 0 in TIME_WAIT, 0 in other states",
             addr(&t, p),
-            t.client.inode
+            t.client.label()
         ),
         "{e}"
     );

@@ -385,7 +385,7 @@ fn syns_dropped_on_their_way_out_name_the_client() {
     assert!(
         s(e, "explanation").contains(&format!(
             "the rule `tcp dport {p} drop` (table inet rstrace_test, chain output, handle {h}) in netns {} (the client's own output filter) drops SYNs",
-            t.client.inode
+            t.client.label()
         )),
         "{e}"
     );

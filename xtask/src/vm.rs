@@ -550,6 +550,8 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
+# The unified hierarchy, as systemd mounts it: the workload tests make cgroups there.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo 1 > /proc/sys/kernel/printk
 while read -r m; do insmod "$m" || echo "=== insmod $m failed"; done < /etc/rstrace/modules
 ip link set lo up

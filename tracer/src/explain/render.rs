@@ -170,7 +170,9 @@ fn name_of(host: &Host, netns: Option<u32>) -> Option<Text> {
 /// its exit was seen.
 fn exit_since(host: &Host, clock: Option<Clock>, culprit: Option<&Proc>) -> Option<String> {
     let at = host.exited(culprit?.pid)?;
-    let wall = clock?.wall_at(at).checked_sub(std::time::Duration::from_secs(60))?;
+    let wall = clock?
+        .wall_at(at)
+        .checked_sub(std::time::Duration::from_secs(60))?;
     crate::base::clock::local_text(wall)
 }
 

@@ -280,7 +280,10 @@ fn a_firewall_drop_names_the_rule_read_from_the_namespace() {
 #[test]
 fn named_namespaces_are_named_and_their_fixes_use_ip_netns_exec() {
     let named = |e: &mut Engine, out: &mut Vec<Explanation>| {
-        for (ns, a, name) in [(CNS, "10.0.0.1", "client-ns"), (SNS, "10.0.0.2", "server-ns")] {
+        for (ns, a, name) in [
+            (CNS, "10.0.0.1", "client-ns"),
+            (SNS, "10.0.0.2", "server-ns"),
+        ] {
             let mut r = Record::new(Kind::Addresses, 0, String::new());
             r.netns = Some(ns);
             r.addrs = Some(vec![a.parse().unwrap()]);
@@ -344,7 +347,10 @@ fn named_namespaces_are_named_and_their_fixes_use_ip_netns_exec() {
         out[0].fix
     );
     assert_eq!(
-        (out[0].netns_name.as_deref(), out[0].server_netns_name.as_deref()),
+        (
+            out[0].netns_name.as_deref(),
+            out[0].server_netns_name.as_deref()
+        ),
         (Some("client-ns"), Some("server-ns"))
     );
     // A namespace whose name went away is named by its inode again.

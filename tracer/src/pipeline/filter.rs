@@ -276,13 +276,19 @@ mod tests {
         for (want, filter) in [
             (true, f(|f| f.pods = vec![("shop".into(), "web-0".into())])),
             (false, f(|f| f.pods = vec![("shop".into(), "web-1".into())])),
-            (false, f(|f| f.pods = vec![("default".into(), "web-0".into())])),
+            (
+                false,
+                f(|f| f.pods = vec![("default".into(), "web-0".into())]),
+            ),
             (true, f(|f| f.containers = vec!["app".into()])),
             (true, f(|f| f.containers = vec!["4f797c53".into()])),
             (false, f(|f| f.containers = vec!["db".into()])),
             (false, f(|f| f.units = vec!["app".into()])),
             (true, f(|f| f.netns = vec![NetnsSel::Inode(4026532301)])),
-            (false, f(|f| f.netns = vec![NetnsSel::Name("server-ns".into())])),
+            (
+                false,
+                f(|f| f.netns = vec![NetnsSel::Name("server-ns".into())]),
+            ),
         ] {
             assert_eq!(filter.matches(&r, &h), want, "{filter:?}");
         }
@@ -309,7 +315,10 @@ mod tests {
             (true, f(|f| f.units = vec!["web".into()])),
             (false, f(|f| f.units = vec!["db".into()])),
             (false, f(|f| f.pods = vec![("shop".into(), "web-0".into())])),
-            (true, f(|f| f.netns = vec![NetnsSel::Name("server-ns".into())])),
+            (
+                true,
+                f(|f| f.netns = vec![NetnsSel::Name("server-ns".into())]),
+            ),
         ] {
             assert_eq!(filter.matches(&r, &h), want, "{filter:?}");
         }

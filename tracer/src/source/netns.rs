@@ -638,8 +638,7 @@ pub fn run_monitor(
         let forced = rescan.swap(false, Ordering::Relaxed);
         if forced || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
             namespaces = scan_namespaces();
-            let names =
-                crate::source::workload::names::netns_names(&[PathBuf::from(IP_NETNS_DIR)]);
+            let names = crate::source::workload::names::netns_names(&[PathBuf::from(IP_NETNS_DIR)]);
             prev.retain(|ns, _| namespaces.contains_key(ns));
             described.retain(|ns, _| namespaces.contains_key(ns));
             last_scan = Some(Instant::now());

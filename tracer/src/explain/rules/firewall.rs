@@ -207,10 +207,7 @@ fn established_drops(c: &Ctx) -> Option<Finding> {
     let rules = rules_for(c, ns, port, "drop");
     let (reason, fix) = named(c.host, &rules, ns, "", port, &does).unwrap_or_else(|| {
         (
-            format!(
-                "a firewall rule{} {does}",
-                in_netns(c.host, ns),
-            ),
+            format!("a firewall rule{} {does}", in_netns(c.host, ns),),
             nft_fix(c.host, port, ns),
         )
     });
@@ -253,10 +250,7 @@ impl Rule for FirewallDrop {
         let (reason, fix) = match named(c.host, &rules, ns, outgoing, port, &does) {
             Some(found) => found,
             None => (
-                format!(
-                    "a firewall rule{}{outgoing} {does}",
-                    in_netns(c.host, ns),
-                ),
+                format!("a firewall rule{}{outgoing} {does}", in_netns(c.host, ns),),
                 nft_fix(c.host, port, ns),
             ),
         };

@@ -123,7 +123,9 @@ pub fn ss_cmd(host: &Host, port: u16, netns: Option<u32>) -> String {
 /// ` in netns LABEL` (`server-ns (4026532301)` when it has an `ip netns` name), or
 /// nothing without a namespace.
 pub fn in_netns(host: &Host, netns: Option<u32>) -> String {
-    netns.map_or(String::new(), |ns| format!(" in netns {}", host.netns_label(ns)))
+    netns.map_or(String::new(), |ns| {
+        format!(" in netns {}", host.netns_label(ns))
+    })
 }
 
 /// `cmd` as run in a namespace: `ip netns exec NAME cmd` when it has a name, else

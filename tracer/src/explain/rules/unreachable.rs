@@ -83,7 +83,10 @@ impl Rule for NoRoute {
             reason: format!(
                 "there is no route to {}{}",
                 server.ip(),
-                ns.map_or(String::new(), |n| format!(" from netns {}", c.host.netns_label(n)))
+                ns.map_or(String::new(), |n| format!(
+                    " from netns {}",
+                    c.host.netns_label(n)
+                ))
             ),
             fix: format!(
                 "ip route get {} (in the client's namespace); add the route or fix the address",

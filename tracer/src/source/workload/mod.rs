@@ -93,7 +93,7 @@ impl Resolver {
                 "no cgroup v2 hierarchy is mounted: processes are named without their systemd unit, container or pod"
             );
         }
-        Self::with(mount, StateRoots::default())
+        Self::with(mount, StateRoots::from_env())
     }
 
     pub fn with(mount: Option<PathBuf>, roots: StateRoots) -> Self {
@@ -212,7 +212,7 @@ pub fn id_of_pid(pid: u32) -> Option<u64> {
 /// resolves cgroup ids with a `Resolver`).
 pub fn of_pid(pid: u32) -> Option<Workload> {
     let mut w = path::parse(&cgroupfs::path_of_pid(pid)?);
-    Names::new(StateRoots::default()).complete(&mut w);
+    Names::new(StateRoots::from_env()).complete(&mut w);
     Some(w)
 }
 

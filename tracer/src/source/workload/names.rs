@@ -61,6 +61,31 @@ impl Default for StateRoots {
     }
 }
 
+/// Prefixes the runtimes' and the kubelet's state directories (not /run/netns):
+/// for an agent that sees the node's files mounted elsewhere, and for tests that
+/// lay out a kubelet's files in a scratch directory.
+pub const STATE_ROOT_ENV: &str = "RSTRACE_STATE_ROOT";
+
+impl StateRoots {
+    /// The packaged directories, under `$RSTRACE_STATE_ROOT` when it is set.
+    pub fn from_env() -> Self {
+        let d = StateRoots::default();
+        let Some(root) = std::env::var_os(STATE_ROOT_ENV).filter(|r| !r.is_empty()) else {
+            return d;
+        };
+        let root = PathBuf::from(root);
+        let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        StateRoots {
+            docker: under(&d.docker),
+            storage: d.storage.iter().map(|p| under(p)).collect(),
+            containerd_tasks: under(&d.containerd_tasks),
+            pod_logs: under(&d.pod_logs),
+            container_logs: under(&d.container_logs),
+            netns: d.netns,
+        }
+    }
+}
+
 /// A container name as the kubelet's runtimes write it:
 /// `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>`.
 #[derive(Debug, PartialEq, Eq)]
