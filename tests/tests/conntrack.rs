@@ -93,18 +93,20 @@ fn assert_conntrack_invalid(
         "{all:#?}"
     );
     let e = &first;
-    let ns = t.server.label();
+    let (ns, label, name) = (t.server.inode, t.server.label(), &t.server.name);
     assert_eq!(pid_of(e, "process"), Some(cpid), "{e}");
     let text = s(e, "explanation");
     assert!(
         text.contains(&format!(
-            "conntrack in netns {ns} marked the packets of this established connection INVALID (it has no valid state for them), and the rule `{rule}` ("
+            "conntrack in netns {label} marked the packets of this established connection INVALID (it has no valid state for them), and the rule `{rule}` ("
         )),
         "{e}"
     );
     assert!(invalid_counted(text), "no invalid packets counted: {e}");
     assert!(
-        s(e, "fix").ends_with(&format!("or remove the rule: {delete}")),
+        s(e, "fix").ends_with(&format!(
+            "or remove the rule: ip netns exec {name} {delete}"
+        )),
         "{e}"
     );
     assert!(s(e, "fix").contains("nf_conntrack_tcp_be_liberal=1"), "{e}");
