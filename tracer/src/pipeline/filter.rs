@@ -266,7 +266,7 @@ mod tests {
                 name: Some("web-0".into()),
             }),
         };
-        r.owner.as_mut().unwrap().workload = Some(w.clone());
+        r.owner.as_mut().unwrap().workload = Some(std::sync::Arc::new(w.clone()));
         r.netns = Some(4026532301);
         let f = |g: fn(&mut Filter)| {
             let mut f = Filter::default();
@@ -297,10 +297,10 @@ mod tests {
         let mut h = Host::default();
         let mut named = Record::new(Kind::Workload, 0, String::new());
         named.cgroup = Some(7);
-        named.workload = Some(Workload {
+        named.workload = Some(Box::new(Workload {
             unit: Some("web.service".into()),
             ..Default::default()
-        });
+        }));
         h.on_record(&named);
         let mut addrs = Record::new(Kind::Addresses, 0, String::new());
         addrs.netns = Some(4026532301);
