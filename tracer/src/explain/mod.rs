@@ -20,7 +20,7 @@ use crate::base::{
 use crate::enrich::host::Host;
 
 pub use self::collapse::COLLAPSE_WINDOW;
-pub use self::render::Explanation;
+pub use self::render::{Explanation, Side};
 use self::{collapse::Bursts, schedule::Scheduler, story::Story};
 
 /// Records in, explanations out: the host model, the open stories and the bursts.
@@ -144,6 +144,6 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 pub(crate) mod tests;

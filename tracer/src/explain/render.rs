@@ -13,6 +13,23 @@ use crate::base::record::{errno_name, Proc, Record, Text, SCHEMA_VERSION};
 use crate::base::workload::{Runtime, Workload};
 use crate::enrich::host::Host;
 
+/// Which end of the connection failed: the one whose process got the error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Side {
+    #[default]
+    Client,
+    Server,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Explanation {
     pub v: u32,
@@ -61,6 +78,10 @@ pub struct Explanation {
     pub window_ms: Option<u64>,
     /// The evidence the explanation rests on.
     pub evidence: Vec<Record>,
+    /// The end that failed (metrics label; the JSON tells it from `process`, `src`
+    /// and `dst`).
+    #[serde(skip)]
+    pub side: Side,
 }
 
 fn outcome(errno: Option<i32>, s: &Story) -> &'static str {
@@ -126,6 +147,10 @@ pub(super) fn explain(host: &Host, s: &Story, clock: Option<Clock>) -> Explanati
         None => src.map_or("?".into(), |a| a.to_string()),
     };
     let out = outcome(errno, s);
+    let side = match (s.failed_end(), ctx.server) {
+        (Some(end), Some(server)) if end == server => Side::Server,
+        _ => Side::Client,
+    };
     let fix = with_workload_fix(
         finding.fix,
         finding.culprit.as_ref(),
@@ -159,6 +184,7 @@ pub(super) fn explain(host: &Host, s: &Story, clock: Option<Clock>) -> Explanati
         count: 1,
         window_ms: None,
         evidence: Vec::new(),
+        side,
     }
 }
 
@@ -265,7 +291,39 @@ pub(super) fn explain_event(host: &Host, r: &Record, clock: Option<Clock>) -> Op
         count: 1,
         window_ms: None,
         evidence: Vec::new(),
+        // A listener's failure (its queue): the server's.
+        side: Side::Server,
     })
+}
+
+#[cfg(test)]
+impl Explanation {
+    /// A client's failure of `cause` with nothing else known.
+    pub fn for_tests(cause: &'static str) -> Explanation {
+        Explanation {
+            v: SCHEMA_VERSION,
+            kind: "failure",
+            time: String::new(),
+            mono_ns: 0,
+            cause,
+            confidence: 1.0,
+            process: None,
+            culprit: None,
+            netns: None,
+            server_netns: None,
+            src: None,
+            dst: None,
+            errno_name: None,
+            errno_inferred: false,
+            outcome: "refused",
+            explanation: String::new(),
+            fix: String::new(),
+            count: 1,
+            window_ms: None,
+            evidence: Vec::new(),
+            side: Side::Client,
+        }
+    }
 }
 
 /// Evidence with its wall-clock text filled in.

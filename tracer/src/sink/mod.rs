@@ -2,12 +2,14 @@
 //!
 //! Where records and explanations go. Each sink is a peer in its own file: text for
 //! people (`text`), JSON Lines for machines (`json`), explanations kept for the caller
-//! (`collect`), a capture's counts by cause, port and process (`summary`). A pipeline
+//! (`collect`), a capture's counts by cause, port and process (`summary`), Prometheus
+//! metrics (`metrics`). A pipeline
 //! feeds one sink; `Fanout` makes several one.
 pub mod collect;
 #[cfg(test)]
 mod golden;
 pub mod json;
+pub mod metrics;
 pub mod summary;
 pub mod text;
 
@@ -15,7 +17,9 @@ use std::io;
 
 use crate::{base::record::Record, explain::Explanation};
 
-pub use self::{collect::Collect, json::JsonLines, summary::Summary, text::TextLines};
+pub use self::{
+    collect::Collect, json::JsonLines, metrics::MetricsSink, summary::Summary, text::TextLines,
+};
 
 /// A destination of the pipeline's output. Records reach it after the filter, and
 /// only those it `takes`; explanations after the filter, all of them.
