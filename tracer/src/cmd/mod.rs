@@ -2,7 +2,7 @@
 //! below it. The only layer that may use every stage.
 use std::{
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 pub mod doctor;
+pub mod metrics;
 pub mod probe;
 pub mod progress;
 pub mod replay;
@@ -177,6 +178,44 @@ struct WatchArgs {
     stats: Option<PathBuf>,
     #[command(flatten)]
     capture: CaptureArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// The metrics endpoint's options (`watch`, and every mode that runs its loop).
+#[derive(Args, Debug, Clone)]
+struct MetricsArgs {
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz over HTTP on ADDR
+    /// (IP:PORT; 127.0.0.1:9977 when given alone).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = metrics::DEFAULT_ADDR)]
+    metrics: Option<SocketAddr>,
+    /// Ports with series of their own in rstrace_failures_total: the N with the most
+    /// failures; the others are counted as port "other".
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    metrics_top_ports: usize,
+    /// Seconds after which a failure series not counted since (a workload gone, a port
+    /// no longer failing) is removed from the metrics.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    metrics_expiry: u64,
+}
+
+impl MetricsArgs {
+    fn config(&self) -> Result<Option<metrics::MetricsConfig>> {
+        let Some(addr) = self.metrics else {
+            return Ok(None);
+        };
+        if !(1..=1000).contains(&self.metrics_top_ports) {
+            bail!("--metrics-top-ports must be between 1 and 1000");
+        }
+        if !(10..=31 * 86_400).contains(&self.metrics_expiry) {
+            bail!("--metrics-expiry must be between 10 s and 31 days (2678400 s)");
+        }
+        Ok(Some(metrics::MetricsConfig {
+            addr,
+            top_ports: self.metrics_top_ports,
+            expiry: Duration::from_secs(self.metrics_expiry),
+        }))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -358,6 +397,7 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
             quiet: false,
             record: a.record.map(|p| a.capture.to(p)).transpose()?,
             stats: a.stats,
+            metrics: a.metrics.config()?,
         })
     }
 }
@@ -393,6 +433,7 @@ fn run_other(cli: Cli) -> Result<()> {
                     ..a.capture.to(a.output)?
                 }),
                 stats: a.stats,
+                metrics: None,
             })
         }
         Command::Explain(a) => replay::explain(a.config(cli.verbose > 0)?),

@@ -33,7 +33,7 @@ use crate::{
         btf::KernelBtf,
         info::KernelInfo,
         privileges,
-        probes::{read_losses, HookStatus, Probes},
+        probes::{read_losses, HookStatus, Probes, RingFill},
         tracefs,
     },
     pipeline::{filter::Filter, Pipeline},
@@ -62,6 +62,8 @@ pub struct WatchConfig {
     pub record: Option<RecordTo>,
     /// At exit, write the event counts and the programs' run statistics here (JSON).
     pub stats: Option<PathBuf>,
+    /// Serve metrics, health and readiness over HTTP.
+    pub metrics: Option<super::metrics::MetricsConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -186,12 +188,18 @@ fn seed_listeners(
 }
 
 pub fn run(cfg: WatchConfig) -> Result<()> {
+    // Bound before loading anything: a taken address fails at once.
+    let endpoint = cfg
+        .metrics
+        .as_ref()
+        .map(super::metrics::Endpoint::start)
+        .transpose()?;
     let mut session = start(cfg.ring_bytes)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_loop(&mut session, cfg))
+    rt.block_on(run_loop(&mut session, cfg, endpoint.as_ref()))
 }
 
 /// The live source: ring-buffer events decoded, completed with what the host tells
@@ -315,8 +323,20 @@ impl Losses {
     }
 }
 
-async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
+async fn run_loop(
+    session: &mut Session,
+    cfg: WatchConfig,
+    endpoint: Option<&super::metrics::Endpoint>,
+) -> Result<()> {
     let maps = session.probes.take_maps()?;
+    let ring_fill = endpoint.and_then(|_| {
+        RingFill::new(std::os::fd::AsFd::as_fd(&maps.ring))
+            .map_err(|e| log::warn!("mapping the ring buffer's positions for its fill: {e}"))
+            .ok()
+    });
+    if let Some(ep) = endpoint {
+        ep.attached(&session.probes, &session.info, cfg.ring_bytes);
+    }
     let mut listener_map = maps.listeners;
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info);
@@ -333,7 +353,11 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
     };
     // Owners the kernel did not know, looked up in /proc by the monitor thread.
     let (lookup_tx, lookup_rx) = std::sync::mpsc::sync_channel(1024);
-    let mut pipe = Pipeline::new(clock, cfg.filter.clone(), Fanout(vec![sink]))
+    let mut sinks = vec![sink];
+    if let Some(ep) = endpoint {
+        sinks.push(Box::new(ep.sink()));
+    }
+    let mut pipe = Pipeline::new(clock, cfg.filter.clone(), Fanout(sinks))
         .with_lookups(lookup_tx.clone())
         .with_workloads(Resolver::new());
     if let Some(rec) = &cfg.record {
@@ -430,6 +454,9 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         session.info.release
     );
     super::service::notify_ready();
+    if let Some(ep) = endpoint {
+        ep.ready();
+    }
 
     let result: Result<()> = loop {
         let waiting = !asleep || pipe.waiting() || live.exits.waiting();
@@ -475,8 +502,14 @@ async fn run_loop(session: &mut Session, cfg: WatchConfig) -> Result<()> {
         if let Err(e) = step.and_then(|_| Ok(pipe.flush()?)) {
             break Err(e);
         }
+        if let Some(ep) = endpoint {
+            ep.beat(ring_fill.as_ref().map(RingFill::used), cfg.ring_bytes);
+        }
     };
     super::service::notify_stopping();
+    if let Some(ep) = endpoint {
+        ep.stopping();
+    }
     monitor.stop.store(true, Ordering::Relaxed);
     monitor.wake();
     drop(orx);

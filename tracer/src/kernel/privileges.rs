@@ -208,6 +208,16 @@ pub fn drop_all_but(keep: &HashSet<Cap>) -> Result<()> {
     Ok(())
 }
 
+/// Drops every capability of the calling thread alone (capabilities are per thread):
+/// for a thread that serves the network and needs none.
+pub fn drop_all_in_this_thread() -> Result<()> {
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::clear(None, set).with_context(|| format!("clearing the {set:?} capabilities"))?;
+    }
+    Ok(())
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 pub fn raise_memlock() {
     let rlim = libc::rlimit {

@@ -311,3 +311,86 @@ mod tests {
         assert_eq!(fdinfo_value("prog_type:\t5\n", "recursion_misses"), None);
     }
 }
+
+/// How full the ring buffer is, from the kernel's consumer and producer positions:
+/// the first two pages of the ring's mapping (as aya maps them to read), mapped here
+/// once more, read-only.
+pub struct RingFill {
+    at: std::ptr::NonNull<libc::c_void>,
+    page: usize,
+}
+
+impl RingFill {
+    pub fn new(ring: std::os::fd::BorrowedFd<'_>) -> std::io::Result<RingFill> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| std::io::Error::last_os_error())?;
+        // SAFETY: a new read-only shared mapping of the ring's fd, at an address the
+        // kernel picks; the kernel lets any page of a ring buffer be mapped read-only.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                ring.as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let at = std::ptr::NonNull::new(at).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(RingFill { at, page })
+    }
+
+    /// Bytes written by the programs and not yet read.
+    pub fn used(&self) -> u64 {
+        let pos = |offset: usize| {
+            // SAFETY: both positions are page-aligned u64s within the mapping, which
+            // lives as long as `self`; the kernel and the reader update them
+            // atomically.
+            unsafe {
+                (*self
+                    .at
+                    .as_ptr()
+                    .byte_add(offset)
+                    .cast::<std::sync::atomic::AtomicU64>())
+                .load(std::sync::atomic::Ordering::Acquire)
+            }
+        };
+        let (consumer, producer) = (pos(0), pos(self.page));
+        producer.saturating_sub(consumer)
+    }
+}
+
+impl Drop for RingFill {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of that length, unmapped once.
+        unsafe { libc::munmap(self.at.as_ptr(), 2 * self.page) };
+    }
+}
+
+impl Probes {
+    /// Each hook's state as `doctor` tells it: `attached`, `degraded` (attached, some
+    /// of the fields its decoder reads missing from this kernel's format) or
+    /// `missing`.
+    pub fn hook_states(&self, info: &KernelInfo) -> Vec<(&'static str, &'static str)> {
+        self.status
+            .iter()
+            .map(|(h, st)| {
+                let fmt = info.formats.get(h);
+                let complete = spec(*h)
+                    .fields
+                    .iter()
+                    .all(|f| fmt.is_some_and(|fm| fm.field(f).is_some()));
+                let state = match st {
+                    HookStatus::Missing { .. } => "missing",
+                    HookStatus::Attached { .. } if complete => "attached",
+                    HookStatus::Attached { .. } => "degraded",
+                };
+                (h.name(), state)
+            })
+            .collect()
+    }
+}
