@@ -24,6 +24,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "socat",
     "apache2-utils",
     "curl",
+    // A real Prometheus scrapes the agent (tests/tests/metrics.rs); promtool checks
+    // the exposition.
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
