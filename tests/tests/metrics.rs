@@ -286,7 +286,7 @@ fn readiness_and_garbage_requests() {
         .spawn()
         .expect("spawning rstrace");
     let _kill = KillOnDrop(child.id());
-    let deadline = Instant::now() + 60 * SEC;
+    let deadline = Instant::now() + 60 * SEC * time_scale();
     let mut seen: Vec<u16> = Vec::new();
     loop {
         if let Some((status, _)) = get(mport, "/readyz") {

@@ -449,6 +449,56 @@ fn the_daemonset_grants_and_mounts_what_doctor_lists() {
     for r in ["cpu", "memory"] {
         assert!(c["resources"]["requests"][r].is_string(), "no {r} request");
     }
+
+    // The metrics endpoint: the port of --metrics is the named container port the
+    // probes use and the one the scrape annotations give.
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string"))
+        .collect();
+    let listen = args
+        .iter()
+        .position(|a| *a == "--metrics")
+        .and_then(|i| args.get(i + 1))
+        .expect("--metrics ADDR in the args");
+    let metrics_port: u64 = listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("--metrics {listen}: no port"));
+    let ports = c["ports"].as_sequence().expect("ports");
+    let named = |name: &serde_yaml::Value| -> u64 {
+        match name.as_u64() {
+            Some(n) => n,
+            None => ports
+                .iter()
+                .find(|p| &p["name"] == name)
+                .and_then(|p| p["containerPort"].as_u64())
+                .unwrap_or_else(|| panic!("no container port named {name:?}")),
+        }
+    };
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(named(&get["port"]), metrics_port, "{probe} vs --metrics {listen}");
+    }
+    let notes = &pod["metadata"]["annotations"];
+    assert_eq!(notes["prometheus.io/scrape"], "true");
+    assert_eq!(notes["prometheus.io/path"], "/metrics");
+    assert_eq!(
+        notes["prometheus.io/port"].as_str().and_then(|p| p.parse().ok()),
+        Some(metrics_port),
+        "scrape annotation vs --metrics {listen}"
+    );
+    // $(POD_IP) in the args is the downward API's.
+    if listen.contains("$(POD_IP)") {
+        let ip = env
+            .iter()
+            .find(|e| e["name"] == "POD_IP")
+            .expect("POD_IP for --metrics");
+        assert_eq!(ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    }
 }
 
 const COMMANDS: [&str; 8] = [

@@ -187,7 +187,8 @@ struct WatchArgs {
 struct MetricsArgs {
     /// Serve Prometheus metrics (/metrics), /healthz and /readyz over HTTP on ADDR
     /// (IP:PORT; 127.0.0.1:9977 when given alone).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = metrics::DEFAULT_ADDR)]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, value_parser = parse_listen,
+          default_missing_value = metrics::DEFAULT_ADDR)]
     metrics: Option<SocketAddr>,
     /// Ports with series of their own in rstrace_failures_total: the N with the most
     /// failures; the others are counted as port "other".
@@ -197,6 +198,19 @@ struct MetricsArgs {
     /// no longer failing) is removed from the metrics.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     metrics_expiry: u64,
+}
+
+/// IP:PORT, [IPv6]:PORT, or an IPv6 address with the port after its last colon (what
+/// a DaemonSet's `$(POD_IP):9977` becomes on an IPv6 cluster).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().or_else(|_| {
+        s.rsplit_once(':')
+            .and_then(|(ip, port)| {
+                let ip: std::net::Ipv6Addr = ip.parse().ok()?;
+                Some(SocketAddr::new(ip.into(), port.parse().ok()?))
+            })
+            .ok_or_else(|| format!("expected IP:PORT (e.g. 127.0.0.1:9977, [::1]:9977), not {s:?}"))
+    })
 }
 
 impl MetricsArgs {
@@ -501,5 +515,48 @@ pub fn main() -> ExitCode {
             eprintln!("rstrace: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(args: &[&str]) -> Result<watch::WatchConfig> {
+        let cli = Cli::try_parse_from([&["rstrace", "watch"][..], args].concat())?;
+        match cli.command {
+            Command::Watch(a) => a.try_into(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn metrics_address_default_and_forms() {
+        let addr = |args: &[&str]| watch(args).unwrap().metrics.map(|m| m.addr.to_string());
+        assert_eq!(addr(&[]), None, "off by default");
+        assert_eq!(addr(&["--metrics"]).as_deref(), Some(metrics::DEFAULT_ADDR));
+        assert_eq!(
+            addr(&["--metrics", "--json"]).as_deref(),
+            Some(metrics::DEFAULT_ADDR)
+        );
+        assert_eq!(
+            addr(&["--metrics", "0.0.0.0:9100"]).as_deref(),
+            Some("0.0.0.0:9100")
+        );
+        assert_eq!(
+            addr(&["--metrics=[::1]:9977"]).as_deref(),
+            Some("[::1]:9977")
+        );
+        assert_eq!(
+            addr(&["--metrics", "fd00::12:9977"]).as_deref(),
+            Some("[fd00::12]:9977")
+        );
+        for bad in ["localhost:9977", "9977", "1.2.3.4", "1.2.3.4:99999"] {
+            assert!(watch(&["--metrics", bad]).is_err(), "{bad}");
+        }
+        assert!(watch(&["--metrics", "--metrics-top-ports", "0"]).is_err());
+        assert!(watch(&["--metrics", "--metrics-expiry", "1"]).is_err());
+        let m = watch(&["--metrics"]).unwrap().metrics.unwrap();
+        assert_eq!((m.top_ports, m.expiry.as_secs()), (20, 3600));
     }
 }

@@ -347,17 +347,19 @@ impl RingFill {
     /// Bytes written by the programs and not yet read.
     pub fn used(&self) -> u64 {
         let pos = |offset: usize| {
-            // SAFETY: both positions are page-aligned u64s within the mapping, which
-            // lives as long as `self`; the kernel and the reader update them
-            // atomically.
-            unsafe {
-                (*self
-                    .at
-                    .as_ptr()
-                    .byte_add(offset)
-                    .cast::<std::sync::atomic::AtomicU64>())
-                .load(std::sync::atomic::Ordering::Acquire)
-            }
+            #[expect(
+                clippy::cast_ptr_alignment,
+                reason = "each position starts a page of the mapping"
+            )]
+            let at = self
+                .at
+                .as_ptr()
+                .wrapping_byte_add(offset)
+                .cast::<std::sync::atomic::AtomicU64>();
+            // SAFETY: a page-aligned u64 within the mapping, which lives as long as
+            // `self`; the kernel and the reader only update it atomically.
+            let pos = unsafe { &*at };
+            pos.load(std::sync::atomic::Ordering::Acquire)
         };
         let (consumer, producer) = (pos(0), pos(self.page));
         producer.saturating_sub(consumer)

@@ -262,7 +262,8 @@ impl PortBuckets {
     }
 }
 
-/// The most specific name of a container: its name, else its short id.
+/// The labels of a workload: unit, container (its name, else its short id), pod
+/// namespace and pod (its name, else its uid); empty where unknown.
 fn workload_labels(w: Option<&Workload>) -> (String, String, String, String) {
     let Some(w) = w else {
         return Default::default();
