@@ -13,8 +13,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    require_daemons, require_root, rstrace_bin, scratch_file, time_scale, Agent, KillOnDrop,
-    Peer, Topology,
+    require_daemons, require_root, rstrace_bin, scratch_file, time_scale, Agent, KillOnDrop, Peer,
+    Topology,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -51,9 +51,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
-                (b as char).to_string()
-            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -105,7 +103,10 @@ impl Prometheus {
         let log = fs::File::create(dir.join("log")).expect("log file");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -193,7 +194,11 @@ fn prometheus_counts_the_failures_by_cause_and_port() {
 
     let want = vec![
         ("firewall_drop".to_string(), "8302".to_string(), M as u64),
-        ("nothing_listening".to_string(), "8301".to_string(), N as u64),
+        (
+            "nothing_listening".to_string(),
+            "8301".to_string(),
+            N as u64,
+        ),
     ];
     let deadline = Instant::now() + 30 * SEC * time_scale();
     let mut got = Vec::new();
@@ -241,7 +246,10 @@ fn prometheus_counts_the_failures_by_cause_and_port() {
     // reads) with nothing to say.
     let (status, exposition) = get(mport, "/metrics").expect("the agent answers");
     assert_eq!(status, 200);
-    assert!(exposition.contains("rstrace_failures_total{"), "{exposition}");
+    assert!(
+        exposition.contains("rstrace_failures_total{"),
+        "{exposition}"
+    );
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -279,7 +287,12 @@ fn readiness_and_garbage_requests() {
     }
     let mport = free_port();
     let mut child = Command::new(rstrace_bin())
-        .args(["watch", "--json", "--metrics", &format!("127.0.0.1:{mport}")])
+        .args([
+            "watch",
+            "--json",
+            "--metrics",
+            &format!("127.0.0.1:{mport}"),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -315,7 +328,12 @@ fn readiness_and_garbage_requests() {
         (b"GET /nothing HTTP/1.1\r\n\r\n", 404),
     ] {
         let got = http(mport, req).map(|r| r.0);
-        assert_eq!(got, Some(want), "{:?}", String::from_utf8_lossy(&req[..20.min(req.len())]));
+        assert_eq!(
+            got,
+            Some(want),
+            "{:?}",
+            String::from_utf8_lossy(&req[..20.min(req.len())])
+        );
     }
     // A request cut short, and connections opened and left: each ends on its own.
     drop(TcpStream::connect(("127.0.0.1", mport)).map(|mut s| s.write_all(b"GET /me")));

@@ -481,13 +481,19 @@ fn the_daemonset_grants_and_mounts_what_doctor_lists() {
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &c[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
-        assert_eq!(named(&get["port"]), metrics_port, "{probe} vs --metrics {listen}");
+        assert_eq!(
+            named(&get["port"]),
+            metrics_port,
+            "{probe} vs --metrics {listen}"
+        );
     }
     let notes = &pod["metadata"]["annotations"];
     assert_eq!(notes["prometheus.io/scrape"], "true");
     assert_eq!(notes["prometheus.io/path"], "/metrics");
     assert_eq!(
-        notes["prometheus.io/port"].as_str().and_then(|p| p.parse().ok()),
+        notes["prometheus.io/port"]
+            .as_str()
+            .and_then(|p| p.parse().ok()),
         Some(metrics_port),
         "scrape annotation vs --metrics {listen}"
     );

@@ -219,7 +219,12 @@ fn read_head(stream: &mut impl Read, started: Instant) -> Result<Vec<u8>, u16> {
             Ok(0) => return Err(400),
             Ok(n) => head.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(408)
             }
             Err(_) => return Err(400),
@@ -320,7 +325,10 @@ fn respond(head: &[u8], metrics: &Metrics, state: &State) -> Reply {
         "/healthz" if state.healthy() => Reply::text(200, "ok"),
         "/healthz" => Reply::text(503, "the agent's loop is not running"),
         "/readyz" if state.ready.load(Ordering::Relaxed) => Reply::text(200, "ready"),
-        "/readyz" => Reply::text(503, "starting: programs not attached or sockets not read yet"),
+        "/readyz" => Reply::text(
+            503,
+            "starting: programs not attached or sockets not read yet",
+        ),
         _ => Reply::text(404, "Not Found (try /metrics, /healthz, /readyz)"),
     };
     reply.head_only = head_only;
@@ -352,7 +360,10 @@ mod tests {
     #[test]
     fn routes_and_negotiation() {
         let (s, r) = status("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false);
-        assert_eq!((s, r.content_type), (200, "text/plain; version=0.0.4; charset=utf-8"));
+        assert_eq!(
+            (s, r.content_type),
+            (200, "text/plain; version=0.0.4; charset=utf-8")
+        );
         assert!(r.body.contains("rstrace_build_info"));
         let (s, r) = status(
             "GET /metrics HTTP/1.1\r\naccept: application/openmetrics-text;version=1.0.0,*/*;q=0.1\r\n\r\n",

@@ -299,19 +299,6 @@ pub fn read_losses(losses: &PerCpuArray<MapData, u64>) -> [u64; Hook::COUNT] {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_counter_from_fdinfo() {
-        let t = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t12\nrun_cnt:\t3\nrecursion_misses:\t7\nverified_insns:\t99\n";
-        assert_eq!(fdinfo_value(t, "recursion_misses"), Some(7));
-        assert_eq!(fdinfo_value(t, "run_cnt"), Some(3));
-        assert_eq!(fdinfo_value("prog_type:\t5\n", "recursion_misses"), None);
-    }
-}
-
 /// How full the ring buffer is, from the kernel's consumer and producer positions:
 /// the first two pages of the ring's mapping (as aya maps them to read), mapped here
 /// once more, read-only.
@@ -347,10 +334,7 @@ impl RingFill {
     /// Bytes written by the programs and not yet read.
     pub fn used(&self) -> u64 {
         let pos = |offset: usize| {
-            #[expect(
-                clippy::cast_ptr_alignment,
-                reason = "each position starts a page of the mapping"
-            )]
+            // Each position starts a page of the mapping: aligned.
             let at = self
                 .at
                 .as_ptr()
@@ -394,5 +378,18 @@ impl Probes {
                 (h.name(), state)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_counter_from_fdinfo() {
+        let t = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t12\nrun_cnt:\t3\nrecursion_misses:\t7\nverified_insns:\t99\n";
+        assert_eq!(fdinfo_value(t, "recursion_misses"), Some(7));
+        assert_eq!(fdinfo_value(t, "run_cnt"), Some(3));
+        assert_eq!(fdinfo_value("prog_type:\t5\n", "recursion_misses"), None);
     }
 }

@@ -270,7 +270,10 @@ fn workload_labels(w: Option<&Workload>) -> (String, String, String, String) {
     };
     let unit = w.unit.as_deref().unwrap_or_default().to_string();
     let container = w.container.as_ref().map_or(String::new(), |c| {
-        c.name.as_deref().unwrap_or_else(|| c.short_id()).to_string()
+        c.name
+            .as_deref()
+            .unwrap_or_else(|| c.short_id())
+            .to_string()
     });
     let (ns, pod) = w.pod.as_ref().map_or((String::new(), String::new()), |p| {
         (
@@ -306,9 +309,9 @@ impl MetricsSink {
 
     /// The labels of explanation `e`, its port counted `e.count` times.
     fn labels(&mut self, e: &Explanation, now: Instant) -> FailureLabels {
-        let port = e.dst.map_or(String::new(), |d| {
-            self.ports.count(d.port(), e.count, now)
-        });
+        let port = e
+            .dst
+            .map_or(String::new(), |d| self.ports.count(d.port(), e.count, now));
         let p: Option<&Proc> = e.process.as_ref().or(e.culprit.as_ref());
         let (unit, container, pod_namespace, pod) =
             workload_labels(p.and_then(|p| p.workload.as_ref()));
@@ -377,7 +380,10 @@ impl Sink for MetricsSink {
 
     fn record(&mut self, r: &Record) -> io::Result<()> {
         if let Some(kind) = evidence_kind(r.kind) {
-            self.metrics.events.get_or_create(&KindLabels { kind }).inc();
+            self.metrics
+                .events
+                .get_or_create(&KindLabels { kind })
+                .inc();
         }
         match r.kind {
             Kind::Loss => {
@@ -424,7 +430,10 @@ impl Sink for MetricsSink {
 #[cfg(test)]
 fn failures_by(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for l in text.lines().filter(|l| l.starts_with("rstrace_failures_total{")) {
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("rstrace_failures_total{"))
+    {
         let get = |k: &str| {
             let at = l.find(&format!("{k}=\"")).map(|i| i + k.len() + 2)?;
             Some(l[at..].split('"').next()?.to_string())
@@ -469,7 +478,10 @@ mod tests {
                 drop.reason = Some("NO_SOCKET".into());
                 drop.tcp_flags = Some(TcpFlags::SYN);
                 e.push(drop, out);
-                e.push(client_owned(rec(Kind::RstReceived, 10 + i, &c, S, CNS)), out);
+                e.push(
+                    client_owned(rec(Kind::RstReceived, 10 + i, &c, S, CNS)),
+                    out,
+                );
                 let mut err = client_owned(rec(Kind::Error, 10 + i, &c, S, CNS));
                 err.errno = Some(libc::ECONNREFUSED);
                 e.push(err, out);
@@ -492,7 +504,8 @@ mod tests {
         let m = Metrics::new();
         let mut s = MetricsSink::new(&m, 10, Duration::from_secs(3600));
         // The first failure printed at once, then "+49 more".
-        s.explanation(&failure("nothing_listening", 9000, 1)).unwrap();
+        s.explanation(&failure("nothing_listening", 9000, 1))
+            .unwrap();
         s.explanation(&failure("nothing_listening", 9000, 49))
             .unwrap();
         s.explanation(&failure("firewall_drop", 8081, 3)).unwrap();
@@ -505,8 +518,14 @@ mod tests {
             ],
             "{text}"
         );
-        assert!(!text.contains("10.0.0."), "addresses are never labels: {text}");
-        assert!(!text.contains("40000"), "client ports are never labels: {text}");
+        assert!(
+            !text.contains("10.0.0."),
+            "addresses are never labels: {text}"
+        );
+        assert!(
+            !text.contains("40000"),
+            "client ports are never labels: {text}"
+        );
     }
 
     #[test]
@@ -529,9 +548,12 @@ mod tests {
     fn the_rest_of_the_ports_is_counted_as_other() {
         let m = Metrics::new();
         let mut s = MetricsSink::new(&m, 1, Duration::from_secs(3600));
-        s.explanation(&failure("nothing_listening", 9000, 4)).unwrap();
-        s.explanation(&failure("nothing_listening", 9001, 1)).unwrap();
-        s.explanation(&failure("nothing_listening", 9002, 2)).unwrap();
+        s.explanation(&failure("nothing_listening", 9000, 4))
+            .unwrap();
+        s.explanation(&failure("nothing_listening", 9001, 1))
+            .unwrap();
+        s.explanation(&failure("nothing_listening", 9002, 2))
+            .unwrap();
         assert_eq!(
             failures_by(&m.encode(false)),
             [
@@ -642,7 +664,8 @@ mod tests {
     fn exposition_has_units_help_build_and_start_time() {
         let m = Metrics::new();
         let mut s = MetricsSink::new(&m, 10, Duration::from_secs(3600));
-        s.explanation(&failure("nothing_listening", 9000, 1)).unwrap();
+        s.explanation(&failure("nothing_listening", 9000, 1))
+            .unwrap();
         m.set_ring(4096, 1 << 22);
         m.set_hooks([("tcp_send_reset", "attached"), ("kfree_skb", "degraded")]);
         let om = m.encode(true);
