@@ -314,7 +314,7 @@ impl MetricsSink {
             .map_or(String::new(), |d| self.ports.count(d.port(), e.count, now));
         let p: Option<&Proc> = e.process.as_ref().or(e.culprit.as_ref());
         let (unit, container, pod_namespace, pod) =
-            workload_labels(p.and_then(|p| p.workload.as_ref()));
+            workload_labels(p.and_then(|p| p.workload.as_deref()));
         FailureLabels {
             cause: e.cause,
             port,
@@ -574,17 +574,17 @@ mod tests {
             pid: 1,
             comm: "curl".into(),
             cgroup: Some(7),
-            workload: Some(Workload {
+            workload: Some(Arc::new(Workload {
                 unit: Some("gone.service".into()),
                 ..Default::default()
-            }),
+            })),
         };
         old.process = Some(p.clone());
         s.count_explanation(&old, t0);
-        p.workload = Some(Workload {
+        p.workload = Some(Arc::new(Workload {
             unit: Some("live.service".into()),
             ..Default::default()
-        });
+        }));
         let mut new = failure("nothing_listening", 9000, 1);
         new.process = Some(p);
         s.count_explanation(&new, t0 + Duration::from_secs(1800));
@@ -607,7 +607,7 @@ mod tests {
             pid: 2,
             comm: "nginx".into(),
             cgroup: None,
-            workload: Some(Workload {
+            workload: Some(Arc::new(Workload {
                 pod: Some(crate::base::workload::Pod {
                     uid: "0000-1111".into(),
                     qos: None,
@@ -615,7 +615,7 @@ mod tests {
                     name: Some("web-1".into()),
                 }),
                 ..Default::default()
-            }),
+            })),
         });
         s.explanation(&e).unwrap();
         let text = m.encode(false);
