@@ -311,6 +311,8 @@ impl Explanation {
             culprit: None,
             netns: None,
             server_netns: None,
+            netns_name: None,
+            server_netns_name: None,
             src: None,
             dst: None,
             errno_name: None,
