@@ -4,7 +4,7 @@
 use crate::base::record::{TcpFlags, TcpState};
 use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddr};
 
-use super::story::{FlowKey, Story};
+use super::story::{Ends, FlowKey, Story};
 use crate::base::{
     generations::Generations,
     record::{Kind, Record},
@@ -55,6 +55,8 @@ pub(super) struct Done {
     until: u64,
     /// The story's `slots`: evidence that fills one again is a new connection.
     slots: u16,
+    /// The story's `ends`: a SYN after its end's death may be a new connection's.
+    ends: Ends,
     established: bool,
 }
 
@@ -152,9 +154,10 @@ impl Scheduler {
             if let Some(d) = self.done.get_mut(done) {
                 if r.mono_ns <= d.until {
                     let bit = Story::slot_of(&key, &r, d.established);
-                    if d.slots & bit == 0 {
+                    if d.slots & bit == 0 && !d.ends.new_connection(&key, &r) {
                         // Late evidence of the flow just explained.
                         d.slots |= bit;
+                        d.ends.note(&key, &r);
                         return;
                     }
                 }
@@ -217,8 +220,9 @@ impl Scheduler {
                     .deadline
                     .map_or(now + AFTER_ERRNO, |d| d.min(now + AFTER_ERRNO)),
             );
-        } else if story.client_is_local() && !story.was_established() {
-            // The client's errno will come; wait for it.
+        } else if story.client_is_local() && !story.was_established() && !story.ends.any_died() {
+            // The client's errno will come; wait for it (a death already set how long:
+            // evidence after it, a SYN's drop deferred past its close, must not unset it).
             story.deadline = None;
         } else if story.was_established() && matches!(kind, Kind::RstSent | Kind::RstReceived) {
             story.deadline.get_or_insert(now + AFTER_RESET);
@@ -255,6 +259,7 @@ impl Scheduler {
             Done {
                 until: story.last_ns.max(now) + DONE_FOR,
                 slots: story.slots,
+                ends: story.ends,
                 established: story.was_established(),
             },
             now,

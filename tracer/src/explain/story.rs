@@ -11,6 +11,9 @@ use crate::enrich::host::Host;
 
 /// Evidence kept per story; a flow that produces more keeps its first ones.
 const MAX_EVIDENCE: usize = 64;
+/// A SYN sent just before its socket died may be dropped just after (the softirq that
+/// drops it deferred): one dropped this long after is another socket's.
+const SYN_IN_FLIGHT_NS: u64 = 100_000_000;
 
 /// Unordered pair of endpoints: both ends of a flow share it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +49,75 @@ impl FlowKey {
             return None;
         }
         Some(FlowKey::new(s, d))
+    }
+}
+
+/// What each end of a flow key (first, second) showed of its sockets' lives, to tell
+/// a new connection's first evidence from the previous one's late evidence: a dropped
+/// SYN or a SYN retransmit fills no once-per-connection slot (both repeat within one
+/// connection), and a SYN dropped before any socket took it carries no socket.
+#[derive(Clone, Copy, Debug)]
+pub struct Ends {
+    /// When the end's socket died; u64::MAX while not seen.
+    died_ns: [u64; 2],
+    /// The end's SYNs seen dropped, less its SYN retransmits: at 1 every SYN its
+    /// socket sent (the first, then each retransmit) is accounted for.
+    syn_balance: [i16; 2],
+}
+
+impl Default for Ends {
+    fn default() -> Self {
+        Ends {
+            died_ns: [u64::MAX; 2],
+            syn_balance: [0; 2],
+        }
+    }
+}
+
+impl Ends {
+    fn of(key: &FlowKey, r: &Record) -> usize {
+        usize::from(r.src != Some(key.0))
+    }
+
+    /// Counts in what `r` shows of its end.
+    pub fn note(&mut self, key: &FlowKey, r: &Record) {
+        let end = Ends::of(key, r);
+        match r.kind {
+            Kind::State if r.new_state == Some(TcpState::Close) => {
+                self.died_ns[end] = self.died_ns[end].min(r.mono_ns);
+            }
+            Kind::Drop if r.tcp_flags == Some(TcpFlags::SYN) => {
+                self.syn_balance[end] = self.syn_balance[end].saturating_add(1);
+            }
+            Kind::SynRetransmit => {
+                self.syn_balance[end] = self.syn_balance[end].saturating_sub(1);
+            }
+            _ => {}
+        }
+    }
+
+    /// A socket of the flow died.
+    pub fn any_died(&self) -> bool {
+        self.died_ns != [u64::MAX; 2]
+    }
+
+    /// `r` is a SYN its end sent after that end's socket died: the first evidence of a
+    /// new connection on the 4-tuple. A SYN sent just before the death may be dropped
+    /// just after (its softirq deferred), so a drop is the new connection's when every
+    /// SYN of the dead socket is accounted for, or past the time one can be in flight.
+    pub fn new_connection(&self, key: &FlowKey, r: &Record) -> bool {
+        let end = Ends::of(key, r);
+        let died = self.died_ns[end];
+        match r.kind {
+            // Retransmitted by a live socket: any after the death is another's.
+            Kind::SynRetransmit => r.mono_ns > died,
+            Kind::Drop if r.tcp_flags == Some(TcpFlags::SYN) => {
+                r.mono_ns > died
+                    && (self.syn_balance[end] >= 1
+                        || r.mono_ns > died.saturating_add(SYN_IN_FLIGHT_NS))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -89,6 +161,8 @@ pub struct Story {
     /// The once-per-connection events seen (`slot` bits): a second one means a new
     /// connection on the same 4-tuple.
     pub slots: u16,
+    /// What each end showed of its socket's life.
+    pub ends: Ends,
     /// Some evidence shows the connection established: kept by `add` rather than
     /// searched for, as each record pushed asks.
     established: bool,
@@ -123,6 +197,7 @@ impl Story {
             deadline: None,
             waited_for_context: false,
             slots: 0,
+            ends: Ends::default(),
             established: false,
             not_before: 0,
             listener_end: None,
@@ -165,10 +240,12 @@ impl Story {
     /// holds the once-per-connection event it stands for.
     pub fn repeats(&self, r: &Record) -> bool {
         self.slots & Story::slot_of(&self.key, r, self.was_established()) != 0
+            || self.ends.new_connection(&self.key, r)
     }
 
     pub fn add(&mut self, r: Record) {
         self.slots |= Story::slot_of(&self.key, &r, self.established);
+        self.ends.note(&self.key, &r);
         self.last_ns = self.last_ns.max(r.mono_ns);
         if self.evidence.len() < MAX_EVIDENCE {
             self.established |= shows_established(&r);

@@ -978,6 +978,48 @@ fn a_connect_its_application_gave_up_is_explained_not_kept() {
 }
 
 #[test]
+fn connections_reusing_a_four_tuple_whose_syns_are_dropped_are_each_explained() {
+    // A storm of non-blocking connects closed at once, their SYNs dropped by a rule:
+    // the same 4-tuple comes back while the previous story waits for the rules (300 ms)
+    // or just after it was explained (1.5 s). A dropped SYN fills no once-per-connection
+    // slot, yet after its end's socket died it is the next connection's.
+    // `late`: the SYN's drop recorded after its own socket's death (a deferred softirq).
+    // 6 ms: the next SYN is dropped 1 ms after the previous socket died.
+    for (gap_ms, late) in [
+        (6u64, false),
+        (300, false),
+        (1_500, false),
+        (6, true),
+        (300, true),
+        (1_500, true),
+    ] {
+        let mut e = Engine::default();
+        let mut out = Vec::new();
+        addresses(&mut e, &mut out);
+        for i in 0..5u64 {
+            let at = 10 + i * gap_ms;
+            let (drop_at, death_at) = if late { (at + 2, at) } else { (at, at + 5) };
+            let mut records = [
+                drop_syn(drop_at, "NETFILTER_DROP"),
+                died(death_at, TcpState::SynSent, 4121),
+            ];
+            records.sort_by_key(|r| r.mono_ns);
+            for r in records {
+                e.push(r, &mut out);
+            }
+            e.advance(at * MS, &mut out);
+        }
+        e.finish(&mut out);
+        assert_eq!(total(&out), 5, "gap {gap_ms} ms, late {late}: {out:#?}");
+        assert!(
+            out.iter().all(|x| x.cause == "firewall_drop"),
+            "gap {gap_ms} ms, late {late}: {:?}",
+            causes(&out)
+        );
+    }
+}
+
+#[test]
 fn keepalive_resets_are_told_from_application_resets_without_reasons() {
     for (task, want) in [(0, "keepalive_timeout"), (880, "reset_by_application")] {
         let out = run(|e, o| {
