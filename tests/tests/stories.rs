@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    capability, failures, owner_pid, pid_of, port, require_root, s, Agent, Peer, Topology,
+    capability, failures, owner_pid, pid_of, port, require_root, s, wait_until, Agent, Peer,
+    Topology,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -400,6 +401,71 @@ fn syns_dropped_on_their_way_out_name_the_client() {
         .find(|v| s(v, "kind") == "drop" && port(s(v, "dst")) == p)
         .unwrap_or_else(|| panic!("no drop: {}", dump(&records)));
     assert_eq!(owner_pid(drop), Some(cpid), "{drop}");
+}
+
+/// A client bound to one source port connects again and again to a port whose SYNs a
+/// rule drops: each attempt reuses the 4-tuple as soon as the last one timed out, its
+/// first SYN dropped within milliseconds of the previous socket's death. Each is a
+/// failure of its own, explained as the firewall's, none left unexplained.
+#[test]
+fn a_fixed_source_port_whose_syns_are_dropped_is_explained_every_time() {
+    if !require_root() {
+        return;
+    }
+    if !capability("drop_reasons") {
+        eprintln!("skipped: no drop reasons on this kernel, no SYN drops to join");
+        return;
+    }
+    let t = Topology::new();
+    let p = 8314;
+    t.server.nft_input(&format!("tcp dport {p} drop"));
+    let mut agent = Agent::start(&["--port", &p.to_string()]);
+    let n = 5;
+    let client = Peer::spawn(
+        &t.client,
+        &[
+            "connect",
+            &format!("{}:{p}", t.server_ip),
+            "--bind",
+            &format!("{}:40777", t.client_ip),
+            "--syncnt",
+            "1",
+            "--count",
+            &n.to_string(),
+        ],
+    );
+    assert_eq!(client.wait(60 * SEC), vec!["errno=110"; n]);
+    let counted = |records: &[Value]| -> u64 {
+        failures(records, p)
+            .iter()
+            .map(|v| v["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // Bursts of one cause are counted in a line per 2 s window.
+    wait_until("every attempt counted", 15 * SEC, || {
+        counted(&agent.records()) >= n as u64
+    });
+    // Room for a failure too many (the unexplained close of an attempt whose SYNs were
+    // taken for the previous one's).
+    std::thread::sleep(3 * SEC);
+    agent.stop();
+    let records = agent.records();
+    let all: Vec<Value> = records
+        .iter()
+        .filter(|v| s(v, "kind") == "failure")
+        .cloned()
+        .collect();
+    assert_eq!(
+        counted(&records),
+        n as u64,
+        "one failure per attempt:\n{}",
+        dump(&all)
+    );
+    assert!(
+        all.iter().all(|v| s(v, "cause") == "firewall_drop"),
+        "{}",
+        dump(&all)
+    );
 }
 
 /// Namespaces that appear after the agent started (containers started during an
