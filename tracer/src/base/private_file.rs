@@ -90,6 +90,12 @@ impl Dir {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        Ok((Dir::open(&dir)?, name.to_os_string()))
+    }
+
+    /// Opens the directory `dir` itself.
+    pub fn open(dir: &Path) -> io::Result<Dir> {
+        let dir = dir.to_path_buf();
         let f = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
@@ -108,7 +114,12 @@ impl Dir {
                 d.path.display()
             );
         }
-        Ok((d, name.to_os_string()))
+        Ok(d)
+    }
+
+    /// A path that names this very directory (the descriptor's /proc link), to list it.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
     /// The path of `name` in this directory, for messages.
@@ -270,6 +281,117 @@ impl Dir {
             ));
         }
         Ok(true)
+    }
+}
+
+impl Dir {
+    /// Opens `name` to append to it: an existing file only if it is a regular file of
+    /// rstrace's owner here with no other link (checked on the open descriptor, so a
+    /// swap after the check changes nothing), else a new private file.
+    pub fn append(&self, name: &OsStr) -> io::Result<File> {
+        let c = cstr(name)?;
+        for _ in 0..8 {
+            let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: `c` is a valid C string; the fd returned is owned by the File below.
+            let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{} is a symbolic link, which rstrace never follows",
+                            self.display(name)
+                        ),
+                    ));
+                }
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(e);
+                }
+                match self.create_new(name) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    r => return r,
+                }
+            }
+            // SAFETY: openat succeeded, so `fd` is open and nothing else owns it.
+            let f = unsafe { File::from_raw_fd(fd) };
+            // SAFETY: stat is plain integers; all zeros is a valid value.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `f` is open for the call and `st` is writable.
+            check(unsafe { libc::fstat(f.as_raw_fd(), &mut st) })?;
+            // SAFETY: geteuid has no preconditions.
+            let uid = self
+                .owner
+                .map_or_else(|| unsafe { libc::geteuid() }, |o| o.0);
+            if file_type(&st) != libc::S_IFREG || st.st_uid != uid || st.st_nlink != 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is not a file rstrace wrote (a regular file of uid {uid} with one \
+                         link); it is not appended to",
+                        self.display(name)
+                    ),
+                ));
+            }
+            return Ok(f);
+        }
+        Err(io::Error::other(format!(
+            "{} keeps appearing and disappearing",
+            self.display(name)
+        )))
+    }
+}
+
+/// A file written by appending, reopened by name on request (after logrotate renamed
+/// it, on SIGHUP): what was written before goes on in the renamed file, what comes
+/// after in a new one.
+pub struct AppendFile {
+    dir: Dir,
+    name: OsString,
+    file: File,
+    reopen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AppendFile {
+    pub fn open(path: &Path) -> io::Result<AppendFile> {
+        let (dir, name) = Dir::of(path)?;
+        let file = dir
+            .append(&name)
+            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+        Ok(AppendFile {
+            dir,
+            name,
+            file,
+            reopen: Default::default(),
+        })
+    }
+
+    /// Set it to have the file reopened at the next write or flush.
+    pub fn reopen_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.reopen.clone()
+    }
+
+    fn maybe_reopen(&mut self) {
+        if !self.reopen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match self.dir.append(&self.name) {
+            Ok(f) => self.file = f,
+            // The old file still takes the lines: better than losing them.
+            Err(e) => log::warn!("reopening {}: {e}", self.dir.display(&self.name)),
+        }
+    }
+}
+
+impl Write for AppendFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.maybe_reopen();
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.maybe_reopen();
+        self.file.flush()
     }
 }
 

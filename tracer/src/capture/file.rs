@@ -267,7 +267,17 @@ impl RotatePolicy {
     };
 }
 
+/// How a recording names its files.
+enum Naming {
+    /// One name; rotation shifts the old files to FILE.1, FILE.2 ...
+    Shift,
+    /// A new file named by its start time at each rotation, in a directory kept
+    /// within a disk budget.
+    InDir(super::dir::CaptureDir),
+}
+
 pub struct CaptureWriter {
+    naming: Naming,
     /// The capture's directory, opened once: every rotation renames within it.
     dir: Dir,
     name: OsString,
@@ -301,6 +311,7 @@ impl CaptureWriter {
             .create(&name, replace, &h)
             .with_context(|| format!("creating the capture file {}", path.display()))?;
         Ok(CaptureWriter {
+            naming: Naming::Shift,
             id: file_id(&file)?,
             dir,
             name,
@@ -315,6 +326,50 @@ impl CaptureWriter {
             records: 0,
             chunks: 0,
         })
+    }
+
+    /// Starts a new file in the directory `path` (created when missing), named by the
+    /// time (capture::dir); the directory's oldest files are deleted whenever its
+    /// files take more than `budget` bytes.
+    pub fn in_dir(
+        path: &Path,
+        budget: u64,
+        header: Header,
+        rotate: RotatePolicy,
+        flush_every: Duration,
+    ) -> Result<CaptureWriter> {
+        // The open file may pass its rotation size by one chunk before it rotates.
+        let reserve = rotate.max_bytes.unwrap_or(budget) + CHUNK_TARGET as u64;
+        let mut cd = super::dir::CaptureDir::open(path, budget, reserve)
+            .with_context(|| format!("opening the capture directory {}", path.display()))?;
+        let h = header.encode();
+        let (file, name) = cd
+            .create_next(&h)
+            .with_context(|| format!("creating a capture file in {}", path.display()))?;
+        cd.prune(&name)
+            .with_context(|| format!("keeping {} within its disk budget", path.display()))?;
+        let (dir, _) = Dir::of(&path.join(&name))?;
+        Ok(CaptureWriter {
+            id: file_id(&file)?,
+            path: path.join(&name),
+            naming: Naming::InDir(cd),
+            dir,
+            name,
+            file,
+            header,
+            enc: ChunkEncoder::default(),
+            chunk_started: None,
+            flush_every,
+            rotate,
+            written: h.len() as u64,
+            records: 0,
+            chunks: 0,
+        })
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn write(&mut self, r: &Record) -> io::Result<()> {
@@ -367,12 +422,14 @@ impl CaptureWriter {
     /// anything but one of rstrace's own files stops the recording.
     pub fn rotate(&mut self, context: &[Record]) -> io::Result<()> {
         self.flush()?;
-        self.shift().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("rotating {}: {e}; recording stopped", self.path.display()),
-            )
-        })?;
+        if let Naming::Shift = self.naming {
+            self.shift().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("rotating {}: {e}; recording stopped", self.path.display()),
+                )
+            })?;
+        }
         let mut header = self.header.clone();
         let now = crate::base::clock::Clock::now();
         header.clock_mono_ns = now.mono_ns;
@@ -381,8 +438,22 @@ impl CaptureWriter {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let h = header.encode();
-        // A name planted since the shift makes this fail: nothing is overwritten.
-        let file = self.dir.create(&self.name, false, &h)?;
+        let file = match &mut self.naming {
+            // A name planted since the shift makes this fail: nothing is overwritten.
+            Naming::Shift => self.dir.create(&self.name, false, &h)?,
+            Naming::InDir(cd) => {
+                let (file, name) = cd.create_next(&h)?;
+                self.path = self.path.with_file_name(&name);
+                self.name = name;
+                if let Err(e) = cd.prune(&self.name) {
+                    log::warn!(
+                        "keeping {} within its disk budget: {e}",
+                        cd.display(std::ffi::OsStr::new(""))
+                    );
+                }
+                file
+            }
+        };
         self.id = file_id(&file)?;
         self.file = file;
         self.written = h.len() as u64;

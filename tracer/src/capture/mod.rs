@@ -4,6 +4,7 @@
 //! explain` replays them through the same pipeline as `watch`. The format is in
 //! docs/capture-format.md.
 pub mod codec;
+pub mod dir;
 pub mod file;
 
 pub use file::{CaptureWriter, Header, Reader, RotatePolicy};

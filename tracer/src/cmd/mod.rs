@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 pub mod doctor;
@@ -36,6 +36,10 @@ struct Cli {
 enum Command {
     /// Explain TCP failures live, one line each (with --events, the raw evidence too).
     Watch(WatchArgs),
+    /// `watch` as a node service: JSON Lines on stdout (or --json-file), the evidence
+    /// recorded into rotating files in --capture-dir (default /var/lib/rstrace) within
+    /// --disk-budget, each start in a file of its own.
+    Agent(WatchArgs),
     /// Record the evidence and its context to a capture file, to explain later.
     Record(RecordArgs),
     /// Explain a capture file: what `watch` printed live for the same events.
@@ -170,9 +174,22 @@ struct WatchArgs {
     /// How often to poll the namespaces' backlog counters, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 250)]
     overflow_interval: u64,
+    /// JSON Lines to FILE instead of stdout (`-`: stdout): appended, created mode 0600,
+    /// reopened on SIGHUP (after logrotate renamed it).
+    #[arg(long, value_name = "FILE")]
+    json_file: Option<PathBuf>,
     /// Also record everything to this capture file (see `rstrace record`).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Also record everything into DIR (created mode 0700 when missing): a new file
+    /// at each start and rotation, named by its start time
+    /// (rstrace-20261201T010203Z.rst), never one that exists.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["record", "force", "keep"])]
+    capture_dir: Option<PathBuf>,
+    /// With --capture-dir: the most MiB its capture files take (the oldest are
+    /// deleted first; at least twice --rotate-mib). Default 1024.
+    #[arg(long, value_name = "MIB")]
+    disk_budget: Option<u64>,
     /// At exit, write event counts and program statistics here (benchmarks).
     #[arg(long, value_name = "FILE", hide = true)]
     stats: Option<PathBuf>,
@@ -325,7 +342,8 @@ struct RecordArgs {
 
 #[derive(Args, Debug)]
 struct ReplayArgs {
-    /// Capture files (rotated ones in any order).
+    /// Capture files (rotated ones in any order), or directories of them
+    /// (`--capture-dir`).
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     /// JSON Lines output (schema: docs/events.md).
@@ -349,13 +367,41 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
         .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-22T01:00:00Z)"))
 }
 
+/// Where `agent` records and how much disk it may take, unless told otherwise.
+const AGENT_CAPTURE_DIR: &str = "/var/lib/rstrace";
+const DEFAULT_DISK_BUDGET_MIB: u64 = 1024;
+
 impl CaptureArgs {
     fn to(&self, path: PathBuf) -> Result<watch::RecordTo> {
+        self.record_to(path, None)
+    }
+
+    /// Into a directory within `budget_mib`.
+    fn to_dir(&self, path: PathBuf, budget_mib: u64) -> Result<watch::RecordTo> {
+        if self.rotate_mib == 0 {
+            bail!("--capture-dir needs files that rotate: --rotate-mib must be above 0");
+        }
+        if budget_mib < 2 * self.rotate_mib {
+            bail!(
+                "--disk-budget {budget_mib} MiB holds less than two files of --rotate-mib {} \
+                 MiB: a restart would delete the previous run's evidence at once; raise the \
+                 budget or lower --rotate-mib",
+                self.rotate_mib
+            );
+        }
+        let budget = budget_mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| anyhow::anyhow!("--disk-budget {budget_mib} MiB is too large"))?;
+        self.record_to(path, Some(budget))
+    }
+
+    fn record_to(&self, path: PathBuf, budget: Option<u64>) -> Result<watch::RecordTo> {
         if !(10..=60_000).contains(&self.flush_interval) {
             bail!("--flush-interval must be between 10 and 60000 ms");
         }
         Ok(watch::RecordTo {
             path,
+            budget,
             replace: self.force,
             rotate: capture::RotatePolicy {
                 max_bytes: (self.rotate_mib > 0).then_some(self.rotate_mib << 20),
@@ -369,8 +415,25 @@ impl CaptureArgs {
 
 impl ReplayArgs {
     fn config(self, verbose: bool) -> Result<replay::ReplayConfig> {
+        // A directory stands for the capture files `--capture-dir` wrote there.
+        let mut files = Vec::new();
+        for f in self.files {
+            if f.is_dir() {
+                let inside = capture::dir::files_in(&f)
+                    .with_context(|| format!("listing {}", f.display()))?;
+                if inside.is_empty() {
+                    bail!(
+                        "{} holds no capture file of rstrace's names (rstrace-*.rst)",
+                        f.display()
+                    );
+                }
+                files.extend(inside);
+            } else {
+                files.push(f);
+            }
+        }
         Ok(replay::ReplayConfig {
-            files: self.files,
+            files,
             json: self.json,
             events: self.events,
             verbose,
@@ -388,6 +451,17 @@ fn check_ring(size: u32) -> Result<()> {
     Ok(())
 }
 
+impl WatchArgs {
+    /// `agent`: JSON Lines, and recording into AGENT_CAPTURE_DIR unless told otherwise.
+    fn agent(mut self) -> Result<watch::WatchConfig> {
+        self.json = true;
+        if self.record.is_none() && self.capture_dir.is_none() {
+            self.capture_dir = Some(PathBuf::from(AGENT_CAPTURE_DIR));
+        }
+        self.try_into()
+    }
+}
+
 impl TryFrom<WatchArgs> for watch::WatchConfig {
     type Error = anyhow::Error;
 
@@ -401,15 +475,29 @@ impl TryFrom<WatchArgs> for watch::WatchConfig {
         if !(10..=60_000).contains(&a.overflow_interval) {
             bail!("--overflow-interval must be between 10 and 60000 ms");
         }
+        let record = match (a.record, a.capture_dir) {
+            (Some(p), _) => Some(a.capture.to(p)?),
+            (None, Some(d)) => Some(
+                a.capture
+                    .to_dir(d, a.disk_budget.unwrap_or(DEFAULT_DISK_BUDGET_MIB))?,
+            ),
+            (None, None) if a.disk_budget.is_some() => {
+                bail!("--disk-budget applies to --capture-dir, which is not given")
+            }
+            (None, None) => None,
+        };
+        let json = a.json || a.json_file.is_some();
+        let json_file = a.json_file.filter(|p| p.as_os_str() != "-");
         Ok(watch::WatchConfig {
-            json: a.json,
+            json,
             events: a.events,
             verbose: false,
             filter: a.filter.filter()?,
             ring_bytes: a.ring_size,
             overflow_interval: Duration::from_millis(a.overflow_interval),
             quiet: false,
-            record: a.record.map(|p| a.capture.to(p)).transpose()?,
+            json_file,
+            record,
             stats: a.stats,
             metrics: a.metrics.config()?,
         })
@@ -432,6 +520,11 @@ fn run_other(cli: Cli) -> Result<()> {
             cfg.verbose = cli.verbose > 0;
             watch::run(cfg)
         }
+        Command::Agent(a) => {
+            let mut cfg = a.agent()?;
+            cfg.verbose = cli.verbose > 0;
+            watch::run(cfg)
+        }
         Command::Record(a) => {
             check_ring(a.ring_size)?;
             watch::run(watch::WatchConfig {
@@ -442,6 +535,7 @@ fn run_other(cli: Cli) -> Result<()> {
                 ring_bytes: a.ring_size,
                 overflow_interval: Duration::from_millis(250),
                 quiet: true,
+                json_file: None,
                 record: Some(watch::RecordTo {
                     filter: Some(a.filter.filter()?),
                     ..a.capture.to(a.output)?

@@ -23,6 +23,7 @@ use tokio::{
 use tracer_common::{Hook, KernelOffsets, ListenKey, ListenOwner, SockOwner};
 
 use crate::{
+    base::private_file::AppendFile,
     base::{
         clock::Clock,
         reasons::{LOST_RECURSION, LOST_RING_FULL},
@@ -58,6 +59,8 @@ pub struct WatchConfig {
     pub overflow_interval: Duration,
     /// Print nothing to stdout (`rstrace record`).
     pub quiet: bool,
+    /// JSON Lines to this file (appended, reopened on SIGHUP) instead of stdout.
+    pub json_file: Option<PathBuf>,
     /// Also write everything to this capture file.
     pub record: Option<RecordTo>,
     /// At exit, write the event counts and the programs' run statistics here (JSON).
@@ -69,6 +72,9 @@ pub struct WatchConfig {
 #[derive(Clone, Debug)]
 pub struct RecordTo {
     pub path: PathBuf,
+    /// `path` is a directory of files named by their start time, kept within this
+    /// many bytes (--capture-dir, --disk-budget).
+    pub budget: Option<u64>,
     /// Replace an existing file at `path` (--force).
     pub replace: bool,
     pub rotate: RotatePolicy,
@@ -341,8 +347,14 @@ async fn run_loop(
     let clock = Clock::now();
     let mut decoder = Decoder::new(&session.info);
     let mut live = Live::default();
+    // Set on SIGHUP: the JSON file is reopened by name.
+    let mut reopen = None;
     let out: Box<dyn io::Write> = if cfg.quiet {
         Box::new(io::sink())
+    } else if let Some(path) = &cfg.json_file {
+        let f = AppendFile::open(path)?;
+        reopen = Some(f.reopen_flag());
+        Box::new(f)
     } else {
         Box::new(io::stdout().lock())
     };
@@ -362,13 +374,15 @@ async fn run_loop(
         .with_workloads(Resolver::new());
     if let Some(rec) = &cfg.record {
         let header = Header::new(&session.info, clock);
-        pipe = pipe.with_capture(CaptureWriter::create(
-            &rec.path,
-            rec.replace,
-            header,
-            rec.rotate,
-            rec.flush_every,
-        )?);
+        let w = match rec.budget {
+            Some(budget) => {
+                CaptureWriter::in_dir(&rec.path, budget, header, rec.rotate, rec.flush_every)?
+            }
+            None => {
+                CaptureWriter::create(&rec.path, rec.replace, header, rec.rotate, rec.flush_every)?
+            }
+        };
+        pipe = pipe.with_capture(w);
         if let Some(f) = &rec.filter {
             pipe = pipe.with_capture_filter(f.clone());
         }
@@ -388,6 +402,11 @@ async fn run_loop(
         .context("registering the ring buffer with epoll")?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // Only with a JSON file: otherwise a hangup ends rstrace as it ends any program.
+    let mut sighup = reopen
+        .as_ref()
+        .map(|_| signal(SignalKind::hangup()))
+        .transpose()?;
     let every = |ms| {
         let mut i = tokio::time::interval(Duration::from_millis(ms));
         i.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -498,6 +517,14 @@ async fn run_loop(
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
+            Some(_) = async { sighup.as_mut()?.recv().await }, if sighup.is_some() => {
+                // Lines so far to the old file, the next ones to a new one.
+                pipe.flush().map_err(Into::into).map(|()| {
+                    if let Some(r) = &reopen {
+                        r.store(true, Ordering::Relaxed);
+                    }
+                })
+            }
         };
         if let Err(e) = step.and_then(|_| Ok(pipe.flush()?)) {
             break Err(e);
@@ -540,12 +567,12 @@ async fn run_loop(
     }
     if let Some(w) = pipe.capture() {
         w.flush().context("writing the capture file")?;
-        if let Some(rec) = &cfg.record {
+        if cfg.record.is_some() {
             eprintln!(
                 "rstrace: recorded {} records in {} chunks to {}",
                 w.records,
                 w.chunks,
-                rec.path.display()
+                w.path().display()
             );
         }
     }
