@@ -729,8 +729,17 @@ impl Agent {
 
     /// `start` with extra environment variables.
     pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_as(&["watch", "--json", "--events"], extra, env)
+    }
+
+    /// `rstrace agent` (explanations as JSON Lines on stdout, unless --json-file).
+    pub fn start_node_agent(extra: &[&str]) -> Agent {
+        Agent::start_as(&["agent"], extra, &[])
+    }
+
+    fn start_as(command: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(rstrace_bin())
-            .args(["watch", "--json", "--events"])
+            .args(command)
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

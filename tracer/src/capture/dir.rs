@@ -34,14 +34,15 @@ pub fn file_name(at: SystemTime, seq: u32) -> String {
     if seq == 0 {
         format!("{PREFIX}{stamp}{SUFFIX}")
     } else {
-        format!("{PREFIX}{stamp}-{seq}{SUFFIX}")
+        // `_` sorts after the `.` of the first name: `ls` lists them in order.
+        format!("{PREFIX}{stamp}_{seq}{SUFFIX}")
     }
 }
 
 /// The order of a name of the pattern `file_name` writes; None for any other name.
 pub fn parse_name(name: &str) -> Option<Order> {
     let rest = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
-    let (stamp, seq) = match rest.split_once('-') {
+    let (stamp, seq) = match rest.split_once('_') {
         Some((s, n)) => {
             let digits = !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit());
             (s, if digits { n.parse().ok()? } else { return None })
@@ -209,13 +210,13 @@ mod tests {
         // 2026-12-01T01:02:03Z
         let t = at(1_796_086_923);
         assert_eq!(file_name(t, 0), "rstrace-20261201T010203Z.rst");
-        assert_eq!(file_name(t, 2), "rstrace-20261201T010203Z-2.rst");
+        assert_eq!(file_name(t, 2), "rstrace-20261201T010203Z_2.rst");
         assert_eq!(
             parse_name("rstrace-20261201T010203Z.rst"),
             Some(("20261201T010203Z".into(), 0))
         );
         assert_eq!(
-            parse_name("rstrace-20261201T010203Z-2.rst"),
+            parse_name("rstrace-20261201T010203Z_2.rst"),
             Some(("20261201T010203Z".into(), 2))
         );
         assert!(parse_name(&file_name(at(0), 7)).is_some());
@@ -229,9 +230,10 @@ mod tests {
             "rstrace-20261201T010203Z.rs",
             "rstrace-20261201T010203.rst",
             "rstrace-2026120XT010203Z.rst",
-            "rstrace-20261201T010203Z-.rst",
-            "rstrace-20261201T010203Z--1.rst",
-            "rstrace-20261201T010203Z-x.rst",
+            "rstrace-20261201T010203Z_.rst",
+            "rstrace-20261201T010203Z__1.rst",
+            "rstrace-20261201T010203Z_x.rst",
+            "rstrace-20261201T010203Z-1.rst",
             ".rstrace-20261201T010203Z.rst.rstrace-new-1-0",
             "rstrace-20261201T0102034Z.rst",
             "xrstrace-20261201T010203Z.rst",
@@ -253,6 +255,10 @@ mod tests {
         let mut sorted = orders.clone();
         sorted.sort();
         assert_eq!(orders, sorted);
+        // And as names, up to nine files a second.
+        let mut by_name = names[..2].to_vec();
+        by_name.sort();
+        assert_eq!(by_name, names[..2]);
     }
 
     fn o(s: &str, seq: u32) -> Order {
