@@ -247,6 +247,106 @@ fn without_enough_capabilities_it_names_each_missing_one() {
     assert!(status.success(), "{status}: {seen}\n{}", last.join("\n"));
 }
 
+/// A locked-memory limit of 64 KiB that only CAP_SYS_RESOURCE may raise, without it:
+/// before 5.11 (maps charged to RLIMIT_MEMLOCK) the agent says so, with both ways out,
+/// instead of a bare EPERM from creating maps; from 5.11 on (maps charged to the
+/// memory cgroup) it starts.
+#[test]
+fn a_locked_memory_limit_it_cannot_raise_is_named_before_5_11() {
+    if !require_root() {
+        return;
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.arg("--bounding-set=-all,+bpf,+perfmon,+sys_admin")
+        .arg(rstrace_bin())
+        .args(["watch", "--port", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let r = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("setpriv (util-linux)");
+    let _kill = tests::KillOnDrop(child.id());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut watching = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        watching = line.contains("watching");
+        seen.push(line);
+        if watching {
+            break;
+        }
+    }
+    let seen = seen.join("\n");
+    if tests::kernel_version() < (5, 11) {
+        assert!(!watching, "started with 64 KiB of locked memory: {seen}");
+        for want in [
+            "CAP_SYS_RESOURCE",
+            "RLIMIT_MEMLOCK",
+            "64 KiB",
+            "LimitMEMLOCK=infinity",
+        ] {
+            assert!(seen.contains(want), "{want} not said: {seen}");
+        }
+        assert!(!seen.contains("panicked"), "{seen}");
+        assert!(!child.wait().unwrap().success());
+    } else {
+        assert!(
+            watching,
+            "maps are not charged to RLIMIT_MEMLOCK here: {seen}"
+        );
+        // SAFETY: kill takes no pointers; the pid is a child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _: Vec<String> = lines.map_while(Result::ok).collect();
+        assert!(child.wait().unwrap().success(), "{seen}");
+    }
+}
+
+/// As another user than root (as a container may run it), with only CAP_BPF and
+/// CAP_PERFMON: tracefs, root's alone, needs CAP_DAC_READ_SEARCH, and the error says
+/// so rather than that tracefs is not mounted.
+#[test]
+fn as_another_user_it_names_what_reading_tracefs_needs() {
+    if !require_root() {
+        return;
+    }
+    let tracefs = Path::new("/sys/kernel/tracing");
+    let mode = fs::metadata(tracefs.join("events")).map(|_| {
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(tracefs).unwrap().permissions())
+    });
+    if mode.map_or(true, |m| m & 0o005 == 0o005) {
+        skip("tracefs is not mounted at /sys/kernel/tracing, or every user may read it");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"])
+        .arg(rstrace_bin())
+        .args(["watch", "--port", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("  CAP_DAC_READ_SEARCH: read tracefs"), "{err}");
+    assert!(
+        !err.contains("  CAP_BPF") && !err.contains("not mounted"),
+        "{err}"
+    );
+}
+
 /// `Type=notify`: READY=1 arrives on $NOTIFY_SOCKET once the programs are attached
 /// (the agent holds program descriptors and has already dropped its start-up
 /// capabilities), STOPPING=1 when it stops.
@@ -507,8 +607,9 @@ fn the_daemonset_grants_and_mounts_what_doctor_lists() {
     }
 }
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "watch",
+    "agent",
     "record",
     "explain",
     "summary",

@@ -112,7 +112,8 @@ pub fn start(ring_bytes: u32) -> Result<Session> {
         log::warn!("kernel BTF lacks {m}; the dependent detail will be missing");
     }
     info.missing.extend(missing);
-    let probes = Probes::load(&info, offsets, ring_bytes)?;
+    let probes =
+        Probes::load(&info, offsets, ring_bytes).map_err(privileges::explain_load_error)?;
     probes.warn_degraded();
     if !probes
         .status

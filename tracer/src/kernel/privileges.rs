@@ -127,15 +127,25 @@ pub fn check() -> Result<()> {
     let eff = effective();
     let has = |c: Cap| eff.contains(&c);
     // CAP_SYS_ADMIN alone covers BPF and perf events too.
-    let missing: Vec<&Need> = NEEDS
-        .iter()
-        .filter(|n| matches!(n.cap, Cap::CAP_BPF | Cap::CAP_PERFMON) && !has(n.cap))
-        .collect();
-    if !missing.is_empty() && !has(Cap::CAP_SYS_ADMIN) {
-        let lines: Vec<String> = missing
+    let mut lines: Vec<String> = if has(Cap::CAP_SYS_ADMIN) {
+        Vec::new()
+    } else {
+        NEEDS
             .iter()
+            .filter(|n| matches!(n.cap, Cap::CAP_BPF | Cap::CAP_PERFMON) && !has(n.cap))
             .map(|n| format!("  {}: {}", name(n.cap), n.why))
-            .collect();
+            .collect()
+    };
+    if let Some(why) =
+        tracefs_unreadable(has(Cap::CAP_DAC_READ_SEARCH) || has(Cap::CAP_DAC_OVERRIDE))
+    {
+        lines.push(format!("  {}: {why}", name(Cap::CAP_DAC_READ_SEARCH)));
+    }
+    let memlock = memlock_short(has(Cap::CAP_SYS_RESOURCE));
+    if !lines.is_empty() {
+        if let Some(m) = &memlock {
+            lines.push(format!("  {}: {m}", name(Cap::CAP_SYS_RESOURCE)));
+        }
         bail!(
             "rstrace lacks the capabilities it needs to load and attach its eBPF programs:\n\
              {}\nRun it as root (sudo), or grant what `rstrace doctor` lists (the systemd \
@@ -143,12 +153,89 @@ pub fn check() -> Result<()> {
             lines.join("\n")
         );
     }
+    if let Some(m) = &memlock {
+        // The limit may still be enough: the loader's error says when it is not.
+        log::warn!("without {}: {m}", name(Cap::CAP_SYS_RESOURCE));
+    }
     for n in NEEDS {
         if n.phase == Phase::Live && !has(n.cap) && n.cap != Cap::CAP_BPF {
             log::warn!("without {}: {}", name(n.cap), n.without);
         }
     }
     Ok(())
+}
+
+/// Why tracefs cannot be read, when it is there but only root may read it (mode 0700)
+/// and this process runs as another user without a capability that overrides that.
+fn tracefs_unreadable(dac_override: bool) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 || dac_override {
+        return None;
+    }
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .find_map(|d| match std::fs::read_dir(d) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+                "read tracefs ({d}, readable by root only) as uid {euid}: the tracepoints' \
+                 formats and ids"
+            )),
+            _ => None,
+        })
+}
+
+/// The release is older than 5.11: BPF maps are charged to RLIMIT_MEMLOCK rather than
+/// to the memory cgroup.
+pub fn charges_memlock(release: &str) -> bool {
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    (major, minor) < (5, 11)
+}
+
+fn memlock_limit() -> Option<libc::rlimit> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid rlimit, written by the call.
+    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0).then_some(r)
+}
+
+/// On a kernel that charges maps to RLIMIT_MEMLOCK, when the limit is finite and this
+/// process may not lift it: what that means, for the messages.
+fn memlock_short(sys_resource: bool) -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim();
+    let limit = memlock_limit()?;
+    if sys_resource || !charges_memlock(release) || limit.rlim_max == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(format!(
+        "this kernel ({release}, before 5.11) charges BPF maps to RLIMIT_MEMLOCK, which is \
+         {} KiB here and which only CAP_SYS_RESOURCE may raise past {} KiB: grant \
+         CAP_SYS_RESOURCE, or start rstrace with the limit lifted (LimitMEMLOCK=infinity in \
+         a systemd unit, `ulimit -l unlimited`, `--ulimit memlock=-1` for a container)",
+        limit.rlim_cur / 1024,
+        limit.rlim_max / 1024
+    ))
+}
+
+/// The loader's error, said plainly when it is the locked-memory limit: an EPERM from
+/// creating maps on a kernel that charges them to RLIMIT_MEMLOCK, which this process
+/// could not lift.
+pub fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
+    let eperm = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+    }) || format!("{e:#}").contains("Operation not permitted");
+    match memlock_short(effective().contains(&Cap::CAP_SYS_RESOURCE)) {
+        Some(m) if eperm => e.context(format!(
+            "the eBPF maps could not be created within the locked-memory limit: {m}"
+        )),
+        _ => e,
+    }
 }
 
 /// Kept for the live loop: the live needs this process holds, and the recording ones
@@ -244,6 +331,16 @@ mod tests {
         for c in RECORDING_ELSEWHERE {
             assert!(!set.contains(&c), "{c} is a recording extra, not a need");
         }
+    }
+
+    #[test]
+    fn kernels_before_5_11_charge_maps_to_memlock() {
+        assert!(charges_memlock("5.10.0-35-cloud-amd64"));
+        assert!(charges_memlock("4.19.0"));
+        assert!(!charges_memlock("5.11.0"));
+        assert!(!charges_memlock("6.1.0-40-cloud-amd64"));
+        assert!(!charges_memlock("6.18.44-fc-v657"));
+        assert!(!charges_memlock("10.0"));
     }
 
     #[test]

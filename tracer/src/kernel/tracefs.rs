@@ -12,8 +12,14 @@ use anyhow::{bail, Context as _, Result};
 pub fn ensure_tracefs() -> Result<PathBuf> {
     const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
     for c in CANDIDATES {
-        if Path::new(c).join("events").is_dir() {
-            return Ok(PathBuf::from(c));
+        match Path::new(c).join("events").metadata() {
+            Ok(m) if m.is_dir() => return Ok(PathBuf::from(c)),
+            // Mounted, but readable by root only (mode 0700): mounting again cannot help.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "tracefs at {c} is readable by root only: run rstrace as root, or grant it \
+                 CAP_DAC_READ_SEARCH"
+            ),
+            _ => {}
         }
     }
     let target = CANDIDATES[0];
