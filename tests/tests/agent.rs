@@ -131,6 +131,11 @@ fn a_capture_directory_stays_within_budget_deleting_the_oldest_and_only_its_own(
     let foreign = dir.join("rstrace-20000101T000001Z.rst");
     fs::copy(dir.join(&a1), &foreign).unwrap();
     std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    // And one newer than all: counted in the budget, it would have the second run
+    // delete more than the oldest.
+    let foreign_new = dir.join("rstrace-20991231T000000Z.rst");
+    fs::copy(dir.join(&a1), &foreign_new).unwrap();
+    std::os::unix::fs::chown(&foreign_new, Some(65534), Some(65534)).unwrap();
 
     let mut run2 = Agent::start_node_agent(&args);
     let at_start = own_files(&dir);
@@ -181,6 +186,7 @@ fn a_capture_directory_stays_within_budget_deleting_the_oldest_and_only_its_own(
         .is_symlink());
     assert_eq!(fs::read_link(&link).unwrap(), notes);
     assert_eq!(fs::metadata(&foreign).unwrap().len(), a1_size);
+    assert_eq!(fs::metadata(&foreign_new).unwrap().len(), a1_size);
     for f in last.keys() {
         assert_eq!(
             fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777,
@@ -191,6 +197,7 @@ fn a_capture_directory_stays_within_budget_deleting_the_oldest_and_only_its_own(
 
     // The directory explained: run 1 (another user's copy of its first file, then its
     // second) and run 2 (both its files), every refusal counted once.
+    fs::remove_file(&foreign_new).unwrap();
     let counts = explained_counts(&[&dir]);
     assert_eq!(counts.get(&8401), Some(&u64::from(N)), "{counts:?}");
     assert_eq!(counts.get(&8402), Some(&u64::from(N)), "{counts:?}");

@@ -99,6 +99,7 @@ fn every_documented_cause_kind_and_command_is_tested() {
     assert!(kinds.len() >= 14, "{kinds:?}");
     let commands: Vec<String> = [
         "watch",
+        "agent",
         "record",
         "explain",
         "summary",
@@ -111,7 +112,7 @@ fn every_documented_cause_kind_and_command_is_tested() {
     .filter(|c| readme.contains(&format!("rstrace {c}")))
     .map(|c| c.to_string())
     .collect();
-    assert_eq!(commands.len(), 8, "the README shows {commands:?}");
+    assert_eq!(commands.len(), 9, "the README shows {commands:?}");
     for (what, ids) in [
         ("cause", causes),
         ("record kind", kinds),

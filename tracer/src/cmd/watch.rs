@@ -391,10 +391,14 @@ async fn run_loop(
 
     // Attached, maps and files open: from here on only what the live loop uses. Before
     // the monitor thread starts, which inherits this thread's capabilities.
-    let recording_elsewhere = cfg
-        .record
-        .as_ref()
-        .is_some_and(|r| crate::base::private_file::written_for_another_user(&r.path));
+    let recording_elsewhere = cfg.record.as_ref().is_some_and(|r| {
+        // A capture directory's files are written in it, not beside it.
+        let file = match r.budget {
+            Some(_) => r.path.join("file"),
+            None => r.path.clone(),
+        };
+        crate::base::private_file::written_for_another_user(&file)
+    });
     privileges::drop_all_but(&privileges::live_set(recording_elsewhere))?;
 
     // SAFETY: the ring buffer's fd is owned by `maps.ring`, which the AsyncFd owns and
