@@ -263,19 +263,19 @@ fn a_locked_memory_limit_it_cannot_raise_is_named_before_5_11() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let lower = || {
+        let r = libc::rlimit {
+            rlim_cur: 64 << 10,
+            rlim_max: 64 << 10,
+        };
+        // SAFETY: `r` is a valid rlimit alive for the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
     // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            let r = libc::rlimit {
-                rlim_cur: 64 << 10,
-                rlim_max: 64 << 10,
-            };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, lower) };
     let mut child = cmd.spawn().expect("setpriv (util-linux)");
     let _kill = tests::KillOnDrop(child.id());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
