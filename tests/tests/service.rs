@@ -301,6 +301,15 @@ fn a_locked_memory_limit_it_cannot_raise_is_named_before_5_11() {
             assert!(seen.contains(want), "{want} not said: {seen}");
         }
         assert!(!seen.contains("panicked"), "{seen}");
+        // The error itself, not only the warning before it, says why the maps failed.
+        let error = seen
+            .lines()
+            .find(|l| l.starts_with("rstrace: "))
+            .unwrap_or_default();
+        assert!(
+            error.contains("locked-memory limit") && error.contains("CAP_SYS_RESOURCE"),
+            "{seen}"
+        );
         assert!(!child.wait().unwrap().success());
     } else {
         assert!(
