@@ -27,6 +27,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     // A real Prometheus scrapes the agent (tests/tests/metrics.rs); promtool checks
     // the exposition.
     "prometheus",
+    // A real container from a locally built root filesystem (tests/tests/workload.rs).
+    "crun",
+    "busybox-static",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

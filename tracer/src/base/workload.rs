@@ -39,6 +39,8 @@ pub enum Runtime {
     CriO,
     Podman,
     Lxc,
+    /// crun run directly (no engine above it): its id is the name it was given.
+    Crun,
     /// A container of a Kubernetes pod whose cgroup (the cgroupfs driver's bare id)
     /// does not say which CRI runtime made it, and whose state was not found.
     Cri,
@@ -52,6 +54,7 @@ impl Runtime {
             Runtime::CriO => "cri-o",
             Runtime::Podman => "podman",
             Runtime::Lxc => "lxc",
+            Runtime::Crun => "crun",
             Runtime::Cri => "cri",
         }
     }
@@ -72,9 +75,12 @@ pub struct Container {
 }
 
 impl Container {
-    /// The id as `docker ps` shows it.
+    /// The id as `docker ps` shows it; ids that are names (LXC, crun) whole.
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        match self.runtime {
+            Runtime::Lxc | Runtime::Crun => &self.id,
+            _ => &self.id[..self.id.len().min(12)],
+        }
     }
 }
 
@@ -118,6 +124,9 @@ impl fmt::Display for Workload {
             };
             match (&c.name, self.pod.is_some()) {
                 (Some(name), true) => write!(f, "{sep}{what} {name}")?,
+                (Some(name), false) if **name == *c.id => {
+                    write!(f, "{sep}{what} {name} ({})", c.runtime.name())?
+                }
                 (Some(name), false) => write!(
                     f,
                     "{sep}{what} {name} ({} {})",

@@ -166,6 +166,7 @@ fn runtime_code(r: Runtime) -> u64 {
         Runtime::Podman => 4,
         Runtime::Lxc => 5,
         Runtime::Cri => 6,
+        Runtime::Crun => 7,
     }
 }
 
@@ -177,6 +178,7 @@ fn runtime_of(c: u64) -> R<Runtime> {
         4 => Runtime::Podman,
         5 => Runtime::Lxc,
         6 => Runtime::Cri,
+        7 => Runtime::Crun,
         _ => return Err(CodecError::Bad("enumerated value")),
     })
 }

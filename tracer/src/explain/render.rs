@@ -235,6 +235,7 @@ fn workload_commands(w: &Workload, since: Option<&str>) -> Option<String> {
                     format!("the container: podman ps -a --filter name={name}, podman logs {name}")
                 }
                 Runtime::Lxc => format!("the container: lxc-info -n {name}"),
+                Runtime::Crun => format!("the container: crun state {name}, crun list"),
                 Runtime::Containerd | Runtime::CriO | Runtime::Cri => {
                     format!(
                         "the container: crictl ps -a --id {}, crictl logs {}",
@@ -403,6 +404,25 @@ mod tests {
             with_workload_fix("f".into(), Some(&p), None),
             "f; the container: docker ps -a --filter name=web, docker logs web"
         );
+        assert_eq!(p.named(), "container web (docker 0123456789ab) (nginx[880])");
+        let crun = Workload {
+            container: Some(Container {
+                runtime: Runtime::Crun,
+                id: "rstrace-web-1".into(),
+                name: Some("rstrace-web-1".into()),
+                monitor: false,
+            }),
+            ..Default::default()
+        };
+        let q = Proc {
+            workload: Some(std::sync::Arc::new(crun)),
+            ..p.clone()
+        };
+        assert_eq!(
+            with_workload_fix("f".into(), Some(&q), None),
+            "f; the container: crun state rstrace-web-1, crun list"
+        );
+        assert_eq!(q.named(), "container rstrace-web-1 (crun) (nginx[880])");
         let w = std::sync::Arc::make_mut(p.workload.as_mut().unwrap());
         w.pod = Some(Pod {
             uid: "u".into(),

@@ -9,7 +9,8 @@
 //!   cgroupfs drivers), `cri-containerd-<id>.scope`, `nerdctl-<id>.scope`,
 //!   `crio-<id>.scope`, `libpod-<id>.scope` and podman's cgroupfs `libpod-<id>`, their
 //!   monitors `crio-conmon-<id>.scope` / `libpod-conmon-<id>.scope`, LXC's
-//!   `lxc.payload.<name>`. Runtimes may add cgroups below their container's (crun's
+//!   `lxc.payload.<name>`, crun's own systemd driver's `crun-<id>.scope` (crun run
+//!   by hand; its id is the name it was given). Runtimes may add cgroups below their container's (crun's
 //!   `container`, a systemd inside): those belong to the container.
 //! - Kubernetes: the kubelet's pod cgroup, `kubepods[-<qos>]-pod<uid_with_underscores>.slice`
 //!   (systemd driver) or `kubepods/[<qos>/]pod<uid>` (cgroupfs driver), Guaranteed
@@ -88,7 +89,15 @@ fn container(part: &str, parent: &str, under_cgroupfs_pod: bool) -> Option<Conta
                 return found(runtime, id, monitor);
             }
         }
-        return None;
+        return scope
+            .strip_prefix("crun-")
+            .filter(|id| !id.is_empty())
+            .map(|id| Container {
+                runtime: Runtime::Crun,
+                id: Text::from(id),
+                name: Some(Text::from(id)),
+                monitor: false,
+            });
     }
     if let Some(id) = part.strip_prefix("libpod-") {
         return found(Runtime::Podman, id, false);
@@ -294,6 +303,25 @@ mod tests {
             (Runtime::Lxc, "web", Some("web"))
         );
         assert_eq!(lxc.unit, None);
+        // crun run by hand with its systemd driver (`crun --systemd-cgroup run web`).
+        for path in [
+            "/system.slice/crun-web.scope",
+            "/system.slice/crun-web.scope/container",
+        ] {
+            let w = parse(path);
+            let c = w.container.unwrap();
+            assert_eq!(
+                (c.runtime, &*c.id, c.name.as_deref()),
+                (Runtime::Crun, "web", Some("web")),
+                "{path}"
+            );
+            assert_eq!(w.unit, None, "{path}");
+        }
+        let w = parse("/system.slice/crun-.scope");
+        assert_eq!(
+            (w.container, w.unit.as_deref()),
+            (None, Some("crun-.scope"))
+        );
     }
 
     #[test]
