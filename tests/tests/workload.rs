@@ -393,8 +393,10 @@ fn a_crun_container_whose_server_died_is_named() {
     );
     let ports_args = ["--port", &P.to_string(), "--port", &(P + 1).to_string()];
     let mut filtered = Agent::start_env(&[&["--container", &id][..], &ports_args].concat(), &[]);
-    let mut excluded =
-        Agent::start_env(&[&["--container", "no-such-container"][..], &ports_args].concat(), &[]);
+    let mut excluded = Agent::start_env(
+        &[&["--container", "no-such-container"][..], &ports_args].concat(),
+        &[],
+    );
     let ctr = CrunContainer::run(
         &id,
         &t.server.name,
@@ -440,14 +442,21 @@ fn a_crun_container_whose_server_died_is_named() {
         let c = &e["culprit"]["container"];
         assert_eq!(
             (&c["runtime"], &c["id"], &c["name"]),
-            (&Value::from("crun"), &Value::from(id.as_str()), &Value::from(id.as_str())),
+            (
+                &Value::from("crun"),
+                &Value::from(id.as_str()),
+                &Value::from(id.as_str())
+            ),
             "{what}: {e}"
         );
         assert!(
             s(e, "explanation").contains(&format!("container {id} (crun) (busybox[{spid}])")),
             "{what}: {e}"
         );
-        assert!(s(e, "fix").contains(&format!("crun state {id}")), "{what}: {e}");
+        assert!(
+            s(e, "fix").contains(&format!("crun state {id}")),
+            "{what}: {e}"
+        );
     }
     let live = |a: &Agent| {
         let f: Vec<Value> = a
@@ -462,8 +471,14 @@ fn a_crun_container_whose_server_died_is_named() {
     let sel = |args: &[&str]| ports(&explain(&file, args));
     assert_eq!(sel(&[]), vec![P, P + 1]);
     assert_eq!(sel(&["--container", &id]), vec![P]);
-    assert_eq!(sel(&["--container", "no-such-container"]), Vec::<u16>::new());
-    assert_eq!(sel(&["--unit", &format!("crun-{id}.scope")]), Vec::<u16>::new());
+    assert_eq!(
+        sel(&["--container", "no-such-container"]),
+        Vec::<u16>::new()
+    );
+    assert_eq!(
+        sel(&["--unit", &format!("crun-{id}.scope")]),
+        Vec::<u16>::new()
+    );
     let _ = std::fs::remove_file(&file);
     drop(ctr);
     drop(cg);

@@ -404,7 +404,10 @@ mod tests {
             with_workload_fix("f".into(), Some(&p), None),
             "f; the container: docker ps -a --filter name=web, docker logs web"
         );
-        assert_eq!(p.named(), "container web (docker 0123456789ab) (nginx[880])");
+        assert_eq!(
+            p.named(),
+            "container web (docker 0123456789ab) (nginx[880])"
+        );
         let crun = Workload {
             container: Some(Container {
                 runtime: Runtime::Crun,
