@@ -13,10 +13,7 @@ pub mod rules;
 mod schedule;
 pub mod story;
 
-use crate::base::{
-    clock::Clock,
-    record::{Kind, Record},
-};
+use crate::base::{clock::Clock, record::Record};
 use crate::enrich::host::Host;
 
 pub use self::collapse::COLLAPSE_WINDOW;
@@ -84,9 +81,6 @@ impl Engine {
     /// `out` at once.
     pub fn push(&mut self, r: Record, out: &mut Vec<Explanation>) {
         self.host.on_record(&r);
-        if matches!(r.kind, Kind::FirewallRule | Kind::Addresses | Kind::Socket) {
-            self.stories.answer_came();
-        }
         if let Some(e) = render::explain_event(&self.host, &r, self.clock) {
             self.emit(e, std::slice::from_ref(&r), out);
             return;

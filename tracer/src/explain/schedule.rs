@@ -34,7 +34,6 @@ const SAME_CONNECT: u64 = AFTER_ERRNO;
 const CONTEXT_WAIT: u64 = 300 * MS;
 /// Extra wait once, for the firewall rules of a namespace where netfilter dropped
 /// packets of the story (live, the monitor reads them with nft and iptables-save).
-/// At most: a story is explained as soon as the answers it waits for have come.
 const FIREWALL_WAIT: u64 = 1_000 * MS;
 /// Explained flows absorb their late evidence this long.
 const DONE_FOR: u64 = 3_000 * MS;
@@ -102,12 +101,6 @@ pub(super) struct Scheduler {
     last_sweep_ns: u64,
     done: Generations<Done>,
     wants_context: bool,
-    /// Stories waiting for answers (context records), looked at again when one comes
-    /// (stale keys are skipped): under a storm the waits would otherwise hold a
-    /// second's worth of stories after the answer that ends them.
-    waiting: Vec<FlowKey>,
-    /// An answer came since the waiting stories were last looked at.
-    answered: bool,
     /// Connecting sockets that died in their owner's own connect() or close(), by
     /// (pid, destination): a connect error reported just after is the same attempt.
     own_connect_deaths: FastMap<(u32, SocketAddr), (FlowKey, u64)>,
@@ -121,8 +114,6 @@ impl Default for Scheduler {
             last_sweep_ns: 0,
             done: Generations::new(DONE_GENERATION_CAP, DONE_FOR),
             wants_context: false,
-            waiting: Vec::new(),
-            answered: false,
             own_connect_deaths: FastMap::default(),
         }
     }
@@ -274,32 +265,6 @@ impl Scheduler {
         }
     }
 
-    /// A context record came that may answer the questions of waiting stories.
-    pub(super) fn answer_came(&mut self) {
-        self.answered = !self.waiting.is_empty();
-    }
-
-    /// The waiting stories whose questions are all answered now become due.
-    fn release_answered(&mut self, now: u64, host: &Host, rules_answered: bool) {
-        let mut due = Vec::new();
-        self.waiting.retain(|key| {
-            let Some(s) = self.stories.get(key) else {
-                return false;
-            };
-            if !s.waited_for_context || s.deadline.is_none_or(|d| d <= now) {
-                return false;
-            }
-            if Questions::of(host, s, rules_answered).wait().is_none() {
-                due.push(*key);
-                return false;
-            }
-            true
-        });
-        for key in due {
-            self.schedule(key, now);
-        }
-    }
-
     /// Whether a story waits for a deadline (possibly one since moved or met).
     pub(super) fn has_deadlines(&self) -> bool {
         !self.due.is_empty()
@@ -314,9 +279,6 @@ impl Scheduler {
         rules_answered: bool,
         ready: &mut Vec<Story>,
     ) {
-        if std::mem::take(&mut self.answered) {
-            self.release_answered(now, host, rules_answered);
-        }
         while let Some(&Reverse((deadline, key))) = self.due.peek() {
             if deadline > now {
                 break;
@@ -338,7 +300,6 @@ impl Scheduler {
                     self.wants_context |= open.context;
                     self.stories.insert(key, story);
                     self.schedule(key, now + wait);
-                    self.waiting.push(key);
                     continue;
                 }
             }
@@ -362,9 +323,6 @@ impl Scheduler {
                 .retain(|_, s| s.deadline.is_some() || now.saturating_sub(s.last_ns) < IDLE_FOR);
             self.own_connect_deaths
                 .retain(|_, (_, at)| now.saturating_sub(*at) <= SAME_CONNECT);
-            let stories = &self.stories;
-            self.waiting
-                .retain(|k| stories.get(k).is_some_and(|s| s.waited_for_context));
             if self.due.len() > 4 * self.stories.len() + 1024 {
                 let live = self
                     .stories

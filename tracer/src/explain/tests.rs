@@ -208,37 +208,6 @@ fn firewall_drop_waits_for_the_local_clients_timeout() {
 }
 
 #[test]
-fn a_story_waiting_for_the_rules_is_explained_when_they_come() {
-    // Under a storm every story of the first second waits for the rules: held until
-    // its full wait, the memory they take grows with the rate.
-    let mut e = Engine::default();
-    let mut out = Vec::new();
-    addresses(&mut e, &mut out);
-    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
-    e.push(error(3_000, libc::ETIMEDOUT), &mut out);
-    e.advance(3_100 * MS, &mut out);
-    assert!(out.is_empty(), "did not wait for the rules: {out:#?}");
-    let rule = (
-        "input",
-        Some("input"),
-        Some(0),
-        4,
-        "tcp dport 8080 drop",
-        "drop",
-    );
-    e.push(fw_rules(3_150, &[rule]), &mut out);
-    e.advance(3_160 * MS, &mut out);
-    assert_eq!(causes(&out), vec!["firewall_drop"]);
-    assert!(
-        out[0]
-            .explanation
-            .contains("the rule `tcp dport 8080 drop`"),
-        "{}",
-        out[0].explanation
-    );
-}
-
-#[test]
 fn a_firewall_drop_names_the_rule_read_from_the_namespace() {
     let mut e = Engine::default();
     let mut out = Vec::new();
