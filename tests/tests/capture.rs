@@ -555,14 +555,9 @@ fn service_listener_exits(server_first: bool, p: u16) {
             .and_then(|(_, t)| t.split_once('\''))
             .map(|(t, _)| t.to_string())
             .unwrap_or_else(|| panic!("{what}: no journalctl --since: {e}"));
-        let exited = Command::new("date")
-            .args(["-d", &format!("{since} 60 seconds"), "+%s"])
-            .output()
-            .unwrap();
-        let exited: u64 = String::from_utf8_lossy(&exited.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{what}: `{since}` is not a time date reads"));
+        let exited = local_epoch(&since)
+            .unwrap_or_else(|| panic!("{what}: `{since}` is not YYYY-MM-DD HH:MM:SS"))
+            + 60;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -573,4 +568,34 @@ fn service_listener_exits(server_first: bool, p: u16) {
         );
     }
     drop(cg);
+}
+
+/// Seconds since the epoch of a local `YYYY-MM-DD HH:MM:SS` (what journalctl reads), by
+/// the C library rather than GNU date, which the guests' busybox lacks.
+fn local_epoch(t: &str) -> Option<u64> {
+    let (date, time) = t.split_once(' ')?;
+    let d: Vec<i32> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let h: Vec<i32> = time
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([y, mo, da], [hh, mi, ss]) = (d.as_slice(), h.as_slice()) else {
+        return None;
+    };
+    // SAFETY: all-zero is a valid `tm` (plain integers and, where present, a null
+    // zone name).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = *da;
+    tm.tm_hour = *hh;
+    tm.tm_min = *mi;
+    tm.tm_sec = *ss;
+    tm.tm_isdst = -1;
+    // SAFETY: `tm` is a valid, exclusively borrowed `tm`.
+    let secs = unsafe { libc::mktime(&mut tm) };
+    u64::try_from(secs).ok()
 }
