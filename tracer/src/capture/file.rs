@@ -3,7 +3,7 @@
 //! and a CRC32 so that a cut-off or damaged file still reads up to its last good
 //! chunk, skipping damaged ones.
 use std::{
-    ffi::OsString,
+    ffi::OsStr,
     fs::{self, File},
     io::{self, Read, Write},
     path::{Path, PathBuf},
@@ -269,8 +269,9 @@ impl RotatePolicy {
 
 /// How a recording names its files.
 enum Naming {
-    /// One name; rotation shifts the old files to FILE.1, FILE.2 ...
-    Shift,
+    /// One name; rotation shifts the old files to FILE.1, FILE.2 ... within the
+    /// capture's directory, opened once.
+    Shift(Dir),
     /// A new file named by its start time at each rotation, in a directory kept
     /// within a disk budget.
     InDir(super::dir::CaptureDir),
@@ -278,12 +279,10 @@ enum Naming {
 
 pub struct CaptureWriter {
     naming: Naming,
-    /// The capture's directory, opened once: every rotation renames within it.
-    dir: Dir,
-    name: OsString,
+    /// The file being written (its name is the one in `naming`'s directory).
     path: PathBuf,
     file: File,
-    /// The file being written, to tell whether `name` still refers to it.
+    /// The file being written, to tell whether its name still refers to it.
     id: FileId,
     header: Header,
     enc: ChunkEncoder,
@@ -310,22 +309,15 @@ impl CaptureWriter {
         let file = dir
             .create(&name, replace, &h)
             .with_context(|| format!("creating the capture file {}", path.display()))?;
-        Ok(CaptureWriter {
-            naming: Naming::Shift,
-            id: file_id(&file)?,
-            dir,
-            name,
-            path: path.to_path_buf(),
+        CaptureWriter::new(
+            Naming::Shift(dir),
+            path.to_path_buf(),
             file,
+            h.len(),
             header,
-            enc: ChunkEncoder::default(),
-            chunk_started: None,
-            flush_every,
             rotate,
-            written: h.len() as u64,
-            records: 0,
-            chunks: 0,
-        })
+            flush_every,
+        )
     }
 
     /// Starts a new file in the directory `path` (created when missing), named by the
@@ -348,20 +340,38 @@ impl CaptureWriter {
             .with_context(|| format!("creating a capture file in {}", path.display()))?;
         cd.prune(&name)
             .with_context(|| format!("keeping {} within its disk budget", path.display()))?;
-        let (dir, _) = Dir::of(&path.join(&name))?;
+        CaptureWriter::new(
+            Naming::InDir(cd),
+            path.join(name),
+            file,
+            h.len(),
+            header,
+            rotate,
+            flush_every,
+        )
+    }
+
+    /// Both constructors' common part: `file` is open with its header written.
+    fn new(
+        naming: Naming,
+        path: PathBuf,
+        file: File,
+        header_len: usize,
+        header: Header,
+        rotate: RotatePolicy,
+        flush_every: Duration,
+    ) -> Result<CaptureWriter> {
         Ok(CaptureWriter {
+            naming,
             id: file_id(&file)?,
-            path: path.join(&name),
-            naming: Naming::InDir(cd),
-            dir,
-            name,
+            path,
             file,
             header,
             enc: ChunkEncoder::default(),
             chunk_started: None,
             flush_every,
             rotate,
-            written: h.len() as u64,
+            written: header_len as u64,
             records: 0,
             chunks: 0,
         })
@@ -370,6 +380,11 @@ impl CaptureWriter {
     /// The file being written.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Its name in the capture's directory.
+    fn name(&self) -> &OsStr {
+        self.path.file_name().unwrap_or_default()
     }
 
     pub fn write(&mut self, r: &Record) -> io::Result<()> {
@@ -422,8 +437,8 @@ impl CaptureWriter {
     /// anything but one of rstrace's own files stops the recording.
     pub fn rotate(&mut self, context: &[Record]) -> io::Result<()> {
         self.flush()?;
-        if let Naming::Shift = self.naming {
-            self.shift().map_err(|e| {
+        if let Naming::Shift(dir) = &self.naming {
+            self.shift(dir).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("rotating {}: {e}; recording stopped", self.path.display()),
@@ -440,17 +455,18 @@ impl CaptureWriter {
         let h = header.encode();
         let file = match &mut self.naming {
             // A name planted since the shift makes this fail: nothing is overwritten.
-            Naming::Shift => self.dir.create(&self.name, false, &h)?,
+            Naming::Shift(dir) => {
+                dir.create(self.path.file_name().unwrap_or_default(), false, &h)?
+            }
             Naming::InDir(cd) => {
                 let (file, name) = cd.create_next(&h)?;
-                self.path = self.path.with_file_name(&name);
-                self.name = name;
-                if let Err(e) = cd.prune(&self.name) {
+                if let Err(e) = cd.prune(&name) {
                     log::warn!(
                         "keeping {} within its disk budget: {e}",
-                        cd.display(std::ffi::OsStr::new(""))
+                        cd.display(OsStr::new(""))
                     );
                 }
+                self.path.set_file_name(name);
                 file
             }
         };
@@ -466,13 +482,14 @@ impl CaptureWriter {
     /// Renames the files one place down. The checks make an attacker's planted link
     /// an error; they are not what keeps it safe: renameat and unlinkat act on the
     /// name and never follow it, whatever is swapped in after the check.
-    fn shift(&self) -> io::Result<()> {
+    fn shift(&self, dir: &Dir) -> io::Result<()> {
+        let name = self.name();
         let rotated = |i: usize| {
-            let mut n = self.name.clone();
+            let mut n = name.to_os_string();
             n.push(format!(".{i}"));
             n
         };
-        match self.dir.stat(&self.name)? {
+        match dir.stat(name)? {
             Some(st) if private_file::id(&st) == self.id => {}
             _ => {
                 return Err(io::Error::other(format!(
@@ -483,19 +500,19 @@ impl CaptureWriter {
         }
         let keep = self.rotate.keep;
         if keep == 0 {
-            return self.dir.unlink(&self.name);
+            return dir.unlink(name);
         }
-        if self.dir.own_file(&rotated(keep))? {
-            self.dir.unlink(&rotated(keep))?;
+        if dir.own_file(&rotated(keep))? {
+            dir.unlink(&rotated(keep))?;
         }
         for i in (1..keep).rev() {
-            if self.dir.own_file(&rotated(i))? {
-                self.dir.own_file(&rotated(i + 1))?;
-                self.dir.rename(&rotated(i), &rotated(i + 1))?;
+            if dir.own_file(&rotated(i))? {
+                dir.own_file(&rotated(i + 1))?;
+                dir.rename(&rotated(i), &rotated(i + 1))?;
             }
         }
-        self.dir.own_file(&rotated(1))?;
-        self.dir.rename(&self.name, &rotated(1))
+        dir.own_file(&rotated(1))?;
+        dir.rename(name, &rotated(1))
     }
 }
 
