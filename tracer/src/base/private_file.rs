@@ -106,7 +106,7 @@ impl Dir {
             path: dir,
             owner: sudo_owner(),
         };
-        let st = d.fstat()?;
+        let st = fstat(&d.fd)?;
         if st.st_mode & libc::S_IWOTH != 0 && st.st_mode & libc::S_ISVTX == 0 {
             log::warn!(
                 "{} is writable by every user and has no sticky bit: any user can rename \
@@ -127,12 +127,11 @@ impl Dir {
         self.path.join(name).display().to_string()
     }
 
-    fn fstat(&self) -> io::Result<libc::stat> {
-        // SAFETY: stat is plain integers; all zeros is a valid value.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: the fd is open (owned by self) and `st` is writable.
-        check(unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) })?;
-        Ok(st)
+    /// The uid rstrace's files here belong to.
+    fn owner_uid(&self) -> libc::uid_t {
+        // SAFETY: geteuid has no preconditions.
+        self.owner
+            .map_or_else(|| unsafe { libc::geteuid() }, |o| o.0)
     }
 
     /// What `name` is, without following a symlink; None if nothing is there.
@@ -260,16 +259,18 @@ impl Dir {
     /// Whether `name` exists, when it may be renamed or removed: only a regular file
     /// owned by whoever this directory's files are given to, i.e. one of rstrace's own.
     pub fn own_file(&self, name: &OsStr) -> io::Result<bool> {
+        Ok(self.own_stat(name)?.is_some())
+    }
+
+    /// `own_file`, with what it found.
+    pub fn own_stat(&self, name: &OsStr) -> io::Result<Option<libc::stat>> {
         let Some(st) = self.stat(name)? else {
-            return Ok(false);
+            return Ok(None);
         };
         if file_type(&st) != libc::S_IFREG {
             return Err(self.not_regular(name, &st));
         }
-        // SAFETY: geteuid has no preconditions.
-        let uid = self
-            .owner
-            .map_or_else(|| unsafe { libc::geteuid() }, |o| o.0);
+        let uid = self.owner_uid();
         if st.st_uid != uid {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -280,7 +281,7 @@ impl Dir {
                 ),
             ));
         }
-        Ok(true)
+        Ok(Some(st))
     }
 }
 
@@ -315,14 +316,8 @@ impl Dir {
             }
             // SAFETY: openat succeeded, so `fd` is open and nothing else owns it.
             let f = unsafe { File::from_raw_fd(fd) };
-            // SAFETY: stat is plain integers; all zeros is a valid value.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: `f` is open for the call and `st` is writable.
-            check(unsafe { libc::fstat(f.as_raw_fd(), &mut st) })?;
-            // SAFETY: geteuid has no preconditions.
-            let uid = self
-                .owner
-                .map_or_else(|| unsafe { libc::geteuid() }, |o| o.0);
+            let st = fstat(&f)?;
+            let uid = self.owner_uid();
             if file_type(&st) != libc::S_IFREG || st.st_uid != uid || st.st_nlink != 1 {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
@@ -395,13 +390,17 @@ impl Write for AppendFile {
     }
 }
 
-/// Fstat of an open file, for its identity.
-pub fn file_id(f: &File) -> io::Result<FileId> {
+fn fstat(f: &impl AsRawFd) -> io::Result<libc::stat> {
     // SAFETY: stat is plain integers; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `f` is open for the call and `st` is writable.
     check(unsafe { libc::fstat(f.as_raw_fd(), &mut st) })?;
-    Ok(id(&st))
+    Ok(st)
+}
+
+/// Fstat of an open file, for its identity.
+pub fn file_id(f: &File) -> io::Result<FileId> {
+    Ok(id(&fstat(f)?))
 }
 
 /// Writes `data` to `path` as a new private file, replacing a regular file there.

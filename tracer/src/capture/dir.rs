@@ -162,9 +162,9 @@ impl CaptureDir {
             let Some(order) = name.to_str().and_then(parse_name) else {
                 continue;
             };
-            match self.dir.own_file(&name) {
-                Ok(true) => {}
-                Ok(false) => continue, // gone meanwhile
+            let st = match self.dir.own_stat(&name) {
+                Ok(Some(st)) => st,
+                Ok(None) => continue, // gone meanwhile
                 Err(e) => {
                     if !self.foreign.contains(&name) {
                         log::warn!("{e}: left alone, and not counted in the disk budget");
@@ -172,9 +172,6 @@ impl CaptureDir {
                     }
                     continue;
                 }
-            }
-            let Some(st) = self.dir.stat(&name)? else {
-                continue;
             };
             closed.push((order.clone(), st.st_size as u64));
             names.insert(order, name);
