@@ -30,6 +30,8 @@ const CHUNK_HEADER: usize = 12;
 /// Chunks are closed at this size; longer ones are taken as damage.
 const CHUNK_TARGET: usize = 256 * 1024;
 const CHUNK_MAX: usize = 16 * 1024 * 1024;
+/// Headers longer than this are refused unread (rstrace writes a few KiB).
+const HEADER_MAX: usize = CHUNK_MAX;
 
 // Header fields (tag, length, value); readers skip tags they do not know.
 const T_VERSION: u8 = 1;
@@ -182,6 +184,9 @@ impl Header {
         }
         let len = b.get_u32_le() as usize;
         let crc = b.get_u32_le();
+        if len > HEADER_MAX {
+            bail!("a header of {len} bytes is longer than any rstrace writes");
+        }
         if b.remaining() < len {
             bail!("header cut off ({} of {len} bytes)", b.remaining());
         }
@@ -521,8 +526,6 @@ impl CaptureWriter {
 const READ_SIZE: usize = 1024 * 1024;
 /// The header is read with a smaller window: many rotated files are opened at once.
 const HEADER_READ_SIZE: usize = 64 * 1024;
-/// Headers longer than this are not read (rstrace writes a few KiB).
-const HEADER_MAX: usize = CHUNK_MAX;
 
 /// Reads a capture file chunk by chunk, skipping damage (the reasons are in
 /// `warnings`). The file is streamed through a window that holds the chunk being
@@ -586,30 +589,15 @@ impl Reader {
         };
         let unreadable = || format!("{name}: unreadable header");
         let have = r.fill(18).with_context(|| format!("reading {name}"))?;
-        let mut want = 18;
-        if have >= 18 && r.window()[..8] == MAGIC[..] {
-            let w = r.window();
-            let format = u16::from_le_bytes([w[8], w[9]]);
-            let len = u32::from_le_bytes([w[10], w[11], w[12], w[13]]);
-            if len as usize <= HEADER_MAX {
-                want += len as usize;
-            } else if format <= FORMAT_VERSION {
-                // A damaged length: count the bytes that follow rather than hold them.
-                let want = 18 + len as usize;
-                let there = r
-                    .count_to(want)
-                    .with_context(|| format!("reading {name}"))?;
-                if there < want {
-                    return Err(anyhow::anyhow!(
-                        "header cut off ({} of {len} bytes)",
-                        there - 18
-                    ))
-                    .with_context(unreadable);
-                }
-                bail!("{name}: unreadable header: a header of {len} bytes is longer than any rstrace writes");
-            }
-        }
-        // A newer format, whatever its length, is refused here from the window.
+        let w = r.window();
+        let len = if have >= 18 && w[..8] == MAGIC[..] {
+            u32::from_le_bytes([w[10], w[11], w[12], w[13]]) as usize
+        } else {
+            0
+        };
+        // A length no rstrace writes (or a newer format) is refused by Header::decode
+        // from the first 18 bytes: nothing after them is read.
+        let want = 18 + if len <= HEADER_MAX { len } else { 0 };
         r.fill(want).with_context(|| format!("reading {name}"))?;
         let (header, used) = Header::decode(r.window()).with_context(unreadable)?;
         r.header = header;
@@ -666,20 +654,6 @@ impl Reader {
             }
         }
         Ok(self.end - self.start)
-    }
-
-    /// Consumes up to `n` bytes without keeping them; returns how many there were.
-    fn count_to(&mut self, n: usize) -> io::Result<usize> {
-        let mut seen = 0;
-        while seen < n {
-            if self.start == self.end && self.fill(1)? == 0 {
-                break;
-            }
-            let k = (self.end - self.start).min(n - seen);
-            self.consume(k);
-            seen += k;
-        }
-        Ok(seen)
     }
 
     /// Next chunk's records, None at the end of the file. Damage is skipped (and

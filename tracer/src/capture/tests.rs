@@ -459,6 +459,46 @@ fn newer_formats_and_other_files_are_refused_clearly() {
     );
 }
 
+/// Endless zeros after `head`, counting what was read.
+struct Endless {
+    head: std::io::Cursor<Vec<u8>>,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl std::io::Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = self.head.read(buf)?;
+        if n == 0 {
+            buf.fill(0);
+            n = buf.len();
+        }
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_header_length_no_rstrace_writes_is_refused_unread() {
+    let d = tmp();
+    let (mut data, _, _) = small_file(&d, 1);
+    data[10..14].copy_from_slice(&u32::MAX.to_le_bytes());
+    data.truncate(18);
+    let read = std::rc::Rc::default();
+    let src = Endless {
+        head: std::io::Cursor::new(data),
+        read: std::rc::Rc::clone(&read),
+    };
+    let Err(e) = Reader::from_read(Box::new(src), "t", 1 << 20) else {
+        panic!("a header of 4 GiB was read");
+    };
+    assert!(
+        format!("{e:#}").contains("a header of 4294967295 bytes is longer than any rstrace writes"),
+        "{e:#}"
+    );
+    // One read of the header's window, not the 4 GiB the length claims.
+    assert!(read.get() <= 64 << 10, "{} bytes read", read.get());
+}
+
 #[test]
 fn rotation_keeps_a_bounded_number_of_self_contained_files() {
     let d = tmp();
