@@ -79,17 +79,15 @@ fn opts() -> Opts {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        match a.as_str() {
-            "--costs" => o.costs = true,
-            "--soak" => o.soak_only = true,
-            "--idle" => o.idle_only = true,
-            _ => {}
-        }
-        if matches!(a.as_str(), "--costs" | "--soak" | "--idle") {
-            continue;
-        }
-        if a == "--read" {
-            o.read = true;
+        let flag = match a.as_str() {
+            "--costs" => Some(&mut o.costs),
+            "--read" => Some(&mut o.read),
+            "--soak" => Some(&mut o.soak_only),
+            "--idle" => Some(&mut o.idle_only),
+            _ => None,
+        };
+        if let Some(f) = flag {
+            *f = true;
             continue;
         }
         match (a.as_str(), args.next()) {
@@ -406,12 +404,7 @@ impl Agent {
 
     fn finish(mut self) -> AgentRun {
         let pid = self.child.id();
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        let rss_kb = status_kb(pid, "VmHWM:");
         let cpu_s = cpu_seconds(pid) - self.cpu_before;
         // SAFETY: kill takes no pointers; the pid is the agent this benchmark started.
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
@@ -560,27 +553,6 @@ fn printed_causes(out: &Path) -> BTreeMap<String, u64> {
     by
 }
 
-/// Runs `cmd` to its end; its stdout, and its peak RSS in kB and seconds taken.
-fn run_measured(cmd: &mut Command) -> (Vec<u8>, u64, f64) {
-    use std::io::Read as _;
-    let started = Instant::now();
-    #[expect(clippy::zombie_processes, reason = "reaped by wait4, for its rusage")]
-    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `status` and `usage` are writable for the call; the pid is this
-    // benchmark's child, not waited for before.
-    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(
-        r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed ({status})"
-    );
-    (out, usage.ru_maxrss as u64, started.elapsed().as_secs_f64())
-}
-
 /// The samples of a series, compactly: "a b c ..." rounded to one decimal.
 fn series(v: &[f64]) -> String {
     v.iter()
@@ -654,11 +626,15 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
         .iter()
         .map(|f| fs::metadata(f).map_or(0, |m| m.len()))
         .sum();
-    let (out, summary_kb, summary_s) = run_measured(
+    let summary_out = dir.join("summary.json");
+    let summary = read::measure(
         Command::new(&o.rstrace)
             .args(["summary", "--json"])
-            .args(&files),
+            .args(&files)
+            .stdout(fs::File::create(&summary_out).unwrap()),
     );
+    assert!(summary.ok, "rstrace summary of the soak's capture failed");
+    let out = fs::read(&summary_out).unwrap_or_default();
     let _ = fs::remove_dir_all(&dir);
     let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
     let replayed: BTreeMap<String, u64> = v["by_cause"]
@@ -702,7 +678,7 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
          | capture | {} records, {} files, {:.0} MB, {:.1} B/event |\n\
          | failures the agent printed, by cause | {} |\n\
          | failures `rstrace summary` counts in the capture | {} |\n\
-         | `rstrace summary`: time, peak RSS | {summary_s:.1} s, {:.0} MiB |\n\n\
+         | `rstrace summary`: time, peak RSS | {:.1} s, {:.0} MiB |\n\n\
          RSS, MiB, each second: {}\n\nCPU, % of one core, each second: {}\n",
         refused as f64 / rs,
         dropped as f64 / ds,
@@ -720,7 +696,8 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
         bytes as f64 / run.events.max(1) as f64,
         fmt(&printed),
         fmt(&replayed),
-        mib(summary_kb),
+        summary.secs,
+        summary.peak_mib,
         series(&rss_mib),
         series(&cpu_pct),
     ));
@@ -834,9 +811,7 @@ fn main() {
     if o.read {
         let (md, targets) = read_step(&o);
         print!("{md}");
-        for (name, ok, got) in &targets {
-            println!("  {}  {name}: {got}", if *ok { "PASS" } else { "FAIL" });
-        }
+        print_targets(&targets);
         let _ = fs::remove_dir_all(scratch());
         return;
     }

@@ -21,16 +21,14 @@ pub struct ReadRun {
     pub ok: bool,
 }
 
-/// Runs `program args`, stdout to /dev/null, and measures its wall time and peak RSS.
-pub fn measure(program: &Path, args: &[&str], file: &Path) -> ReadRun {
+/// Runs `cmd` to its end (its stdout as the caller set it), and measures its wall
+/// time and peak RSS.
+pub fn measure(cmd: &mut Command) -> ReadRun {
     let started = Instant::now();
     #[expect(clippy::zombie_processes, reason = "reaped by wait4, for its rusage")]
-    let child = Command::new(program)
-        .args(args)
-        .arg(file)
-        .stdout(Stdio::null())
+    let child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     let mut status = 0;
     // SAFETY: rusage is plain data; zero is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -104,7 +102,12 @@ pub fn section(
     );
     let mut targets = Vec::new();
     for cmd in ["summary", "explain"] {
-        let run = measure(rstrace, &[cmd], file);
+        let run = measure(
+            Command::new(rstrace)
+                .arg(cmd)
+                .arg(file)
+                .stdout(Stdio::null()),
+        );
         assert!(run.ok, "rstrace {cmd} failed");
         eprintln!(
             "rstrace {cmd}: {:.1} s, {:.2} M records/s, peak RSS {:.1} MiB",
