@@ -3,7 +3,7 @@
 use std::{
     io,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -201,25 +201,8 @@ fn context(t: u64, out: &mut Vec<Record>) {
 /// firewall timeouts) to `path`, generated as it is written; prints JSON.
 pub fn write_capture(records: u64, path: PathBuf) -> Result<()> {
     let clock = Clock::now();
-    let header = Header {
-        format: tracer::capture::file::FORMAT_VERSION,
-        kernel: "bench".into(),
-        clock_mono_ns: clock.mono_ns,
-        clock_wall_ns: clock
-            .wall
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-        ..Default::default()
-    };
     let started = Instant::now();
-    let mut w = CaptureWriter::create(
-        &path,
-        true,
-        header,
-        RotatePolicy::NEVER,
-        Duration::from_secs(1),
-    )
-    .with_context(|| format!("creating {}", path.display()))?;
+    let mut w = bench_writer(&path, &clock)?;
     let mut batch = Vec::with_capacity(16);
     let mut i = 0;
     while w.records < records {
@@ -246,24 +229,34 @@ pub fn write_capture(records: u64, path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Times writing and explaining a synthetic refusal storm; prints JSON.
-pub fn codec(n: u64, path: PathBuf) -> Result<()> {
-    let records = refused_storm(n);
-    let clock = Clock::now();
+/// A capture file at `path`, replaced if it exists (repeated runs write the same
+/// file), its header's clock `clock`.
+fn bench_writer(path: &Path, clock: &Clock) -> Result<CaptureWriter> {
     let header = Header {
         format: tracer::capture::file::FORMAT_VERSION,
+        kernel: "bench".into(),
         clock_mono_ns: clock.mono_ns,
+        clock_wall_ns: clock
+            .wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
         ..Default::default()
     };
-    let started = Instant::now();
-    // Repeated runs write the same file.
-    let mut w = CaptureWriter::create(
-        &path,
+    CaptureWriter::create(
+        path,
         true,
         header,
         RotatePolicy::NEVER,
         Duration::from_secs(1),
-    )?;
+    )
+    .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Times writing and explaining a synthetic refusal storm; prints JSON.
+pub fn codec(n: u64, path: PathBuf) -> Result<()> {
+    let records = refused_storm(n);
+    let started = Instant::now();
+    let mut w = bench_writer(&path, &Clock::now())?;
     for r in &records {
         w.write(r)?;
         if w.records % 4096 == 0 {
