@@ -250,22 +250,28 @@ pub fn fill_queue(cfg: &Config, hdr: &mut EventHeader, sk: u64) {
     }
 }
 
-/// The current task's name, through word-aligned memory (aya's wrapper zeroes a byte
-/// array first, a byte-by-byte memset on this target).
+/// Writes the current task's name to `dst` (zeroes when the helper fails). Straight
+/// into its destination: aya's wrapper zeroes a byte array first, which this target
+/// does byte by byte.
+///
+/// # Safety
+/// `dst` is valid for 16 bytes.
+#[inline(always)]
+unsafe fn comm_into(dst: *mut [u8; 16]) {
+    // SAFETY: the helper writes at most 16 bytes, as the caller vouches for.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(dst as *mut core::ffi::c_void, 16)
+    };
+}
+
+/// The current task's name.
 #[inline(always)]
 fn current_comm() -> [u8; 16] {
-    let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
-    // SAFETY: the helper writes the 16 bytes of the buffer (zeroes on failure).
-    unsafe {
-        aya_ebpf::helpers::generated::bpf_get_current_comm(
-            words.as_mut_ptr() as *mut core::ffi::c_void,
-            16,
-        )
-    };
-    // SAFETY: written above.
-    let words = unsafe { words.assume_init() };
-    // SAFETY: 16 bytes either way; any bytes are a name.
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+    let mut comm = core::mem::MaybeUninit::<[u8; 16]>::uninit();
+    // SAFETY: 16 bytes of our own.
+    unsafe { comm_into(comm.as_mut_ptr()) };
+    // SAFETY: written above; any bytes are a name.
+    unsafe { comm.assume_init() }
 }
 
 /// The current task as a socket owner. Only meaningful in process context.
@@ -297,18 +303,24 @@ pub fn attribute(cfg: &Config, hdr: &mut EventHeader, sk: u64) {
     // RCU grace period); another CPU may rewrite it meanwhile, which at worst mixes
     // two owners' integers, and the fields are copied out at once.
     if let Some(o) = unsafe { SOCKS.get(sk) } {
-        hdr.owner_tgid = o.tgid;
-        // SAFETY: both are 16 bytes at 8-aligned offsets of 8-aligned structs.
-        unsafe { copy16(&mut hdr.owner_comm, &o.comm) };
-        hdr.owner_since_ns = o.since_ns;
-        hdr.owner_cgroup = o.cgroup;
-        hdr.retrans = o.retrans;
-        hdr.netns = o.netns;
-        hdr.flags |= flags::OWNER_KNOWN;
+        set_owner(hdr, o);
     }
     if hdr.netns == 0 {
         hdr.netns = sock_netns(cfg, sk);
     }
+}
+
+/// Names `o` as the event's owner (with its namespace and retransmit count).
+#[inline(always)]
+pub fn set_owner(hdr: &mut EventHeader, o: &SockOwner) {
+    hdr.owner_tgid = o.tgid;
+    // SAFETY: both are 16 bytes at 8-aligned offsets of 8-aligned structs.
+    unsafe { copy16(&mut hdr.owner_comm, &o.comm) };
+    hdr.owner_since_ns = o.since_ns;
+    hdr.owner_cgroup = o.cgroup;
+    hdr.retrans = o.retrans;
+    hdr.netns = o.netns;
+    hdr.flags |= flags::OWNER_KNOWN;
 }
 
 /// Stamps the header with the time and the current task.
@@ -317,15 +329,8 @@ fn stamp(hdr: &mut EventHeader) {
     // SAFETY: a helper without arguments.
     hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
     hdr.cur_pid_tgid = bpf_get_current_pid_tgid();
-    // Straight into the event (the helper zeroes it when it fails): aya's wrapper
-    // zeroes a copy on the stack first, which the BPF target does byte by byte.
-    // SAFETY: the helper writes at most 16 bytes, the field's size.
-    unsafe {
-        aya_ebpf::helpers::generated::bpf_get_current_comm(
-            hdr.cur_comm.as_mut_ptr() as *mut core::ffi::c_void,
-            16,
-        )
-    };
+    // SAFETY: the field's 16 bytes.
+    unsafe { comm_into(&mut hdr.cur_comm) };
 }
 
 /// Zeroes `N` words at `p`, one store each. Volatile: the compiler would merge plain
@@ -493,14 +498,7 @@ pub fn reserve_record(
     // fixed-size copy is always in bounds even for shorter records.
     // SAFETY: the helper checks the source (a fault is an error, not a crash) and
     // writes RAW_MAX bytes, the payload's size.
-    let r = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            slot.raw_ptr() as *mut core::ffi::c_void,
-            RAW_MAX as u32,
-            ctx.as_ptr() as *const core::ffi::c_void,
-        )
-    };
-    if r != 0 {
+    if !unsafe { read_into(slot.raw_ptr(), RAW_MAX as u32, ctx.as_ptr() as u64, 0) } {
         slot.discard();
         return None;
     }
@@ -542,26 +540,6 @@ struct SkcHead {
     reuse: u8,
 }
 
-/// Reads a `T` at `base + off` without zeroing a copy first.
-#[inline(always)]
-fn kread_raw<T: Copy>(base: u64, off: u32) -> Option<T> {
-    if base == 0 || off == NO_OFFSET {
-        return None;
-    }
-    let mut v = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: the helper checks the kernel address and writes size_of::<T>() bytes
-    // (zeroes on failure); T is integers at every call.
-    let r = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            v.as_mut_ptr() as *mut core::ffi::c_void,
-            core::mem::size_of::<T>() as u32,
-            (base + off as u64) as *const core::ffi::c_void,
-        )
-    };
-    // SAFETY: written by the helper.
-    (r == 0).then(|| unsafe { v.assume_init() })
-}
-
 /// The 2 bytes at byte `at` (0..=14) of 16 bytes read as two words.
 #[inline(always)]
 fn u16_at(w: [u64; 2], at: u32) -> u16 {
@@ -580,7 +558,7 @@ fn u16_at(w: [u64; 2], at: u32) -> u16 {
 #[inline(always)]
 fn sock_head(o: &tracer_common::KernelOffsets, sk: u64) -> (u16, u16, u16, u32, u32) {
     let (family, dport, daddr) = if o.skc_daddr == 0 && o.skc_dport == 12 && o.skc_family == 16 {
-        match kread_raw::<SkcHead>(sk, 0) {
+        match kread::<SkcHead>(sk, 0) {
             Some(h) => (h.family, h.dport, u32::from_ne_bytes(h.daddr)),
             None => (0, 0, 0),
         }
@@ -593,7 +571,7 @@ fn sock_head(o: &tracer_common::KernelOffsets, sk: u64) -> (u16, u16, u16, u32, 
     };
     let delta = o.inet_sport.wrapping_sub(o.inet_saddr);
     let (sport, saddr) = if o.inet_saddr != NO_OFFSET && delta < 16 && delta.is_multiple_of(2) {
-        match kread_raw::<[u64; 2]>(sk, o.inet_saddr) {
+        match kread::<[u64; 2]>(sk, o.inet_saddr) {
             Some(w) => (
                 u16_at(w, delta),
                 u32::from_ne_bytes((w[0] as u32).to_ne_bytes()),
@@ -651,7 +629,7 @@ unsafe fn fill_sock(cfg: &Config, sk: u64, info: *mut SockInfo, extra: SockExtra
             write_volatile(daddr as *mut u32, daddr4);
         } else if o.skc_v6_rcv_saddr == o.skc_v6_daddr.wrapping_add(16) {
             // Peer, then local address, adjacent: one read.
-            if let Some(w) = kread_raw::<[u64; 4]>(sk, o.skc_v6_daddr) {
+            if let Some(w) = kread::<[u64; 4]>(sk, o.skc_v6_daddr) {
                 write_volatile(daddr, w[0]);
                 write_volatile(daddr.add(1), w[1]);
                 write_volatile(saddr, w[2]);
@@ -664,25 +642,26 @@ unsafe fn fill_sock(cfg: &Config, sk: u64, info: *mut SockInfo, extra: SockExtra
     }
 }
 
-/// Copies `len` bytes at `base + off` in kernel memory to `dst` (left as they are when
-/// unreadable).
+/// Copies `len` bytes at `base + off` in kernel memory to `dst`; whether it could
+/// (zeroes when the address faults, nothing written when there is no offset).
 ///
 /// # Safety
 /// `dst` is valid for `len` bytes.
 #[inline(always)]
-unsafe fn read_into(dst: *mut u8, len: u32, base: u64, off: u32) {
+unsafe fn read_into(dst: *mut u8, len: u32, base: u64, off: u32) -> bool {
     if base == 0 || off == NO_OFFSET {
-        return;
+        return false;
     }
     // SAFETY: the helper checks the kernel address (a fault is an error); `dst` as the
     // caller vouches.
-    unsafe {
+    let r = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             dst as *mut core::ffi::c_void,
             len,
             (base + off as u64) as *const core::ffi::c_void,
         )
     };
+    r == 0
 }
 
 /// Reports what socket `sk` holds as an event of `hook`, attributed to `owner_sk`'s

@@ -14,7 +14,7 @@ use tracer_common::{fixed, flags, ConnectInfo, Hook};
 
 use crate::common::{
     config, connect_begin, connect_take, ctx_field, current_owner, kread, load_record, raw_u64,
-    Slot,
+    set_owner, Slot,
 };
 
 const AF_INET: u16 = 2;
@@ -109,16 +109,11 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Option<()> {
     let owner = current_owner(kread(net, o.net_inum).unwrap_or(0));
     let mut slot = Slot::reserve(
         Hook::ConnectExit,
-        flags::OWNER_KNOWN | flags::CONNECT_INFO,
+        flags::CONNECT_INFO,
         core::mem::size_of::<ConnectInfo>(),
     )?;
     slot.put(info);
-    let hdr = slot.hdr();
-    hdr.owner_tgid = owner.tgid;
-    hdr.owner_comm = owner.comm;
-    hdr.owner_since_ns = owner.since_ns;
-    hdr.owner_cgroup = owner.cgroup;
-    hdr.netns = owner.netns;
+    set_owner(slot.hdr(), &owner);
     slot.submit(cfg);
     Some(())
 }
