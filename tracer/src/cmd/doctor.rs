@@ -146,10 +146,7 @@ pub fn gather() -> Report {
         .map(|s| {
             let (h, cat, name) = (s.hook, s.category, s.name);
             let fmt = info.formats.get(&h);
-            let (present, missing) = s
-                .fields
-                .iter()
-                .partition(|f| fmt.is_some_and(|fm| fm.field(f).is_some()));
+            let (present, missing) = s.fields_by_presence(&info.formats);
             let (attached, program, error) = match status.as_ref().and_then(|s| s.get(&h)) {
                 Some(HookStatus::Attached { program }) => (true, Some(*program), None),
                 Some(HookStatus::Missing { why }) => (false, None, Some(why.clone())),

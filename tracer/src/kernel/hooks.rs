@@ -112,6 +112,23 @@ impl HookSpec {
     pub fn reads(&self, field: &str) -> bool {
         self.fields.contains(&field)
     }
+
+    /// The fields its decoder reads, as (those this kernel's format has, those it
+    /// lacks): what `doctor` and the metrics call a degraded hook.
+    pub fn fields_by_presence(
+        &self,
+        formats: &HashMap<Hook, Format>,
+    ) -> (Vec<&'static str>, Vec<&'static str>) {
+        self.fields
+            .iter()
+            .partition(|f| has_field(formats, self.hook, f))
+    }
+}
+
+fn has_field(formats: &HashMap<Hook, Format>, hook: Hook, field: &str) -> bool {
+    formats
+        .get(&hook)
+        .is_some_and(|fm| fm.field(field).is_some())
 }
 
 const CONNECT_LOSES: &str =
@@ -388,7 +405,7 @@ impl Evidence {
         self.needs.iter().all(|n| match *n {
             Need::Hook(h) => attached(h),
             Need::AnyHook(hs) => hs.iter().any(|&h| attached(h)),
-            Need::Field(h, f) => formats.get(&h).is_some_and(|fm| fm.field(f).is_some()),
+            Need::Field(h, f) => has_field(formats, h, f),
             Need::Offsets(has) => has(offsets),
             Need::File(p) => Path::new(p).exists(),
         })

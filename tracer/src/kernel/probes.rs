@@ -365,11 +365,7 @@ impl Probes {
         self.status
             .iter()
             .map(|(h, st)| {
-                let fmt = info.formats.get(h);
-                let complete = spec(*h)
-                    .fields
-                    .iter()
-                    .all(|f| fmt.is_some_and(|fm| fm.field(f).is_some()));
+                let complete = spec(*h).fields_by_presence(&info.formats).1.is_empty();
                 let state = match st {
                     HookStatus::Missing { .. } => "missing",
                     HookStatus::Attached { .. } if complete => "attached",
