@@ -19,7 +19,7 @@ use crate::{
     enrich::Enricher,
     explain::{Engine, Explanation},
     pipeline::filter::Filter,
-    sink::Sink,
+    sink::{Sink, Take},
     source::{
         context,
         workload::{Resolver, Workload},
@@ -172,8 +172,9 @@ impl<S: Sink> Pipeline<S> {
         self.ask_owner(&r);
         self.ask_rules(&r);
         seen(&r);
-        if self.sink.takes(&r) && self.filter.matches(&r, self.engine.host()) {
-            if r.time.is_empty() {
+        let take = self.sink.takes(&r);
+        if take != Take::No && self.filter.matches(&r, self.engine.host()) {
+            if take == Take::Timed && r.time.is_empty() {
                 r.time = self.clock.format(r.mono_ns);
             }
             self.sink.record(&r)?;
@@ -316,5 +317,49 @@ impl<S: Sink> Pipeline<S> {
             self.sink.explanation(&e)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{base::record::Kind, sink::Fanout};
+
+    /// Takes every record as `0` says; notes whether each came with its time.
+    struct Times(Take, Vec<bool>);
+
+    impl Sink for Times {
+        fn takes(&self, _: &Record) -> Take {
+            self.0
+        }
+        fn record(&mut self, r: &Record) -> io::Result<()> {
+            self.1.push(!r.time.is_empty());
+            Ok(())
+        }
+        fn explanation(&mut self, _: &Explanation) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A record's wall-clock text is made only for a sink that reads it: counting a
+    /// storm's records (metrics) formats none of them.
+    #[test]
+    fn records_are_timed_only_for_sinks_that_take_them_timed() {
+        let clock = Clock::now();
+        let rst = Record::new(Kind::RstSent, clock.mono_ns, String::new());
+        for (take, timed) in [(Take::Untimed, false), (Take::Timed, true)] {
+            let mut p = Pipeline::new(clock, Filter::default(), Times(take, Vec::new()));
+            p.push(rst.clone()).unwrap();
+            assert_eq!(p.into_sink().1, [timed], "{take:?}");
+        }
+        let fanout = |a, b| {
+            Fanout(vec![
+                Box::new(Times(a, Vec::new())),
+                Box::new(Times(b, Vec::new())),
+            ])
+        };
+        assert_eq!(fanout(Take::Untimed, Take::No).takes(&rst), Take::Untimed);
+        assert_eq!(fanout(Take::Untimed, Take::Timed).takes(&rst), Take::Timed);
+        assert_eq!(fanout(Take::No, Take::No).takes(&rst), Take::No);
     }
 }

@@ -2,7 +2,11 @@
 //! its connection).
 use std::io;
 
-use crate::{base::record::Record, explain::Explanation, sink::Sink};
+use crate::{
+    base::record::Record,
+    explain::Explanation,
+    sink::{Sink, Take},
+};
 
 #[derive(Default)]
 pub struct Collect {
@@ -22,8 +26,8 @@ impl Collect {
 }
 
 impl Sink for Collect {
-    fn takes(&self, _: &Record) -> bool {
-        false
+    fn takes(&self, _: &Record) -> Take {
+        Take::No
     }
 
     fn record(&mut self, _: &Record) -> io::Result<()> {

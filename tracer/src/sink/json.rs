@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use crate::{
     base::record::{Kind, Record},
     explain::Explanation,
-    sink::Sink,
+    sink::{Sink, Take},
 };
 
 pub struct JsonLines<W: Write> {
@@ -40,8 +40,12 @@ impl<W: Write> JsonLines<W> {
 }
 
 impl<W: Write> Sink for JsonLines<W> {
-    fn takes(&self, r: &Record) -> bool {
-        self.events || r.kind == Kind::Loss
+    fn takes(&self, r: &Record) -> Take {
+        if self.events || r.kind == Kind::Loss {
+            Take::Timed
+        } else {
+            Take::No
+        }
     }
 
     fn record(&mut self, r: &Record) -> io::Result<()> {

@@ -26,7 +26,7 @@ use crate::{
         workload::Workload,
     },
     explain::Explanation,
-    sink::Sink,
+    sink::{Sink, Take},
 };
 
 /// The port label of failures on ports outside the top N.
@@ -374,8 +374,13 @@ fn evidence_kind(k: Kind) -> Option<&'static str> {
 }
 
 impl Sink for MetricsSink {
-    fn takes(&self, r: &Record) -> bool {
-        r.kind == Kind::Loss || evidence_kind(r.kind).is_some()
+    /// Counts need no time: a storm's records are not formatted for them.
+    fn takes(&self, r: &Record) -> Take {
+        if r.kind == Kind::Loss || evidence_kind(r.kind).is_some() {
+            Take::Untimed
+        } else {
+            Take::No
+        }
     }
 
     fn record(&mut self, r: &Record) -> io::Result<()> {
@@ -644,10 +649,14 @@ mod tests {
         let rst = Record::new(Kind::RstSent, 1, String::new());
         let listener = Record::new(Kind::Listener, 1, String::new());
         for r in [&loss, &ov, &rst, &rst] {
-            assert!(s.takes(r));
+            assert_eq!(s.takes(r), Take::Untimed, "counted without its time");
             s.record(r).unwrap();
         }
-        assert!(!s.takes(&listener), "context records are not evidence");
+        assert_eq!(
+            s.takes(&listener),
+            Take::No,
+            "context records are not evidence"
+        );
         let text = m.encode(false);
         for want in [
             "rstrace_lost_events_total{hook=\"kfree_skb\",reason=\"RINGBUF_FULL\"} 7",

@@ -21,12 +21,23 @@ pub use self::{
     collect::Collect, json::JsonLines, metrics::MetricsSink, summary::Summary, text::TextLines,
 };
 
+/// What a sink wants of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Take {
+    No,
+    /// The record without its wall-clock text (a count needs only its kind).
+    Untimed,
+    /// The record with its wall-clock text.
+    Timed,
+}
+
 /// A destination of the pipeline's output. Records reach it after the filter, and
 /// only those it `takes`; explanations after the filter, all of them.
 pub trait Sink {
-    /// Whether it wants record `r` (evidence or context); asked before the record's
-    /// time is formatted, which only a record some sink takes pays for.
-    fn takes(&self, r: &Record) -> bool;
+    /// Whether it wants record `r` (evidence or context), and with its time: asked
+    /// before the record's time is formatted, which only a record some sink takes
+    /// `Timed` pays for.
+    fn takes(&self, r: &Record) -> Take;
     fn record(&mut self, r: &Record) -> io::Result<()>;
     fn explanation(&mut self, e: &Explanation) -> io::Result<()>;
     /// Writes out what is buffered (live: after every step, and at the end).
@@ -36,7 +47,7 @@ pub trait Sink {
 }
 
 impl<S: Sink + ?Sized> Sink for Box<S> {
-    fn takes(&self, r: &Record) -> bool {
+    fn takes(&self, r: &Record) -> Take {
         (**self).takes(r)
     }
     fn record(&mut self, r: &Record) -> io::Result<()> {
@@ -55,11 +66,11 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
 pub struct Fanout(pub Vec<Box<dyn Sink>>);
 
 impl Sink for Fanout {
-    fn takes(&self, r: &Record) -> bool {
-        self.0.iter().any(|s| s.takes(r))
+    fn takes(&self, r: &Record) -> Take {
+        self.0.iter().map(|s| s.takes(r)).max().unwrap_or(Take::No)
     }
     fn record(&mut self, r: &Record) -> io::Result<()> {
-        for s in self.0.iter_mut().filter(|s| s.takes(r)) {
+        for s in self.0.iter_mut().filter(|s| s.takes(r) != Take::No) {
             s.record(r)?;
         }
         Ok(())

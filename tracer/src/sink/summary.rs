@@ -8,7 +8,11 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{base::record::Record, explain::Explanation, sink::Sink};
+use crate::{
+    base::record::Record,
+    explain::Explanation,
+    sink::{Sink, Take},
+};
 
 #[derive(Serialize, Default)]
 pub struct Summary {
@@ -29,8 +33,8 @@ pub struct Summary {
 }
 
 impl Sink for Summary {
-    fn takes(&self, _: &Record) -> bool {
-        false
+    fn takes(&self, _: &Record) -> Take {
+        Take::No
     }
 
     fn record(&mut self, _: &Record) -> io::Result<()> {

@@ -12,7 +12,7 @@ use crate::{
         record::{Kind, Proc, QueueKind, Record, TcpFlags, TcpState},
     },
     explain::Explanation,
-    sink::Sink,
+    sink::{Sink, Take},
 };
 
 pub struct TextLines<W: Write> {
@@ -41,8 +41,12 @@ impl<W: Write> TextLines<W> {
 }
 
 impl<W: Write> Sink for TextLines<W> {
-    fn takes(&self, r: &Record) -> bool {
-        self.events || r.kind == Kind::Loss
+    fn takes(&self, r: &Record) -> Take {
+        if self.events || r.kind == Kind::Loss {
+            Take::Timed
+        } else {
+            Take::No
+        }
     }
 
     fn record(&mut self, r: &Record) -> io::Result<()> {
