@@ -150,6 +150,26 @@ fn remote_refusal_when_the_server_is_not_here() {
     assert_eq!(causes(&out), vec!["refused_by_remote"]);
 }
 
+/// A SYN to 8080 dropped by netfilter, and the rule of the server's namespace that
+/// drops it (`tcp dport 8080 drop`, table inet filter, chain input, handle 4).
+fn dropped_by_input_rule(e: &mut Engine, out: &mut Vec<Explanation>) {
+    e.push(drop_syn(0, "NETFILTER_DROP"), out);
+    e.push(
+        fw_rules(
+            20,
+            &[(
+                "input",
+                Some("input"),
+                Some(0),
+                4,
+                "tcp dport 8080 drop",
+                "drop",
+            )],
+        ),
+        out,
+    );
+}
+
 /// A `firewall_rule` record: the rules of the server's namespace blocking 8080.
 /// (chain, hook, priority, handle, rule text, verdict)
 type FwRule<'a> = (&'a str, Option<&'a str>, Option<i32>, u64, &'a str, &'a str);
@@ -212,21 +232,7 @@ fn a_firewall_drop_names_the_rule_read_from_the_namespace() {
     let mut e = Engine::default();
     let mut out = Vec::new();
     addresses(&mut e, &mut out);
-    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
-    e.push(
-        fw_rules(
-            20,
-            &[(
-                "input",
-                Some("input"),
-                Some(0),
-                4,
-                "tcp dport 8080 drop",
-                "drop",
-            )],
-        ),
-        &mut out,
-    );
+    dropped_by_input_rule(&mut e, &mut out);
     e.push(error(3_000, libc::ETIMEDOUT), &mut out);
     e.advance(3_100 * MS, &mut out);
     assert_eq!(causes(&out), vec!["firewall_drop"]);
@@ -263,21 +269,7 @@ fn named_namespaces_are_named_and_their_fixes_use_ip_netns_exec() {
     let mut e = Engine::default();
     let mut out = Vec::new();
     named(&mut e, &mut out);
-    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
-    e.push(
-        fw_rules(
-            20,
-            &[(
-                "input",
-                Some("input"),
-                Some(0),
-                4,
-                "tcp dport 8080 drop",
-                "drop",
-            )],
-        ),
-        &mut out,
-    );
+    dropped_by_input_rule(&mut e, &mut out);
     e.push(error(3_000, libc::ETIMEDOUT), &mut out);
     e.advance(3_100 * MS, &mut out);
     assert_eq!(causes(&out), vec!["firewall_drop"]);
@@ -342,21 +334,7 @@ fn a_failed_read_of_the_rules_does_not_hide_the_rule_found_before() {
     let mut e = Engine::default();
     let mut out = Vec::new();
     addresses(&mut e, &mut out);
-    e.push(drop_syn(0, "NETFILTER_DROP"), &mut out);
-    e.push(
-        fw_rules(
-            20,
-            &[(
-                "input",
-                Some("input"),
-                Some(0),
-                4,
-                "tcp dport 8080 drop",
-                "drop",
-            )],
-        ),
-        &mut out,
-    );
+    dropped_by_input_rule(&mut e, &mut out);
     let mut failed = fw_rules(2_000, &[]);
     failed.reason = Some("nftables rules in netns 200: opening /proc/1/ns/net".into());
     e.push(failed, &mut out);

@@ -113,21 +113,7 @@ fn scenarios() -> Vec<(&'static str, Setup)> {
         (
             "firewall_drop",
             Box::new(|e, o| {
-                e.push(drop_syn(0, "NETFILTER_DROP"), o);
-                e.push(
-                    fw_rules(
-                        20,
-                        &[(
-                            "input",
-                            Some("input"),
-                            Some(0),
-                            4,
-                            "tcp dport 8080 drop",
-                            "drop",
-                        )],
-                    ),
-                    o,
-                );
+                dropped_by_input_rule(e, o);
                 e.push(syn_retransmit(1_000), o);
                 e.push(error(3_000, libc::ETIMEDOUT), o);
             }),
