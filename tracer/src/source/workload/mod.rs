@@ -189,11 +189,6 @@ impl Resolver {
         let rel = cgroupfs::path_of_pid(pid)?;
         cgroupfs::id_of_dir(&fs.mount.join(rel.trim_start_matches('/')))
     }
-
-    /// `ip netns` names by namespace inode, read now.
-    pub fn netns_names(&self) -> HashMap<u32, crate::base::record::Text> {
-        self.names.netns_names()
-    }
 }
 
 /// The cgroup v2 id of a process, from /proc/PID/cgroup, for owners found in /proc

@@ -42,7 +42,6 @@ pub struct StateRoots {
     pub containerd_tasks: PathBuf,
     pub pod_logs: PathBuf,
     pub container_logs: PathBuf,
-    pub netns: Vec<PathBuf>,
 }
 
 impl Default for StateRoots {
@@ -56,12 +55,11 @@ impl Default for StateRoots {
             containerd_tasks: "/run/containerd/io.containerd.runtime.v2.task".into(),
             pod_logs: "/var/log/pods".into(),
             container_logs: "/var/log/containers".into(),
-            netns: vec!["/run/netns".into()],
         }
     }
 }
 
-/// Prefixes the runtimes' and the kubelet's state directories (not /run/netns):
+/// Prefixes the runtimes' and the kubelet's state directories:
 /// for an agent that sees the node's files mounted elsewhere, and for tests that
 /// lay out a kubelet's files in a scratch directory.
 pub const STATE_ROOT_ENV: &str = "RSTRACE_STATE_ROOT";
@@ -81,7 +79,6 @@ impl StateRoots {
             containerd_tasks: under(&d.containerd_tasks),
             pod_logs: under(&d.pod_logs),
             container_logs: under(&d.container_logs),
-            netns: d.netns,
         }
     }
 }
@@ -271,11 +268,6 @@ impl Names {
                 Some((ns.to_string(), pod.to_string()))
             })
     }
-
-    /// `ip netns` names by namespace inode.
-    pub fn netns_names(&self) -> HashMap<u32, Text> {
-        netns_names(&self.roots.netns)
-    }
 }
 
 fn read_storage(file: &Path) -> HashMap<String, String> {
@@ -351,7 +343,6 @@ mod tests {
             containerd_tasks: t.0.join("tasks"),
             pod_logs: t.0.join("pods"),
             container_logs: t.0.join("containers"),
-            netns: vec![t.0.join("netns")],
         }
     }
     fn write(p: PathBuf, text: &str) {

@@ -114,7 +114,6 @@ fn names_a_process_in_real_systemd_and_kubelet_cgroups() {
         containerd_tasks: state.0.join("tasks"),
         pod_logs: state.0.join("pods"),
         container_logs: state.0.join("containers"),
-        netns: vec![],
     };
     fs::create_dir_all(state.0.join(format!("pods/shop_web-0_{UID}/nginx"))).unwrap();
     fs::create_dir_all(
