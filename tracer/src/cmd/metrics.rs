@@ -201,6 +201,7 @@ fn read_head(stream: &mut impl Read, started: Instant) -> Result<Vec<u8>, u16> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     loop {
+        // Too long: the head, or what came so far without its end.
         let end = head.windows(4).position(|w| w == b"\r\n\r\n");
         if end.unwrap_or(head.len()) > MAX_HEAD {
             return Err(431);
@@ -208,9 +209,6 @@ fn read_head(stream: &mut impl Read, started: Instant) -> Result<Vec<u8>, u16> {
         if let Some(end) = end {
             head.truncate(end);
             return Ok(head);
-        }
-        if head.len() > MAX_HEAD {
-            return Err(431);
         }
         if started.elapsed() > REQUEST_TIME {
             return Err(408);
@@ -397,6 +395,12 @@ mod tests {
         }
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD + 10));
         assert_eq!(status(&long, true).0, 431);
+        let endless = format!("GET /{}", "a".repeat(MAX_HEAD + 10));
+        assert_eq!(
+            status(&endless, true).0,
+            431,
+            "no blank line within the bound"
+        );
         let bad_utf8 = b"GET /\xff HTTP/1.1\r\n\r\n";
         let m = Metrics::new();
         let h = read_head(&mut &bad_utf8[..], Instant::now()).unwrap();
