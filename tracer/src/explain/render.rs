@@ -78,8 +78,8 @@ pub struct Explanation {
     pub window_ms: Option<u64>,
     /// The evidence the explanation rests on.
     pub evidence: Vec<Record>,
-    /// The end that failed (metrics label; the JSON tells it from `process`, `src`
-    /// and `dst`).
+    /// The end that failed: the server when the failed end is the story's server,
+    /// else the client. A metrics label only: the JSON schema has no field for it yet.
     #[serde(skip)]
     pub side: Side,
 }
