@@ -1,8 +1,8 @@
 //! `rstrace probe`: each runbook case made for real between namespaces (client,
 //! router, server joined by veth), probed from the client's namespace. Each case
 //! checks the verdict, the hop or rule or listener it names, the runbook's step and
-//! the exit code, in JSON and in text, and that the probe ends within its timeout
-//! plus a second.
+//! the exit code, in JSON and in text, and that the probe ends within twice its
+//! timeout.
 #![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{
     process::Command,
@@ -25,8 +25,10 @@ struct Probe {
 }
 
 /// Runs `rstrace probe --netns NS TARGET` in JSON then in text; both must agree on
-/// the exit code, and each must end within the timeout plus a second, start-up
-/// (loading the programs, reading the namespaces) and exit included.
+/// the exit code, and each must end within twice the timeout, start-up (loading the
+/// programs, reading the namespaces) and exit included. The probe aims at its
+/// timeout; the slack is for a loaded machine (CI saw 4.4 s for a 3 s probe), while
+/// a probe that ignored its timeout would wait for the kernel's SYN retries, minutes.
 fn probe(ns: &str, target: &str, extra: &[&str]) -> Probe {
     let run = |json: bool| {
         let started = Instant::now();
@@ -37,7 +39,7 @@ fn probe(ns: &str, target: &str, extra: &[&str]) -> Probe {
         }
         let out = cmd.output().expect("running rstrace probe");
         let took = started.elapsed();
-        let bound = (TIMEOUT + SEC) * time_scale();
+        let bound = 2 * TIMEOUT * time_scale();
         assert!(
             took < bound,
             "probe {target} took {took:?} (bound {bound:?}); stderr: {}",
