@@ -1043,6 +1043,34 @@ pub fn failures(records: &[Value], p: u16) -> Vec<Value> {
         .collect()
 }
 
+/// The JSON values of `text`, one a line; a line that is not JSON fails the test,
+/// naming it.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Every line of `rstrace explain --json ARGS CAPTURE` (a capture file or directory):
+/// explanations and whatever else it prints, for the caller to pick from. A failed
+/// run fails the test with its stderr.
+pub fn explain_json(args: &[&str], capture: &std::path::Path) -> Vec<Value> {
+    let out = Command::new(rstrace_bin())
+        .args(["explain", "--json"])
+        .args(args)
+        .arg(capture)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", rstrace_bin().display()));
+    assert!(
+        out.status.success(),
+        "rstrace explain --json {args:?} {}: {}: {}",
+        capture.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// A fresh path `name` in this test process's scratch directory for `area` (capture
 /// files, trigger files).
 pub fn scratch_file(area: &str, name: &str) -> std::path::PathBuf {

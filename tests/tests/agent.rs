@@ -8,12 +8,13 @@ use std::{
     fs,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use tests::{port, require_root, rstrace_bin, s, time_scale, wait_until, Agent, Peer, Topology};
+use tests::{
+    explain_json, json_lines, port, require_root, s, time_scale, wait_until, Agent, Peer, Topology,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 const MIB: u64 = 1 << 20;
@@ -80,21 +81,10 @@ fn storm_until(t: &Topology, port: u16, what: &str, mut done: impl FnMut() -> bo
     panic!("{what} after {sent} refusals");
 }
 
-/// Explained failures of `explain --json ARGS` by port: the sum of their counts.
-fn explained_counts(args: &[&Path]) -> BTreeMap<u16, u64> {
-    let out = Command::new(rstrace_bin())
-        .args(["explain", "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "explain: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Explained failures of `explain --json CAPTURE` by port: the sum of their counts.
+fn explained_counts(capture: &Path) -> BTreeMap<u16, u64> {
     let mut counts = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
+    for v in explain_json(&[], capture) {
         if s(&v, "kind") == "failure" {
             *counts.entry(port(s(&v, "dst"))).or_default() += v["count"].as_u64().unwrap();
         }
@@ -216,7 +206,7 @@ fn a_capture_directory_stays_within_budget_deleting_the_oldest_and_only_its_own(
     // The directory explained: run 1 (another user's copy of its first file, then its
     // second) and run 2 (both its files), every refusal counted once.
     fs::remove_file(&foreign_new).unwrap();
-    let counts = explained_counts(&[&dir]);
+    let counts = explained_counts(&dir);
     assert_eq!(counts.get(&8401), Some(&sent1), "{counts:?}");
     assert_eq!(counts.get(&8402), Some(&sent2), "{counts:?}");
     let _ = fs::remove_dir_all(&dir);
@@ -244,13 +234,7 @@ fn the_json_file_gets_the_explanations_and_is_reopened_on_sighup() {
         "--json-file",
         file.to_str().unwrap(),
     ]);
-    let lines = |p: &Path| -> Vec<Value> {
-        fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let lines = |p: &Path| -> Vec<Value> { json_lines(&fs::read_to_string(p).unwrap_or_default()) };
     let failed_on = |p: &Path, port_: u16| {
         lines(p)
             .iter()

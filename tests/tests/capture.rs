@@ -15,26 +15,12 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{capability, pid_of, port, require_root, rstrace_bin, s, Agent, Peer, Topology};
+use tests::{
+    capability, explain_json, json_lines, pid_of, port, require_root, rstrace_bin, s, Agent, Peer,
+    Topology,
+};
 
 const SEC: Duration = Duration::from_secs(1);
-
-fn explain(file: &Path, addr: &str) -> Vec<Value> {
-    let out = Command::new(rstrace_bin())
-        .args(["explain", "--json", "--addr", addr])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "explain failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
-        .collect()
-}
 
 /// What must match between live and replay: cause, port, the processes, outcome.
 fn key(v: &Value) -> (String, u16, Option<u64>, Option<u64>, String, u64) {
@@ -102,7 +88,10 @@ fn explaining_a_recording_gives_what_watch_printed_live() {
         .filter(|v| s(v, "kind") == "failure")
         .map(key)
         .collect();
-    let replay: BTreeSet<_> = explain(&file, &t.server_ip).iter().map(key).collect();
+    let replay: BTreeSet<_> = explain_json(&["--addr", &t.server_ip], &file)
+        .iter()
+        .map(key)
+        .collect();
     let causes: BTreeSet<&str> = live.iter().map(|k| k.0.as_str()).collect();
     // What each kernel's evidence allows (see the explain tests).
     let drop = if capability("drop_reasons") {
@@ -130,7 +119,7 @@ fn explaining_a_recording_gives_what_watch_printed_live() {
             "the rule `tcp dport 8203 drop` (table inet rstrace_test, chain input, handle {h})"
         );
         let delete = format!("nft delete rule inet rstrace_test input handle {h}");
-        let replayed = explain(&file, &t.server_ip);
+        let replayed = explain_json(&["--addr", &t.server_ip], &file);
         for (what, all) in [("live", agent.records()), ("replay", replayed)] {
             let e = all
                 .iter()
@@ -160,7 +149,7 @@ fn a_recording_killed_with_sigkill_still_explains() {
     // Chunks reach the disk within a second.
     std::thread::sleep(Duration::from_millis(1500) * tests::time_scale());
     agent.signal(libc::SIGKILL);
-    let replay = explain(&file, &t.server_ip);
+    let replay = explain_json(&["--addr", &t.server_ip], &file);
     let e = replay
         .iter()
         .find(|v| port(s(v, "dst")) == 8205)
@@ -342,12 +331,6 @@ fn as_nobody(args: &[&str], file: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
-        .collect()
 }
 
 /// The offline commands, run without privileges on a capture recorded through sudo (so
@@ -533,7 +516,7 @@ fn service_listener_exits(server_first: bool, p: u16) {
             && v["unit"] == "web.service"),
         "no workload record for web.service"
     );
-    let replayed = explain(&file, &t.server_ip);
+    let replayed = explain_json(&["--addr", &t.server_ip], &file);
     for (what, all) in [("live", live), ("replay", replayed)] {
         let e = all
             .iter()

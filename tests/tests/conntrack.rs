@@ -6,9 +6,8 @@
 #![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use serde_json::Value;
 use tests::{
-    capability, failures, pid_of, port, require_root, rstrace_bin, s, Agent, Peer, Topology,
+    capability, explain_json, failures, pid_of, port, require_root, s, Agent, Peer, Topology,
 };
 
 fn scratch(name: &str) -> PathBuf {
@@ -119,21 +118,7 @@ fn assert_conntrack_invalid(
         "{fw}"
     );
     // Offline, from the capture: the same cause, rule and counters.
-    let out = Command::new(rstrace_bin())
-        .args(["explain", "--json", "--port", &p.to_string()])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let again = failures(&replayed, p);
+    let again = failures(&explain_json(&["--port", &p.to_string()], file), p);
     assert_eq!(
         again.first().map(|v| (s(v, "cause"), s(v, "explanation"))),
         Some(("conntrack_invalid", text)),

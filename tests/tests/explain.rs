@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::{
-    capability, pid_of, port, require_root, rstrace_bin, s, time_scale, wait_until, Agent, Peer,
-    Topology,
+    capability, explain_json, failures, pid_of, port, require_root, s, time_scale, wait_until,
+    Agent, Peer, Topology,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -715,25 +715,6 @@ fn recording(name: &str) -> std::path::PathBuf {
     tests::scratch_file("explain", name)
 }
 
-/// `rstrace explain --json` of a recording: its explanations for port `p`.
-fn replayed(file: &std::path::Path, p: u16) -> Vec<Value> {
-    let out = std::process::Command::new(rstrace_bin())
-        .args(["explain", "--json", "--port", &p.to_string()])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "explain failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON ({e}): {l}")))
-        .filter(|v: &Value| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
-        .collect()
-}
-
 /// Stops the agent and checks that its recording explains port `p` as it did live:
 /// same causes, processes, culprits and sentences.
 fn replay_matches_live(agent: &mut Agent, file: &std::path::Path, p: u16) {
@@ -754,7 +735,10 @@ fn replay_matches_live(agent: &mut Agent, file: &std::path::Path, p: u16) {
         .filter(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == p)
         .map(key)
         .collect();
-    let mut replay: Vec<_> = replayed(file, p).iter().map(key).collect();
+    let mut replay: Vec<_> = failures(&explain_json(&["--port", &p.to_string()], file), p)
+        .iter()
+        .map(key)
+        .collect();
     live.sort();
     replay.sort();
     assert!(!live.is_empty());

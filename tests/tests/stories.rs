@@ -64,19 +64,8 @@ fn a_storm_reusing_its_ports_is_counted_exactly_up_to_sigterm() {
         dump(&all)
     );
     // Explained again from the capture, offline: the same total.
-    let out = std::process::Command::new(tests::rstrace_bin())
-        .args(["explain", "--json", "--port", "8301"])
-        .arg(&capture)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replayed: u64 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let replayed: u64 = tests::explain_json(&["--port", "8301"], &capture)
+        .iter()
         .filter(|v| s(v, "kind") == "failure")
         .map(|v| v["count"].as_u64().unwrap_or(0))
         .sum();

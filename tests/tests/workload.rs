@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{failures, pid_of, port, require_root, rstrace_bin, s, Agent, Peer, Topology};
+use tests::{explain_json, failures, pid_of, port, require_root, s, Agent, Peer, Topology};
 
 const SEC: Duration = Duration::from_secs(1);
 const UID: &str = "7a1b6c2e-3f4d-4a5b-9c8d-0e1f2a3b4c5d";
@@ -95,28 +95,13 @@ impl Drop for KubeletFiles {
     }
 }
 
-/// `rstrace explain --json ARGS FILE`'s failures.
-fn explain(file: &Path, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(rstrace_bin())
-        .args(["explain", "--json"])
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "explain {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+/// The ports of the failures among `records`, sorted, each once.
+fn ports(records: &[Value]) -> Vec<u16> {
+    let mut p: Vec<u16> = records
+        .iter()
         .filter(|v| s(v, "kind") == "failure")
-        .collect()
-}
-
-fn ports(all: &[Value]) -> Vec<u16> {
-    let mut p: Vec<u16> = all.iter().map(|v| port(s(v, "dst"))).collect();
+        .map(|v| port(s(v, "dst")))
+        .collect();
     p.sort_unstable();
     p.dedup();
     p
@@ -188,7 +173,7 @@ fn pod_server_dies(cgroup: &str, p: u16, live_filter: bool) {
     }
     std::thread::sleep(SEC);
     agent.stop();
-    let replayed = explain(&file, &["--addr", &t.server_ip]);
+    let replayed = explain_json(&["--addr", &t.server_ip], &file);
     for (what, all) in [
         ("live", failures(&agent.records(), p)),
         ("replay", failures(&replayed, p)),
@@ -231,7 +216,7 @@ fn pod_server_dies(cgroup: &str, p: u16, live_filter: bool) {
     }
     // The filters, offline: the pod, its container (name, id prefix), the namespace.
     let both = vec![p, p + 1];
-    let sel = |args: &[&str]| ports(&explain(&file, args));
+    let sel = |args: &[&str]| ports(&explain_json(args, &file));
     assert_eq!(sel(&[]), both);
     assert_eq!(sel(&["--pod", "shop/web-0"]), vec![p]);
     assert_eq!(sel(&["--pod", "shop/web-1"]), Vec::<u16>::new());
@@ -430,7 +415,7 @@ fn a_crun_container_whose_server_died_is_named() {
     for a in [&mut agent, &mut filtered, &mut excluded] {
         a.stop();
     }
-    let replayed = explain(&file, &["--addr", &t.server_ip]);
+    let replayed = explain_json(&["--addr", &t.server_ip], &file);
     for (what, all) in [
         ("live", failures(&agent.records(), P)),
         ("replay", failures(&replayed, P)),
@@ -458,17 +443,10 @@ fn a_crun_container_whose_server_died_is_named() {
             "{what}: {e}"
         );
     }
-    let live = |a: &Agent| {
-        let f: Vec<Value> = a
-            .records()
-            .into_iter()
-            .filter(|v| s(v, "kind") == "failure")
-            .collect();
-        ports(&f)
-    };
+    let live = |a: &Agent| ports(&a.records());
     assert_eq!(live(&filtered), vec![P], "live --container");
     assert_eq!(live(&excluded), Vec::<u16>::new(), "live --container other");
-    let sel = |args: &[&str]| ports(&explain(&file, args));
+    let sel = |args: &[&str]| ports(&explain_json(args, &file));
     assert_eq!(sel(&[]), vec![P, P + 1]);
     assert_eq!(sel(&["--container", &id]), vec![P]);
     assert_eq!(
