@@ -116,18 +116,40 @@ fn a_pod_whose_server_died_is_named_systemd_driver() {
         ),
         8213,
         true,
+        false,
     );
 }
 
 #[test]
 fn a_pod_whose_server_died_is_named_cgroupfs_driver() {
-    pod_server_dies(&format!("kubepods/burstable/pod{UID}/{ID}"), 8215, false);
+    pod_server_dies(
+        &format!("kubepods/burstable/pod{UID}/{ID}"),
+        8215,
+        false,
+        false,
+    );
+}
+
+/// The same with the pod's server running before the agents: its owner and cgroup
+/// come from /proc, not from the kernel's ownership entries.
+#[test]
+fn a_pod_from_before_the_agent_is_named_when_its_server_dies() {
+    let uid_ = UID.replace('-', "_");
+    pod_server_dies(
+        &format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
+        ),
+        8219,
+        true,
+        true,
+    );
 }
 
 /// A server in the pod's container cgroup listens on `p`, dies, and a client is
 /// refused there; another refusal on `p + 1` (nothing ever listened) has no pod.
 /// With `live_filter`, a second agent watching with `--pod` prints only the first.
-fn pod_server_dies(cgroup: &str, p: u16, live_filter: bool) {
+/// With `server_first`, the server listens before the agents start.
+fn pod_server_dies(cgroup: &str, p: u16, live_filter: bool, server_first: bool) {
     if !require_root() {
         return;
     }
@@ -140,25 +162,30 @@ fn pod_server_dies(cgroup: &str, p: u16, live_filter: bool) {
     let file = tests::scratch_file("workload", &format!("pod-{p}.rst"));
     let addr = format!("{}:{p}", t.server_ip);
     let other = format!("{}:{}", t.server_ip, p + 1);
-    let mut agent = Agent::start_env(
-        &["--addr", &t.server_ip, "--record", file.to_str().unwrap()],
-        &env,
-    );
-    let mut filtered = live_filter.then(|| {
-        Agent::start_env(
-            &[
-                "--pod",
-                "shop/web-0",
-                "--port",
-                &p.to_string(),
-                "--port",
-                &(p + 1).to_string(),
-            ],
+    let start = || {
+        let agent = Agent::start_env(
+            &["--addr", &t.server_ip, "--record", file.to_str().unwrap()],
             &env,
-        )
-    });
+        );
+        let filtered = live_filter.then(|| {
+            Agent::start_env(
+                &[
+                    "--pod",
+                    "shop/web-0",
+                    "--port",
+                    &p.to_string(),
+                    "--port",
+                    &(p + 1).to_string(),
+                ],
+                &env,
+            )
+        });
+        (agent, filtered)
+    };
+    let agents = (!server_first).then(start);
     let mut server = Peer::spawn_in_cgroup(&t.server, cg.leaf(), &["listen", &addr]);
     server.wait_line(5 * SEC, |l| l == "ready");
+    let (mut agent, mut filtered) = agents.unwrap_or_else(start);
     let spid = server.pid as u64;
     drop(server); // SIGKILL: the listener closes as the process exits.
     std::thread::sleep(Duration::from_millis(600));
