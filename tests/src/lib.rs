@@ -1080,3 +1080,48 @@ pub fn scratch_file(area: &str, name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_file(&p);
     p
 }
+
+/// Nested cgroup v2 directories `rel` (`a/b/c`) under a parent of this test process's
+/// own, so that a real node's cgroups are never touched; removed deepest first on
+/// drop, after the processes in them are gone.
+pub struct TestCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    /// None (the test skips, saying why) without a cgroup v2 hierarchy.
+    pub fn make(rel: &str) -> Option<TestCgroup> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let Some(mount) = mountinfo.lines().find_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            if tail.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            head.split(' ').nth(4).map(PathBuf::from)
+        }) else {
+            skip("no cgroup v2 hierarchy mounted");
+            return None;
+        };
+        let mut p = mount.join(format!("rstrace-test-{}.slice", std::process::id()));
+        let mut dirs = vec![p.clone()];
+        for part in rel.split('/') {
+            p = p.join(part);
+            dirs.push(p.clone());
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        Some(TestCgroup { dirs })
+    }
+
+    /// The innermost directory, the one processes are put in.
+    pub fn leaf(&self) -> &std::path::Path {
+        self.dirs.last().unwrap()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}

@@ -17,7 +17,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     capability, explain_json, json_lines, pid_of, port, require_root, rstrace_bin, s, Agent, Peer,
-    Topology,
+    TestCgroup, Topology,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -436,41 +436,6 @@ fn summary_export_and_time_filters_work_offline_without_privileges() {
     let _ = std::fs::remove_file(&file);
 }
 
-/// A cgroup v2 directory named like a systemd service, removed (with its parent) on
-/// drop, after the processes in it are gone.
-struct ServiceCgroup {
-    top: PathBuf,
-    dir: PathBuf,
-}
-
-impl ServiceCgroup {
-    /// None (the test skips, saying why) without a cgroup v2 hierarchy.
-    fn make(unit: &str) -> Option<ServiceCgroup> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let Some(mount) = mountinfo.lines().find_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            if tail.split(' ').next()? != "cgroup2" {
-                return None;
-            }
-            head.split(' ').nth(4).map(PathBuf::from)
-        }) else {
-            eprintln!("skipped: no cgroup v2 hierarchy mounted");
-            return None;
-        };
-        let top = mount.join(format!("rstrace-test-{}.slice", std::process::id()));
-        let dir = top.join(unit);
-        std::fs::create_dir_all(&dir).unwrap();
-        Some(ServiceCgroup { top, dir })
-    }
-}
-
-impl Drop for ServiceCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-        let _ = std::fs::remove_dir(&self.top);
-    }
-}
-
 #[test]
 fn a_refusal_names_the_systemd_service_whose_listener_exited_live_and_replayed() {
     service_listener_exits(false, 8211);
@@ -487,7 +452,7 @@ fn service_listener_exits(server_first: bool, p: u16) {
     if !require_root() {
         return;
     }
-    let Some(cg) = ServiceCgroup::make("web.service") else {
+    let Some(cg) = TestCgroup::make("web.service") else {
         return;
     };
     let t = Topology::new();
@@ -495,7 +460,7 @@ fn service_listener_exits(server_first: bool, p: u16) {
     let addr = format!("{}:{p}", t.server_ip);
     let start = || Agent::start(&["--addr", &t.server_ip, "--record", file.to_str().unwrap()]);
     let mut agent = (!server_first).then(start);
-    let mut server = Peer::spawn_in_cgroup(&t.server, &cg.dir, &["listen", &addr]);
+    let mut server = Peer::spawn_in_cgroup(&t.server, cg.leaf(), &["listen", &addr]);
     server.wait_line(5 * SEC, |l| l == "ready");
     let mut agent = agent.take().unwrap_or_else(start);
     let spid = server.pid as u64;

@@ -11,60 +11,13 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{explain_json, failures, pid_of, port, require_root, s, Agent, Peer, Topology};
+use tests::{
+    explain_json, failures, pid_of, port, require_root, s, Agent, Peer, TestCgroup, Topology,
+};
 
 const SEC: Duration = Duration::from_secs(1);
 const UID: &str = "7a1b6c2e-3f4d-4a5b-9c8d-0e1f2a3b4c5d";
 const ID: &str = "4f797c539e6c745de61a93ca3ff892358ecbcaccd8414d5db545c38428142970";
-
-/// The cgroup v2 mount, or None (the test skips, saying why).
-fn v2_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let found = mountinfo.lines().find_map(|l| {
-        let (head, tail) = l.split_once(" - ")?;
-        if tail.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        head.split(' ').nth(4).map(PathBuf::from)
-    });
-    if found.is_none() {
-        tests::skip("no cgroup v2 hierarchy mounted");
-    }
-    found
-}
-
-/// Nested cgroup directories, removed deepest first on drop (after the processes in
-/// them are gone). Under a parent of this test's own, so that a real node's
-/// `kubepods` is never touched.
-struct CgroupPath {
-    dirs: Vec<PathBuf>,
-}
-
-impl CgroupPath {
-    fn make(mount: &Path, rel: &str) -> CgroupPath {
-        let mut dirs = Vec::new();
-        let mut p = mount.join(format!("rstrace-test-{}.slice", std::process::id()));
-        dirs.push(p.clone());
-        for part in rel.split('/') {
-            p = p.join(part);
-            dirs.push(p.clone());
-        }
-        std::fs::create_dir_all(&p).unwrap();
-        CgroupPath { dirs }
-    }
-
-    fn leaf(&self) -> &Path {
-        self.dirs.last().unwrap()
-    }
-}
-
-impl Drop for CgroupPath {
-    fn drop(&mut self) {
-        for d in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
 
 /// The kubelet's and containerd's files for pod shop/web-0 (container nginx) in a
 /// scratch root: the pod's log directory, the container's log link, containerd's task
@@ -153,8 +106,9 @@ fn pod_server_dies(cgroup: &str, p: u16, live_filter: bool, server_first: bool) 
     if !require_root() {
         return;
     }
-    let Some(mount) = v2_mount() else { return };
-    let cg = CgroupPath::make(&mount, cgroup);
+    let Some(cg) = TestCgroup::make(cgroup) else {
+        return;
+    };
     let files = KubeletFiles::make(&p.to_string());
     let root = files.0.to_str().unwrap().to_string();
     let env = [("RSTRACE_STATE_ROOT", root.as_str())];
@@ -392,9 +346,10 @@ fn a_crun_container_whose_server_died_is_named() {
     if !require_root() || !installed("crun") || !installed("busybox-static") {
         return;
     }
-    let Some(mount) = v2_mount() else { return };
     let id = format!("rstrace-web-{}", std::process::id());
-    let cg = CgroupPath::make(&mount, &format!("system.slice/crun-{id}.scope"));
+    let Some(cg) = TestCgroup::make(&format!("system.slice/crun-{id}.scope")) else {
+        return;
+    };
     let t = Topology::new();
     let file = tests::scratch_file("workload", "crun.rst");
     let addr = format!("{}:{P}", t.server_ip);
