@@ -81,7 +81,6 @@ fn query(port: u16, promql: &str) -> Vec<(Value, f64)> {
 /// scratch directory; killed (by pid) and removed on drop.
 struct Prometheus {
     child: std::process::Child,
-    _kill: KillOnDrop,
     port: u16,
     dir: std::path::PathBuf,
 }
@@ -113,12 +112,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("spawning prometheus");
-        let p = Prometheus {
-            _kill: KillOnDrop(child.id()),
-            child,
-            port,
-            dir,
-        };
+        let p = Prometheus { child, port, dir };
         tests::wait_until("prometheus ready", 30 * SEC, || {
             matches!(get(port, "/-/ready"), Some((200, _)))
         });
