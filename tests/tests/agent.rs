@@ -60,20 +60,29 @@ fn storm(t: &Topology, port: u16, n: u32) {
     assert!(out.iter().all(|l| l == "errno=111"), "{:?}", &out[..3]);
 }
 
-/// Refusals to `port` in rounds until `done` holds (checked for a few seconds after
-/// each round), at most 12 rounds; returns how many were sent. Rounds, because the
-/// bytes a refusal writes differ by kernel (5.10 has fewer hooks): a round stays well
-/// under a rotation's size, so a rotation is never overshot by a whole file.
+/// Refusals to `port` in rounds until `done` holds, at most 24 rounds; returns how
+/// many were sent. Rounds, because the bytes a refusal writes differ by kernel (5.10
+/// has fewer hooks): a round stays well under a rotation's size, so a rotation is
+/// not overshot by a whole file even when the agent lags a few rounds behind.
 fn storm_until(t: &Topology, port: u16, what: &str, mut done: impl FnMut() -> bool) -> u64 {
     const ROUND: u32 = 3_000;
     let mut sent = 0;
-    for _ in 0..12 {
+    for round in 1..=24 {
         storm(t, port, ROUND);
         sent += u64::from(ROUND);
-        let deadline = Instant::now() + 5 * SEC * time_scale();
-        while Instant::now() < deadline {
+        // A second between rounds; the last round gets the agent's full allowance.
+        let wait = if round == 24 {
+            10 * SEC * time_scale()
+        } else {
+            SEC
+        };
+        let deadline = Instant::now() + wait;
+        loop {
             if done() {
                 return sent;
+            }
+            if Instant::now() >= deadline {
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
