@@ -150,6 +150,87 @@ fn closed_port_case(env: &[(&str, &str)]) {
     }
 }
 
+/// A refused connect's RST, received in SYN_SENT, stands for the socket's death and
+/// ECONNREFUSED, which the kernel makes next in `tcp_reset`: with the raw programs
+/// those two are not written to the ring, yet every refusal still shows all three
+/// records, owned as before. The tracepoint programs (no fold) are the comparison: the
+/// same storm must cost them at least one more event per refusal (two where the
+/// errno hook exists).
+#[test]
+fn a_refused_connect_writes_its_death_and_errno_once_in_its_rst() {
+    if !require_root() || !capability("netns") {
+        return;
+    }
+    const N: usize = 200;
+    let t = Topology::new();
+    let run = |env: &[(&str, &str)], p: u16| -> (u64, Vec<Value>) {
+        let mut agent = Agent::start_env(&["--addr", &t.server_ip], env);
+        let client = Peer::spawn(
+            &t.client,
+            &[
+                "connect",
+                &format!("{}:{p}", t.server_ip),
+                "--count",
+                &N.to_string(),
+            ],
+        );
+        let out = client.wait(60 * SEC);
+        assert_eq!(out.len(), N);
+        assert!(out.iter().all(|l| l == "errno=111"), "{out:?}");
+        // Stopping drains the ring: every event of the storm is read.
+        agent.stop();
+        let read = agent
+            .stderr()
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("rstrace: read ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .expect("rstrace prints the events it read");
+        let mine: Vec<Value> = agent
+            .records()
+            .into_iter()
+            .filter(|v| s(v, "kind") != "failure" && port(s(v, "dst")) == p)
+            .collect();
+        (read, mine)
+    };
+    let (folded, records) = run(&[], 8091);
+    let (unfolded, records_tp) = run(&TRACEPOINTS, 8092);
+    for (records, how) in [(&records, "raw"), (&records_tp, "tracepoints")] {
+        let count = |kind: &str, f: &dyn Fn(&Value) -> bool| {
+            records
+                .iter()
+                .filter(|v| s(v, "kind") == kind && f(v))
+                .count()
+        };
+        assert_eq!(count("rst_received", &|_| true), N, "{how}");
+        assert_eq!(
+            count("state", &|v| s(v, "old_state") == "SYN_SENT"
+                && s(v, "new_state") == "CLOSE"
+                && owner_pid(v).is_some()),
+            N,
+            "{how}: deaths, owned"
+        );
+        if capability("errno") {
+            assert_eq!(
+                count("error", &|v| v["errno"] == 111),
+                N,
+                "{how}: ECONNREFUSED"
+            );
+        }
+    }
+    let saved = if capability("errno") { 2 * N } else { N } as u64;
+    // Slack for the host's own traffic during either storm.
+    assert!(
+        folded + saved <= unfolded + (N / 10) as u64,
+        "raw programs read {folded} events, tracepoints {unfolded}: the fold should \
+         save {saved}"
+    );
+}
+
 #[test]
 fn firewall_drop_times_out_with_syn_retransmits() {
     if require_root() {

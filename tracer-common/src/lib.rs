@@ -111,6 +111,25 @@ pub mod flags {
     pub const CONNECT_INFO: u8 = 8;
     /// The event carries a [`super::SockInfo`] instead of a raw record.
     pub const SOCK_INFO: u8 = 16;
+    /// An RST received by a connecting socket (SYN_SENT), which the kernel closes at
+    /// once: the record stands for its SYN_SENT -> CLOSE change too, not written
+    /// (see [`super::fold`]).
+    pub const FOLDED_DEATH: u8 = 32;
+    /// ... and for the ECONNREFUSED the kernel then hands the application (the
+    /// socket was not yet closed by it), not written either.
+    pub const FOLDED_ERRNO: u8 = 64;
+}
+
+/// `Config::fold` bits: which of the events that always follow an RST received in
+/// SYN_SENT (`tcp_reset`: `tcp_done`, then the error report unless the socket is
+/// dead) the RST's record stands for, so that a refused connect writes one event on
+/// its side instead of three. Set by the agent only where the programs involved can
+/// match the socket (raw tracepoints with the socket's fields known).
+pub mod fold {
+    /// The SYN_SENT -> CLOSE state change.
+    pub const DEATH: u32 = 1;
+    /// The ECONNREFUSED error report.
+    pub const ERRNO: u32 = 2;
 }
 
 /// What a socket hook attached as a raw tracepoint (no record to copy) read from the
@@ -365,6 +384,10 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// sk_buff -> sk: the sending socket of a packet dropped on its way out.
     pub skb_sk: u32,
+    /// sock -> sk_flags (unsigned long; SOCK_DEAD is bit 0).
+    pub sk_flags: u32,
+    /// Keeps the struct a multiple of 8 bytes (Config has no implicit padding).
+    pub _pad: u32,
 }
 
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -399,6 +422,8 @@ impl KernelOffsets {
         file_private_data: NO_OFFSET,
         socket_sk: NO_OFFSET,
         skb_sk: NO_OFFSET,
+        sk_flags: NO_OFFSET,
+        _pad: 0,
     };
 
     /// Whether the socket hooks can run as raw tracepoints (everything they read from
@@ -440,7 +465,8 @@ pub struct Config {
     /// Wake the reader only once this many bytes wait in the ring (it also polls):
     /// a wakeup per event costs more than the event. 0 while the reader sleeps.
     pub wake_bytes: u32,
-    pub _pad: u32,
+    /// [`fold`] bits.
+    pub fold: u32,
     /// 1 when the configuration was written (programs do nothing before).
     pub ready: u32,
 }
@@ -452,7 +478,7 @@ impl Config {
         keep_drop: [0; DROP_REASON_BITS / 64],
         listen_overflow_reason: u32::MAX,
         wake_bytes: 0,
-        _pad: 0,
+        fold: 0,
         ready: 0,
     };
 

@@ -113,6 +113,82 @@ pub fn connect_take(tid: u32) -> Option<(u64, bool)> {
     Some((uaddr, v & CONNECT_SENT != 0))
 }
 
+const FOLD_SLOTS: u32 = 4096;
+/// The low bits of a folded entry (socket addresses are 64-byte aligned): the death
+/// and the errno still to come.
+const FOLD_DEATH: u64 = 1;
+const FOLD_ERRNO: u64 = 2;
+
+/// RSTs received in SYN_SENT whose record stands for what `tcp_reset` does next (see
+/// `tracer_common::fold`): one word per slot, the socket's address with the events
+/// still to come in its low bits, 0 when empty. Indexed by the socket's address, not
+/// by CPU: the backlog path runs `tcp_reset` preemptible, and another reset may land
+/// on the CPU between its events. The socket is locked meanwhile, so no other CPU
+/// touches the same entry; two sockets sharing a slot within that window only cost
+/// the first its fold (its events are written as usual and the agent keeps one).
+#[map]
+pub static FOLDS: Array<u64> = Array::with_max_entries(FOLD_SLOTS, 0);
+
+#[inline(always)]
+fn fold_slot(sk: u64) -> Option<*mut u64> {
+    FOLDS.get_ptr_mut(((sk >> 6) ^ (sk >> 18)) as u32 % FOLD_SLOTS)
+}
+
+/// Remembers that the RST record of `sk` stands for its death and, with `errno`, for
+/// the error report after it.
+#[inline(always)]
+pub fn fold_begin(sk: u64, errno: bool) {
+    if let Some(slot) = fold_slot(sk) {
+        let bits = if errno {
+            FOLD_DEATH | FOLD_ERRNO
+        } else {
+            FOLD_DEATH
+        };
+        // SAFETY: an element of FOLDS, alive as long as the program; one aligned word
+        // written whole.
+        unsafe { core::ptr::write_volatile(slot, sk | bits) };
+    }
+}
+
+/// Whether the event `bit` (FOLD_DEATH or FOLD_ERRNO) of `sk` was folded into its RST
+/// record, consuming it: the caller then writes nothing.
+#[inline(always)]
+fn fold_take(sk: u64, bit: u64) -> bool {
+    let Some(slot) = fold_slot(sk) else {
+        return false;
+    };
+    // SAFETY: as in fold_begin, read whole.
+    let v = unsafe { core::ptr::read_volatile(slot) };
+    if v & !(FOLD_DEATH | FOLD_ERRNO) != sk || v & bit == 0 {
+        return false;
+    }
+    let left = v & !bit;
+    // SAFETY: as in fold_begin.
+    unsafe {
+        core::ptr::write_volatile(
+            slot,
+            if left & (FOLD_DEATH | FOLD_ERRNO) == 0 {
+                0
+            } else {
+                left
+            },
+        )
+    };
+    true
+}
+
+/// The SYN_SENT -> CLOSE change of `sk` was folded into its RST record.
+#[inline(always)]
+pub fn fold_take_death(cfg: &Config, sk: u64) -> bool {
+    cfg.fold & tracer_common::fold::DEATH != 0 && fold_take(sk, FOLD_DEATH)
+}
+
+/// The ECONNREFUSED report of `sk` was folded into its RST record.
+#[inline(always)]
+pub fn fold_take_errno(cfg: &Config, sk: u64) -> bool {
+    cfg.fold & tracer_common::fold::ERRNO != 0 && fold_take(sk, FOLD_ERRNO)
+}
+
 #[map]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
@@ -522,6 +598,8 @@ pub struct SockExtra {
     pub newstate: i32,
     pub state: i32,
     pub error: i32,
+    /// Header flags besides SOCK_INFO.
+    pub flags: u8,
 }
 
 /// The start of `struct sock_common`, the same on every kernel rstrace supports
@@ -674,7 +752,11 @@ pub fn report_sock(
     owner_sk: u64,
     extra: SockExtra,
 ) -> Option<u32> {
-    let mut slot = Slot::reserve(hook, flags::SOCK_INFO, core::mem::size_of::<SockInfo>())?;
+    let mut slot = Slot::reserve(
+        hook,
+        flags::SOCK_INFO | extra.flags,
+        core::mem::size_of::<SockInfo>(),
+    )?;
     // SAFETY: the reserved event's payload.
     unsafe { fill_sock(cfg, sk, slot.payload(), extra) };
     attribute(cfg, slot.hdr(), owner_sk);

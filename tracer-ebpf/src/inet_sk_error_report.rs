@@ -7,9 +7,12 @@ use aya_ebpf::{
 };
 use tracer_common::Hook;
 
-use crate::common::{config, kread, load_record, raw_i32, raw_u16, report_sock, submit, SockExtra};
+use crate::common::{
+    config, fold_take_errno, kread, load_record, raw_i32, raw_u16, report_sock, submit, SockExtra,
+};
 
 const IPPROTO_TCP: u16 = 6;
+const ECONNREFUSED: i32 = 111;
 
 #[tracepoint]
 pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
@@ -58,6 +61,10 @@ fn try_error_report_raw(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let error = kread::<i32>(sk, cfg.offsets.sk_err)?;
+    // A connect refused by an RST: that record stands for this errno.
+    if error == ECONNREFUSED && fold_take_errno(cfg, sk) {
+        return None;
+    }
     // The peer's port only when it decides (most reports carry an errno).
     if error == 0 {
         let dport = kread::<u16>(sk, cfg.offsets.skc_dport);

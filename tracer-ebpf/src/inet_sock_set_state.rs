@@ -21,8 +21,9 @@ use aya_ebpf::{
 use tracer_common::{fixed, tcp_state as st, Config, Hook, ListenKey, ListenOwner};
 
 use crate::common::{
-    attribute, config, connect_mark_sent, ctx_field, current_owner, kread, load_record, raw_i32,
-    raw_u16, raw_u64, report_sock, sock_netns, submit, SockExtra, LISTENERS, SOCKS,
+    attribute, config, connect_mark_sent, ctx_field, current_owner, fold_take_death, kread,
+    load_record, raw_i32, raw_u16, raw_u64, report_sock, sock_netns, submit, SockExtra, LISTENERS,
+    SOCKS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -196,6 +197,10 @@ fn on_change(cfg: &Config, c: &Change, report: impl Fn(u64) -> Option<u32>) {
         // A socket that dies without the FIN handshake: refused, timed out, reset or
         // aborted. Orderly closes pass through FIN_WAIT/LAST_ACK and are not reported.
         (st::ESTABLISHED | st::SYN_SENT | st::SYN_RECV | st::CLOSE_WAIT, st::CLOSE) => {
+            // A connect refused by an RST: that record stands for this death.
+            if c.old == st::SYN_SENT && fold_take_death(cfg, c.sk) {
+                return;
+            }
             report(c.sk);
         }
         _ => {}

@@ -248,7 +248,14 @@ pub struct Decoder {
     syms: Kallsyms,
     comms: crate::base::FastMap<[u8; 16], Text>,
     locations: crate::base::FastMap<u64, Text>,
+    /// The FOLDED_* flags of the record decoded last, for `unfold`.
+    folded: u8,
 }
+
+/// What an RST received in SYN_SENT stands for when the kernel folded them into it
+/// (flags FOLDED_*): the events `tcp_reset` makes next, as their programs would have
+/// written them. Made before enrichment, which then treats them as kernel records.
+pub type Unfolded = [Option<Record>; 2];
 
 impl Decoder {
     pub fn new(info: &KernelInfo) -> Decoder {
@@ -264,7 +271,33 @@ impl Decoder {
             syms: Kallsyms::open(),
             comms: Default::default(),
             locations: Default::default(),
+            folded: 0,
         }
+    }
+
+    /// The records the one decoded last stands for (see [`Unfolded`]): its socket's
+    /// SYN_SENT -> CLOSE change, owned like the RST; then the ECONNREFUSED report,
+    /// which (like the error hook's own records) names no socket and no owner.
+    pub fn unfold(&mut self, rst: &Record) -> Unfolded {
+        let folded = std::mem::take(&mut self.folded);
+        if folded & flags::FOLDED_DEATH == 0 || rst.kind != Kind::RstReceived {
+            return [None, None];
+        }
+        let mut death = rst.clone();
+        death.kind = Kind::State;
+        death.state = None;
+        death.old_state = Some(TcpState::SynSent);
+        death.new_state = Some(TcpState::Close);
+        let errno = (folded & flags::FOLDED_ERRNO != 0).then(|| {
+            const ECONNREFUSED: i32 = 111;
+            let mut e = Record::new(Kind::Error, rst.mono_ns, rst.time.clone());
+            (e.src, e.dst) = (rst.src, rst.dst);
+            e.task = rst.task.clone();
+            e.errno = Some(ECONNREFUSED);
+            e.errno_name = errno_name(ECONNREFUSED);
+            e
+        });
+        [Some(death), errno]
     }
 
     fn comm(&mut self, b: &[u8; 16]) -> Text {
@@ -282,6 +315,7 @@ impl Decoder {
         // value.
         let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) };
         let h = &ev.hdr;
+        self.folded = h.flags & (flags::FOLDED_DEATH | flags::FOLDED_ERRNO);
         let hook = Hook::from_u8(h.hook).ok_or(DecodeError::Hook(h.hook))?;
         let raw = &ev.raw[..];
         let s = spec(hook);
@@ -611,6 +645,71 @@ mod tests {
         bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO;
         let r = d.decode(&bytes).unwrap();
         assert_eq!((r.state, r.errno), (Some(TcpState::SynSent), None));
+    }
+
+    /// An RST received in SYN_SENT whose death and errno the kernel folded into it
+    /// unfolds into the three records the hooks would have written; without the flags,
+    /// or for the next record, nothing.
+    #[test]
+    fn a_folded_rst_unfolds_into_its_death_and_errno() {
+        let mut d = Decoder::new(&KernelInfo::default());
+        let mut a = [[0u8; 16]; 2];
+        a[0][..4].copy_from_slice(&[10, 0, 0, 1]);
+        a[1][..4].copy_from_slice(&[10, 0, 0, 2]);
+        let s = SockInfo {
+            oldstate: 0,
+            newstate: 0,
+            state: 0,
+            error: 0,
+            family: libc::AF_INET as u16,
+            sport: 45678,
+            dport: 8080,
+            _pad: 0,
+            saddr: a[0],
+            daddr: a[1],
+        };
+        let rst = |folded: u8| {
+            let mut bytes = event(Hook::ReceiveReset, |r| {
+                // SAFETY: a SockInfo fits in the RAW_MAX bytes of `r` (asserted).
+                unsafe { std::ptr::write_unaligned(r.as_mut_ptr() as *mut SockInfo, s) }
+            });
+            bytes[std::mem::offset_of!(EventHeader, flags)] |= flags::SOCK_INFO | folded;
+            bytes
+        };
+        let r = d
+            .decode(&rst(flags::FOLDED_DEATH | flags::FOLDED_ERRNO))
+            .unwrap();
+        assert_eq!((r.kind, r.state), (Kind::RstReceived, None));
+        let [Some(death), Some(errno)] = d.unfold(&r) else {
+            panic!("two records");
+        };
+        assert_eq!(death.kind, Kind::State);
+        assert_eq!(
+            (death.old_state, death.new_state),
+            (Some(TcpState::SynSent), Some(TcpState::Close))
+        );
+        assert_eq!(
+            (death.src, death.dst, death.sock, death.mono_ns),
+            (r.src, r.dst, r.sock, r.mono_ns)
+        );
+        assert_eq!(death.owner.as_ref().map(|o| o.pid), Some(4121));
+        assert_eq!(
+            (errno.kind, errno.errno, errno.errno_name),
+            (Kind::Error, Some(111), Some("ECONNREFUSED"))
+        );
+        assert_eq!((errno.src, errno.dst), (r.src, r.dst));
+        assert_eq!(
+            (errno.sock, errno.owner.is_none(), errno.netns),
+            (None, true, None)
+        );
+        assert!(matches!(d.unfold(&r), [None, None]), "unfolded once");
+
+        // A dead socket: the death alone.
+        let r = d.decode(&rst(flags::FOLDED_DEATH)).unwrap();
+        assert!(matches!(d.unfold(&r), [Some(_), None]));
+        // Not folded.
+        let r = d.decode(&rst(0)).unwrap();
+        assert!(matches!(d.unfold(&r), [None, None]));
     }
 
     #[test]

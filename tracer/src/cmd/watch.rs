@@ -230,9 +230,12 @@ impl Live {
         while let Some(item) = rb.next() {
             self.events += 1;
             match decoder.decode(&item) {
-                Ok(mut r) => {
-                    self.reads.enrich(&mut r);
-                    pipe.push_seen(r, |r| self.exits.saw(r))?
+                Ok(r) => {
+                    let more = decoder.unfold(&r);
+                    for mut r in std::iter::once(r).chain(more.into_iter().flatten()) {
+                        self.reads.enrich(&mut r);
+                        pipe.push_seen(r, |r| self.exits.saw(r))?;
+                    }
                 }
                 Err(e) => log::warn!("undecodable event: {e}"),
             }

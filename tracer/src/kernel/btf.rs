@@ -274,6 +274,12 @@ impl KernelBtf {
             file_private_data: get("file", "private_data"),
             socket_sk: get("socket", "sk"),
             skb_sk: get("sk_buff", "sk"),
+            // Moved into sock_common (skc_flags) by newer kernels.
+            sk_flags: match self.offset_of("sock", "__sk_common.skc_flags") {
+                Ok(v) => v,
+                Err(_) => get("sock", "sk_flags"),
+            },
+            _pad: 0,
         }
     }
 }

@@ -10,7 +10,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{maps, Config, Hook, KernelOffsets, ListenKey, ListenOwner};
+use tracer_common::{maps, Config, Hook, KernelOffsets, ListenKey, ListenOwner, NO_OFFSET};
 
 use crate::kernel::{
     hooks::{spec, RawWhen},
@@ -71,7 +71,8 @@ impl Probes {
     /// for what got attached (until then they do nothing).
     pub fn load(info: &KernelInfo, offsets: KernelOffsets, ring_bytes: u32) -> Result<Probes> {
         let mut p = Probes::load_as(info, &offsets, ring_bytes, false)?;
-        let cfg = info.program_config(offsets, ring_bytes, |h| p.attached(h));
+        let mut cfg = info.program_config(offsets, ring_bytes, |h| p.attached(h));
+        cfg.fold = p.fold(&offsets);
         let mut config: Array<_, Config> = Array::try_from(
             p.ebpf
                 .map_mut(maps::CONFIG)
@@ -87,6 +88,25 @@ impl Probes {
     /// benchmark's floor.
     pub fn load_floor(info: &KernelInfo, offsets: &KernelOffsets) -> Result<Probes> {
         Probes::load_as(info, offsets, 4096, true)
+    }
+
+    /// Which events the RST received by a connecting socket stands for
+    /// (`tracer_common::fold`): only where each program involved sees the socket
+    /// itself (the raw programs) and can tell a dead socket, so that the agent's
+    /// unfolding matches what the kernel would have written.
+    fn fold(&self, offsets: &KernelOffsets) -> u32 {
+        let runs = |hook, program| matches!(self.status.get(&hook), Some(HookStatus::Attached { program: p }) if *p == program);
+        if !(runs(Hook::ReceiveReset, "tcp_receive_reset_raw")
+            && self.attached(Hook::SetState)
+            && offsets.skc_state != NO_OFFSET)
+        {
+            return 0;
+        }
+        let mut bits = tracer_common::fold::DEATH;
+        if runs(Hook::ErrorReport, "inet_sk_error_report_raw") && offsets.sk_flags != NO_OFFSET {
+            bits |= tracer_common::fold::ERRNO;
+        }
+        bits
     }
 
     pub fn attached(&self, hook: Hook) -> bool {

@@ -209,7 +209,10 @@ impl Tracer {
         while let Some(item) = self.ring.next() {
             match self.decoder.decode(&item) {
                 Ok(r) => {
-                    let _ = self.pipe.push_seen(r, |r| self.exits.saw(r));
+                    let more = self.decoder.unfold(&r);
+                    for r in std::iter::once(r).chain(more.into_iter().flatten()) {
+                        let _ = self.pipe.push_seen(r, |r| self.exits.saw(r));
+                    }
                 }
                 Err(e) => log::warn!("undecodable event: {e}"),
             }
