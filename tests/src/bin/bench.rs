@@ -943,33 +943,30 @@ fn main() {
         let (wmed, wlo, whi) = spread(m.ratios(Mode::Watch));
         let (rmed, rlo, rhi) = spread(m.ratios(Mode::Record));
         md.push_str(&format!("| {} | {bmed:.0} ({blo:.0}..{bhi:.0}) | {fmed:.3} ({flo:.3}..{fhi:.3}) | {wmed:.3} ({wlo:.3}..{whi:.3}) | {rmed:.3} ({rlo:.3}..{rhi:.3}) |\n", m.name));
+        // The targets: healthy traffic nearly free, failure storms within
+        // reach of the floor (what any program on these hooks costs).
         let need = if m.name.starts_with("short") {
-            Some(0.98)
-        } else if m.name.starts_with("refused") {
-            Some(0.95)
+            0.97
         } else {
-            None
+            0.90
         };
-        if let Some(need) = need {
+        for (mode, got) in [("watch", wmed), ("record", rmed)] {
             targets.push((
-                format!("{}: watch >= {need} of baseline", m.name),
-                wmed >= need,
-                format!("{wmed:.3}"),
-            ));
-            targets.push((
-                format!("{}: record >= {need} of baseline", m.name),
-                rmed >= need,
-                format!("{rmed:.3}"),
+                format!("{}: {mode} >= {need} of baseline", m.name),
+                got >= need,
+                format!("{got:.3} (floor {fmed:.3})"),
             ));
         }
     }
 
     // 2. Agent resources.
-    md.push_str("\n## Agent resources\n\nCPU is counted from the start of each storm to its end (not the agent's start-up). Where a storm has few events, the CPU per event is mostly the agent's steady background work (ring polling, namespace polling), so the share of one core is given too.\n\n| storm | mode | events read | lost | agent CPU, % of one core | CPU ms per 1,000 events | max RSS MiB |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Agent resources\n\nCPU is counted from the start of each storm to its end (not the agent's start-up). Where a storm has few events, the CPU per event is mostly the agent's steady background work (ring polling, namespace polling), so the share of one core is given too.\n\nEvents per operation is what the programs wrote per connection attempt of the storm: its cost in the kernel is mostly that number times an event's cost.\n\n| storm | mode | events read | events per operation | lost | agent CPU, % of one core | CPU ms per 1,000 events | max RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
     let mut max_rss = 0u64;
     for m in &results {
         for (mode, runs) in [("watch", &m.watch), ("record", &m.record)] {
             let events: u64 = runs.iter().map(|(_, r)| r.events).sum();
+            let ops: f64 = runs.iter().map(|(rate, _)| rate * o.seconds).sum();
+            let per_op = if ops > 0.0 { events as f64 / ops } else { 0.0 };
             let lost: u64 = runs.iter().map(|(_, r)| r.lost).sum();
             let cpu: f64 = runs.iter().map(|(_, r)| r.cpu_s).sum();
             let rss = runs.iter().map(|(_, r)| r.rss_kb).max().unwrap_or(0);
@@ -981,7 +978,7 @@ fn main() {
             };
             let share = 100.0 * cpu / (runs.len() as f64 * o.seconds);
             md.push_str(&format!(
-                "| {} | {mode} | {events} | {lost} | {share:.1} | {per} | {:.1} |\n",
+                "| {} | {mode} | {events} | {per_op:.2} | {lost} | {share:.1} | {per} | {:.1} |\n",
                 m.name,
                 rss as f64 / 1024.0
             ));
@@ -1088,8 +1085,8 @@ fn main() {
                     let ratio = a / b;
                     row.push_str(&format!(" {n} | {a:.1} | {b:.1} | {ratio:.2} |"));
                     targets.push((
-                        format!("{hook} within 2x of the empty program ({traffic})"),
-                        ratio <= 2.0,
+                        format!("{hook} within 4x of the empty program ({traffic})"),
+                        ratio <= 4.0,
                         format!("{ratio:.2}x"),
                     ));
                 }
@@ -1108,8 +1105,8 @@ fn main() {
             "| kfree_skb, filter-out path | {n} | {a:.1} | {b:.1} | {ratio:.2} |\n"
         ));
         targets.push((
-            "kfree_skb filter-out path within 1.5x".into(),
-            ratio <= 1.5,
+            "kfree_skb filter-out path within 1.3x".into(),
+            ratio <= 1.3,
             format!("{ratio:.2}x"),
         ));
     }
