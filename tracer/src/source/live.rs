@@ -20,16 +20,23 @@ pub struct LiveReads {
     recent: std::collections::HashMap<(u32, std::net::SocketAddr), (u64, Option<PortUse>)>,
 }
 
-/// The namespace `ns` of a record owned by `pid`: the process's link while it lives
-/// (and the pid was not reused, which the inode tells), else any process's or a bind
-/// mount's, found by a walk.
-fn netns_path(ns: u32, pid: u32) -> Option<std::path::PathBuf> {
+/// Reads `f` in the namespace `ns` of a record owned by `pid`: through the process's
+/// link while it lives (and the pid was not reused, which the inode tells), else, or
+/// when that fails (the process exited meanwhile: a client that gives up at once),
+/// through any process's or a bind mount's, found by a walk.
+fn in_ns_of<T>(ns: u32, pid: u32, f: impl Fn(&std::path::Path) -> anyhow::Result<T>) -> Option<T> {
     let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
     if std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ns as u64)
     {
-        return Some(path);
+        match f(&path) {
+            Ok(v) => return Some(v),
+            Err(e) => log::debug!("netns {ns} through {}: {e:#}", path.display()),
+        }
     }
-    netns::scan_namespaces().remove(&ns).map(|n| n.path)
+    let n = netns::scan_namespaces().remove(&ns)?;
+    f(&n.path)
+        .map_err(|e| log::debug!("netns {ns} through {}: {e:#}", n.path.display()))
+        .ok()
 }
 
 impl LiveReads {
@@ -48,12 +55,7 @@ impl LiveReads {
         if !opened || !addr.is_ipv6() {
             return;
         }
-        r.v6only = netns_path(ns, owner.pid).and_then(|path| {
-            netns::listener_v6only(&path, addr)
-                .map_err(|e| log::debug!("listeners of netns {ns}: {e:#}"))
-                .ok()
-                .flatten()
-        });
+        r.v6only = in_ns_of(ns, owner.pid, |path| netns::listener_v6only(path, addr)).flatten();
     }
 
     fn ports(&mut self, r: &mut Record) {
@@ -73,12 +75,7 @@ impl LiveReads {
             r.ports = p.clone();
             return;
         }
-        // A client that gives up at once has exited by now: netns_path walks then.
-        let p = netns_path(ns, owner.pid).and_then(|path| {
-            netns::port_use(&path, dst)
-                .map_err(|e| log::debug!("port use of netns {ns}: {e:#}"))
-                .ok()
-        });
+        let p = in_ns_of(ns, owner.pid, |path| netns::port_use(path, dst));
         self.recent.insert((ns, dst), (now, p.clone()));
         r.ports = p;
     }
