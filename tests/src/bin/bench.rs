@@ -763,7 +763,8 @@ fn idle(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
     for rep in 0..o.idle_reps {
         let agent = Agent::start(o, &["watch"], None);
         let pid = agent.child.id();
-        thread::sleep(Duration::from_secs(5));
+        // Past start-up and the 10 s after which a quiet host is polled less.
+        thread::sleep(Duration::from_secs(15));
         let (ns0, sw0) = thread_cpu(pid);
         let t = Instant::now();
         thread::sleep(Duration::from_secs_f64(o.idle_seconds));
@@ -784,7 +785,7 @@ fn idle(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
     let (wm, wlo, whi) = spread(wakeups);
     let (rm, rlo, rhi) = spread(rss);
     md.push_str(&format!(
-        "\n## Idle agent\n\n`rstrace watch` on a host with no failures: {} runs of {:.0} s each (after 5 s to settle), CPU of all its threads from their schedstat (exact), wakeups from their context switches. Median (range).\n\n\
+        "\n## Idle agent\n\n`rstrace watch` on a host with no failures: {} runs of {:.0} s each (after 15 s to settle: the agent polls the namespaces less once no event came for 10 s), CPU of all its threads from their schedstat (exact), wakeups from their context switches. Median (range).\n\n\
          | figure | value |\n|---|---|\n\
          | CPU, % of one core | {pm:.3} ({plo:.3}..{phi:.3}) |\n\
          | wakeups per second | {wm:.1} ({wlo:.1}..{whi:.1}) |\n\

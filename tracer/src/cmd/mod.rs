@@ -171,7 +171,8 @@ struct WatchArgs {
     /// Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_RING_BYTES)]
     ring_size: u32,
-    /// How often to poll the namespaces' backlog counters, in milliseconds.
+    /// How often to poll the namespaces' backlog counters, in milliseconds (at most
+    /// once a second while no event has come for 10 s).
     #[arg(long, value_name = "MS", default_value_t = 250)]
     overflow_interval: u64,
     /// JSON Lines to FILE instead of stdout (`-`: stdout): appended, created mode 0600,

@@ -614,13 +614,23 @@ fn describe(
     Ok((addrs, listeners, sockets))
 }
 
+/// While the host is quiet (no events for 10 s), the namespaces are listed and
+/// described this often instead of every 2 s (each listing walks /proc), and their
+/// counters polled at most once a second: an idle agent then costs under 0.1% of a
+/// core. A namespace whose socket shows up in an event is read at once anyway
+/// (`rescan`), and counters are cumulative, so a slower poll delays an overflow's
+/// record but loses no drop.
+const QUIET_SCAN: Duration = Duration::from_secs(30);
+const QUIET_POLL: Duration = Duration::from_secs(1);
+
 /// Watches the namespaces until `stop`: describes each new one (and re-describes
 /// all every 10 s, or at once when `rescan` is set), and polls their backlog counters
-/// every `interval`. Stops when `report` returns false.
+/// every `interval` (see QUIET_SCAN while `quiet`). Stops when `report` returns false.
 pub fn run_monitor(
     interval: Duration,
     stop: Arc<AtomicBool>,
     rescan: Arc<AtomicBool>,
+    quiet: Arc<AtomicBool>,
     lookups: std::sync::mpsc::Receiver<Ask>,
     mut report: impl FnMut(Observation) -> bool,
 ) {
@@ -636,7 +646,13 @@ pub fn run_monitor(
     let startup_sockets = std::env::var(NO_STARTUP_SOCKETS_ENV).map_or(true, |v| v != "1");
     while !stop.load(Ordering::Relaxed) {
         let forced = rescan.swap(false, Ordering::Relaxed);
-        if forced || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+        let is_quiet = quiet.load(Ordering::Relaxed);
+        let scan_every = if is_quiet {
+            QUIET_SCAN
+        } else {
+            Duration::from_secs(2)
+        };
+        if forced || last_scan.is_none_or(|t| t.elapsed() >= scan_every) {
             namespaces = scan_namespaces();
             let names = crate::source::workload::names::netns_names(&[PathBuf::from(IP_NETNS_DIR)]);
             prev.retain(|ns, _| namespaces.contains_key(ns));
@@ -747,7 +763,12 @@ pub fn run_monitor(
         }
         // Waits for a question until the next poll, so that a lookup (or a rescan
         // request, which comes with `Ask::Wake`) is served at once.
-        let until = Instant::now() + interval;
+        let until = Instant::now()
+            + if is_quiet {
+                interval.max(QUIET_POLL)
+            } else {
+                interval
+            };
         while !stop.load(Ordering::Relaxed) && !rescan.load(Ordering::Relaxed) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {

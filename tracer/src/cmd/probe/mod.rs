@@ -168,9 +168,15 @@ impl Tracer {
             // The probe's own sockets are all known to the kernel: no lookups.
             let (_, lookups) = mpsc::sync_channel(1);
             thread::spawn(move || {
-                netns::run_monitor(Duration::from_millis(100), stop, rescan, lookups, |o| {
-                    tx.send(o).is_ok()
-                })
+                let busy = Arc::new(AtomicBool::new(false));
+                netns::run_monitor(
+                    Duration::from_millis(100),
+                    stop,
+                    rescan,
+                    busy,
+                    lookups,
+                    |o| tx.send(o).is_ok(),
+                )
             })
         };
         let mut t = Tracer {
