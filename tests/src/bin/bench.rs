@@ -316,6 +316,8 @@ struct AgentRun {
     lost: u64,
     lost_ring_full: u64,
     lost_recursion: u64,
+    /// The most failure stories the agent held open at once.
+    peak_open_stories: u64,
     cpu_s: f64,
     rss_kb: u64,
     capture_bytes: u64,
@@ -421,6 +423,7 @@ impl Agent {
             lost: v["lost"].as_u64().unwrap_or(0),
             lost_ring_full: v["lost_ring_full"].as_u64().unwrap_or(0),
             lost_recursion: v["lost_recursion"].as_u64().unwrap_or(0),
+            peak_open_stories: v["peak_open_stories"].as_u64().unwrap_or(0),
             cpu_s,
             rss_kb,
             programs: v["programs"].as_array().cloned().unwrap_or_default(),
@@ -674,6 +677,7 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
          | agent CPU, % of one core | {:.1} |\n\
          | agent CPU ms per 1,000 events | {per_k:.2} |\n\
          | peak RSS (VmHWM) | {:.1} MiB |\n\
+         | failure stories open at once, at most | {} |\n\
          | RSS over the last 30 s (min..max) | {:.1}..{:.1} MiB |\n\
          | capture | {} records, {} files, {:.0} MB, {:.1} B/event |\n\
          | failures the agent printed, by cause | {} |\n\
@@ -688,6 +692,7 @@ fn soak(o: &Opts, md: &mut String, targets: &mut Vec<(String, bool, String)>) {
         run.lost_recursion,
         100.0 * run.cpu_s / elapsed,
         mib(peak),
+        run.peak_open_stories,
         mib(lo),
         mib(hi),
         records,

@@ -595,6 +595,7 @@ async fn run_loop(
             "lost": lost,
             "lost_ring_full": ring_full,
             "lost_recursion": recursion,
+            "peak_open_stories": pipe.peak_open_stories(),
             "programs": session.probes.program_stats(),
         });
         crate::base::private_file::write(path, stats.to_string().as_bytes())

@@ -51,6 +51,11 @@ impl Default for Engine {
 }
 
 impl Engine {
+    /// The most stories open at once so far (at most one more).
+    pub fn peak_open_stories(&self) -> usize {
+        self.stories.peak_open()
+    }
+
     pub fn new(clock: Clock) -> Engine {
         Engine {
             clock: Some(clock),

@@ -104,6 +104,8 @@ pub(super) struct Scheduler {
     /// Connecting sockets that died in their owner's own connect() or close(), by
     /// (pid, destination): a connect error reported just after is the same attempt.
     own_connect_deaths: FastMap<(u32, SocketAddr), (FlowKey, u64)>,
+    /// The most stories open at once so far (what a storm costs in memory).
+    peak: usize,
 }
 
 impl Default for Scheduler {
@@ -115,6 +117,7 @@ impl Default for Scheduler {
             done: Generations::new(DONE_GENERATION_CAP, DONE_FOR),
             wants_context: false,
             own_connect_deaths: FastMap::default(),
+            peak: 0,
         }
     }
 }
@@ -128,6 +131,10 @@ impl Scheduler {
     #[cfg(test)]
     pub(super) fn open_stories(&self) -> usize {
         self.stories.len()
+    }
+
+    pub(super) fn peak_open(&self) -> usize {
+        self.peak
     }
 
     /// Adds a record of a flow to its story; a story it completes (a new connection on
@@ -191,6 +198,8 @@ impl Scheduler {
                 }
             }
         }
+        // At most one more than were open (one less when the story was).
+        self.peak = self.peak.max(self.stories.len() + 1);
         let story = self
             .stories
             .entry(key)

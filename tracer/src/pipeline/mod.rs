@@ -183,6 +183,11 @@ impl<S: Sink> Pipeline<S> {
         self.drain()
     }
 
+    /// The most stories the engine held open at once (see Engine).
+    pub fn peak_open_stories(&self) -> usize {
+        self.engine.peak_open_stories()
+    }
+
     /// Whether the engine wants the namespaces read again (it met a failure whose
     /// context is missing); asked once.
     pub fn take_context_request(&mut self) -> bool {
