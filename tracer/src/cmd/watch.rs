@@ -217,7 +217,15 @@ struct Live {
     exits: Exits,
     /// Events read from the ring.
     events: u64,
+    /// The records' time at which a drain next moves the pipeline on.
+    next_step: u64,
 }
+
+/// While a drain reads a backlog, the pipeline is moved on by the records' own time
+/// at this step, as a replay does (replay::STEP_NS): a story whose wait ended before
+/// a later record is explained without it, however late the reader is (a loaded
+/// host, a slow guest), as it would be from the capture.
+const DRAIN_STEP_NS: u64 = 10_000_000;
 
 impl Live {
     /// Decodes and pushes everything waiting in the ring.
@@ -226,11 +234,16 @@ impl Live {
         rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
         decoder: &mut Decoder,
         pipe: &mut Pipeline<S>,
+        clock: &Clock,
     ) -> io::Result<()> {
         while let Some(item) = rb.next() {
             self.events += 1;
             match decoder.decode(&item) {
                 Ok(r) => {
+                    if r.mono_ns >= self.next_step {
+                        self.advance(r.mono_ns, pipe, clock)?;
+                        self.next_step = r.mono_ns + DRAIN_STEP_NS;
+                    }
                     let more = decoder.unfold(&r);
                     for mut r in std::iter::once(r).chain(more.into_iter().flatten()) {
                         self.reads.enrich(&mut r);
@@ -511,13 +524,13 @@ async fn run_loop(
                 } else {
                     Ok(())
                 };
-                let res = live.drain(guard.get_inner_mut(), &mut decoder, &mut pipe);
+                let res = live.drain(guard.get_inner_mut(), &mut decoder, &mut pipe, &clock);
                 guard.clear_ready();
                 woke.and(res.map_err(Into::into))
             }
             _ = poll_tick.tick(), if !asleep => {
                 let before = live.events;
-                live.drain(ring.get_mut(), &mut decoder, &mut pipe).map_err(Into::into).and_then(|()| {
+                live.drain(ring.get_mut(), &mut decoder, &mut pipe, &clock).map_err(Into::into).and_then(|()| {
                     quiet_polls = if live.events == before { quiet_polls + 1 } else { 0 };
                     if quiet_polls < QUIET_POLLS {
                         return Ok(());
@@ -526,7 +539,7 @@ async fn run_loop(
                     asleep = true;
                     asleep_since = std::time::Instant::now();
                     // What the programs wrote before they were told is read now.
-                    Ok(live.drain(ring.get_mut(), &mut decoder, &mut pipe)?)
+                    Ok(live.drain(ring.get_mut(), &mut decoder, &mut pipe, &clock)?)
                 })
             }
             Some(o) = orx.recv() => Ok(on_observation(o, &mut pipe, &mut listener_map, &clock)?),
@@ -537,7 +550,7 @@ async fn run_loop(
                     monitor.quiet.store(true, Ordering::Relaxed);
                 }
                 idle_ticks += 1;
-                live.drain(ring.get_mut(), &mut decoder, &mut pipe)
+                live.drain(ring.get_mut(), &mut decoder, &mut pipe, &clock)
                     .and_then(|()| live.advance_now(&mut pipe, &clock, &monitor))
                     .and_then(|()| {
                         // Recursion losses are read from each program's fdinfo: every
@@ -579,7 +592,7 @@ async fn run_loop(
     // What is still in the ring, the stories waiting for evidence and the bursts
     // still counting are explained before exit: the totals equal the failures.
     let result = result.and_then(|()| {
-        live.drain(ring.get_mut(), &mut decoder, &mut pipe)?;
+        live.drain(ring.get_mut(), &mut decoder, &mut pipe, &clock)?;
         // Losses since the last tick are reported too: the totals include them.
         losses.report(&session.probes, &mut pipe, &clock)?;
         pipe.finish()?;
