@@ -230,6 +230,29 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// `n` connects from one client process to `port` of the server, none listening
+    /// there, each refused, waited for up to `timeout`; the client's pid.
+    pub fn refusals(&self, port: u16, n: usize, timeout: Duration) -> u32 {
+        let c = Peer::spawn(
+            &self.client,
+            &[
+                "connect",
+                &format!("{}:{port}", self.server_ip),
+                "--count",
+                &n.to_string(),
+            ],
+        );
+        let pid = c.pid;
+        let out = c.wait(timeout);
+        assert_eq!(out.len(), n, "the connects to {port}");
+        assert!(
+            out.iter().all(|l| l == "errno=111"),
+            "every connect to {port} refused: {:?}",
+            &out[..out.len().min(3)]
+        );
+        pid
+    }
+
     pub fn new() -> Topology {
         let id = (std::process::id() % 100) * 2 + NEXT.fetch_add(1, Ordering::Relaxed) % 2 + 20;
         let tag = format!("rst{}-{}", std::process::id(), id);

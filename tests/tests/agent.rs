@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    explain_json, json_lines, port, require_root, s, time_scale, wait_until, Agent, Peer, Topology,
+    explain_json, json_lines, port, require_root, s, time_scale, wait_until, Agent, Topology,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -44,22 +44,6 @@ fn own_files(dir: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// A storm of `n` refused connections to `port`, waited for.
-fn storm(t: &Topology, port: u16, n: u32) {
-    let c = Peer::spawn(
-        &t.client,
-        &[
-            "connect",
-            &format!("{}:{port}", t.server_ip),
-            "--count",
-            &n.to_string(),
-        ],
-    );
-    let out = c.wait(120 * SEC * time_scale());
-    assert_eq!(out.len(), n as usize, "the storm's connects");
-    assert!(out.iter().all(|l| l == "errno=111"), "{:?}", &out[..3]);
-}
-
 /// Refusals to `port` in rounds until `done` holds, at most 24 rounds; returns how
 /// many were sent. Rounds, because the bytes a refusal writes differ by kernel (5.10
 /// has fewer hooks): a round stays well under a rotation's size, so a rotation is
@@ -68,7 +52,7 @@ fn storm_until(t: &Topology, port: u16, what: &str, mut done: impl FnMut() -> bo
     const ROUND: u32 = 3_000;
     let mut sent = 0;
     for round in 1..=24 {
-        storm(t, port, ROUND);
+        t.refusals(port, ROUND as usize, 120 * SEC * time_scale());
         sent += u64::from(ROUND);
         // A second between rounds; the last round gets the agent's full allowance.
         let wait = if round == 24 {
@@ -249,7 +233,7 @@ fn the_json_file_gets_the_explanations_and_is_reopened_on_sighup() {
             .iter()
             .any(|v| s(v, "kind") == "failure" && port(s(v, "dst")) == port_)
     };
-    storm(&t, 8411, 1);
+    t.refusals(8411, 1, 120 * SEC * time_scale());
     wait_until("the explanation in the JSON file", 10 * SEC, || {
         failed_on(&file, 8411)
     });
@@ -264,7 +248,7 @@ fn the_json_file_gets_the_explanations_and_is_reopened_on_sighup() {
     wait_until("a new JSON file after SIGHUP", 5 * SEC, || file.exists());
     let m = fs::metadata(&file).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
-    storm(&t, 8412, 1);
+    t.refusals(8412, 1, 120 * SEC * time_scale());
     wait_until("the next explanation in the new file", 10 * SEC, || {
         failed_on(&file, 8412)
     });
